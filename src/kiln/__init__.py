@@ -1,0 +1,40 @@
+"""Kiln: a build system where every step is a pure, memoized function.
+
+The public Python API is listed in ``__all__``; everything else is internal.
+Heavy dependencies (protobuf, the REAPI stubs) are imported lazily so that the
+``kiln`` command starts quickly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Digest",
+    "KilnError",
+    "Store",
+    "__version__",
+]
+
+if TYPE_CHECKING:
+    from kiln.digest import Digest
+    from kiln.errors import KilnError
+    from kiln.store import Store
+
+
+def __getattr__(name: str) -> object:
+    if name == "Digest":
+        from kiln.digest import Digest
+
+        return Digest
+    if name == "KilnError":
+        from kiln.errors import KilnError
+
+        return KilnError
+    if name == "Store":
+        from kiln.store import Store
+
+        return Store
+    raise AttributeError(f"module 'kiln' has no attribute {name!r}")

@@ -1,0 +1,319 @@
+"""The ``kiln`` command: parses arguments and calls the Python API.
+
+Exit codes (see ``kiln.errors.ExitCode``): 0 success, 1 the command found a
+problem, 2 bad usage or input, 3 not found in the store, 4 store unusable.
+User errors print one line (and a hint), never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from kiln import __version__
+from kiln.errors import ExitCode, KilnError
+
+if TYPE_CHECKING:
+    from kiln.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _emit_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _open_store(ctx: click.Context) -> Store:
+    from kiln.store import Store
+
+    store = Store(ctx.obj.get("store"))
+    ctx.call_on_close(store.close)
+    return store
+
+
+def parse_size(text: str) -> int:
+    """'500M', '10G', '1.5GiB', '4096' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size; write e.g. 500M, 10G or 4096")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '90m', '45s', '2w' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not an age; write e.g. 45s, 90m, 12h, 30d or 2w")
+    return float(m.group(1)) * _AGE_UNITS[m.group(2)]
+
+
+def _digest_arg(text: str) -> Any:
+    from kiln.digest import Digest
+
+    return Digest.parse(text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="kiln")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False),
+    envvar="KILN_HOME",
+    help="Store folder (default: $KILN_HOME, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln).",
+)
+@click.pass_context
+def cli(ctx: click.Context, store: str | None) -> None:
+    """Kiln: every build step a pure, memoized, sandboxed function.
+
+    The store holds content by SHA-256 digest, written as <hex>/<size>.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["store"] = store
+
+
+# ------------------------------------------------------------------ store
+
+
+@cli.group()
+def store() -> None:
+    """Put content into the store, get it out, check it."""
+
+
+@store.command("put")
+@click.argument("path", type=click.Path())
+@click.option("--root", "root_name", metavar="NAME", help="Also keep it from GC as root NAME.")
+@json_option
+@click.pass_context
+def store_put(ctx: click.Context, path: str, root_name: str | None, as_json: bool) -> None:
+    """Store the folder (or file) PATH and print its digest.
+
+    A folder becomes a Merkle tree of REAPI Directory messages; its digest is
+    the root Directory's. Unchanged files are recognised by their stat data
+    and not read again.
+    """
+    result = _open_store(ctx).put(path, root=root_name)
+    if as_json:
+        _emit_json(
+            {
+                "digest": str(result.digest),
+                "hash": result.digest.hash,
+                "size": result.digest.size,
+                "kind": result.kind,
+                "files_hashed": result.files_hashed,
+                "dirs_rebuilt": result.dirs_rebuilt,
+                "root": root_name,
+            }
+        )
+    else:
+        click.echo(str(result.digest))
+
+
+@store.command("get")
+@click.argument("digest", type=str)
+@click.argument("dest", type=click.Path())
+@click.option("--blob", is_flag=True, help="DIGEST is a file's blob, not a tree.")
+@click.option("--copy", is_flag=True, help="Copy files instead of hard-linking store files.")
+@json_option
+@click.pass_context
+def store_get(
+    ctx: click.Context, digest: str, dest: str, blob: bool, copy: bool, as_json: bool
+) -> None:
+    """Write the tree DIGEST into the new or empty folder DEST.
+
+    Files are hard links to the store's read-only blobs when possible (use
+    --copy for files you want to edit).
+    """
+    d = _digest_arg(digest)
+    m = _open_store(ctx).get(d, dest, blob=blob, copy=copy)
+    if as_json:
+        _emit_json({"digest": str(d), "dest": dest, "linked": m.linked, "copied": m.copied})
+
+
+@store.command("verify")
+@json_option
+@click.pass_context
+def store_verify(ctx: click.Context, as_json: bool) -> None:
+    """Re-hash every blob; move corrupt ones to quarantine/ and exit 1."""
+    report = _open_store(ctx).verify()
+    if as_json:
+        _emit_json({"ok": report.ok, **dataclasses.asdict(report)})
+    else:
+        for c in report.corrupt:
+            click.echo(
+                f"corrupt: blob {c.expected} hashes to {c.actual}; moved to {c.quarantined_to}",
+                err=True,
+            )
+        state = "ok" if report.ok else f"{len(report.corrupt)} corrupt"
+        click.echo(f"{report.checked} blobs, {report.bytes} bytes checked: {state}")
+    if not report.ok:
+        sys.exit(ExitCode.FAILED)
+
+
+@store.command("stats")
+@json_option
+@click.pass_context
+def store_stats(ctx: click.Context, as_json: bool) -> None:
+    """Show what the store holds."""
+    stats = _open_store(ctx).stats()
+    if as_json:
+        _emit_json(dataclasses.asdict(stats))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for field in dataclasses.fields(stats):
+        table.add_row(field.name.replace("_", " "), str(getattr(stats, field.name)))
+    Console().print(table)
+
+
+@store.command("diff")
+@click.argument("old", type=str)
+@click.argument("new", type=str)
+@json_option
+@click.pass_context
+def store_diff(ctx: click.Context, old: str, new: str, as_json: bool) -> None:
+    """List paths added (+), removed (-) and changed (~) from tree OLD to NEW."""
+    from kiln.tree import diff
+
+    result = diff(_open_store(ctx).cas, _digest_arg(old), _digest_arg(new))
+    if as_json:
+        _emit_json(dataclasses.asdict(result))
+        return
+    for mark, paths in (("+", result.added), ("-", result.removed), ("~", result.changed)):
+        for p in paths:
+            click.echo(f"{mark} {p}")
+
+
+# ------------------------------------------------------------------ roots
+
+
+@cli.group()
+def root() -> None:
+    """Named GC roots: what `kiln gc` never deletes."""
+
+
+@root.command("add")
+@click.argument("name")
+@click.argument("digest")
+@click.option("--kind", type=click.Choice(["tree", "blob", "action"]), default="tree")
+@click.pass_context
+def root_add(ctx: click.Context, name: str, digest: str, kind: str) -> None:
+    """Keep DIGEST (a tree, a blob or an action key) from GC as root NAME."""
+    d = _digest_arg(digest)
+    s = _open_store(ctx)
+    if kind != "action" and not s.cas.has(d):
+        from kiln.errors import digest_not_found
+
+        raise digest_not_found(d)
+    s.add_root(name, d, kind)
+
+
+@root.command("rm")
+@click.argument("name")
+@click.pass_context
+def root_rm(ctx: click.Context, name: str) -> None:
+    """Remove root NAME (its content becomes collectable)."""
+    if not _open_store(ctx).remove_root(name):
+        raise KilnError(f"no root named {name!r}", exit_code=ExitCode.NOT_FOUND)
+
+
+@root.command("list")
+@json_option
+@click.pass_context
+def root_list(ctx: click.Context, as_json: bool) -> None:
+    """List the named roots."""
+    roots = _open_store(ctx).roots()
+    if as_json:
+        _emit_json([{"name": n, "kind": k, "digest": str(d), "created": c} for n, k, d, c in roots])
+        return
+    for n, k, d, _ in roots:
+        click.echo(f"{n}\t{k}\t{d}")
+
+
+# --------------------------------------------------------------------- gc
+
+
+@cli.command("gc")
+@click.option("--max-size", type=str, help="Shrink the store to this size (e.g. 10G), LRU first.")
+@click.option("--max-age", type=str, help="Delete what was not used for this long (e.g. 30d).")
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@click.option(
+    "--timeout", type=float, default=None, help="Seconds to wait for in-flight writes to end."
+)
+@json_option
+@click.pass_context
+def gc_command(
+    ctx: click.Context,
+    max_size: str | None,
+    max_age: str | None,
+    dry_run: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Delete blobs and cache entries that no root reaches.
+
+    Without --max-size or --max-age, everything unreachable goes. Content
+    in use by a running build (its session's temporary roots) is never
+    deleted, and GC waits for in-flight writes to finish.
+    """
+    from kiln.store import GcPolicy
+
+    policy = GcPolicy(
+        max_size=parse_size(max_size) if max_size else None,
+        max_age=parse_age(max_age) if max_age else None,
+        dry_run=dry_run,
+    )
+    report = _open_store(ctx).gc(policy, timeout=timeout)
+    if as_json:
+        _emit_json(dataclasses.asdict(report))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {report.deleted_blobs} blobs ({report.deleted_bytes} bytes) and "
+        f"{report.evicted_actions} cache entries; kept {report.kept_blobs} blobs "
+        f"({report.kept_bytes} bytes) and {report.kept_actions} cache entries"
+    )
+    for name in report.dangling_roots:
+        click.echo(f"warning: root {name!r} names content missing from the store", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one-line messages."""
+    try:
+        cli.main(args=argv, prog_name="kiln", standalone_mode=False)
+    except KilnError as e:
+        click.echo(f"kiln: error: {e.render()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(ExitCode.BAD_INPUT)
+    except click.Abort:
+        click.echo("kiln: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("kiln: interrupted", err=True)
+        sys.exit(130)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"kiln: error: {where}{e.strerror or e}", err=True)
+        sys.exit(ExitCode.FAILED)
+    sys.exit(ExitCode.OK)
+
+
+if __name__ == "__main__":
+    main()

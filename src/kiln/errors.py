@@ -1,0 +1,131 @@
+"""User-facing errors.
+
+Every error a user can cause has a named constructor here that builds a
+message, labelled fields (what, where) and a hint (what to do). The CLI prints
+``KilnError`` as one line plus its hint and exits with ``exit_code``; it never
+shows a traceback for one.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class ExitCode:
+    """Exit codes of the ``kiln`` command (documented in README.md)."""
+
+    OK = 0
+    FAILED = 1  # the command ran and found a problem (e.g. corrupt blobs)
+    BAD_INPUT = 2  # usage error, malformed argument, unusable input path
+    NOT_FOUND = 3  # a digest or name that is not in the store
+    STORE = 4  # the store itself cannot be used (permissions, disk, lock)
+
+
+class KilnError(Exception):
+    """An error caused by input or environment, reported without traceback."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        exit_code: int = ExitCode.FAILED,
+        **fields: object,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+    def render(self) -> str:
+        """The message, then the hint on its own line if there is one."""
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+def malformed_digest(text: str, reason: str) -> KilnError:
+    return KilnError(
+        f"malformed digest {text!r}: {reason}",
+        hint="write a digest as <64 hex chars>/<size in bytes>, as `kiln store put` prints it",
+        exit_code=ExitCode.BAD_INPUT,
+        digest=text,
+    )
+
+
+def digest_not_found(digest: object, what: str = "blob") -> KilnError:
+    return KilnError(
+        f"{what} {digest} is not in the store",
+        hint="check the digest, or `kiln store put` the content first",
+        exit_code=ExitCode.NOT_FOUND,
+        digest=str(digest),
+    )
+
+
+def path_missing(path: str | os.PathLike[str]) -> KilnError:
+    return KilnError(
+        f"{os.fspath(path)}: no such file or directory",
+        hint="check the path",
+        exit_code=ExitCode.BAD_INPUT,
+        path=os.fspath(path),
+    )
+
+
+def path_unreadable(path: str | os.PathLike[str], reason: str) -> KilnError:
+    return KilnError(
+        f"{os.fspath(path)}: cannot read ({reason})",
+        hint="fix its permissions or leave it out of the tree",
+        exit_code=ExitCode.BAD_INPUT,
+        path=os.fspath(path),
+    )
+
+
+def unsupported_file_type(path: str | os.PathLike[str], kind: str) -> KilnError:
+    return KilnError(
+        f"{os.fspath(path)}: is a {kind}; only regular files, directories and symlinks "
+        "can be stored",
+        hint="remove it from the tree or move it elsewhere",
+        exit_code=ExitCode.BAD_INPUT,
+        path=os.fspath(path),
+        kind=kind,
+    )
+
+
+def bad_name(name: str, where: str) -> KilnError:
+    return KilnError(
+        f"invalid entry name {name!r} in {where}",
+        hint="names must be non-empty, not '.' or '..', and contain no '/' or NUL",
+        exit_code=ExitCode.BAD_INPUT,
+        name=name,
+    )
+
+
+def destination_not_empty(path: str | os.PathLike[str]) -> KilnError:
+    return KilnError(
+        f"{os.fspath(path)}: destination exists and is not an empty directory",
+        hint="choose a new path or remove it first",
+        exit_code=ExitCode.BAD_INPUT,
+        path=os.fspath(path),
+    )
+
+
+def store_unusable(path: str | os.PathLike[str], reason: str) -> KilnError:
+    return KilnError(
+        f"store at {os.fspath(path)} cannot be used: {reason}",
+        hint="check KILN_HOME and its permissions and free space (`df -h`)",
+        exit_code=ExitCode.STORE,
+        path=os.fspath(path),
+    )
+
+
+def corrupt_blob(digest: object, actual: object) -> KilnError:
+    return KilnError(
+        f"blob {digest} is corrupt in the store (its content hashes to {actual})",
+        hint="run `kiln store verify` to quarantine corrupt blobs, then rebuild",
+        exit_code=ExitCode.FAILED,
+        digest=str(digest),
+    )

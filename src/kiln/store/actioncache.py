@@ -1,0 +1,132 @@
+"""The action cache: action key -> ``ActionResult``, with metadata.
+
+A miss returns ``None``. A hit is only reported when every blob the result
+names is still in the CAS; otherwise the entry is useless and counts as a
+miss. Only successful results (exit code 0) are recorded: a step's own
+failure is returned to the caller as a value but never cached.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from kiln.digest import Digest, canonical_bytes
+
+if TYPE_CHECKING:
+    from kiln.reapi import re_pb2
+    from kiln.store.cas import ContentStore
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResult:
+    """An action cache entry: the result and where it came from."""
+
+    key: Digest
+    result: re_pb2.ActionResult
+    executor: str  # which executor produced it: "wasm", "native", "fetch", ...
+    duration: float  # seconds the action ran
+    producer: str  # store_id of the store where it ran
+    created: float  # unix time it was recorded
+
+
+class ActionCache(Protocol):
+    """Action key -> result. ``lookup`` returns ``None`` on a miss."""
+
+    def lookup(self, key: Digest) -> CachedResult | None: ...
+
+    def record(
+        self, key: Digest, result: re_pb2.ActionResult, *, executor: str, duration: float
+    ) -> None: ...
+
+
+def result_blobs(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[Digest]:
+    """Every blob an ``ActionResult`` refers to, including the files and
+    directories inside its output trees."""
+    from kiln.reapi import re_pb2
+
+    for f in result.output_files:
+        yield Digest.from_proto(f.digest)
+    for d in result.output_directories:
+        tree_digest = Digest.from_proto(d.tree_digest)
+        yield tree_digest
+        data = cas.get_bytes(tree_digest)
+        if data is None:
+            continue
+        tree = re_pb2.Tree.FromString(data)
+        for directory in [tree.root, *tree.children]:
+            for f in directory.files:
+                yield Digest.from_proto(f.digest)
+    for field in ("stdout_digest", "stderr_digest"):
+        if result.HasField(field):
+            d = Digest.from_proto(getattr(result, field))
+            if d.size:
+                yield d
+
+
+class LocalActionCache:
+    """The action cache in the store's SQLite database."""
+
+    def __init__(self, conn: sqlite3.Connection, cas: ContentStore, store_id: str) -> None:
+        self._conn = conn
+        self._cas = cas
+        self._store_id = store_id
+
+    def lookup(self, key: Digest) -> CachedResult | None:
+        from kiln.reapi import re_pb2
+
+        row = self._conn.execute(
+            "SELECT result, executor, duration, producer, created FROM action_cache "
+            "WHERE hash = ? AND size = ?",
+            (key.hash, key.size),
+        ).fetchone()
+        if row is None:
+            return None
+        result = re_pb2.ActionResult.FromString(row[0])
+        if self._cas.find_missing(result_blobs(self._cas, result)):
+            return None
+        self._conn.execute(
+            "UPDATE action_cache SET last_used = ? WHERE hash = ?", (time.time(), key.hash)
+        )
+        return CachedResult(key, result, row[1], row[2], row[3], row[4])
+
+    def record(
+        self,
+        key: Digest,
+        result: re_pb2.ActionResult,
+        *,
+        executor: str,
+        duration: float,
+        producer: str | None = None,
+    ) -> None:
+        """Record a successful result; its blobs must already be in the CAS."""
+        if result.exit_code != 0:
+            raise ValueError("failed results are never cached")
+        missing = self._cas.find_missing(result_blobs(self._cas, result))
+        if missing:
+            raise ValueError(f"result names blobs that are not in the store: {missing[0]}")
+        now = time.time()
+        self._conn.execute(
+            "INSERT OR REPLACE INTO action_cache"
+            "(hash, size, result, executor, duration, producer, created, last_used) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key.hash,
+                key.size,
+                canonical_bytes(result),
+                executor,
+                duration,
+                producer or self._store_id,
+                now,
+                now,
+            ),
+        )
+
+    def remove(self, key: Digest) -> None:
+        self._conn.execute("DELETE FROM action_cache WHERE hash = ?", (key.hash,))
+
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM action_cache").fetchone()[0]

@@ -1,0 +1,84 @@
+"""The store's SQLite database (WAL mode), shared by concurrent processes.
+
+Tables (schema version in ``PRAGMA user_version``):
+- ``meta``: the store's identity (``store_id``) and settings.
+- ``action_cache``: action key -> serialized ``ActionResult`` plus metadata.
+- ``gc_roots``: named roots that garbage collection never deletes.
+- ``temp_roots``: digests protected by a live session (an in-flight build).
+- ``stat_cache``: per source directory, what its entries looked like
+  (inode, size, mtime, ctime, mode) and the digests they hashed to.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS action_cache (
+    hash      TEXT PRIMARY KEY,   -- action digest hash (the key)
+    size      INTEGER NOT NULL,   -- action digest size
+    result    BLOB NOT NULL,      -- canonical ActionResult bytes
+    executor  TEXT NOT NULL,      -- which executor produced it (wasm, native, ...)
+    duration  REAL NOT NULL,      -- seconds the action ran
+    producer  TEXT NOT NULL,      -- store_id of the store that produced it
+    created   REAL NOT NULL,      -- unix time when recorded
+    last_used REAL NOT NULL       -- unix time of the last hit (for GC policy)
+);
+CREATE TABLE IF NOT EXISTS gc_roots (
+    name    TEXT PRIMARY KEY,
+    kind    TEXT NOT NULL CHECK (kind IN ('tree', 'blob', 'action')),
+    hash    TEXT NOT NULL,
+    size    INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS temp_roots (
+    session TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    hash    TEXT NOT NULL,
+    size    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS temp_roots_session ON temp_roots(session);
+CREATE TABLE IF NOT EXISTS stat_cache (
+    dir  TEXT PRIMARY KEY,        -- absolute path of a source directory
+    data BLOB NOT NULL            -- marshal-encoded entries, see store/ingest.py
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the database, creating and migrating the schema when needed."""
+    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=60000")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)",
+                    (uuid.uuid4().hex,),
+                )
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return conn
+
+
+def store_id(conn: sqlite3.Connection) -> str:
+    return conn.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0]

@@ -1,0 +1,321 @@
+"""``Store``: the embedded local store under ``$KILN_HOME``.
+
+Layout:
+    cas/<hh>/<hash>[.x]   blobs (read-only), executable twins
+    tmp/<session>/        staging files of live sessions
+    sessions/<session>    session locks (held while the process lives)
+    locks/write           shared by writers, exclusive for GC
+    locks/actions/<hash>  "this action is being executed" locks
+    quarantine/           corrupt blobs moved aside by verify
+    kiln.db               SQLite (WAL): action cache, roots, stat cache
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kiln import errors
+from kiln.digest import Digest, canonical_bytes
+from kiln.store import db
+from kiln.store.actioncache import CachedResult, LocalActionCache
+from kiln.store.gc import GcPolicy, GcReport, collect
+from kiln.store.ingest import Ingester, forget_stat_cache
+from kiln.store.localcas import LocalCAS
+from kiln.store.locks import KeyLocks, SharedExclusiveLock
+from kiln.store.materialize import Materializer
+from kiln.store.session import Session, reap_dead_sessions
+from kiln.store.verify import VerifyReport, verify_blobs
+
+if TYPE_CHECKING:
+    from kiln.action import ActionSpec
+    from kiln.reapi import re_pb2
+
+ROOT_KINDS = ("tree", "blob", "action")
+
+
+def default_home() -> Path:
+    """``$KILN_HOME``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
+    if home := os.environ.get("KILN_HOME"):
+        return Path(home)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "kiln"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    digest: Digest
+    kind: str  # "tree" or "blob"
+    files_hashed: int
+    dirs_rebuilt: int
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What ``execute_once`` returns: the result and whether it was reused."""
+
+    result: re_pb2.ActionResult
+    cached: bool  # True: taken from the action cache, nothing ran here
+    waited: bool = False  # True: another process ran it while we waited
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    home: str
+    store_id: str
+    blobs: int
+    blob_bytes: int
+    exec_twins: int
+    actions: int
+    roots: int
+    database_bytes: int
+
+
+class Store:
+    """The local store: CAS, action cache, roots, locks. Safe to share
+    between processes; one ``Store`` object may be used by many threads."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        try:
+            for sub in ("cas", "tmp", "sessions", "locks/actions", "quarantine"):
+                (self.home / sub).mkdir(parents=True, exist_ok=True)
+            cas_root = self.home / "cas"
+            if not (cas_root / "ff").is_dir():
+                for i in range(256):
+                    (cas_root / f"{i:02x}").mkdir(exist_ok=True)
+            self.conn = db.connect(self.home / "kiln.db")
+        except (OSError, sqlite3.Error) as e:
+            raise errors.store_unusable(self.home, str(e)) from None
+        self.store_id = db.store_id(self.conn)
+        self._session: Session | None = None
+        self.cas = LocalCAS(cas_root, self._staging_dir)
+        self.action_cache = LocalActionCache(self.conn, self.cas, self.store_id)
+        self.key_locks = KeyLocks(self.home / "locks" / "actions")
+        self._write_lock = SharedExclusiveLock(self.home / "locks" / "write")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self.conn.close()
+
+    @property
+    def session(self) -> Session:
+        """This process's session (created on first use)."""
+        if self._session is None:
+            self._session = Session(self.home, self.conn)
+        return self._session
+
+    def _staging_dir(self) -> Path:
+        return self.session.staging
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold while adding content or references; GC waits for it."""
+        with self._write_lock.shared():
+            yield
+
+    # ------------------------------------------------------------- content
+
+    def put(self, path: str | os.PathLike[str], root: str | None = None) -> PutResult:
+        """Store a folder as a tree (or a file as a blob); optionally name a GC root."""
+        with self.writing():
+            ingester = Ingester(self.cas, self.conn)
+            digest, kind = ingester.put(path)
+            if root is not None:
+                self.add_root(root, digest, kind)
+        return PutResult(digest, kind, ingester.files_hashed, ingester.dirs_rebuilt)
+
+    def put_action(self, spec: ActionSpec) -> Digest:
+        """Store an action's ``Action`` and ``Command`` blobs; returns its key."""
+        action, command = spec.action()
+        with self.writing(), self.cas.batch() as batch:
+            batch.add_bytes(canonical_bytes(command))
+            return batch.add_bytes(canonical_bytes(action))
+
+    def get(
+        self,
+        digest: Digest,
+        dest: str | os.PathLike[str],
+        *,
+        blob: bool = False,
+        copy: bool = False,
+    ) -> Materializer:
+        """Write a tree (or with ``blob=True`` one blob) to ``dest``."""
+        m = Materializer(self.cas, copy=copy)
+        with self.writing():  # exec twins are written into the CAS
+            if blob:
+                m.blob(digest, dest)
+            else:
+                m.tree(digest, dest)
+        return m
+
+    # ----------------------------------------------------- execute once
+
+    def execute_once(
+        self,
+        key: Digest,
+        execute: Callable[[], tuple[re_pb2.ActionResult, str]],
+        timeout: float | None = None,
+    ) -> Execution:
+        """Run ``execute`` for ``key`` unless its result is cached.
+
+        Across processes sharing this store, at most one runs a given key at a
+        time; the others wait and then reuse the recorded result. ``execute``
+        returns (result, executor name); failed results are not recorded, so
+        a waiter runs the action itself after a failure.
+        """
+        hit = self.action_cache.lookup(key)
+        if hit is not None:
+            return Execution(hit.result, cached=True)
+        lease = self.key_locks.acquire(key, timeout)
+        if lease is None:
+            raise _busy(key, timeout)
+        with lease:
+            return self._execute_holding(key, execute)
+
+    async def execute_once_async(
+        self,
+        key: Digest,
+        execute: Callable[[], Awaitable[tuple[re_pb2.ActionResult, str]]],
+        timeout: float | None = None,
+    ) -> Execution:
+        """``execute_once`` for asyncio: waiting for another process does not
+        block the event loop."""
+        import asyncio
+
+        hit = self.action_cache.lookup(key)
+        if hit is not None:
+            return Execution(hit.result, cached=True)
+        lease = await asyncio.to_thread(self.key_locks.acquire, key, timeout)
+        if lease is None:
+            raise _busy(key, timeout)
+        with lease:
+            hit = self.action_cache.lookup(key)
+            if hit is not None:
+                return Execution(hit.result, cached=True, waited=True)
+            start = time.monotonic()
+            result, executor = await execute()
+            self._record(key, result, executor, time.monotonic() - start)
+            return Execution(result, cached=False)
+
+    def _execute_holding(
+        self, key: Digest, execute: Callable[[], tuple[re_pb2.ActionResult, str]]
+    ) -> Execution:
+        hit = self.action_cache.lookup(key)
+        if hit is not None:
+            return Execution(hit.result, cached=True, waited=True)
+        start = time.monotonic()
+        result, executor = execute()
+        self._record(key, result, executor, time.monotonic() - start)
+        return Execution(result, cached=False)
+
+    def _record(self, key: Digest, result: re_pb2.ActionResult, executor: str, took: float) -> None:
+        if result.exit_code == 0:
+            with self.writing():
+                self.action_cache.record(key, result, executor=executor, duration=took)
+
+    def lookup(self, key: Digest) -> CachedResult | None:
+        return self.action_cache.lookup(key)
+
+    # --------------------------------------------------------------- roots
+
+    def add_root(self, name: str, digest: Digest, kind: str = "tree") -> None:
+        """Name a GC root; replaces a root of the same name."""
+        if kind not in ROOT_KINDS:
+            raise ValueError(f"root kind must be one of {ROOT_KINDS}")
+        if not name or "\0" in name:
+            raise errors.KilnError(
+                f"invalid root name {name!r}", exit_code=errors.ExitCode.BAD_INPUT
+            )
+        with self.writing():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO gc_roots(name, kind, hash, size, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, kind, digest.hash, digest.size, time.time()),
+            )
+
+    def remove_root(self, name: str) -> bool:
+        cur = self.conn.execute("DELETE FROM gc_roots WHERE name = ?", (name,))
+        return cur.rowcount > 0
+
+    def roots(self) -> list[tuple[str, str, Digest, float]]:
+        """(name, kind, digest, created) for every named root, by name."""
+        rows = self.conn.execute(
+            "SELECT name, kind, hash, size, created FROM gc_roots ORDER BY name"
+        )
+        return [(n, k, Digest(h, s), c) for n, k, h, s, c in rows]
+
+    # ---------------------------------------------------------- maintenance
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every blob, quarantine corrupt ones, reap dead sessions."""
+        with self.writing():
+            stale = reap_dead_sessions(self.home, self.conn)
+        report = verify_blobs(self.cas.root, self.home / "quarantine")
+        report.stale_staging_removed = stale
+        if report.corrupt:
+            forget_stat_cache(self.conn)
+        return report
+
+    def gc(self, policy: GcPolicy | None = None, timeout: float | None = None) -> GcReport:
+        """Collect garbage; waits (up to ``timeout``) for in-flight writes."""
+        with self._write_lock.exclusive(timeout) as held:
+            if not held:
+                raise errors.KilnError(
+                    "the store is busy: another kiln process is writing to it",
+                    hint="retry when it has finished, or pass a longer --timeout",
+                    exit_code=errors.ExitCode.STORE,
+                )
+            reap_dead_sessions(self.home, self.conn)
+            policy = policy or GcPolicy()
+            report = collect(self.cas, self.conn, policy)
+            if report.deleted_blobs and not policy.dry_run:
+                forget_stat_cache(self.conn)
+        return report
+
+    def stats(self) -> StoreStats:
+        from kiln.store.blobs import scan
+
+        blobs = twins = size = 0
+        for f in scan(self.cas.root):
+            size += f.size
+            if f.is_twin:
+                twins += 1
+            else:
+                blobs += 1
+        db_bytes = sum(p.stat().st_size for p in self.home.glob("kiln.db*") if p.is_file())
+        return StoreStats(
+            home=str(self.home),
+            store_id=self.store_id,
+            blobs=blobs,
+            blob_bytes=size,
+            exec_twins=twins,
+            actions=len(self.action_cache),
+            roots=self.conn.execute("SELECT COUNT(*) FROM gc_roots").fetchone()[0],
+            database_bytes=db_bytes,
+        )
+
+
+def _busy(key: Digest, timeout: float | None) -> errors.KilnError:
+    return errors.KilnError(
+        f"action {key} is still being executed by another process after {timeout} s",
+        hint="wait for the other build to finish",
+        exit_code=errors.ExitCode.STORE,
+        key=str(key),
+    )

@@ -1,0 +1,266 @@
+"""The embedded on-disk CAS: ``$KILN_HOME/cas/<hh>/<hash>``.
+
+Invariants:
+- A file under ``cas/`` is complete: blobs are written to a private staging
+  file, made durable (fsync, or one ``syncfs`` for a batch) and then renamed
+  into place, so a crash at any moment leaves no partial blob visible.
+- Blobs are read-only (0444). An executable twin ``<hash>.x`` (0555) is made
+  on demand so that executables can be materialized by hard link too.
+- Each blob's content hashes to its name, checked by ``verify``; reads of
+  small blobs are re-checked on every read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import itertools
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from kiln import errors
+from kiln.digest import Digest, hash_stream
+
+BLOB_MODE = 0o444
+EXEC_MODE = 0o555
+EXEC_SUFFIX = ".x"
+# Files up to this size are read into memory once, hashed and written; larger
+# ones are copied by the kernel into staging and hashed there.
+SMALL_FILE = 1 << 20
+# A batch commits (one sync, then renames) after this many staged blobs.
+BATCH_BLOBS = 8192
+BATCH_BYTES = 256 << 20
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class LocalCAS:
+    """Blobs as files under ``root``; staging files under ``staging_dir()``."""
+
+    def __init__(self, root: Path, staging_dir: Callable[[], Path]) -> None:
+        self.root = root
+        self._staging_dir = staging_dir
+        self._counter = itertools.count()
+        self._syncfs: Callable[[int], int] | bool | None = False  # False: not loaded yet
+
+    # ---------------------------------------------------------------- reading
+
+    def path(self, digest: Digest) -> Path:
+        return self.path_for_hash(digest.hash)
+
+    def path_for_hash(self, hash_hex: str) -> Path:
+        return self.root / hash_hex[:2] / hash_hex
+
+    def exec_path(self, digest: Digest) -> Path:
+        return self.root / digest.hash[:2] / (digest.hash + EXEC_SUFFIX)
+
+    def has(self, digest: Digest) -> bool:
+        try:
+            return os.stat(self.path(digest)).st_size == digest.size
+        except FileNotFoundError:
+            return False
+
+    def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+        seen: set[Digest] = set()
+        missing = []
+        for d in digests:
+            if d not in seen:
+                seen.add(d)
+                if not self.has(d):
+                    missing.append(d)
+        return missing
+
+    def get_bytes(self, digest: Digest) -> bytes | None:
+        try:
+            with open(self.path(digest), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        actual = Digest.of_bytes(data)
+        if actual != digest:
+            raise errors.corrupt_blob(digest, actual)
+        return data
+
+    def touch(self, digest: Digest) -> bool:
+        """Mark a blob as recently used (GC age); False if it is absent."""
+        try:
+            os.utime(self.path(digest))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def ensure_exec_twin(self, digest: Digest) -> Path:
+        """Path of an executable (0555) copy of the blob, created if needed."""
+        twin = self.exec_path(digest)
+        if not twin.exists():
+            staged = self._stage_path()
+            shutil.copyfile(self.path(digest), staged)
+            os.chmod(staged, EXEC_MODE)
+            self._sync_one(staged)
+            os.replace(staged, twin)
+        return twin
+
+    # ---------------------------------------------------------------- writing
+
+    def put_bytes(self, data: bytes) -> Digest:
+        with self.batch() as batch:
+            return batch.add_bytes(data)
+
+    def put_file(self, path: str | os.PathLike[str]) -> Digest:
+        with self.batch() as batch:
+            return batch.add_file(path)
+
+    def batch(self) -> CasBatch:
+        """A group of writes made durable together (one sync for all)."""
+        return CasBatch(self)
+
+    def _stage_path(self) -> Path:
+        return self._staging_dir() / f"{os.getpid()}.{next(self._counter)}"
+
+    def _write_staged(self, data: bytes | memoryview) -> Path:
+        staged = self._stage_path()
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, BLOB_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        finally:
+            os.close(fd)
+        return staged
+
+    def _sync_one(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _sync_all(self, staged: list[Path]) -> None:
+        """Make staged files durable: one syncfs on Linux, else fsync each."""
+        if self._syncfs is False:
+            self._syncfs = _load_syncfs()
+        if callable(self._syncfs):
+            fd = os.open(self.root, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if self._syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        for path in staged:
+            self._sync_one(path)
+
+    def _install(self, staged: Path, digest: Digest) -> None:
+        """Move a durable staged file into place; an existing blob wins."""
+        final = self.path(digest)
+        try:
+            os.link(staged, final)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            os.replace(staged, final)
+            return
+        os.unlink(staged)
+
+
+class CasBatch:
+    """Stages blobs and installs them all at ``commit`` (or on leaving ``with``).
+
+    Blobs become visible only after they are durable; if the process dies
+    before that, the staged files are left in the session's staging folder,
+    invisible to readers and removed by the next ``verify`` or ``gc``.
+    """
+
+    def __init__(self, cas: LocalCAS) -> None:
+        self._cas = cas
+        self._staged: list[tuple[Path, Digest]] = []
+        self._pending: set[Digest] = set()
+        self._bytes = 0
+
+    def __enter__(self) -> CasBatch:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def _present(self, digest: Digest) -> bool:
+        return digest in self._pending or self._cas.touch(digest)
+
+    def add_bytes(self, data: bytes, digest: Digest | None = None) -> Digest:
+        """Stage ``data`` (whose digest may be given if already computed)."""
+        if digest is None:
+            digest = Digest.of_bytes(data)
+        if not self._present(digest):
+            self._staged.append((self._cas._write_staged(data), digest))
+            self._pending.add(digest)
+            self._bytes += digest.size
+            self._maybe_commit()
+        return digest
+
+    def add_file(self, path: str | os.PathLike[str]) -> Digest:
+        """Stage a file's content. Hashes what was actually copied, so a file
+        changing underneath cannot produce a blob that mismatches its name."""
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= SMALL_FILE:
+                return self.add_bytes(f.read())
+            staged = self._cas._stage_path()
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, BLOB_MODE)
+            try:
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            finally:
+                os.close(fd)
+        with open(staged, "rb", buffering=0) as copy:
+            digest = hash_stream(copy)
+        if self._present(digest):
+            os.unlink(staged)
+        else:
+            self._staged.append((staged, digest))
+            self._pending.add(digest)
+            self._bytes += digest.size
+            self._maybe_commit()
+        return digest
+
+    def _maybe_commit(self) -> None:
+        if len(self._staged) >= BATCH_BLOBS or self._bytes >= BATCH_BYTES:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self._staged:
+            return
+        self._cas._sync_all([p for p, _ in self._staged])
+        for staged, digest in self._staged:
+            self._cas._install(staged, digest)
+        self._staged.clear()
+        self._pending.clear()
+        self._bytes = 0
+
+    def discard(self) -> None:
+        for staged, _ in self._staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+        self._staged.clear()
+        self._pending.clear()
+        self._bytes = 0

@@ -1,0 +1,195 @@
+"""Merkle trees of REAPI ``Directory`` messages: canonical form, walk, diff.
+
+A tree is named by the digest of its root ``Directory``'s canonical bytes.
+Canonical means: files, directories and symlinks each sorted by name (by
+code point, which equals UTF-8 byte order), no name used twice in one
+directory, every name a single valid path component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kiln import errors
+from kiln.digest import Digest, canonical_bytes
+
+if TYPE_CHECKING:
+    from kiln.reapi import re_pb2
+    from kiln.store.cas import ContentStore
+
+
+def check_name(name: str, where: str = "a directory") -> None:
+    """Reject names that are not one path component of valid UTF-8."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise errors.bad_name(name, where)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.bad_name(name, where + " (not valid UTF-8)") from None
+
+
+def make_directory(
+    files: list[tuple[str, Digest, bool]],
+    directories: list[tuple[str, Digest]],
+    symlinks: list[tuple[str, str]],
+    where: str = "a directory",
+) -> re_pb2.Directory:
+    """Build a canonical ``Directory`` from (name, digest, executable) files,
+    (name, digest) subdirectories and (name, target) symlinks."""
+    from kiln.reapi import re_pb2
+
+    names: set[str] = set()
+    for name in [f[0] for f in files] + [d[0] for d in directories] + [s[0] for s in symlinks]:
+        check_name(name, where)
+        if name in names:
+            raise errors.bad_name(name, where + " (duplicate)")
+        names.add(name)
+    return re_pb2.Directory(
+        files=[
+            re_pb2.FileNode(
+                name=name,
+                digest=re_pb2.Digest(hash=d.hash, size_bytes=d.size),
+                is_executable=executable,
+            )
+            for name, d, executable in sorted(files)
+        ],
+        directories=[
+            re_pb2.DirectoryNode(name=name, digest=re_pb2.Digest(hash=d.hash, size_bytes=d.size))
+            for name, d in sorted(directories)
+        ],
+        symlinks=[re_pb2.SymlinkNode(name=name, target=t) for name, t in sorted(symlinks)],
+    )
+
+
+def check_canonical(directory: re_pb2.Directory, where: str = "a directory") -> None:
+    """Raise ``KilnError`` unless ``directory`` follows REAPI's canonical rules.
+
+    Used on every ``Directory`` read back from a store before it is trusted
+    to name paths on disk.
+    """
+    seen: set[str] = set()
+    for group in (directory.files, directory.directories, directory.symlinks):
+        previous = None
+        for node in group:
+            check_name(node.name, where)
+            if previous is not None and node.name <= previous:
+                raise errors.bad_name(node.name, where + " (entries not sorted or repeated)")
+            if node.name in seen:
+                raise errors.bad_name(node.name, where + " (duplicate)")
+            seen.add(node.name)
+            previous = node.name
+    for sym in directory.symlinks:
+        if not sym.target or "\0" in sym.target:
+            raise errors.bad_name(sym.name, where + " (empty or invalid symlink target)")
+
+
+def directory_digest(directory: re_pb2.Directory) -> Digest:
+    return Digest.of_bytes(canonical_bytes(directory))
+
+
+def load_directory(cas: ContentStore, digest: Digest, where: str = "") -> re_pb2.Directory:
+    """Read, parse and check a ``Directory`` blob; ``KilnError`` if absent."""
+    from kiln.reapi import re_pb2
+
+    data = cas.get_bytes(digest)
+    if data is None:
+        raise errors.digest_not_found(digest, "directory")
+    directory = re_pb2.Directory.FromString(data)
+    check_canonical(directory, where or str(digest))
+    return directory
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One non-directory path in a tree (files and symlinks), for walks and diffs."""
+
+    path: str
+    kind: str  # "file" or "symlink"
+    digest: Digest | None = None  # files only
+    executable: bool = False  # files only
+    target: str = ""  # symlinks only
+
+
+def walk(cas: ContentStore, root: Digest, prefix: str = "") -> Iterator[tuple[str, Entry | None]]:
+    """Yield (path, entry) for every file and symlink, and (path, None) for
+    every directory, depth first in canonical order. The root is not yielded."""
+    directory = load_directory(cas, root, prefix or "/")
+    for f in directory.files:
+        path = prefix + f.name
+        yield path, Entry(path, "file", Digest.from_proto(f.digest), f.is_executable)
+    for s in directory.symlinks:
+        path = prefix + s.name
+        yield path, Entry(path, "symlink", target=s.target)
+    for d in directory.directories:
+        path = prefix + d.name
+        yield path, None
+        yield from walk(cas, Digest.from_proto(d.digest), path + "/")
+
+
+def reachable(cas: ContentStore, root: Digest) -> Iterator[Digest]:
+    """Every blob a tree needs: its Directory blobs and its file blobs."""
+    yield root
+    directory = load_directory(cas, root)
+    for f in directory.files:
+        yield Digest.from_proto(f.digest)
+    for d in directory.directories:
+        yield from reachable(cas, Digest.from_proto(d.digest))
+
+
+@dataclass
+class TreeDiff:
+    """Paths that differ between two trees (directories included)."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+def _entries(directory: re_pb2.Directory) -> dict[str, tuple[str, object]]:
+    out: dict[str, tuple[str, object]] = {}
+    for f in directory.files:
+        out[f.name] = ("file", (f.digest.hash, f.digest.size_bytes, f.is_executable))
+    for s in directory.symlinks:
+        out[s.name] = ("symlink", s.target)
+    for d in directory.directories:
+        out[d.name] = ("dir", Digest.from_proto(d.digest))
+    return out
+
+
+def diff(cas: ContentStore, old: Digest, new: Digest) -> TreeDiff:
+    """Compare two trees, skipping identical subtrees by digest (Merkle).
+
+    A path whose kind changes (file to directory, say) is "changed"; the
+    contents of added or removed directories are listed under them.
+    """
+    result = TreeDiff()
+    _diff(cas, old, new, "", result)
+    for paths in (result.added, result.removed, result.changed):
+        paths.sort()
+    return result
+
+
+def _diff(cas: ContentStore, old: Digest, new: Digest, prefix: str, out: TreeDiff) -> None:
+    if old == new:
+        return
+    a = _entries(load_directory(cas, old))
+    b = _entries(load_directory(cas, new))
+    for name in a.keys() | b.keys():
+        path = prefix + name
+        if name not in b:
+            out.removed.append(path)
+            if a[name][0] == "dir":
+                out.removed.extend(p for p, _ in walk(cas, a[name][1], path + "/"))  # type: ignore[arg-type]
+        elif name not in a:
+            out.added.append(path)
+            if b[name][0] == "dir":
+                out.added.extend(p for p, _ in walk(cas, b[name][1], path + "/"))  # type: ignore[arg-type]
+        elif a[name][0] == b[name][0] == "dir":
+            _diff(cas, a[name][1], b[name][1], path + "/", out)  # type: ignore[arg-type]
+        elif a[name] != b[name]:
+            out.changed.append(path)
