@@ -42,9 +42,9 @@ class KilnError(Exception):
         return self.message
 
     def render(self) -> str:
-        """The message, then the hint on its own line if there is one."""
+        """One line: the message, then the hint if there is one."""
         if self.hint:
-            return f"{self.message}\n  hint: {self.hint}"
+            return f"{self.message} (hint: {self.hint})"
         return self.message
 
 

@@ -24,7 +24,7 @@ from kiln import errors
 from kiln.digest import Digest, canonical_bytes
 from kiln.store.localcas import SMALL_FILE, CasBatch, LocalCAS
 
-RACY_WINDOW_NS = 2_000_000_000
+RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
 
 # A stat_cache row's data: marshal of (signature, dir_hash, dir_size, contents)
 #   signature[i] = (name, mode, ino, size, mtime_ns, ctime_ns) for files/symlinks,
@@ -43,8 +43,14 @@ _KINDS = {
 class Ingester:
     """Puts one folder (or file) into a ``LocalCAS``, using the stat cache."""
 
-    def __init__(self, cas: LocalCAS, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, cas: LocalCAS, conn: sqlite3.Connection, racy_window_ns: int | None = None
+    ) -> None:
         self._cas = cas
+        if racy_window_ns is None:
+            ms = os.environ.get("KILN_RACY_WINDOW_MS")
+            racy_window_ns = int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
+        self._racy_window_ns = racy_window_ns
         self._conn = conn
         self._cached: dict[str, bytes] = {}
         self._updates: list[tuple[str, bytes]] = []
@@ -151,7 +157,7 @@ class Ingester:
             else:
                 kind = _KINDS.get(stat.S_IFMT(mode), "special file")
                 raise errors.unsupported_file_type(full, kind)
-            racy = max(sig[4], sig[5]) >= self._start_ns - RACY_WINDOW_NS
+            racy = max(sig[4], sig[5]) >= self._start_ns - self._racy_window_ns
             stored_signature.append((name, mode, -1, *sig[3:]) if racy else sig)
         directory = make_directory(files, dirs, links, where=path)
         data = canonical_bytes(directory)

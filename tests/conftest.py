@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh store per test, sample trees, the real `kiln` binary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.store import Store
+
+KILN = str(Path(sys.executable).parent / "kiln")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "kiln-home"
+
+
+@pytest.fixture
+def store(home: Path) -> Iterator[Store]:
+    with Store(home) as s:
+        yield s
+
+
+def make_sample_tree(root: Path) -> Path:
+    """Files (one executable), a symlink, nested and empty directories."""
+    (root / "src" / "lib").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "src" / "empty-too").mkdir()
+    (root / "README").write_text("hello\n")
+    (root / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    (root / "src" / "lib" / "util.c").write_bytes(bytes(range(256)) * 10)
+    run = root / "run.sh"
+    run.write_text("#!/bin/sh\necho hi\n")
+    run.chmod(0o755)
+    (root / "link").symlink_to("src/main.c")
+    (root / "dangling").symlink_to("../nowhere")
+    return root
+
+
+@pytest.fixture
+def sample_tree(tmp_path: Path) -> Path:
+    return make_sample_tree(tmp_path / "sample")
+
+
+def run_kiln(
+    home: Path, *args: str, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `kiln` console script against store ``home``."""
+    full_env = {**os.environ, "KILN_HOME": str(home), **(env or {})}
+    proc = subprocess.run([KILN, *args], capture_output=True, text=True, env=full_env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kiln {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def kiln(home: Path):
+    def _run(*args: str, check: bool = False, env: dict[str, str] | None = None):
+        return run_kiln(home, *args, check=check, env=env)
+
+    return _run
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything REAPI trees capture about a folder: kinds, bytes, exec bits, targets."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = ("symlink", os.readlink(p))
+                if name in dirnames:
+                    dirnames.remove(name)
+            elif p.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", p.read_bytes(), bool(p.stat().st_mode & 0o100))
+    return out

@@ -1,0 +1,112 @@
+"""Putting folders: stat cache reuse, racy entries, bad input."""
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import ExitCode, KilnError
+
+
+@pytest.fixture(autouse=True)
+def no_racy_window(monkeypatch) -> None:
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+
+
+def test_unchanged_tree_is_not_read_again(store, sample_tree: Path) -> None:
+    first = store.put(sample_tree)
+    assert first.files_hashed == 4
+    again = store.put(sample_tree)
+    assert again.digest == first.digest
+    assert again.files_hashed == 0 and again.dirs_rebuilt == 0
+
+
+def test_one_changed_file_is_the_only_one_read(store, sample_tree: Path) -> None:
+    store.put(sample_tree)
+    (sample_tree / "src" / "main.c").write_text("int main(void) { return 1; }\n")
+    result = store.put(sample_tree)
+    assert result.files_hashed == 1
+    assert result.dirs_rebuilt == 2  # src and the root
+
+
+def test_same_size_same_mtime_rewrite_is_caught_by_ctime_and_inode(
+    store, sample_tree: Path
+) -> None:
+    f = sample_tree / "README"
+    first = store.put(sample_tree).digest
+    st = f.stat()
+    f.write_text("HELLO\n")  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime
+    assert store.put(sample_tree).digest != first
+
+
+def test_racy_entries_are_rehashed(store, sample_tree: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", str(3600 * 1000))
+    store.put(sample_tree)
+    # Everything was modified "just now": nothing may be trusted by stat.
+    assert store.put(sample_tree).files_hashed == 4
+
+
+def test_cache_is_dropped_when_the_store_lost_the_tree(store, sample_tree: Path) -> None:
+    first = store.put(sample_tree)
+    path = store.cas.path(first.digest)
+    path.unlink()
+    again = store.put(sample_tree)
+    assert again.digest == first.digest
+    assert store.cas.has(first.digest)
+    assert again.files_hashed == 4
+
+
+def test_subfolder_reuses_cache_rows(store, sample_tree: Path) -> None:
+    store.put(sample_tree)
+    assert store.put(sample_tree / "src").files_hashed == 0
+
+
+def test_a_single_file_is_stored_as_a_blob(store, sample_tree: Path) -> None:
+    result = store.put(sample_tree / "README")
+    assert result.kind == "blob"
+    assert store.cas.get_bytes(result.digest) == b"hello\n"
+
+
+def test_missing_path(store, tmp_path: Path) -> None:
+    with pytest.raises(KilnError, match="no such file") as info:
+        store.put(tmp_path / "nope")
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+
+
+def test_socket_and_fifo_are_refused_by_name(store, tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    os.mkfifo(root / "pipe")
+    with pytest.raises(KilnError, match=r"pipe: is a FIFO"):
+        store.put(root)
+    (root / "pipe").unlink()
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(root / "sock"))
+        with pytest.raises(KilnError, match=r"sock: is a socket"):
+            store.put(root)
+    finally:
+        sock.close()
+
+
+def test_device_file_is_refused(store, tmp_path: Path) -> None:
+    root = tmp_path / "t"
+    root.mkdir()
+    try:
+        os.mknod(root / "null", 0o600 | 0o020000, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod not permitted here")
+    with pytest.raises(KilnError, match="character device"):
+        store.put(root)
+
+
+def test_time_does_not_matter(store, sample_tree: Path) -> None:
+    first = store.put(sample_tree).digest
+    later = time.time() + 1000
+    for p in sample_tree.rglob("*"):
+        if not p.is_symlink():
+            os.utime(p, (later, later))
+    assert store.put(sample_tree).digest == first
