@@ -1,6 +1,7 @@
 """Putting folders: stat cache reuse, racy entries, bad input."""
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -110,3 +111,60 @@ def test_time_does_not_matter(store, sample_tree: Path) -> None:
         if not p.is_symlink():
             os.utime(p, (later, later))
     assert store.put(sample_tree).digest == first
+
+
+@pytest.fixture
+def parallel_scan(monkeypatch) -> None:
+    """Make even a small tree use the forked scanning worker."""
+    from kiln.store import ingest
+
+    monkeypatch.setattr(ingest, "PARALLEL_MIN_DIRS", 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+
+def _wide_tree(root: Path) -> Path:
+    for d in range(12):
+        sub = root / f"d{d:02d}" / "inner"
+        sub.mkdir(parents=True)
+        (sub / "f").write_text(f"file {d}\n")
+        (root / f"d{d:02d}" / "g").write_text(f"g {d}\n")
+    return root
+
+
+def test_parallel_scan_sees_changes_in_every_directory(
+    store, tmp_path: Path, parallel_scan
+) -> None:
+    from kiln.store.local import Store
+
+    tree = _wide_tree(tmp_path / "wide")
+    first = store.put(tree)
+    assert store.put(tree).files_hashed == 0
+    # Change something in directories scanned by each process.
+    (tree / "d00" / "inner" / "f").write_text("changed 0\n")
+    (tree / "d07" / "g").write_text("changed 7\n")
+    shutil.rmtree(tree / "d05")
+    (tree / "d11" / "new").mkdir()
+    changed = store.put(tree)
+    assert changed.files_hashed == 2
+    with Store(tmp_path / "fresh") as fresh:
+        assert fresh.put(tree).digest == changed.digest != first.digest
+
+
+def test_parallel_scan_reports_unreadable_directories(
+    store, tmp_path: Path, parallel_scan, monkeypatch
+) -> None:
+    from kiln.store import ingest
+
+    tree = _wide_tree(tmp_path / "wide")
+    store.put(tree)
+    victim = str(tree / "d03" / "inner")
+    real_scan = ingest.scan
+
+    def failing_scan(path: str):
+        if path == victim:
+            raise ingest.errors.path_unreadable(path, "Permission denied")
+        return real_scan(path)
+
+    monkeypatch.setattr(ingest, "scan", failing_scan)
+    with pytest.raises(KilnError, match="inner: cannot read"):
+        store.put(tree)

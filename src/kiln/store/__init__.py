@@ -1,9 +1,30 @@
-"""The local store: content-addressed blobs, action cache, roots and GC."""
+"""The local store: content-addressed blobs, action cache, roots and GC.
 
-from kiln.store.cas import ContentStore
-from kiln.store.gc import GcPolicy, GcReport
-from kiln.store.local import Execution, PutResult, Store, StoreStats, default_home
-from kiln.store.verify import VerifyReport
+Names are loaded on first use so that commands pay only for what they use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiln.store.cas import ContentStore
+    from kiln.store.gc import GcPolicy, GcReport
+    from kiln.store.local import Execution, PutResult, Store, StoreStats, default_home
+    from kiln.store.verify import VerifyReport
+
+_WHERE = {
+    "ContentStore": "kiln.store.cas",
+    "GcPolicy": "kiln.store.gc",
+    "GcReport": "kiln.store.gc",
+    "Execution": "kiln.store.local",
+    "PutResult": "kiln.store.local",
+    "Store": "kiln.store.local",
+    "StoreStats": "kiln.store.local",
+    "default_home": "kiln.store.local",
+    "VerifyReport": "kiln.store.verify",
+}
 
 __all__ = [
     "ContentStore",
@@ -16,3 +37,10 @@ __all__ = [
     "VerifyReport",
     "default_home",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln.store' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -47,8 +47,12 @@ CREATE TABLE IF NOT EXISTS temp_roots (
 );
 CREATE INDEX IF NOT EXISTS temp_roots_session ON temp_roots(session);
 CREATE TABLE IF NOT EXISTS stat_cache (
-    dir  TEXT PRIMARY KEY,        -- absolute path of a source directory
-    data BLOB NOT NULL            -- marshal-encoded entries, see store/ingest.py
+    dir      TEXT PRIMARY KEY,    -- absolute path of a source directory
+    listing  BLOB NOT NULL,       -- marshal: its entries' stat data, see store/ingest.py
+    hash     TEXT NOT NULL,       -- digest of the Directory message it became
+    size     INTEGER NOT NULL,
+    subdirs  BLOB NOT NULL,       -- marshal: [(name, hash, size)] of its subdirectories
+    contents BLOB NOT NULL        -- marshal: {name: (hash, size)} of its files
 );
 """
 

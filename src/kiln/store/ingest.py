@@ -1,19 +1,29 @@
 """Folder -> store: hash a directory tree into ``Directory`` blobs and file blobs.
 
 The stat cache makes re-putting an unchanged tree cost one ``lstat`` per
-entry and no reads: per source directory it remembers each entry's
-(name, mode, inode, size, mtime, ctime) and the digests they hashed to. A
-directory whose entries all look the same as last time keeps its digest
-without building any message.
+entry and no reads. Per source directory it remembers the *listing* (each
+entry's name, mode, inode, size, mtime and ctime; name and mode only for
+subdirectories), the digest the directory became, its subdirectories'
+digests and its files' digests.
 
-Racy entries: a file modified within ``RACY_WINDOW_NS`` of the walk's start
-could change again without its mtime moving (coarse timestamp clocks), so
-such entries are stored as "never matches" and re-hashed next time, as git
-does for racily clean index entries.
+A put runs in two phases:
+1. *Scan*: list every directory. Directories known from the cache are
+   independent of each other, so on a multi-core machine a forked worker
+   scans part of them; it reports only the listings that changed.
+2. *Compose*, bottom-up from the root: a directory whose listing and
+   subdirectory digests equal the cache keeps its digest without building
+   any message; otherwise its changed files are read and hashed and its
+   ``Directory`` is rebuilt.
+
+Racy entries: a file modified within the racy window before the put could
+change again without its mtime moving (coarse timestamp clocks), so such
+entries are stored as "never matches" and re-hashed next time, as git does
+for racily clean index entries.
 """
 
 from __future__ import annotations
 
+import gc
 import marshal
 import os
 import sqlite3
@@ -25,12 +35,14 @@ from kiln.digest import Digest, canonical_bytes
 from kiln.store.localcas import SMALL_FILE, CasBatch, LocalCAS
 
 RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
+# Fork a scanning worker only for trees with at least this many directories.
+PARALLEL_MIN_DIRS = 256
 
-# A stat_cache row's data: marshal of (signature, dir_hash, dir_size, contents)
-#   signature[i] = (name, mode, ino, size, mtime_ns, ctime_ns) for files/symlinks,
-#                  (name, mode, subdir_hash, subdir_size) for directories
-#   contents[i]  = (hash, size) for files, target for symlinks, None for directories
-_Row = tuple[list[tuple], str, int, list]
+# A listing is a list of entries in scandir order:
+#   (name, mode, ino, size, mtime_ns, ctime_ns) for files and symlinks,
+#   (name, mode) for directories (their contents are compared by digest).
+Listing = list[tuple]
+_UNCHANGED = None  # scan result: the listing equals the cached one
 
 _KINDS = {
     stat.S_IFSOCK: "socket",
@@ -40,20 +52,105 @@ _KINDS = {
 }
 
 
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def scan(path: str) -> Listing:
+    """One directory's listing (see ``Listing``); ``KilnError`` if unreadable."""
+    try:
+        # Scanning an open descriptor makes each lstat resolve one name
+        # relative to it rather than the whole path (~15% faster).
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError as e:
+        raise errors.path_unreadable(path, e.strerror or "permission denied") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise errors.path_missing(path) from None
+    listing: Listing = []
+    try:
+        with os.scandir(fd) as it:
+            for e in it:
+                # d_type tells directories without a stat (their own stat
+                # data is irrelevant: they are compared by digest).
+                if e.is_dir(follow_symlinks=False):
+                    listing.append((e.name, stat.S_IFDIR))
+                    continue
+                st = e.stat(follow_symlinks=False)
+                listing.append(
+                    (e.name, st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                )
+    except PermissionError as e:
+        raise errors.path_unreadable(path, e.strerror or "permission denied") from None
+    except FileNotFoundError:
+        raise errors.path_missing(path) from None
+    finally:
+        os.close(fd)
+    return listing
+
+
+class _Cached:
+    """One stat_cache row, decoded lazily."""
+
+    __slots__ = ("_listing", "_subdirs", "hash", "listing_raw", "size", "subdirs_raw")
+
+    def __init__(self, listing_raw: bytes, hash_: str, size: int, subdirs_raw: bytes) -> None:
+        self.listing_raw = listing_raw
+        self.hash = hash_
+        self.size = size
+        self.subdirs_raw = subdirs_raw
+        self._listing: Listing | None = None
+        self._subdirs: list[tuple[str, str, int]] | None = None
+
+    @property
+    def listing(self) -> Listing:
+        if self._listing is None:
+            self._listing = marshal.loads(self.listing_raw)
+        return self._listing
+
+    @property
+    def subdirs(self) -> list[tuple[str, str, int]]:
+        """(name, hash, size) of each subdirectory, by name."""
+        if self._subdirs is None:
+            self._subdirs = marshal.loads(self.subdirs_raw)
+        return self._subdirs
+
+
+def _scan_known(paths: list[str], cached: dict[str, _Cached]) -> dict[str, object]:
+    """Scan cache-known directories: ``_UNCHANGED``, a new listing, or the
+    ``KilnError`` met (raised later only if the directory is still part of
+    the tree)."""
+    out: dict[str, object] = {}
+    for path in paths:
+        try:
+            listing = scan(path)
+        except errors.KilnError as e:
+            out[path] = ("error", e.message, e.hint, e.exit_code)
+            continue
+        out[path] = _UNCHANGED if listing == cached[path].listing else listing
+    return out
+
+
 class Ingester:
     """Puts one folder (or file) into a ``LocalCAS``, using the stat cache."""
 
     def __init__(
-        self, cas: LocalCAS, conn: sqlite3.Connection, racy_window_ns: int | None = None
+        self,
+        cas: LocalCAS,
+        conn: sqlite3.Connection,
+        racy_window_ns: int | None = None,
+        workers: int | None = None,
     ) -> None:
         self._cas = cas
+        self._conn = conn
         if racy_window_ns is None:
             ms = os.environ.get("KILN_RACY_WINDOW_MS")
             racy_window_ns = int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
         self._racy_window_ns = racy_window_ns
-        self._conn = conn
-        self._cached: dict[str, bytes] = {}
-        self._updates: list[tuple[str, bytes]] = []
+        self._workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+        self._cached: dict[str, _Cached] = {}
+        self._scanned: dict[str, object] = {}
+        self._updates: list[tuple] = []
+        self._visited: set[str] = set()
         self._start_ns = 0
         self.files_hashed = 0
         self.dirs_rebuilt = 0
@@ -71,100 +168,165 @@ class Ingester:
             with self._cas.batch() as batch:
                 return self._hash_file(batch, root, st.st_size), "blob"
         if not stat.S_ISDIR(st.st_mode):
-            raise errors.unsupported_file_type(
-                path, _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
-            )
+            raise errors.unsupported_file_type(path, _kind(st.st_mode))
         return self.put_tree(root), "tree"
 
     def put_tree(self, root: str) -> Digest:
+        # The walk allocates a few objects per file and frees none of them
+        # until the end: cyclic GC passes over them would only cost time.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._put_tree(root)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _put_tree(self, root: str) -> Digest:
         self._start_ns = time.time_ns()
         self._load_cache(root)
+        self._scan_phase()
         with self._cas.batch() as batch:
-            digest = self._visit(batch, root)
+            digest = self._compose(batch, root)
         if not self._cas.has(digest):
             # The store lost blobs behind the cache's back (e.g. removed by
             # hand): forget what we knew and hash everything again.
             self._cached.clear()
-            self._conn.execute(*_under(root, "DELETE FROM stat_cache WHERE"))
+            self._scanned.clear()
+            self._visited.clear()
+            self._updates.clear()
             with self._cas.batch() as batch:
-                digest = self._visit(batch, root)
-        self._save_cache()
+                digest = self._compose(batch, root)
+        self._save_cache(root)
         return digest
 
-    # ------------------------------------------------------------- the walk
+    # --------------------------------------------------------- phase 1: scan
 
-    def _visit(self, batch: CasBatch, path: str) -> Digest:
-        signature: list[tuple] = []
+    def _scan_phase(self) -> None:
+        known = sorted(self._cached)
+        if self._workers < 2 or len(known) < PARALLEL_MIN_DIRS:
+            return  # compose scans on demand
+        ours, theirs = known[0::2], known[1::2]
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: scan, report, exit without cleanup
+            os.close(read_fd)
+            code = 0
+            try:
+                data = marshal.dumps(_scan_known(theirs, self._cached))
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(data)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(write_fd)
         try:
-            with os.scandir(path) as it:
-                for e in it:
-                    st = e.stat(follow_symlinks=False)
-                    mode = st.st_mode
-                    if stat.S_ISDIR(mode):
-                        sub = self._visit(batch, e.path)
-                        signature.append((e.name, mode, sub.hash, sub.size))
-                    else:
-                        signature.append(
-                            (e.name, mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                        )
-        except PermissionError as e:
-            raise errors.path_unreadable(path, e.strerror or "permission denied") from None
-        except FileNotFoundError:
-            raise errors.path_missing(path) from None
+            self._scanned = _scan_known(ours, self._cached)
+            with os.fdopen(read_fd, "rb") as inp:
+                data = inp.read()
+        finally:
+            _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) == 0:
+            self._scanned.update(marshal.loads(data))
+        # else: whatever the worker did not report is scanned on demand
 
-        raw = self._cached.pop(path, None)
-        cached: _Row | None = marshal.loads(raw) if raw is not None else None
-        if cached is not None and cached[0] == signature:
-            return Digest(cached[1], cached[2])
-        return self._rebuild(batch, path, signature, cached)
+    def _listing(self, path: str) -> Listing | None:
+        """The scan result for ``path``: a listing, or ``None`` if unchanged."""
+        result = self._scanned.pop(path, False)
+        if result is False:
+            listing = scan(path)
+            cached = self._cached.get(path)
+            return _UNCHANGED if cached is not None and cached.listing == listing else listing
+        if isinstance(result, tuple):
+            _, message, hint, exit_code = result
+            raise errors.KilnError(message, hint=hint, exit_code=exit_code)
+        return result  # type: ignore[return-value]
+
+    # ------------------------------------------------------ phase 2: compose
+
+    def _compose(self, batch: CasBatch, path: str) -> Digest:
+        self._visited.add(path)
+        listing = self._listing(path)
+        cached = self._cached.get(path)
+        if listing is _UNCHANGED:
+            assert cached is not None
+            subdirs = [
+                (name, self._compose(batch, os.path.join(path, name)))
+                for name, _, _ in cached.subdirs
+            ]
+            if all(
+                d.hash == h and d.size == s
+                for (_, d), (_, h, s) in zip(subdirs, cached.subdirs, strict=True)
+            ):
+                return Digest(cached.hash, cached.size)
+            return self._rebuild(batch, path, cached.listing, dict(subdirs), cached)
+        subdir_digests = {
+            entry[0]: self._compose(batch, os.path.join(path, entry[0]))
+            for entry in listing
+            if len(entry) == 2
+        }
+        return self._rebuild(batch, path, listing, subdir_digests, cached)
 
     def _rebuild(
-        self, batch: CasBatch, path: str, signature: list[tuple], cached: _Row | None
+        self,
+        batch: CasBatch,
+        path: str,
+        listing: Listing,
+        subdir_digests: dict[str, Digest],
+        cached: _Cached | None,
     ) -> Digest:
         from kiln.tree import make_directory
 
-        old: dict[str, tuple[tuple, object]] = {}
+        old_listing: dict[str, tuple] = {}
+        old_contents: dict[str, tuple[str, int]] = {}
         if cached is not None:
-            old = {
-                sig[0]: (sig, content) for sig, content in zip(cached[0], cached[3], strict=True)
-            }
+            old_listing = {entry[0]: entry for entry in cached.listing}
+            row = self._conn.execute(
+                "SELECT contents FROM stat_cache WHERE dir = ?", (path,)
+            ).fetchone()
+            old_contents = marshal.loads(row[0]) if row else {}
         files: list[tuple[str, Digest, bool]] = []
-        dirs: list[tuple[str, Digest]] = []
         links: list[tuple[str, str]] = []
-        contents: list[object] = []
-        stored_signature: list[tuple] = []
-        for sig in signature:
-            name, mode = sig[0], sig[1]
-            full = os.path.join(path, name)
-            if stat.S_ISDIR(mode):
-                dirs.append((name, Digest(sig[2], sig[3])))
-                contents.append(None)
-                stored_signature.append(sig)
+        contents: dict[str, tuple[str, int]] = {}
+        stored: Listing = []
+        oldest_trusted = self._start_ns - self._racy_window_ns
+        for entry in listing:
+            name, mode = entry[0], entry[1]
+            if len(entry) == 2:
+                stored.append(entry)
                 continue
-            prior = old.get(name)
+            full = os.path.join(path, name)
             if stat.S_ISREG(mode):
-                if prior is not None and prior[0] == sig:
-                    h, size = prior[1]  # type: ignore[misc]
-                    digest = Digest(h, size)
+                known = old_contents.get(name)
+                if known is not None and old_listing.get(name) == entry:
+                    digest = Digest(known[0], known[1])
                 else:
-                    digest = self._hash_file(batch, full, sig[3])
+                    digest = self._hash_file(batch, full, entry[3])
                 files.append((name, digest, bool(mode & stat.S_IXUSR)))
-                contents.append((digest.hash, digest.size))
+                contents[name] = (digest.hash, digest.size)
             elif stat.S_ISLNK(mode):
-                target = os.readlink(full)
-                links.append((name, target))
-                contents.append(target)
+                try:
+                    links.append((name, os.readlink(full)))
+                except FileNotFoundError:
+                    raise errors.path_missing(full) from None
             else:
-                kind = _KINDS.get(stat.S_IFMT(mode), "special file")
-                raise errors.unsupported_file_type(full, kind)
-            racy = max(sig[4], sig[5]) >= self._start_ns - self._racy_window_ns
-            stored_signature.append((name, mode, -1, *sig[3:]) if racy else sig)
+                raise errors.unsupported_file_type(full, _kind(mode))
+            racy = max(entry[4], entry[5]) >= oldest_trusted
+            stored.append((name, mode, -1, *entry[3:]) if racy else entry)
+        dirs = sorted(subdir_digests.items())
         directory = make_directory(files, dirs, links, where=path)
-        data = canonical_bytes(directory)
-        digest = batch.add_bytes(data)
+        digest = batch.add_bytes(canonical_bytes(directory))
         self.dirs_rebuilt += 1
-        row: _Row = (stored_signature, digest.hash, digest.size, contents)
-        self._updates.append((path, marshal.dumps(row)))
+        self._updates.append(
+            (
+                path,
+                marshal.dumps(stored),
+                digest.hash,
+                digest.size,
+                marshal.dumps([(n, d.hash, d.size) for n, d in dirs]),
+                marshal.dumps(contents),
+            )
+        )
         return digest
 
     def _hash_file(self, batch: CasBatch, path: str, size: int) -> Digest:
@@ -188,26 +350,31 @@ class Ingester:
     # ------------------------------------------------------- the stat cache
 
     def _load_cache(self, root: str) -> None:
-        self._cached = dict(
-            self._conn.execute(*_under(root, "SELECT dir, data FROM stat_cache WHERE"))
+        query, params = _under(
+            root, "SELECT dir, listing, hash, size, subdirs FROM stat_cache WHERE"
         )
+        self._cached = {
+            row[0]: _Cached(row[1], row[2], row[3], row[4])
+            for row in self._conn.execute(query, params)
+        }
 
-    def _save_cache(self) -> None:
-        stale = list(self._cached)
+    def _save_cache(self, root: str) -> None:
+        stale = [(d,) for d in self._cached if d not in self._visited]
         if not self._updates and not stale:
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.executemany(
-                "INSERT OR REPLACE INTO stat_cache(dir, data) VALUES (?, ?)", self._updates
+                "INSERT OR REPLACE INTO stat_cache(dir, listing, hash, size, subdirs, contents) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                self._updates,
             )
-            self._conn.executemany("DELETE FROM stat_cache WHERE dir = ?", [(d,) for d in stale])
+            self._conn.executemany("DELETE FROM stat_cache WHERE dir = ?", stale)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
         self._updates.clear()
-        self._cached.clear()
 
 
 def _under(root: str, query: str) -> tuple[str, tuple[str, str, str]]:

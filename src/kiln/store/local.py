@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
 from kiln.store import db
-from kiln.store.actioncache import CachedResult, LocalActionCache
-from kiln.store.gc import GcPolicy, GcReport, collect
-from kiln.store.ingest import Ingester, forget_stat_cache
 from kiln.store.localcas import LocalCAS
 from kiln.store.locks import KeyLocks, SharedExclusiveLock
-from kiln.store.materialize import Materializer
-from kiln.store.session import Session, reap_dead_sessions
-from kiln.store.verify import VerifyReport, verify_blobs
+from kiln.store.session import Session
 
+# Modules only some commands need are imported where used (start-up time).
 if TYPE_CHECKING:
     from kiln.action import ActionSpec
     from kiln.reapi import re_pb2
+    from kiln.store.actioncache import CachedResult, LocalActionCache
+    from kiln.store.gc import GcPolicy, GcReport
+    from kiln.store.materialize import Materializer
+    from kiln.store.verify import VerifyReport
 
 ROOT_KINDS = ("tree", "blob", "action")
 
@@ -95,8 +95,8 @@ class Store:
             raise errors.store_unusable(self.home, str(e)) from None
         self.store_id = db.store_id(self.conn)
         self._session: Session | None = None
+        self._action_cache: LocalActionCache | None = None
         self.cas = LocalCAS(cas_root, self._staging_dir)
-        self.action_cache = LocalActionCache(self.conn, self.cas, self.store_id)
         self.key_locks = KeyLocks(self.home / "locks" / "actions")
         self._write_lock = SharedExclusiveLock(self.home / "locks" / "write")
 
@@ -113,6 +113,14 @@ class Store:
             self._session.close()
             self._session = None
         self.conn.close()
+
+    @property
+    def action_cache(self) -> LocalActionCache:
+        if self._action_cache is None:
+            from kiln.store.actioncache import LocalActionCache
+
+            self._action_cache = LocalActionCache(self.conn, self.cas, self.store_id)
+        return self._action_cache
 
     @property
     def session(self) -> Session:
@@ -134,6 +142,8 @@ class Store:
 
     def put(self, path: str | os.PathLike[str], root: str | None = None) -> PutResult:
         """Store a folder as a tree (or a file as a blob); optionally name a GC root."""
+        from kiln.store.ingest import Ingester
+
         with self.writing():
             ingester = Ingester(self.cas, self.conn)
             digest, kind = ingester.put(path)
@@ -157,6 +167,8 @@ class Store:
         copy: bool = False,
     ) -> Materializer:
         """Write a tree (or with ``blob=True`` one blob) to ``dest``."""
+        from kiln.store.materialize import Materializer
+
         m = Materializer(self.cas, copy=copy)
         with self.writing():  # exec twins are written into the CAS
             if blob:
@@ -265,6 +277,10 @@ class Store:
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob, quarantine corrupt ones, reap dead sessions."""
+        from kiln.store.ingest import forget_stat_cache
+        from kiln.store.session import reap_dead_sessions
+        from kiln.store.verify import verify_blobs
+
         with self.writing():
             stale = reap_dead_sessions(self.home, self.conn)
         report = verify_blobs(self.cas.root, self.home / "quarantine")
@@ -275,6 +291,10 @@ class Store:
 
     def gc(self, policy: GcPolicy | None = None, timeout: float | None = None) -> GcReport:
         """Collect garbage; waits (up to ``timeout``) for in-flight writes."""
+        from kiln.store.gc import GcPolicy, collect
+        from kiln.store.ingest import forget_stat_cache
+        from kiln.store.session import reap_dead_sessions
+
         with self._write_lock.exclusive(timeout) as held:
             if not held:
                 raise errors.KilnError(

@@ -1,0 +1,34 @@
+"""Run every benchmark: `./dev bench [NAME...] [--json FILE]`.
+
+Each benchmark measures Kiln and a peer tool side by side in the same run
+and prints the ratio, since the machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bench import hash_file, tree_put
+
+BENCHMARKS = {"hash": hash_file.main, "tree": tree_put.main}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="./dev bench")
+    parser.add_argument("names", nargs="*", help=f"which to run: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    results = []
+    for name in args.names or BENCHMARKS:
+        results.extend(BENCHMARKS[name]())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Helpers shared by the benchmarks: real binaries, timing, reporting."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# The virtualenv's own console script: no pyenv shim in front of it.
+KILN = str(Path(sys.executable).parent / "kiln")
+
+
+def real_binary(name: str) -> str:
+    """The real executable, skipping pyenv shims (which add ~50 ms a call)."""
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        if "shims" in d:
+            continue
+        p = shutil.which(name, path=d)
+        if p:
+            return p
+    raise SystemExit(f"bench: {name} not found on PATH")
+
+
+def run(argv: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None) -> float:
+    """Run a command to completion; seconds of wall time. Fails loudly."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv)} failed: {proc.stderr}")
+    return took
+
+
+def median_of(n: int, fn: Callable[[], float]) -> float:
+    return statistics.median(fn() for _ in range(n))
+
+
+def make_tree(root: Path, dirs: int, files_per_dir: int, seed: int = 0) -> int:
+    """A source-like tree: ``dirs`` folders in 20 groups, small files of 100-3000 bytes."""
+    rng = random.Random(seed)
+    count = 0
+    for d in range(dirs):
+        sub = root / f"g{d % 20:02d}" / f"d{d:04d}"
+        sub.mkdir(parents=True)
+        for f in range(files_per_dir):
+            (sub / f"f{f:02d}.c").write_bytes(rng.randbytes(rng.randint(100, 3000)))
+            count += 1
+    return count
+
+
+def report(name: str, ours: float, peer_name: str, peer: float, goal: str) -> dict:
+    ratio = ours / peer if peer else float("inf")
+    print(
+        f"{name}: kiln {ours * 1000:.1f} ms, {peer_name} {peer * 1000:.1f} ms, "
+        f"ratio {ratio:.2f} (goal {goal})",
+        flush=True,
+    )
+    return {
+        "name": name,
+        "kiln_s": ours,
+        "peer": peer_name,
+        "peer_s": peer,
+        "ratio": ratio,
+        "goal": goal,
+    }
