@@ -73,6 +73,37 @@ def _digest_arg(text: str) -> Any:
     return Digest.parse(text)
 
 
+class _HashingProgress:
+    """A transient status line on a terminal's stderr while a put reads files.
+
+    Nothing is shown (and rich is not even imported) unless stderr is a
+    terminal and the put has to read many files: re-puts stay fast.
+    """
+
+    def __init__(self) -> None:
+        self._status: Any = None
+        self._enabled = sys.stderr.isatty()
+
+    def __call__(self, files: int, nbytes: int) -> None:
+        if not self._enabled:
+            return
+        text = f"hashing: {files} files, {nbytes / (1 << 20):.1f} MiB read"
+        if self._status is None:
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def __enter__(self) -> _HashingProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 
 
@@ -114,7 +145,8 @@ def store_put(ctx: click.Context, path: str, root_name: str | None, as_json: boo
     the root Directory's. Unchanged files are recognised by their stat data
     and not read again.
     """
-    result = _open_store(ctx).put(path, root=root_name)
+    with _HashingProgress() as progress:
+        result = _open_store(ctx).put(path, root=root_name, progress=progress)
     if as_json:
         _emit_json(
             {

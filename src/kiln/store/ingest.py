@@ -29,6 +29,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
@@ -37,6 +38,7 @@ from kiln.store.localcas import SMALL_FILE, CasBatch, LocalCAS
 RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
 # Fork a scanning worker only for trees with at least this many directories.
 PARALLEL_MIN_DIRS = 256
+PROGRESS_EVERY = 500
 
 # A listing is a list of entries in scandir order:
 #   (name, mode, ino, size, mtime_ns, ctime_ns) for files and symlinks,
@@ -139,7 +141,10 @@ class Ingester:
         conn: sqlite3.Connection,
         racy_window_ns: int | None = None,
         workers: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``progress(files_hashed, bytes_hashed)`` is called every
+        ``PROGRESS_EVERY`` files that had to be read."""
         self._cas = cas
         self._conn = conn
         if racy_window_ns is None:
@@ -152,7 +157,9 @@ class Ingester:
         self._updates: list[tuple] = []
         self._visited: set[str] = set()
         self._start_ns = 0
+        self._progress = progress
         self.files_hashed = 0
+        self.bytes_hashed = 0
         self.dirs_rebuilt = 0
 
     def put(self, path: str | os.PathLike[str]) -> tuple[Digest, str]:
@@ -331,6 +338,9 @@ class Ingester:
 
     def _hash_file(self, batch: CasBatch, path: str, size: int) -> Digest:
         self.files_hashed += 1
+        self.bytes_hashed += size
+        if self._progress is not None and self.files_hashed % PROGRESS_EVERY == 0:
+            self._progress(self.files_hashed, self.bytes_hashed)
         try:
             if size > SMALL_FILE:
                 return batch.add_file(path)

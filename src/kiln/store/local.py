@@ -140,12 +140,18 @@ class Store:
 
     # ------------------------------------------------------------- content
 
-    def put(self, path: str | os.PathLike[str], root: str | None = None) -> PutResult:
-        """Store a folder as a tree (or a file as a blob); optionally name a GC root."""
+    def put(
+        self,
+        path: str | os.PathLike[str],
+        root: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> PutResult:
+        """Store a folder as a tree (or a file as a blob); optionally name a GC
+        root. ``progress(files, bytes)`` hears about files that had to be read."""
         from kiln.store.ingest import Ingester
 
         with self.writing():
-            ingester = Ingester(self.cas, self.conn)
+            ingester = Ingester(self.cas, self.conn, progress=progress)
             digest, kind = ingester.put(path)
             if root is not None:
                 self.add_root(root, digest, kind)

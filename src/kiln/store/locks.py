@@ -35,6 +35,22 @@ def _acquire(fd: int, op: int, timeout: float | None) -> bool:
             time.sleep(_POLL)
 
 
+def is_locked(path: Path) -> bool:
+    """True if some process holds a lock on the file ``path`` (a snapshot);
+    False if it is free or does not exist."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class SharedExclusiveLock:
     """A reader/writer lock over one file, shareable by threads of a process.
 
@@ -133,14 +149,4 @@ class KeyLocks:
 
     def is_held(self, key: Digest) -> bool:
         """True if some process holds the key right now (a snapshot)."""
-        try:
-            fd = os.open(self.path(key), os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return is_locked(self.path(key))

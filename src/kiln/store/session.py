@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from kiln.digest import Digest
+from kiln.store.locks import is_locked
 
 _ABANDONED_AFTER = 3600.0
 
@@ -62,26 +63,6 @@ class Session:
         self._fd = None
 
 
-def _is_live(lock_path: Path) -> bool:
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def live_sessions(home: Path) -> set[str]:
-    return {
-        p.name for p in (home / "sessions").iterdir() if not p.name.startswith(".") and _is_live(p)
-    }
-
-
 def reap_dead_sessions(home: Path, conn: sqlite3.Connection) -> int:
     """Remove staging folders, temp roots and lock files of dead sessions.
 
@@ -92,7 +73,7 @@ def reap_dead_sessions(home: Path, conn: sqlite3.Connection) -> int:
     sessions = home / "sessions"
     removed = 0
     for staging in (home / "tmp").iterdir():
-        if not _is_live(sessions / staging.name):
+        if not is_locked(sessions / staging.name):
             removed += sum(1 for _ in staging.iterdir()) if staging.is_dir() else 1
             shutil.rmtree(staging, ignore_errors=True)
     for lock in sessions.iterdir():
@@ -102,11 +83,11 @@ def reap_dead_sessions(home: Path, conn: sqlite3.Connection) -> int:
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - lock.stat().st_mtime > _ABANDONED_AFTER:
                     os.unlink(lock)
-        elif not _is_live(lock):
+        elif not is_locked(lock):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lock)
     rows = conn.execute("SELECT DISTINCT session FROM temp_roots").fetchall()
-    dead = [(s,) for (s,) in rows if not _is_live(sessions / s)]
+    dead = [(s,) for (s,) in rows if not is_locked(sessions / s)]
     if dead:
         conn.executemany("DELETE FROM temp_roots WHERE session = ?", dead)
     return removed
