@@ -204,7 +204,9 @@ class Store:
         lease = self.key_locks.acquire(key, timeout)
         if lease is None:
             raise _busy(key, timeout)
-        with lease:
+        # Holding the write lock from execution to recording keeps GC from
+        # deleting the outputs before the cache entry that keeps them exists.
+        with lease, self.writing():
             return self._execute_holding(key, execute)
 
     async def execute_once_async(
@@ -223,7 +225,7 @@ class Store:
         lease = await asyncio.to_thread(self.key_locks.acquire, key, timeout)
         if lease is None:
             raise _busy(key, timeout)
-        with lease:
+        with lease, self.writing():
             hit = self.action_cache.lookup(key)
             if hit is not None:
                 return Execution(hit.result, cached=True, waited=True)
@@ -245,8 +247,7 @@ class Store:
 
     def _record(self, key: Digest, result: re_pb2.ActionResult, executor: str, took: float) -> None:
         if result.exit_code == 0:
-            with self.writing():
-                self.action_cache.record(key, result, executor=executor, duration=took)
+            self.action_cache.record(key, result, executor=executor, duration=took)
 
     def lookup(self, key: Digest) -> CachedResult | None:
         return self.action_cache.lookup(key)

@@ -39,11 +39,15 @@ class VerifyReport:
         return not self.corrupt
 
 
-def _actual(blob: BlobFile) -> str:
-    with open(blob.path, "rb", buffering=0) as f:
-        if blob.size < (1 << 20):
-            return hashlib.sha256(f.read()).hexdigest()
-        return hash_stream(f).hash
+def _actual(blob: BlobFile) -> str | None:
+    """What the blob's content hashes to; ``None`` if it was deleted meanwhile."""
+    try:
+        with open(blob.path, "rb", buffering=0) as f:
+            if blob.size < (1 << 20):
+                return hashlib.sha256(f.read()).hexdigest()
+            return hash_stream(f).hash
+    except FileNotFoundError:
+        return None
 
 
 def verify_blobs(cas_root: Path, quarantine: Path, workers: int = 2) -> VerifyReport:
@@ -51,6 +55,8 @@ def verify_blobs(cas_root: Path, quarantine: Path, workers: int = 2) -> VerifyRe
     blobs = list(scan(cas_root))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for blob, actual in zip(blobs, pool.map(_actual, blobs), strict=True):
+            if actual is None:
+                continue  # collected by a concurrent gc
             report.checked += 1
             report.bytes += blob.size
             if actual != blob.hash:
