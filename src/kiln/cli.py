@@ -107,7 +107,11 @@ class _HashingProgress:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 ok, 1 problem found, 2 bad usage or input, "
+    "3 not in the store, 4 store unusable.",
+)
 @click.version_option(__version__, "--version", "-V", prog_name="kiln")
 @click.option(
     "--store",
@@ -290,11 +294,22 @@ def root_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command("gc")
-@click.option("--max-size", type=str, help="Shrink the store to this size (e.g. 10G), LRU first.")
-@click.option("--max-age", type=str, help="Delete what was not used for this long (e.g. 30d).")
+@click.option(
+    "--max-size",
+    type=str,
+    metavar="SIZE",
+    help="Shrink the store to this size (e.g. 10G), LRU first.",
+)
+@click.option(
+    "--max-age", type=str, metavar="AGE", help="Delete what was not used for this long (e.g. 30d)."
+)
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 @click.option(
-    "--timeout", type=float, default=None, help="Seconds to wait for in-flight writes to end."
+    "--timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Seconds to wait for in-flight writes to end.",
 )
 @json_option
 @click.pass_context
