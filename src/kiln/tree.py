@@ -128,14 +128,27 @@ def walk(cas: ContentStore, root: Digest, prefix: str = "") -> Iterator[tuple[st
         yield from walk(cas, Digest.from_proto(d.digest), path + "/")
 
 
-def reachable(cas: ContentStore, root: Digest) -> Iterator[Digest]:
-    """Every blob a tree needs: its Directory blobs and its file blobs."""
-    yield root
-    directory = load_directory(cas, root)
-    for f in directory.files:
-        yield Digest.from_proto(f.digest)
-    for d in directory.directories:
-        yield from reachable(cas, Digest.from_proto(d.digest))
+def reachable(cas: ContentStore, root: Digest, skip_missing: bool = False) -> Iterator[Digest]:
+    """Every blob a tree needs: its Directory blobs and its file blobs, each
+    once. With ``skip_missing``, a missing or corrupt Directory blob hides
+    only what is below it instead of raising ``KilnError``."""
+    stack = [root]
+    seen: set[Digest] = set()
+    while stack:
+        digest = stack.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        yield digest
+        try:
+            directory = load_directory(cas, digest)
+        except errors.KilnError:
+            if skip_missing:
+                continue
+            raise
+        for f in directory.files:
+            yield Digest.from_proto(f.digest)
+        stack.extend(Digest.from_proto(d.digest) for d in directory.directories)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from conftest import make_sample_tree
 from kiln.action import ActionSpec
 from kiln.digest import EMPTY, Digest
 from kiln.errors import KilnError
-from kiln.reapi import ActionResult, OutputFile
+from kiln.reapi import ActionResult, Directory, FileNode, OutputFile
 from kiln.store import GcPolicy
 from kiln.tree import reachable
 
@@ -148,3 +148,18 @@ def test_gc_drops_stat_cache(store, sample_tree: Path, monkeypatch) -> None:
     again = store.put(sample_tree)
     assert again.digest == first.digest and again.files_hashed == 4
     assert store.cas.has(again.digest)
+
+
+def test_root_with_a_missing_subtree_keeps_everything_else(store, sample_tree: Path) -> None:
+    root = store.put(sample_tree, root="partial").digest
+    everything = {d.hash for d in reachable(store.cas, root)}
+    util_node = FileNode(
+        name="util.c", digest=Digest.of_file(sample_tree / "src/lib/util.c").to_proto()
+    )
+    lib = Digest.of_message(Directory(files=[util_node]))
+    store.cas.path(lib).unlink()  # lose the src/lib Directory blob
+    report = store.gc()
+    assert report.dangling_roots == []
+    kept = _blobs(store)
+    util = Digest.of_file(sample_tree / "src/lib/util.c").hash
+    assert everything - {lib.hash, util} <= kept

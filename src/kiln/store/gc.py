@@ -65,22 +65,21 @@ def _action_blobs(cas: LocalCAS, key: str, result_bytes: bytes) -> set[str]:
     return blobs
 
 
-def _mark_root(cas: LocalCAS, conn: sqlite3.Connection, kind: str, digest: Digest) -> set[str]:
-    """Hashes reachable from one root; KeyError-free: missing parts are skipped."""
-    from kiln.errors import KilnError
-
+def _mark_root(
+    cas: LocalCAS, conn: sqlite3.Connection, kind: str, digest: Digest, marked: set[str]
+) -> None:
+    """Mark everything one root keeps."""
     if kind == "blob":
-        return {digest.hash}
-    if kind == "tree":
-        try:
-            return {d.hash for d in reachable(cas, digest)}
-        except KilnError:
-            return {digest.hash}
-    row = conn.execute("SELECT result FROM action_cache WHERE hash = ?", (digest.hash,)).fetchone()
-    marked = {digest.hash}
-    if row is not None:
-        marked |= _action_blobs(cas, digest.hash, row[0])
-    return marked
+        marked.add(digest.hash)
+    elif kind == "tree":
+        marked.update(d.hash for d in reachable(cas, digest, skip_missing=True))
+    else:
+        marked.add(digest.hash)
+        row = conn.execute(
+            "SELECT result FROM action_cache WHERE hash = ?", (digest.hash,)
+        ).fetchone()
+        if row is not None:
+            marked.update(_action_blobs(cas, digest.hash, row[0]))
 
 
 def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcReport:
@@ -96,11 +95,11 @@ def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcRepo
         digest = Digest(h, size)
         if kind != "action" and not cas.has(digest):
             report.dangling_roots.append(name)
-        marked |= _mark_root(cas, conn, kind, digest)
+        _mark_root(cas, conn, kind, digest, marked)
         if kind == "action":
             rooted_actions.add(h)
     for kind, h, size in temps:
-        marked |= _mark_root(cas, conn, kind, Digest(h, size))
+        _mark_root(cas, conn, kind, Digest(h, size), marked)
         if kind == "action":
             rooted_actions.add(h)
 
