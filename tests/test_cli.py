@@ -151,3 +151,13 @@ def test_help_lists_commands(kiln) -> None:
     out = kiln("--help", check=True).stdout
     for word in ("store", "gc", "root"):
         assert word in out
+
+
+def test_get_of_a_file_blob_as_tree_is_a_clear_error(kiln, tmp_path: Path) -> None:
+    for content in (b"plain text that is not protobuf\n", b"\x0a\x03abc"):
+        (tmp_path / "f").write_bytes(content)
+        d = kiln("store", "put", str(tmp_path / "f"), check=True).stdout.strip()
+        proc = kiln("store", "get", d, str(tmp_path / "o"))
+        _one_line_error(proc, "is not a tree", 2)
+        assert "--blob" in proc.stderr
+        (tmp_path / "f").unlink()

@@ -66,6 +66,15 @@ def digest_not_found(digest: object, what: str = "blob") -> KilnError:
     )
 
 
+def not_a_directory(digest: object) -> KilnError:
+    return KilnError(
+        f"blob {digest} is not a tree (not a canonical REAPI Directory message)",
+        hint="if it is a file's digest, use `kiln store get --blob`",
+        exit_code=ExitCode.BAD_INPUT,
+        digest=str(digest),
+    )
+
+
 def path_missing(path: str | os.PathLike[str]) -> KilnError:
     return KilnError(
         f"{os.fspath(path)}: no such file or directory",

@@ -91,12 +91,21 @@ def directory_digest(directory: re_pb2.Directory) -> Digest:
 
 def load_directory(cas: ContentStore, digest: Digest, where: str = "") -> re_pb2.Directory:
     """Read, parse and check a ``Directory`` blob; ``KilnError`` if absent."""
+    from google.protobuf.message import DecodeError
+
     from kiln.reapi import re_pb2
 
     data = cas.get_bytes(digest)
     if data is None:
         raise errors.digest_not_found(digest, "directory")
-    directory = re_pb2.Directory.FromString(data)
+    try:
+        directory = re_pb2.Directory.FromString(data)
+    except DecodeError:
+        directory = None
+    # Canonical means re-encoding gives the very same bytes: this also turns
+    # away file blobs that happen to parse.
+    if directory is None or canonical_bytes(directory) != data:
+        raise errors.not_a_directory(digest)
     check_canonical(directory, where or str(digest))
     return directory
 
