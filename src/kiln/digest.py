@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -113,6 +111,9 @@ def hash_stream(f: BinaryIO) -> Digest:
 
 def _hash_pipelined(f: BinaryIO) -> Digest:
     """Hash with a reader thread filling one buffer while another is hashed."""
+    import queue
+    import threading
+
     free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
     full: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue(maxsize=2)
     for _ in range(3):

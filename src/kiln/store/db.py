@@ -12,7 +12,6 @@ Tables (schema version in ``PRAGMA user_version``):
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -69,6 +68,8 @@ def connect(path: Path) -> sqlite3.Connection:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
+                import uuid
+
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)

@@ -15,7 +15,6 @@ import os
 import shutil
 import sqlite3
 import time
-import uuid
 from pathlib import Path
 
 from kiln.digest import Digest
@@ -29,7 +28,7 @@ class Session:
     then renamed into ``sessions/``, so a reaper never sees it unlocked."""
 
     def __init__(self, home: Path, conn: sqlite3.Connection) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = os.urandom(16).hex()
         self._home = home
         self._conn = conn
         sessions = home / "sessions"
