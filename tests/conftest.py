@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -82,3 +84,30 @@ def snapshot(root: Path) -> dict[str, tuple]:
             else:
                 out[rel] = ("file", p.read_bytes(), bool(p.stat().st_mode & 0o100))
     return out
+
+
+# WASM test guests: C sources compiled to wasm32-wasi by the `ziglang`
+# package, cached in pytest's cache folder by source digest.
+GUESTS = Path(__file__).parent / "exec" / "guests"
+CFLAGS = ["--target=wasm32-wasi", "-O2", "-s"]
+
+
+@pytest.fixture(scope="session")
+def guest(request: pytest.FixtureRequest):
+    cache = Path(request.config.cache.mkdir("wasm-guests"))
+
+    def build(name: str) -> Path:
+        source = GUESTS / f"{name}.c"
+        key = hashlib.sha256(source.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:16]
+        out = cache / f"{name}-{key}.wasm"
+        if not out.exists():
+            tmp = out.with_suffix(".tmp.wasm")
+            subprocess.run(
+                [sys.executable, "-m", "ziglang", "cc", *CFLAGS, "-o", str(tmp), str(source)],
+                check=True,
+                capture_output=True,
+            )
+            shutil.move(tmp, out)
+        return out
+
+    return build

@@ -1,0 +1,1 @@
+"""Executors: turn an action and its input root into an ``ActionResult``."""

@@ -1,0 +1,310 @@
+"""The ``wasm`` executor: WASI preview 1 command modules on Wasmtime.
+
+An action's command is ``[module path, args...]``; the module is a file in
+the action's input root. Its platform properties carry the determinism
+contract's version and the resource limits, so all of them are in the key
+and nothing about the host is:
+
+    kiln-abi     kiln-wasi-p1-v1 (see ``kiln.exec.wasi.host``)
+    isa          wasm32
+    fuel         instructions the guest may execute (default 10**10)
+    memory-mib   linear memory limit in MiB (default 1024)
+
+Running out of fuel or memory is a deterministic failed result with a
+clear message in stderr; a wall-clock timeout exists for safety only and is
+a ``TransientError``, never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.digest import Digest, canonical_bytes
+from kiln.exec.base import TransientError
+from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost
+from kiln.exec.wasi.vfs import Dir, File, FileSystem, Symlink, WasiError
+
+if TYPE_CHECKING:
+    from kiln.reapi import re_pb2
+    from kiln.store.local import Store
+
+DEFAULT_FUEL = 10**10
+DEFAULT_MEMORY_MIB = 1024
+EXIT_TRAP = 134  # the exit code recorded for a guest that trapped
+WASM_PAGE = 65536
+
+
+@dataclass(frozen=True)
+class WasmLimits:
+    """Resource limits; part of the action, so part of its key."""
+
+    fuel: int = DEFAULT_FUEL
+    memory_mib: int = DEFAULT_MEMORY_MIB
+
+    def platform(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("fuel", str(self.fuel)),
+            ("isa", "wasm32"),
+            ("kiln-abi", ABI_VERSION),
+            ("memory-mib", str(self.memory_mib)),
+        )
+
+    @classmethod
+    def from_platform(cls, props: dict[str, str]) -> WasmLimits:
+        if props.get("kiln-abi") != ABI_VERSION:
+            raise TransientError(
+                f"action wants WASI contract {props.get('kiln-abi')!r}; "
+                f"this kiln runs {ABI_VERSION!r}",
+                hint="build the action with this version of kiln",
+            )
+        return cls(
+            int(props.get("fuel", DEFAULT_FUEL)), int(props.get("memory-mib", DEFAULT_MEMORY_MIB))
+        )
+
+
+def engine_config() -> Any:
+    """The one Wasmtime configuration Kiln runs guests with."""
+    import wasmtime
+
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True  # wall-clock timeout, safety only
+    config.cranelift_nan_canonicalization = True
+    config.wasm_relaxed_simd = True
+    config.wasm_relaxed_simd_deterministic = True
+    config.wasm_threads = False
+    return config
+
+
+# Changing engine_config() must change this, so cached compiled modules
+# made under another configuration are not reused.
+_CONFIG_FINGERPRINT = "fuel,epoch,nan-canon,relaxed-simd-deterministic,no-threads"
+
+
+class WasmExecutor:
+    """Runs wasm actions in-process. Compiled modules are cached on disk
+    under ``$KILN_HOME/wasm-modules`` by module digest, engine configuration
+    and Wasmtime version."""
+
+    name = "wasm"
+
+    def __init__(self, store: Store, timeout: float | None = None) -> None:
+        import wasmtime
+
+        self._store = store
+        self._timeout = timeout
+        self._engine = wasmtime.Engine(engine_config())
+        self._modules: dict[Digest, Any] = {}
+        self._cache_dir = store.home / "wasm-modules"
+        self._cache_dir.mkdir(exist_ok=True)
+        self.compiled = 0  # modules compiled (not loaded from the cache) by this executor
+
+    # ---------------------------------------------------------- modules
+
+    def _cache_path(self, module: Digest) -> Path:
+        import wasmtime
+
+        version = getattr(wasmtime, "__version__", "unknown")
+        key = hashlib.sha256(f"{module}\0{_CONFIG_FINGERPRINT}\0{version}".encode()).hexdigest()
+        return self._cache_dir / f"{key}.cwasm"
+
+    def module(self, digest: Digest, progress: Any = None) -> Any:
+        """The compiled module for a blob: from memory, the disk cache, or compiled now."""
+        import wasmtime
+
+        cached = self._modules.get(digest)
+        if cached is not None:
+            return cached
+        path = self._cache_path(digest)
+        if path.exists():
+            module = wasmtime.Module.deserialize_file(self._engine, str(path))
+        else:
+            data = self._store.cas.get_bytes(digest)
+            if data is None:
+                raise TransientError(f"module blob {digest} is not in the store")
+            if progress is not None:
+                progress(
+                    f"compiling {digest.size / (1 << 20):.1f} MiB WebAssembly module for this CPU"
+                )
+            try:
+                module = wasmtime.Module(self._engine, data)
+            except wasmtime.WasmtimeError as e:
+                raise TransientError(f"module {digest} is not valid WebAssembly: {e}") from None
+            staged = path.with_suffix(f".{os.getpid()}.tmp")
+            staged.write_bytes(module.serialize())
+            os.replace(staged, path)
+            self.compiled += 1
+        self._modules[digest] = module
+        return module
+
+    # ---------------------------------------------------------- execution
+
+    def execute(
+        self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
+    ) -> re_pb2.ActionResult:
+        from kiln.reapi import re_pb2
+
+        props = {p.name: p.value for p in action.platform.properties}
+        limits = WasmLimits.from_platform(props)
+        input_root = Digest.from_proto(action.input_root_digest)
+        fs = FileSystem(input_root, self._load_dir, self._load_blob)
+        argv = list(command.arguments)
+        module_digest = self._find_module(fs, argv[0] if argv else "")
+        for path in command.output_paths:
+            fs.allow_file(path)
+        fs.allow_dir("tmp")
+        env = [(v.name, v.value) for v in command.environment_variables]
+        host = WasiHost(fs, argv, env, seed=bytes.fromhex(key.hash))
+
+        started = time.time()
+        exit_code, note = self._run(self.module(module_digest), host, limits)
+        if note:
+            host.stderr.write(f"kiln: {note}\n".encode())
+        result = re_pb2.ActionResult(exit_code=exit_code)
+        with self._store.writing(), self._store.cas.batch() as batch:
+            for path in command.output_paths:
+                self._collect(fs, batch, path, result)
+            result.stdout_digest.CopyFrom(batch.add_bytes(bytes(host.stdout.data)).to_proto())
+            result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())
+        meta = result.execution_metadata
+        meta.worker = "kiln-wasm"
+        meta.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
+        meta.execution_completed_timestamp.FromNanoseconds(time.time_ns())
+        return result
+
+    def _run(self, module: Any, host: WasiHost, limits: WasmLimits) -> tuple[int, str]:
+        """Instantiate and run ``_start``: (exit code, note for stderr)."""
+        import wasmtime
+
+        store = wasmtime.Store(self._engine)
+        store.set_fuel(limits.fuel)
+        store.set_limits(memory_size=limits.memory_mib << 20)
+        store.set_epoch_deadline(1)
+        linker = wasmtime.Linker(self._engine)
+        host.define(linker, store)
+        linker.define_unknown_imports_as_traps(module)
+        timer = None
+        instance = None
+        if self._timeout is not None:
+            timer = threading.Timer(self._timeout, self._engine.increment_epoch)
+            timer.start()
+        try:
+            try:
+                instance = linker.instantiate(store, module)
+            except wasmtime.Trap:
+                raise
+            except wasmtime.WasmtimeError as e:
+                if "exceeds memory limits" in str(e):
+                    return EXIT_TRAP, f"memory limit of {limits.memory_mib} MiB reached at start"
+                return EXIT_TRAP, f"cannot instantiate the module: {str(e).strip()}"
+            start = instance.exports(store).get("_start")
+            if start is None:
+                return EXIT_TRAP, "module has no _start function (not a WASI command)"
+            start(store)
+            return 0, ""
+        except ProcExit as e:
+            return e.code, ""
+        except wasmtime.Trap as e:
+            memory = instance.exports(store).get("memory") if instance is not None else None
+            return EXIT_TRAP, self._explain(e, store, memory, limits)
+        except WasiError as e:  # raised outside a host call's wrapper
+            return EXIT_TRAP, f"WASI error {e.errno}"
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _explain(self, trap: Any, store: Any, memory: Any, limits: WasmLimits) -> str:
+        import wasmtime
+
+        code = trap.trap_code
+        if code == wasmtime.TrapCode.OUT_OF_FUEL:
+            return f"out of fuel after {limits.fuel} units"
+        if code == wasmtime.TrapCode.INTERRUPT:
+            raise TransientError(
+                f"wall-clock timeout after {self._timeout} s (not cached)",
+                hint="raise the timeout, or lower the action's fuel so it fails deterministically",
+            )
+        lines = str(trap).strip().splitlines()
+        cause = next((ln.strip() for ln in lines if "wasm trap:" in ln), lines[-1] if lines else "")
+        # Wasmtime does not report a refused memory.grow, and the guest sees
+        # only a failed allocation; a trap with memory this close to the
+        # limit is reported as the limit (the same verdict on every run).
+        limit = limits.memory_mib << 20
+        used = memory.size(store) * WASM_PAGE if memory is not None else 0
+        if used > limit - max(limit // 8, 2 << 20):
+            return f"memory limit of {limits.memory_mib} MiB reached ({cause})"
+        return f"trap: {cause}"
+
+    # ---------------------------------------------------------- files
+
+    def _load_dir(self, digest: Digest) -> list[tuple[str, str, object]]:
+        from kiln.tree import load_directory
+
+        d = load_directory(self._store.cas, digest)
+        entries: list[tuple[str, str, object]] = []
+        entries += [(f.name, "file", Digest.from_proto(f.digest)) for f in d.files]
+        entries += [(s.name, "symlink", s.target) for s in d.symlinks]
+        entries += [(x.name, "dir", Digest.from_proto(x.digest)) for x in d.directories]
+        return entries
+
+    def _load_blob(self, digest: Digest) -> bytes:
+        data = self._store.cas.get_bytes(digest)
+        if data is None:
+            raise TransientError(f"input blob {digest} is missing from the store")
+        return data
+
+    def _find_module(self, fs: FileSystem, path: str) -> Digest:
+        try:
+            _, _, node = fs.resolve(fs.root, path, follow=True)
+        except WasiError:
+            node = None
+        if not isinstance(node, File) or node.blob is None:
+            raise TransientError(
+                f"the action's module {path!r} is not a file in its input root",
+                hint="put the .wasm file into the input tree and name it as argv[0]",
+            )
+        return node.blob
+
+    def _collect(self, fs: FileSystem, batch: Any, path: str, result: re_pb2.ActionResult) -> None:
+        from kiln.reapi import re_pb2
+
+        try:
+            _, _, node = fs.resolve(fs.root, path, follow=False)
+        except WasiError:
+            return
+        if isinstance(node, File):
+            digest = batch.add_bytes(bytes(fs.content(node)))
+            result.output_files.add(path=path, digest=digest.to_proto())
+        elif isinstance(node, Symlink):
+            result.output_symlinks.add(path=path, target=node.target)
+        elif isinstance(node, Dir):
+            tree = re_pb2.Tree()
+            root = self._tree_dir(fs, batch, node, tree)
+            tree.root.CopyFrom(root)
+            digest = batch.add_bytes(canonical_bytes(tree))
+            result.output_directories.add(path=path, tree_digest=digest.to_proto())
+
+    def _tree_dir(self, fs: FileSystem, batch: Any, d: Dir, tree: Any) -> Any:
+        """The ``Directory`` for ``d``; its subdirectories go into ``tree.children``."""
+        from kiln.tree import make_directory
+
+        files, dirs, links = [], [], []
+        for name, node in sorted(fs.entries(d).items()):
+            if isinstance(node, File):
+                files.append((name, batch.add_bytes(bytes(fs.content(node))), False))
+            elif isinstance(node, Symlink):
+                links.append((name, node.target))
+            elif isinstance(node, Dir):
+                sub = self._tree_dir(fs, batch, node, tree)
+                data = canonical_bytes(sub)
+                batch.add_bytes(data)
+                if all(canonical_bytes(c) != data for c in tree.children):
+                    tree.children.append(sub)
+                dirs.append((name, Digest.of_bytes(data)))
+        return make_directory(files, dirs, links)
