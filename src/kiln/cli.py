@@ -290,6 +290,105 @@ def root_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{n}\t{k}\t{d}")
 
 
+# ------------------------------------------------------------------- wasm
+
+
+@cli.group()
+def wasm() -> None:
+    """Run WebAssembly (WASI preview 1) modules as deterministic actions."""
+
+
+@wasm.command("run", context_settings={"ignore_unknown_options": False})
+@click.argument("module", type=click.Path())
+@click.argument("args", nargs=-1)
+@click.option(
+    "--in", "inputs", multiple=True, metavar="PATH", help="Input folder or file (repeatable)."
+)
+@click.option(
+    "--out", "outputs", multiple=True, metavar="PATH", help="Output path to copy back (repeatable)."
+)
+@click.option(
+    "--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="Guest environment variable."
+)
+@click.option(
+    "--fuel", type=int, default=None, help="Instructions the guest may run (default 10^10)."
+)
+@click.option(
+    "--memory",
+    "memory_mib",
+    type=int,
+    default=None,
+    metavar="MIB",
+    help="Memory limit (default 1024).",
+)
+@click.option(
+    "--timeout", type=float, default=None, metavar="SECONDS", help="Wall-clock safety limit."
+)
+@json_option
+@click.pass_context
+def wasm_run(
+    ctx: click.Context,
+    module: str,
+    args: tuple[str, ...],
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    env_pairs: tuple[str, ...],
+    fuel: int | None,
+    memory_mib: int | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Run MODULE with ARGS (after --) as a memoized action.
+
+    The guest sees MODULE and each --in path at their paths relative to the
+    current folder, read-only; it may create the --out paths, which are then
+    copied back here. The same module, inputs, arguments and limits run once:
+    later runs replay the recorded result. Exits with the guest's exit code.
+    """
+    from kiln.exec.wasm import DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
+    from kiln.wasm_run import run_wasm
+
+    env = {}
+    for pair in env_pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--env")
+        env[name] = value
+    limits = WasmLimits(fuel or DEFAULT_FUEL, memory_mib or DEFAULT_MEMORY_MIB)
+    store = _open_store(ctx)
+    run = run_wasm(
+        store,
+        module,
+        list(args),
+        inputs=list(inputs),
+        outputs=list(outputs),
+        env=env,
+        limits=limits,
+        timeout=timeout,
+    )
+    from kiln.digest import Digest
+
+    result = run.result
+    stdout = store.cas.get_bytes(Digest.from_proto(result.stdout_digest)) or b""
+    stderr = store.cas.get_bytes(Digest.from_proto(result.stderr_digest)) or b""
+    if as_json:
+        _emit_json(
+            {
+                "key": str(run.key),
+                "cached": run.cached,
+                "exit_code": result.exit_code,
+                "outputs": run.outputs,
+                "stdout": str(Digest.from_proto(result.stdout_digest)),
+                "stderr": str(Digest.from_proto(result.stderr_digest)),
+            }
+        )
+    else:
+        sys.stdout.buffer.write(stdout)
+    sys.stderr.buffer.write(stderr)
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
 # --------------------------------------------------------------------- gc
 
 

@@ -8,7 +8,7 @@ directory, every name a single valid path component.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -215,3 +215,91 @@ def _diff(cas: ContentStore, old: Digest, new: Digest, prefix: str, out: TreeDif
             _diff(cas, a[name][1], b[name][1], path + "/", out)  # type: ignore[arg-type]
         elif a[name] != b[name]:
             out.changed.append(path)
+
+
+def graft(
+    cas: ContentStore,
+    put_bytes: Callable[[bytes], Digest],
+    root: Digest | None,
+    path: str,
+    node: tuple[str, Digest | str, bool],
+) -> Digest:
+    """A new tree: ``root`` (or an empty tree) with ``node`` placed at ``path``.
+
+    ``node`` is ("dir", tree digest, _), ("file", blob digest, executable) or
+    ("symlink", target, _). Missing parent directories are created; putting
+    something where a different entry already is raises ``KilnError``.
+    ``put_bytes`` stores the new Directory blobs.
+    """
+    parts = [p for p in path.split("/") if p and p != "."]
+    if not parts:
+        if node[0] != "dir" or root is not None:
+            raise errors.KilnError(
+                f"cannot place {node[0]} at the root of a tree that already has content",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        return node[1]  # type: ignore[return-value]
+    for name in parts:
+        check_name(name, path)
+    return _graft(cas, put_bytes, root, parts, node, path)
+
+
+def _graft(
+    cas: ContentStore,
+    put_bytes: Callable[[bytes], Digest],
+    root: Digest | None,
+    parts: list[str],
+    node: tuple[str, Digest | str, bool],
+    full: str,
+) -> Digest:
+    entries = _entries(load_directory(cas, root)) if root is not None else {}
+    name = parts[0]
+    existing = entries.get(name)
+    if len(parts) > 1:
+        if existing is not None and existing[0] != "dir":
+            raise _conflict(full)
+        sub = existing[1] if existing is not None else None
+        entries[name] = ("dir", _graft(cas, put_bytes, sub, parts[1:], node, full))  # type: ignore[arg-type]
+    else:
+        if existing is not None:
+            raise _conflict(full)
+        kind, value, executable = node
+        entries[name] = (kind, (value.hash, value.size, executable) if kind == "file" else value)  # type: ignore[union-attr]
+    files = [(n, Digest(v[0], v[1]), v[2]) for n, (k, v) in entries.items() if k == "file"]  # type: ignore[index]
+    dirs = [(n, v) for n, (k, v) in entries.items() if k == "dir"]
+    links = [(n, v) for n, (k, v) in entries.items() if k == "symlink"]
+    return put_bytes(canonical_bytes(make_directory(files, dirs, links)))  # type: ignore[arg-type]
+
+
+def _conflict(path: str) -> errors.KilnError:
+    return errors.KilnError(
+        f"two inputs claim the path {path!r}",
+        hint="give each input its own path",
+        exit_code=errors.ExitCode.BAD_INPUT,
+        path=path,
+    )
+
+
+def lookup(cas: ContentStore, root: Digest, path: str) -> Entry | Digest | None:
+    """What is at ``path`` in a tree: an ``Entry`` for a file or symlink, the
+    Directory digest for a directory, ``None`` if nothing (symlinks are not
+    followed)."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    current = root
+    for i, name in enumerate(parts):
+        directory = load_directory(cas, current)
+        last = i == len(parts) - 1
+        sub = next((d for d in directory.directories if d.name == name), None)
+        if sub is not None:
+            current = Digest.from_proto(sub.digest)
+            continue
+        if not last:
+            return None
+        for f in directory.files:
+            if f.name == name:
+                return Entry(path, "file", Digest.from_proto(f.digest), f.is_executable)
+        for s in directory.symlinks:
+            if s.name == name:
+                return Entry(path, "symlink", target=s.target)
+        return None
+    return current

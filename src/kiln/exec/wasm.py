@@ -287,6 +287,7 @@ class WasmExecutor:
             tree = re_pb2.Tree()
             root = self._tree_dir(fs, batch, node, tree)
             tree.root.CopyFrom(root)
+            batch.add_bytes(canonical_bytes(root))  # so it can be materialized as a tree
             digest = batch.add_bytes(canonical_bytes(tree))
             result.output_directories.add(path=path, tree_digest=digest.to_proto())
 
