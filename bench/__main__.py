@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import hash_file, tree_put
+from bench import hash_file, tree_put, wasm_action
 
-BENCHMARKS = {"hash": hash_file.main, "tree": tree_put.main}
+BENCHMARKS = {"hash": hash_file.main, "tree": tree_put.main, "wasm": wasm_action.main}
 
 
 def main() -> None:

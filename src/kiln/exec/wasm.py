@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest, canonical_bytes
 from kiln.exec.base import TransientError
-from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost
+from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Symlink, WasiError
 
 if TYPE_CHECKING:
@@ -104,6 +104,24 @@ class WasmExecutor:
         self._cache_dir = store.home / "wasm-modules"
         self._cache_dir.mkdir(exist_ok=True)
         self.compiled = 0  # modules compiled (not loaded from the cache) by this executor
+        # One linker for all runs; its imports forward to the running guest's
+        # host. Runs of one executor are therefore sequential (one per thread).
+        self._host: WasiHost | None = None
+        self._linker = make_linker(self._engine, self._current_host)
+
+    def _current_host(self) -> WasiHost:
+        assert self._host is not None
+        return self._host
+
+    def _linker_for(self, module: Any) -> Any:
+        """The shared linker, or for a module importing something besides
+        WASI preview 1, a copy where those imports trap when called."""
+
+        if all(i.module == "wasi_snapshot_preview1" for i in module.imports):
+            return self._linker
+        linker = make_linker(self._engine, self._current_host)
+        linker.define_unknown_imports_as_traps(module)
+        return linker
 
     # ---------------------------------------------------------- modules
 
@@ -186,9 +204,7 @@ class WasmExecutor:
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_mib << 20)
         store.set_epoch_deadline(1)
-        linker = wasmtime.Linker(self._engine)
-        host.define(linker, store)
-        linker.define_unknown_imports_as_traps(module)
+        self._host = host
         timer = None
         instance = None
         if self._timeout is not None:
@@ -196,7 +212,7 @@ class WasmExecutor:
             timer.start()
         try:
             try:
-                instance = linker.instantiate(store, module)
+                instance = self._linker_for(module).instantiate(store, module)
             except wasmtime.Trap:
                 raise
             except wasmtime.WasmtimeError as e:

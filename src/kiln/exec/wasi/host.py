@@ -80,6 +80,31 @@ SIGNATURES = {
 }
 
 
+def make_linker(engine: Any, current: Callable[[], WasiHost]) -> Any:
+    """A Linker with every ``wasi_snapshot_preview1`` import, each forwarding
+    to the host ``current()`` returns. Built once per engine: defining the
+    imports costs far more than a small guest's whole run."""
+    import wasmtime
+
+    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+    linker = wasmtime.Linker(engine)
+    for name, sig in SIGNATURES.items():
+        params = [i64 if c == "I" else i32 for c in sig]
+        results = [] if name == "proc_exit" else [i32]
+
+        def forward(caller: Any, *args: int, _name: str = name) -> int | None:
+            return current().call(_name, caller, args)
+
+        linker.define_func(
+            "wasi_snapshot_preview1",
+            name,
+            wasmtime.FuncType(params, results),
+            forward,
+            access_caller=True,
+        )
+    return linker
+
+
 class ProcExit(Exception):
     """Raised by ``proc_exit`` to unwind the guest."""
 
@@ -134,35 +159,17 @@ class WasiHost:
 
     # ----------------------------------------------------------------- glue
 
-    def define(self, linker: Any, store: Any) -> None:
-        import wasmtime
-
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        self._store = store
-        for name, sig in SIGNATURES.items():
-            params = [i64 if c == "I" else i32 for c in sig]
-            results = [] if name == "proc_exit" else [i32]
-            linker.define_func(
-                "wasi_snapshot_preview1",
-                name,
-                wasmtime.FuncType(params, results),
-                self._wrap(getattr(self, name)),
-                access_caller=True,
-            )
-
-    def _wrap(self, impl: Callable[..., int | None]) -> Callable[..., int | None]:
-        def call(caller: Any, *args: int) -> int | None:
-            self._memory = caller.get("memory")
-            self._store = caller
-            try:
-                result = impl(*args)
-            except WasiError as e:
-                return e.errno
-            except (IndexError, ValueError):
-                return abi.EFAULT
-            return abi.SUCCESS if result is None else result
-
-        return call
+    def call(self, name: str, caller: Any, args: tuple[int, ...]) -> int | None:
+        """Run import ``name`` for the guest; WASI errors become errnos."""
+        self._memory = caller.get("memory")
+        self._store = caller
+        try:
+            result = getattr(self, name)(*args)
+        except WasiError as e:
+            return e.errno
+        except (IndexError, ValueError):
+            return abi.EFAULT
+        return abi.SUCCESS if result is None else result
 
     def _read(self, ptr: int, length: int) -> bytes:
         if length == 0:
