@@ -73,6 +73,18 @@ def _digest_arg(text: str) -> Any:
     return Digest.parse(text)
 
 
+def _status(message: str) -> Any:
+    """A spinner with ``message`` on a terminal's stderr, else one plain line."""
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        return Console(stderr=True).status(message)
+    import contextlib
+
+    click.echo(f"kiln: {message}", err=True)
+    return contextlib.nullcontext()
+
+
 class _HashingProgress:
     """A transient status line on a terminal's stderr while a put reads files.
 
@@ -365,6 +377,7 @@ def wasm_run(
         env=env,
         limits=limits,
         timeout=timeout,
+        progress=_status,
     )
     from kiln.digest import Digest
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +57,7 @@ def run_wasm(
     limits: WasmLimits | None = None,
     timeout: float | None = None,
     cwd: Path | None = None,
+    progress: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> WasmRun:
     """Run ``module`` with ``args`` as a memoized wasm action; copy outputs out."""
     from kiln.exec.wasm import WasmExecutor, WasmLimits
@@ -94,7 +97,7 @@ def run_wasm(
     )
     key = store.put_action(spec)
     action, command = spec.action()
-    executor = WasmExecutor(store, timeout=timeout)
+    executor = WasmExecutor(store, timeout=timeout, progress=progress)
     execution = store.execute_once(key, lambda: (executor.execute(key, action, command), "wasm"))
     run = WasmRun(key, execution.cached, execution.result)
     _copy_out(store, execution.result, cwd, run)

@@ -17,10 +17,13 @@ a ``TransientError``, never cached.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +41,7 @@ DEFAULT_FUEL = 10**10
 DEFAULT_MEMORY_MIB = 1024
 EXIT_TRAP = 134  # the exit code recorded for a guest that trapped
 WASM_PAGE = 65536
+LARGE_MODULE = 1 << 20  # compiling one this big shows progress (it can take seconds)
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,18 @@ class WasmExecutor:
 
     name = "wasm"
 
-    def __init__(self, store: Store, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        timeout: float | None = None,
+        progress: Callable[[str], AbstractContextManager[object]] | None = None,
+    ) -> None:
+        """``progress(message)`` is entered while a large module compiles."""
         import wasmtime
 
         self._store = store
         self._timeout = timeout
+        self._progress = progress
         self._engine = wasmtime.Engine(engine_config())
         self._modules: dict[Digest, Any] = {}
         self._cache_dir = store.home / "wasm-modules"
@@ -126,13 +137,13 @@ class WasmExecutor:
     # ---------------------------------------------------------- modules
 
     def _cache_path(self, module: Digest) -> Path:
-        import wasmtime
+        from importlib.metadata import version
 
-        version = getattr(wasmtime, "__version__", "unknown")
-        key = hashlib.sha256(f"{module}\0{_CONFIG_FINGERPRINT}\0{version}".encode()).hexdigest()
+        engine = f"wasmtime {version('wasmtime')}"
+        key = hashlib.sha256(f"{module}\0{_CONFIG_FINGERPRINT}\0{engine}".encode()).hexdigest()
         return self._cache_dir / f"{key}.cwasm"
 
-    def module(self, digest: Digest, progress: Any = None) -> Any:
+    def module(self, digest: Digest) -> Any:
         """The compiled module for a blob: from memory, the disk cache, or compiled now."""
         import wasmtime
 
@@ -146,14 +157,15 @@ class WasmExecutor:
             data = self._store.cas.get_bytes(digest)
             if data is None:
                 raise TransientError(f"module blob {digest} is not in the store")
-            if progress is not None:
-                progress(
-                    f"compiling {digest.size / (1 << 20):.1f} MiB WebAssembly module for this CPU"
-                )
-            try:
-                module = wasmtime.Module(self._engine, data)
-            except wasmtime.WasmtimeError as e:
-                raise TransientError(f"module {digest} is not valid WebAssembly: {e}") from None
+            message = (
+                f"compiling a {digest.size / (1 << 20):.1f} MiB WebAssembly module for this CPU"
+            )
+            show = self._progress is not None and digest.size >= LARGE_MODULE
+            with self._progress(message) if show else contextlib.nullcontext():  # type: ignore[misc]
+                try:
+                    module = wasmtime.Module(self._engine, data)
+                except wasmtime.WasmtimeError as e:
+                    raise TransientError(f"module {digest} is not valid WebAssembly: {e}") from None
             staged = path.with_suffix(f".{os.getpid()}.tmp")
             staged.write_bytes(module.serialize())
             os.replace(staged, path)
