@@ -71,23 +71,17 @@ def run_wasm(
             if not module_path.exists()
             else errors.KilnError(f"{module_path}: not a file", exit_code=errors.ExitCode.BAD_INPUT)
         )
-    with store.writing(), store.cas.batch() as batch:
+    with store.writing():
         root: Digest | None = None
-        placed = guest_path(module_path, cwd)
         for item in inputs:
             put = store.put(item)
+            kind = "dir" if put.kind == "tree" else "file"
             where = guest_path(Path(item), cwd)
-            if put.kind == "tree":
-                root = graft(store.cas, batch.add_bytes, root, where, ("dir", put.digest, False))
-            else:
-                root = graft(store.cas, batch.add_bytes, root, where, ("file", put.digest, False))
-        batch.commit()
+            root = graft(store.cas, store.cas.put_bytes, root, where, (kind, put.digest, False))
+        placed = guest_path(module_path, cwd)
         if root is None or lookup(store.cas, root, placed) is None:
             blob = store.put(module_path).digest
-            root = graft(store.cas, batch.add_bytes, root, placed, ("file", blob, False))
-        batch.commit()
-        if root is None:
-            raise errors.KilnError("no input", exit_code=errors.ExitCode.BAD_INPUT)
+            root = graft(store.cas, store.cas.put_bytes, root, placed, ("file", blob, False))
     spec = ActionSpec(
         argv=(placed, *args),
         input_root=root,

@@ -49,6 +49,20 @@ def test_runs_once_prints_stdout_and_copies_outputs(home: Path, tmp_path: Path, 
     assert "argv[1]=hi" in plain.stdout and "entry a.txt" in plain.stdout
 
 
+def test_several_inputs_are_placed_at_their_paths(home: Path, tmp_path: Path, guest) -> None:
+    ws = _workspace(tmp_path, guest("observe"))
+    (ws / "more").mkdir()
+    (ws / "more" / "m.txt").write_text("m\n")
+    (ws / "single.txt").write_text("s\n")
+    proc = _run(
+        home, ws, "tool.wasm", "--in", "data", "--in", "more", "--in", "single.txt", "--out", "out"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "entry a.txt" in proc.stdout  # data/ listed by the guest
+    conflict = _run(home, ws, "tool.wasm", "--in", "data", "--in", "data")
+    assert conflict.returncode == 2 and "two inputs claim the path 'data'" in conflict.stderr
+
+
 def test_guest_exit_code_is_passed_through(home: Path, tmp_path: Path, guest) -> None:
     ws = _workspace(tmp_path, guest("spin"))
     proc = _run(home, ws, "--fuel", "100000", "tool.wasm")
