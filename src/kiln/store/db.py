@@ -11,6 +11,8 @@ Tables (schema version in ``PRAGMA user_version``):
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from pathlib import Path
 
@@ -57,11 +59,25 @@ CREATE TABLE IF NOT EXISTS stat_cache (
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the database, creating and migrating the schema when needed."""
+    """Open the database, creating and migrating the schema when needed.
+
+    Switching a new database to WAL takes an exclusive lock that SQLite does
+    not wait for (it fails with "database is locked" when another process is
+    opening the same new store), so opening is serialized with a ``flock``.
+    """
+    lock_fd = os.open(f"{path}.open-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        return _connect(path)
+    finally:
+        os.close(lock_fd)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=60000")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=60000")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
