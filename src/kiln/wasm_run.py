@@ -99,6 +99,7 @@ def run_wasm(
 
 
 def _copy_out(store: Store, result: re_pb2.ActionResult, cwd: Path, run: WasmRun) -> None:
+    from kiln.reapi import re_pb2
     from kiln.store.materialize import Materializer
 
     m = Materializer(store.cas, copy=True)
@@ -115,8 +116,6 @@ def _copy_out(store: Store, result: re_pb2.ActionResult, cwd: Path, run: WasmRun
         os.symlink(s.target, dest)
         run.outputs[s.path] = s.target
     for d in result.output_directories:
-        from kiln.reapi import re_pb2
-
         tree = re_pb2.Tree.FromString(store.cas.get_bytes(Digest.from_proto(d.tree_digest)) or b"")
         root = Digest.of_message(tree.root)
         dest = cwd / d.path

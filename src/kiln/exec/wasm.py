@@ -313,6 +313,7 @@ class WasmExecutor:
             result.output_symlinks.add(path=path, target=node.target)
         elif isinstance(node, Dir):
             tree = re_pb2.Tree()
+            self._tree_children: set[Digest] = set()  # children already in ``tree``
             root = self._tree_dir(fs, batch, node, tree)
             tree.root.CopyFrom(root)
             batch.add_bytes(canonical_bytes(root))  # so it can be materialized as a tree
@@ -331,9 +332,9 @@ class WasmExecutor:
                 links.append((name, node.target))
             elif isinstance(node, Dir):
                 sub = self._tree_dir(fs, batch, node, tree)
-                data = canonical_bytes(sub)
-                batch.add_bytes(data)
-                if all(canonical_bytes(c) != data for c in tree.children):
+                digest = batch.add_bytes(canonical_bytes(sub))
+                if digest not in self._tree_children:
+                    self._tree_children.add(digest)
                     tree.children.append(sub)
-                dirs.append((name, Digest.of_bytes(data)))
+                dirs.append((name, digest))
         return make_directory(files, dirs, links)

@@ -8,6 +8,7 @@ Layout:
     locks/actions/<hash>  "this action is being executed" locks
     quarantine/           corrupt blobs moved aside by verify
     kiln.db               SQLite (WAL): action cache, roots, stat cache
+    kiln.db.open-lock     serializes opening (and creating) the database
 """
 
 from __future__ import annotations
@@ -207,7 +208,10 @@ class Store:
         # Holding the write lock from execution to recording keeps GC from
         # deleting the outputs before the cache entry that keeps them exists.
         with lease, self.writing():
-            return self._execute_holding(key, execute)
+            if (hit := self._hit_after_wait(key)) is not None:
+                return hit
+            start = time.monotonic()
+            return self._record(key, *execute(), start)
 
     async def execute_once_async(
         self,
@@ -226,28 +230,23 @@ class Store:
         if lease is None:
             raise _busy(key, timeout)
         with lease, self.writing():
-            hit = self.action_cache.lookup(key)
-            if hit is not None:
-                return Execution(hit.result, cached=True, waited=True)
+            if (hit := self._hit_after_wait(key)) is not None:
+                return hit
             start = time.monotonic()
-            result, executor = await execute()
-            self._record(key, result, executor, time.monotonic() - start)
-            return Execution(result, cached=False)
+            return self._record(key, *(await execute()), start)
 
-    def _execute_holding(
-        self, key: Digest, execute: Callable[[], tuple[re_pb2.ActionResult, str]]
-    ) -> Execution:
+    def _hit_after_wait(self, key: Digest) -> Execution | None:
+        """Holding the key: did another process record it while we waited?"""
         hit = self.action_cache.lookup(key)
-        if hit is not None:
-            return Execution(hit.result, cached=True, waited=True)
-        start = time.monotonic()
-        result, executor = execute()
-        self._record(key, result, executor, time.monotonic() - start)
-        return Execution(result, cached=False)
+        return None if hit is None else Execution(hit.result, cached=True, waited=True)
 
-    def _record(self, key: Digest, result: re_pb2.ActionResult, executor: str, took: float) -> None:
+    def _record(
+        self, key: Digest, result: re_pb2.ActionResult, executor: str, start: float
+    ) -> Execution:
         if result.exit_code == 0:
+            took = time.monotonic() - start
             self.action_cache.record(key, result, executor=executor, duration=took)
+        return Execution(result, cached=False)
 
     def lookup(self, key: Digest) -> CachedResult | None:
         return self.action_cache.lookup(key)

@@ -146,7 +146,3 @@ class KeyLocks:
             if same:
                 return KeyLease(path, fd)
             os.close(fd)  # the holder before us unlinked it; lock the new file
-
-    def is_held(self, key: Digest) -> bool:
-        """True if some process holds the key right now (a snapshot)."""
-        return is_locked(self.path(key))
