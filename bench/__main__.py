@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import hash_file, tree_put, wasm_action
+from bench import hash_file, tree_put, wasm_action, wasm_compute
 
-BENCHMARKS = {"hash": hash_file.main, "tree": tree_put.main, "wasm": wasm_action.main}
+BENCHMARKS = {
+    "hash": hash_file.main,
+    "tree": tree_put.main,
+    "wasm": wasm_action.main,
+    "compute": wasm_compute.main,
+}
 
 
 def main() -> None:

@@ -402,6 +402,55 @@ def wasm_run(
         sys.exit(result.exit_code)
 
 
+@cli.command("check")
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@click.option(
+    "--engine",
+    type=click.Choice(["node"]),
+    required=True,
+    help="The second engine to run each action under (node: Node.js's V8).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wall-clock limit of each run.",
+)
+@json_option
+@click.pass_context
+def check(
+    ctx: click.Context, keys: tuple[str, ...], engine: str, timeout: float, as_json: bool
+) -> None:
+    """Run wasm actions under a second engine and compare with Wasmtime.
+
+    KEY is an action key (as `kiln wasm run --json` prints). Each action runs
+    under Wasmtime (or its cached result is used) and again under ENGINE with
+    the same virtual WASI; exit code, stdout, stderr and every output are
+    compared by digest. Exits 1 if any action's results differ.
+    """
+    from kiln.check import check_engines
+
+    store = _open_store(ctx)
+    reports = []
+    for text in keys:
+        with _status(f"running {text} under {engine}"):
+            reports.append(check_engines(store, _digest_arg(text), engine, timeout))
+    if as_json:
+        _emit_json([{**asdict(r), "identical": r.identical} for r in reports])
+    else:
+        for r in reports:
+            if r.identical:
+                click.echo(f"{r.key}: identical under wasmtime and {r.other_engine}")
+                continue
+            click.echo(f"{r.key}: DIFFERS between wasmtime and {r.other_engine}")
+            for d in r.differences:
+                click.echo(f"  {d.what}: wasmtime {d.reference}, {r.other_engine} {d.other}")
+    if not all(r.identical for r in reports):
+        sys.exit(ExitCode.FAILED)
+
+
 # --------------------------------------------------------------------- gc
 
 

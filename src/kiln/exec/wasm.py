@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.digest import Digest, canonical_bytes
+from kiln.digest import Digest
 from kiln.exec.base import TransientError
 from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost, make_linker
-from kiln.exec.wasi.vfs import Dir, File, FileSystem, Symlink, WasiError
+from kiln.exec.wasi.vfs import File, FileSystem, WasiError
+from kiln.exec.wasm_files import collect_outputs, directory_entries
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
@@ -198,8 +199,7 @@ class WasmExecutor:
             host.stderr.write(f"kiln: {note}\n".encode())
         result = re_pb2.ActionResult(exit_code=exit_code)
         with self._store.writing(), self._store.cas.batch() as batch:
-            for path in command.output_paths:
-                self._collect(fs, batch, path, result)
+            collect_outputs(fs, batch, list(command.output_paths), result)
             result.stdout_digest.CopyFrom(batch.add_bytes(bytes(host.stdout.data)).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())
         meta = result.execution_metadata
@@ -272,14 +272,7 @@ class WasmExecutor:
     # ---------------------------------------------------------- files
 
     def _load_dir(self, digest: Digest) -> list[tuple[str, str, object]]:
-        from kiln.tree import load_directory
-
-        d = load_directory(self._store.cas, digest)
-        entries: list[tuple[str, str, object]] = []
-        entries += [(f.name, "file", Digest.from_proto(f.digest)) for f in d.files]
-        entries += [(s.name, "symlink", s.target) for s in d.symlinks]
-        entries += [(x.name, "dir", Digest.from_proto(x.digest)) for x in d.directories]
-        return entries
+        return directory_entries(self._store.cas, digest)
 
     def _load_blob(self, digest: Digest) -> bytes:
         data = self._store.cas.get_bytes(digest)
@@ -293,48 +286,12 @@ class WasmExecutor:
         except WasiError:
             node = None
         if not isinstance(node, File) or node.blob is None:
-            raise TransientError(
-                f"the action's module {path!r} is not a file in its input root",
-                hint="put the .wasm file into the input tree and name it as argv[0]",
-            )
+            raise module_not_found(path)
         return node.blob
 
-    def _collect(self, fs: FileSystem, batch: Any, path: str, result: re_pb2.ActionResult) -> None:
-        from kiln.reapi import re_pb2
 
-        try:
-            _, _, node = fs.resolve(fs.root, path, follow=False)
-        except WasiError:
-            return
-        if isinstance(node, File):
-            digest = batch.add_bytes(bytes(fs.content(node)))
-            result.output_files.add(path=path, digest=digest.to_proto())
-        elif isinstance(node, Symlink):
-            result.output_symlinks.add(path=path, target=node.target)
-        elif isinstance(node, Dir):
-            tree = re_pb2.Tree()
-            self._tree_children: set[Digest] = set()  # children already in ``tree``
-            root = self._tree_dir(fs, batch, node, tree)
-            tree.root.CopyFrom(root)
-            batch.add_bytes(canonical_bytes(root))  # so it can be materialized as a tree
-            digest = batch.add_bytes(canonical_bytes(tree))
-            result.output_directories.add(path=path, tree_digest=digest.to_proto())
-
-    def _tree_dir(self, fs: FileSystem, batch: Any, d: Dir, tree: Any) -> Any:
-        """The ``Directory`` for ``d``; its subdirectories go into ``tree.children``."""
-        from kiln.tree import make_directory
-
-        files, dirs, links = [], [], []
-        for name, node in sorted(fs.entries(d).items()):
-            if isinstance(node, File):
-                files.append((name, batch.add_bytes(bytes(fs.content(node))), False))
-            elif isinstance(node, Symlink):
-                links.append((name, node.target))
-            elif isinstance(node, Dir):
-                sub = self._tree_dir(fs, batch, node, tree)
-                digest = batch.add_bytes(canonical_bytes(sub))
-                if digest not in self._tree_children:
-                    self._tree_children.add(digest)
-                    tree.children.append(sub)
-                dirs.append((name, digest))
-        return make_directory(files, dirs, links)
+def module_not_found(path: str) -> TransientError:
+    return TransientError(
+        f"the action's module {path!r} is not a file in its input root",
+        hint="put the .wasm file into the input tree and name it as argv[0]",
+    )

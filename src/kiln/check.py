@@ -1,0 +1,185 @@
+"""Checking that a wasm action's result does not depend on the engine
+(``kiln check --engine node KEY``).
+
+The action runs under Wasmtime (or its cached Wasmtime result is used) and
+again under the second engine, Node.js; exit code, stdout, stderr and every
+output are compared by digest. A trap's one-line explanation is the engine's
+own wording, so when both runs trapped that line is left out of stderr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kiln import errors
+from kiln.digest import Digest
+from kiln.exec.wasm import EXIT_TRAP
+
+if TYPE_CHECKING:
+    from kiln.reapi import re_pb2
+    from kiln.store.local import Store
+
+ENGINES = ("node",)
+_TRAP_NOTE = b"kiln: trap: "
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One thing the engines disagree on: what, and each engine's value."""
+
+    what: str
+    reference: str
+    other: str
+
+
+@dataclass
+class EngineCheck:
+    """The outcome of running one action under two engines."""
+
+    key: str
+    reference_engine: str
+    other_engine: str
+    reference_cached: bool
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+def load_action(store: Store, key: Digest) -> tuple[re_pb2.Action, re_pb2.Command]:
+    """The stored ``Action`` and ``Command`` of an action key."""
+    from google.protobuf.message import DecodeError
+
+    from kiln.reapi import re_pb2
+
+    data = store.cas.get_bytes(key)
+    if data is None:
+        raise errors.KilnError(
+            f"no action {key} in the store",
+            hint="pass a key that `kiln wasm run --json` printed",
+            exit_code=errors.ExitCode.NOT_FOUND,
+        )
+    try:
+        action = re_pb2.Action.FromString(data)
+        command_data = store.cas.get_bytes(Digest.from_proto(action.command_digest))
+        if command_data is None or not action.HasField("command_digest"):
+            raise DecodeError("no command")
+        return action, re_pb2.Command.FromString(command_data)
+    except (DecodeError, ValueError):
+        raise errors.KilnError(
+            f"{key} is not an action (no Action and Command stored under it)",
+            hint="pass an action key, e.g. the `key` of `kiln wasm run --json`",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        ) from None
+
+
+def check_engines(
+    store: Store, key: Digest, engine: str = "node", timeout: float | None = 600.0
+) -> EngineCheck:
+    """Run the wasm action ``key`` under Wasmtime and ``engine``; compare."""
+    from kiln.exec.node import NodeWasmExecutor
+    from kiln.exec.wasm import WasmExecutor
+
+    if engine not in ENGINES:
+        raise errors.KilnError(
+            f"unknown engine {engine!r}",
+            hint=f"choose one of: {', '.join(ENGINES)}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    action, command = load_action(store, key)
+    if not any(p.name == "kiln-abi" for p in action.platform.properties):
+        raise errors.KilnError(
+            f"action {key} is not a wasm action",
+            hint="only wasm actions can run under a second engine",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    cached = store.lookup(key)
+    if cached is not None and cached.executor == "wasm":
+        reference, was_cached = cached.result, True
+    else:
+        wasmtime = WasmExecutor(store, timeout=timeout)
+        run = store.execute_once(key, lambda: (wasmtime.execute(key, action, command), "wasm"))
+        reference, was_cached = run.result, run.cached
+    stderr = store.cas.get_bytes(Digest.from_proto(reference.stderr_digest)) or b""
+    if b"kiln: out of fuel" in stderr or b"kiln: memory limit" in stderr:
+        raise errors.KilnError(
+            f"action {key} ran out of fuel or memory under wasmtime; "
+            "the second engine enforces neither limit, so there is nothing to compare",
+            hint="check an action that finishes within its limits",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    other = NodeWasmExecutor(store, timeout=timeout).execute(key, action, command)
+    return EngineCheck(
+        key=str(key),
+        reference_engine="wasmtime",
+        other_engine=engine,
+        reference_cached=was_cached,
+        differences=compare_results(store, reference, other),
+    )
+
+
+def compare_results(
+    store: Store, reference: re_pb2.ActionResult, other: re_pb2.ActionResult
+) -> list[Difference]:
+    """Where two results of the same action differ (empty: identical)."""
+    out: list[Difference] = []
+    if reference.exit_code != other.exit_code:
+        out.append(Difference("exit code", str(reference.exit_code), str(other.exit_code)))
+    if reference.stdout_digest != other.stdout_digest:
+        out.append(
+            Difference(
+                "stdout",
+                str(Digest.from_proto(reference.stdout_digest)),
+                str(Digest.from_proto(other.stdout_digest)),
+            )
+        )
+    both_trapped = reference.exit_code == other.exit_code == EXIT_TRAP
+    stderr_a, stderr_b = (
+        _stderr(store, r, drop_trap_note=both_trapped) for r in (reference, other)
+    )
+    if stderr_a != stderr_b:
+        out.append(
+            Difference("stderr", str(Digest.of_bytes(stderr_a)), str(Digest.of_bytes(stderr_b)))
+        )
+    a, b = _outputs(store, reference), _outputs(store, other)
+    for path in sorted(a.keys() | b.keys()):
+        first, second = a.get(path, "missing"), b.get(path, "missing")
+        if first != second:
+            out.append(Difference(f"output {path}", first, second))
+    return out
+
+
+def _stderr(store: Store, result: re_pb2.ActionResult, drop_trap_note: bool) -> bytes:
+    data = store.cas.get_bytes(Digest.from_proto(result.stderr_digest)) or b""
+    if drop_trap_note:
+        head, sep, last = data.rstrip(b"\n").rpartition(b"\n")
+        if last.startswith(_TRAP_NOTE):
+            data = head + sep
+    return data
+
+
+def _outputs(store: Store, result: re_pb2.ActionResult) -> dict[str, str]:
+    """Every output path, inside output directories too, described by kind
+    and digest (or symlink target)."""
+    from kiln.reapi import re_pb2
+    from kiln.tree import Entry, walk
+
+    def describe(entry: Entry) -> str:
+        if entry.kind == "symlink":
+            return f"symlink -> {entry.target}"
+        return f"{'executable' if entry.executable else 'file'} {entry.digest}"
+
+    out: dict[str, str] = {}
+    for f in result.output_files:
+        out[f.path] = describe(Entry(f.path, "file", Digest.from_proto(f.digest), f.is_executable))
+    for s in result.output_symlinks:
+        out[s.path] = describe(Entry(s.path, "symlink", target=s.target))
+    for d in result.output_directories:
+        data = store.cas.get_bytes(Digest.from_proto(d.tree_digest)) or b""
+        root = Digest.of_message(re_pb2.Tree.FromString(data).root)
+        out[d.path] = "directory"
+        for path, entry in walk(store.cas, root, d.path + "/"):
+            out[path] = "directory" if entry is None else describe(entry)
+    return out
