@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import hash_file, tree_put, wasm_action, wasm_compute
+from bench import hash_file, tree_put, wasm_action, wasm_compute, wasm_module_cache
 
 BENCHMARKS = {
     "hash": hash_file.main,
     "tree": tree_put.main,
     "wasm": wasm_action.main,
     "compute": wasm_compute.main,
+    "module-cache": wasm_module_cache.main,
 }
 
 

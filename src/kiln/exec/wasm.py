@@ -166,7 +166,7 @@ class WasmExecutor:
                 try:
                     module = wasmtime.Module(self._engine, data)
                 except wasmtime.WasmtimeError as e:
-                    raise TransientError(f"module {digest} is not valid WebAssembly: {e}") from None
+                    raise InvalidModule(f"module {digest} is not valid WebAssembly: {e}") from None
             staged = path.with_suffix(f".{os.getpid()}.tmp")
             staged.write_bytes(module.serialize())
             os.replace(staged, path)
@@ -194,7 +194,10 @@ class WasmExecutor:
         host = WasiHost(fs, argv, env, seed=bytes.fromhex(key.hash))
 
         started = time.time()
-        exit_code, note = self._run(self.module(module_digest), host, limits)
+        try:
+            exit_code, note = self._run(self.module(module_digest), host, limits)
+        except InvalidModule as e:  # as deterministic as a trap: the same every run
+            exit_code, note = EXIT_TRAP, " ".join(str(e).split())
         if note:
             host.stderr.write(f"kiln: {note}\n".encode())
         result = re_pb2.ActionResult(exit_code=exit_code)
@@ -243,6 +246,8 @@ class WasmExecutor:
             return EXIT_TRAP, self._explain(e, store, memory, limits)
         except WasiError as e:  # raised outside a host call's wrapper
             return EXIT_TRAP, f"WASI error {e.errno}"
+        except wasmtime.WasmtimeError as e:  # e.g. a call to an import kiln does not offer
+            return EXIT_TRAP, f"trap: {_cause(str(e))}"
         finally:
             if timer is not None:
                 timer.cancel()
@@ -258,8 +263,7 @@ class WasmExecutor:
                 f"wall-clock timeout after {self._timeout} s (not cached)",
                 hint="raise the timeout, or lower the action's fuel so it fails deterministically",
             )
-        lines = str(trap).strip().splitlines()
-        cause = next((ln.strip() for ln in lines if "wasm trap:" in ln), lines[-1] if lines else "")
+        cause = _cause(str(trap))
         # Wasmtime does not report a refused memory.grow, and the guest sees
         # only a failed allocation; a trap with memory this close to the
         # limit is reported as the limit (the same verdict on every run).
@@ -288,6 +292,16 @@ class WasmExecutor:
         if not isinstance(node, File) or node.blob is None:
             raise module_not_found(path)
         return node.blob
+
+
+def _cause(message: str) -> str:
+    """The line of a Wasmtime error that says what happened (not the backtrace)."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    return next((ln for ln in lines if "wasm trap:" in ln), lines[-1] if lines else "")
+
+
+class InvalidModule(Exception):
+    """The module does not compile under Kiln's engine configuration."""
 
 
 def module_not_found(path: str) -> TransientError:

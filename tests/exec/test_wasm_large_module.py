@@ -1,0 +1,58 @@
+"""A real 75 MB module (clang/LLVM compiled to WASI, the pinned npm package
+@yowasp/clang): compiled for this CPU once, with progress shown, and then
+loaded from the compiled-module cache by every later executor.
+
+The package is fetched from the npm registry by exact version and sha512,
+and cached (``$KILN_CACHE``, default ~/.cache/kiln) across test runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiln.action import ActionSpec
+from kiln.digest import Digest
+from kiln.exec.wasm import WasmExecutor, WasmLimits
+from kiln.toolchains import yowasp_clang
+
+
+@pytest.fixture(scope="session")
+def clang_module() -> Path:
+    return yowasp_clang()
+
+
+def test_large_module_compiles_once_then_comes_from_the_cache(
+    store, tmp_path: Path, clang_module: Path
+) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(clang_module, root / "llvm.wasm")
+    spec = ActionSpec(
+        argv=("llvm.wasm", "clang", "--version"),
+        input_root=store.put(root).digest,
+        platform=WasmLimits().platform(),
+    )
+    key = store.put_action(spec)
+    action, command = spec.action()
+    shown: list[str] = []
+
+    def progress(message: str) -> contextlib.AbstractContextManager[object]:
+        shown.append(message)
+        return contextlib.nullcontext()
+
+    first = WasmExecutor(store, progress=progress)
+    result = first.execute(key, action, command)
+    assert first.compiled == 1
+    assert len(shown) == 1 and "compiling a 72.0 MiB WebAssembly module" in shown[0]
+    stdout = store.cas.get_bytes(Digest.from_proto(result.stdout_digest)).decode()
+    assert result.exit_code == 0 and stdout.startswith("clang version 22.")
+    assert "Target: wasm32-unknown-wasip1" in stdout
+
+    again = WasmExecutor(store, progress=progress)  # a new process would do the same
+    second = again.execute(key, action, command)
+    assert again.compiled == 0 and len(shown) == 1  # loaded, not compiled: no progress
+    assert second.stdout_digest == result.stdout_digest
