@@ -509,6 +509,10 @@ def gc_command(
         click.echo(f"warning: root {name!r} names content missing from the store", err=True)
 
 
+# The build commands live in their own module; importing it registers them.
+from kiln import cli_build  # noqa: E402, F401
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one-line messages."""
     code = _run(argv)

@@ -7,6 +7,9 @@ Tables (schema version in ``PRAGMA user_version``):
 - ``temp_roots``: digests protected by a live session (an in-flight build).
 - ``stat_cache``: per source directory, what its entries looked like
   (inode, size, mtime, ctime, mode) and the digests they hashed to.
+- ``source_files`` (v2): the same for single source files a build declared.
+- ``builds``, ``build_steps`` (v2): build history, for ``kiln why``, ``show``,
+  ``log`` and ``trace``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -55,6 +58,38 @@ CREATE TABLE IF NOT EXISTS stat_cache (
     subdirs  BLOB NOT NULL,       -- marshal: [(name, hash, size)] of its subdirectories
     contents BLOB NOT NULL        -- marshal: {name: (hash, size)} of its files
 );
+CREATE TABLE IF NOT EXISTS source_files (
+    path     TEXT PRIMARY KEY,    -- absolute path of a source file
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    mode     INTEGER NOT NULL,
+    hash     TEXT NOT NULL        -- SHA-256 of its content when it looked like this
+);
+CREATE TABLE IF NOT EXISTS builds (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    project  TEXT NOT NULL,       -- absolute path of the project root
+    targets  TEXT NOT NULL,       -- JSON list of requested targets
+    started  REAL NOT NULL,
+    finished REAL,
+    status   TEXT NOT NULL        -- running, ok, failed
+);
+CREATE TABLE IF NOT EXISTS build_steps (
+    build    INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,    -- order in which steps were requested
+    target   TEXT NOT NULL,
+    step     TEXT NOT NULL,       -- the step's description (its name within the target)
+    key      TEXT NOT NULL,       -- action digest, hash/size
+    status   TEXT NOT NULL,       -- executed, cached, failed, skipped
+    slot     INTEGER,             -- worker slot that ran it
+    started  REAL,
+    finished REAL,
+    inputs   TEXT NOT NULL,       -- JSON: what the key was computed from
+    result   BLOB,                -- ActionResult bytes (also for failures)
+    PRIMARY KEY (build, seq)
+);
+CREATE INDEX IF NOT EXISTS build_steps_by_name ON build_steps(target, step);
 """
 
 

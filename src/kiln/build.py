@@ -1,0 +1,28 @@
+"""The API of build files (``kilnfile.py``)::
+
+    from kiln.build import target, source, glob, wasm, gather
+
+    @target
+    async def hello():
+        \"\"\"Says hello.\"\"\"
+        tool = source("tools/hello.wasm")
+        return await wasm(tool, "world", outputs=["hello.txt"])
+
+See README.md, "Build files", for the whole API.
+"""
+
+from kiln.engine.rules import Target, gather, glob, source, source_tree, target, wasm
+from kiln.engine.values import File, StepResult, Tree
+
+__all__ = [
+    "File",
+    "StepResult",
+    "Target",
+    "Tree",
+    "gather",
+    "glob",
+    "source",
+    "source_tree",
+    "target",
+    "wasm",
+]

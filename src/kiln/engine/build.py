@@ -1,0 +1,315 @@
+"""One build: evaluate the requested targets, run their steps, put each
+target's value into the project's output folder and keep it from GC.
+
+Output folder: ``<project>/kiln-out/<target>/``, read-only (hard links to
+the store's read-only blobs, folders without write permission), named by
+the GC root ``build:<project>:<target>``. A target's value may be a
+``File`` or ``Tree`` (placed at its path), a ``StepResult`` (all its
+outputs), ``None`` (nothing), or a list or dict of those (a dict places
+each value at its key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln import errors
+from kiln.action import ActionSpec
+from kiln.digest import Digest
+from kiln.engine import rules
+from kiln.engine.inputs import input_root
+from kiln.engine.loader import Project, user_code_error
+from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest, StepStatus
+from kiln.engine.sources import Sources
+from kiln.engine.values import File, StepResult, Tree, Value
+
+if TYPE_CHECKING:
+    from kiln.exec.base import Executor
+    from kiln.store.local import Store
+
+OUTPUT_DIR = "kiln-out"
+
+
+@dataclass
+class TargetOutcome:
+    name: str
+    output: str | None = None  # folder holding its value
+    digest: str | None = None  # the value as a tree
+    error: errors.KilnError | None = None
+
+
+@dataclass
+class BuildReport:
+    targets: list[TargetOutcome]
+    steps: list[StepRecord]
+    seconds: float
+    build_id: int | None = None
+    files_hashed: int = 0
+    errors: list[errors.KilnError] = field(default_factory=list)
+
+    def count(self, status: StepStatus) -> int:
+        return sum(1 for s in self.steps if s.status is status)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable report of ``kiln build --json``."""
+        return {
+            "ok": self.ok,
+            "executed": self.count(StepStatus.EXECUTED),
+            "cached": self.count(StepStatus.CACHED),
+            "failed": self.count(StepStatus.FAILED),
+            "skipped": self.count(StepStatus.SKIPPED),
+            "executed_keys": [str(s.key) for s in self.steps if s.status is StepStatus.EXECUTED],
+            "targets": {
+                t.name: {
+                    "output": t.output,
+                    "digest": t.digest,
+                    "error": t.error and t.error.render(),
+                }
+                for t in self.targets
+            },
+            "files_hashed": self.files_hashed,
+            "seconds": round(self.seconds, 3),
+            "build_id": self.build_id,
+        }
+
+
+class BuildContext:
+    """What rules reach through ``kiln.build``: sources, the scheduler, and
+    the targets evaluated so far (each once per build)."""
+
+    def __init__(self, store: Store, project: Project, scheduler: Scheduler) -> None:
+        self.store = store
+        self.project = project
+        self.scheduler = scheduler
+        self.sources = Sources(store, project.root)
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._waits: dict[str, set[str]] = {}  # target -> targets it awaited
+
+    def evaluate(self, t: rules.Target, waiter: rules.Target | None) -> asyncio.Task[Any]:
+        if waiter is not None:
+            self._waits.setdefault(waiter.name, set()).add(t.name)
+            cycle = self._cycle(t.name, waiter.name)
+            if cycle is not None:
+                chain = " -> ".join(
+                    f"{n} ({self.project.targets[n].where})" for n in [waiter.name, *cycle]
+                )
+                raise errors.KilnError(
+                    f"dependency cycle between targets: {chain}",
+                    hint="a target cannot (indirectly) await itself",
+                    exit_code=errors.ExitCode.BAD_INPUT,
+                )
+        task = self._tasks.get(t.name)
+        if task is None:
+            task = asyncio.ensure_future(self._run_target(t))
+            self._tasks[t.name] = task
+        return task
+
+    def _cycle(self, start: str, goal: str) -> list[str] | None:
+        """A path of unfinished awaits from ``start`` to ``goal``, if any."""
+        stack, seen = [(start, [start])], set()
+        while stack:
+            name, path = stack.pop()
+            if name == goal:
+                return path
+            task = self._tasks.get(name)
+            if name in seen or (task is not None and task.done()):
+                continue
+            seen.add(name)
+            stack.extend((n, [*path, n]) for n in self._waits.get(name, ()))
+        return None
+
+    async def _run_target(self, t: rules.Target) -> Any:
+        rules._target.set(t)
+        try:
+            return await t.fn()
+        except (errors.KilnError, BuildStopped):
+            raise
+        except Exception as e:
+            raise user_code_error(e, t.file, f"target {t.name!r}") from None
+
+    async def run_step(
+        self,
+        owner: rules.Target | None,
+        where: str,
+        *,
+        kind: str,
+        argv: list[str],
+        inputs: list[Value],
+        outputs: list[str],
+        env: dict[str, str],
+        platform: tuple[tuple[str, str], ...],
+        description: str,
+    ) -> StepResult:
+        root = input_root(self.store.cas, inputs, where)
+        try:
+            spec = ActionSpec(
+                argv=tuple(argv),
+                input_root=root,
+                env=env,
+                outputs=tuple(outputs),
+                platform=platform,
+                description=description,
+            )
+        except ValueError as e:
+            raise errors.KilnError(f"{where}: {e}", exit_code=errors.ExitCode.BAD_INPUT) from None
+        identity = {
+            "argv": argv,
+            "env": env,
+            "inputs": {v.path: str(v.digest) for v in inputs},
+            "outputs": outputs,
+            "platform": dict(platform),
+        }
+        request = StepRequest(owner.name if owner else "", description, spec, identity, kind)
+        return await self.scheduler.run(request)
+
+
+class Build:
+    """Builds targets of one project into its output folder."""
+
+    def __init__(
+        self,
+        store: Store,
+        project: Project,
+        *,
+        jobs: int | None = None,
+        keep_going: bool = False,
+        on_change: Callable[[StepRecord], None] | None = None,
+        executors: dict[str, Callable[[], Executor]] | None = None,
+    ) -> None:
+        self.store = store
+        self.project = project
+        self.jobs = jobs or os.cpu_count() or 1
+        self.keep_going = keep_going
+        self._on_change = on_change
+        self._executors = executors or default_executors(store)
+
+    def run(self, names: list[str]) -> BuildReport:
+        targets = [self.project.target(n) for n in names]
+        scheduler = Scheduler(
+            self.store, self._executors, self.jobs, self.keep_going, self._on_change
+        )
+        started = time.time()
+        try:
+            ctx = BuildContext(self.store, self.project, scheduler)
+            values = asyncio.run(self._evaluate(ctx, targets))
+        finally:
+            scheduler.close()
+        report = BuildReport([], scheduler.records, 0.0, files_hashed=ctx.sources.files_hashed)
+        for t, value in zip(targets, values, strict=True):
+            outcome = TargetOutcome(t.name)
+            report.targets.append(outcome)
+            if isinstance(value, BuildStopped):
+                continue  # stopped because of another failure, reported there
+            if isinstance(value, errors.KilnError):
+                outcome.error = value
+                report.errors.append(value)
+                continue
+            digest = self._materialize(t, value)
+            outcome.digest, outcome.output = str(digest), str(self.output_dir(t.name))
+        ctx.sources.save()
+        report.seconds = time.time() - started
+        from kiln.engine.history import record_build
+
+        report.build_id = record_build(self.store, self.project.root, names, report, started)
+        return report
+
+    async def _evaluate(self, ctx: BuildContext, targets: list[rules.Target]) -> list[Any]:
+        rules._build.set(ctx)
+        tasks = [ctx.evaluate(t, None) for t in targets]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        unexpected = next(
+            (r for r in results if isinstance(r, BaseException)
+             and not isinstance(r, errors.KilnError | BuildStopped)),
+            None,
+        )  # fmt: skip
+        if unexpected is not None:
+            raise unexpected
+        return results
+
+    # ---------------------------------------------------------- outputs
+
+    def output_dir(self, name: str) -> Path:
+        return self.project.root / OUTPUT_DIR / name
+
+    def _materialize(self, t: rules.Target, value: Any) -> Digest:
+        from kiln.store.materialize import Materializer
+
+        values = _flatten(value, t)
+        digest = input_root(self.store.cas, values, f"{t.where} (value of target {t.name!r})")
+        dest = self.output_dir(t.name)
+        marker = self.project.root / OUTPUT_DIR / ".kiln" / f"{t.name}.digest"
+        with self.store.writing():
+            self.store.add_root(f"build:{self.project.root}:{t.name}", digest, "tree")
+        if dest.is_dir() and marker.is_file() and marker.read_text() == str(digest):
+            return digest  # already there
+        _remove_read_only(dest)
+        Materializer(self.store.cas).tree(digest, dest)
+        _make_read_only(dest)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(digest))
+        return digest
+
+
+def default_executors(store: Store) -> dict[str, Callable[[], Executor]]:
+    from kiln.exec.wasm import WasmExecutor
+
+    return {"wasm": lambda: WasmExecutor(store)}
+
+
+def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:
+    if value is None:
+        return []
+    if isinstance(value, File | Tree):
+        return [value.at(at)] if at else [value]
+    if isinstance(value, StepResult):
+        return [v.at(f"{at}/{v.path}") if at else v for v in value.outputs.values()]
+    if isinstance(value, list | tuple):
+        return [v for item in value for v in _flatten(item, t, at)]
+    if isinstance(value, dict):
+        out = []
+        for key, item in value.items():
+            path = os.path.normpath(f"{at}/{key}" if at else str(key))
+            if path.startswith(("..", "/")):
+                raise errors.KilnError(
+                    f"{t.where}: target {t.name!r} places output {key!r} outside its folder",
+                    hint="use relative paths without '..' as keys",
+                    exit_code=errors.ExitCode.BAD_INPUT,
+                )
+            out += _flatten(item, t, path)
+        return out
+    raise errors.KilnError(
+        f"{t.where}: target {t.name!r} returned a {type(value).__name__}",
+        hint="return a File, a Tree, a step's result, None, or a list or dict of these",
+        exit_code=errors.ExitCode.BAD_INPUT,
+    )
+
+
+def _make_read_only(root: Path) -> None:
+    for folder, _, _ in os.walk(root, topdown=False):
+        os.chmod(
+            folder,
+            stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH,
+        )
+
+
+def _remove_read_only(root: Path) -> None:
+    if root.is_symlink() or root.is_file():
+        root.unlink()
+        return
+    if not root.exists():
+        return
+    for folder, _, _ in os.walk(root):
+        os.chmod(folder, stat.S_IRWXU)
+    shutil.rmtree(root)

@@ -1,0 +1,166 @@
+"""Build history in the store database: what each build asked for, and
+every step it requested with its key, status, timing and the inputs its key
+was computed from. ``kiln why``, ``show``, ``log`` and ``trace`` read it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln import errors
+from kiln.digest import Digest, canonical_bytes
+
+if TYPE_CHECKING:
+    from kiln.engine.build import BuildReport
+    from kiln.reapi import re_pb2
+    from kiln.store.local import Store
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One recorded step."""
+
+    build: int
+    seq: int
+    target: str
+    step: str
+    key: str
+    status: str
+    slot: int | None
+    started: float | None
+    finished: float | None
+    inputs: dict[str, Any]
+    result: bytes | None
+
+    def action_result(self) -> re_pb2.ActionResult | None:
+        from kiln.reapi import re_pb2
+
+        return None if self.result is None else re_pb2.ActionResult.FromString(self.result)
+
+
+def record_build(
+    store: Store, project: Path, targets: list[str], report: BuildReport, started: float
+) -> int:
+    """Write one build and its steps; returns the build's id."""
+    conn = store.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cur = conn.execute(
+            "INSERT INTO builds(project, targets, started, finished, status) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                str(project),
+                json.dumps(targets),
+                started,
+                time.time(),
+                "ok" if report.ok else "failed",
+            ),
+        )
+        build_id = int(cur.lastrowid or 0)
+        conn.executemany(
+            "INSERT INTO build_steps(build, seq, target, step, key, status, slot, started, "
+            "finished, inputs, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    build_id,
+                    s.seq,
+                    s.target,
+                    s.description,
+                    str(s.key),
+                    s.status.value,
+                    s.slot,
+                    s.started,
+                    s.finished,
+                    json.dumps(s.identity, sort_keys=True),
+                    None if s.result is None else canonical_bytes(s.result),
+                )
+                for s in report.steps
+            ],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return build_id
+
+
+def last_build(store: Store, project: Path) -> int:
+    """The id of the project's most recent build."""
+    row = store.conn.execute(
+        "SELECT MAX(id) FROM builds WHERE project = ?", (str(project),)
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise errors.KilnError(
+            f"no build of {project} is recorded in this store",
+            hint="run `kiln build` first",
+            exit_code=errors.ExitCode.NOT_FOUND,
+        )
+    return int(row[0])
+
+
+def steps(store: Store, build: int, target: str | None = None) -> list[StepRow]:
+    query = (
+        "SELECT build, seq, target, step, key, status, slot, started, finished, inputs, result "
+        "FROM build_steps WHERE build = ?"
+    )
+    params: tuple[Any, ...] = (build,)
+    if target is not None:
+        query += " AND target = ?"
+        params += (target,)
+    rows = store.conn.execute(query + " ORDER BY seq", params).fetchall()
+    return [StepRow(*r[:9], json.loads(r[9]), r[10]) for r in rows]
+
+
+def previous_run(store: Store, row: StepRow) -> StepRow | None:
+    """The last earlier build's record of the same step (target and
+    description) that actually ran or was found in the cache."""
+    found = store.conn.execute(
+        "SELECT build, seq, target, step, key, status, slot, started, finished, inputs, result "
+        "FROM build_steps WHERE target = ? AND step = ? AND build < ? "
+        "AND status IN ('executed', 'cached') ORDER BY build DESC LIMIT 1",
+        (row.target, row.step, row.build),
+    ).fetchone()
+    return None if found is None else StepRow(*found[:9], json.loads(found[9]), found[10])
+
+
+def explain(old: StepRow | None, new: StepRow) -> list[str]:
+    """Why ``new`` was not a cache hit, in terms of what its key came from."""
+    if old is None:
+        return ["never ran before (no earlier build recorded this step)"]
+    if old.key == new.key:
+        return [
+            "the same action ran before, but its result was not in the cache "
+            "(it failed then, or was collected since)"
+        ]
+    a, b = old.inputs, new.inputs
+    reasons: list[str] = []
+    old_in, new_in = a.get("inputs", {}), b.get("inputs", {})
+    for path in sorted(old_in.keys() | new_in.keys()):
+        if path not in new_in:
+            reasons.append(f"input {path} is no longer used")
+        elif path not in old_in:
+            reasons.append(f"input {path} is new")
+        elif old_in[path] != new_in[path]:
+            reasons.append(
+                f"input {path} changed: {_short(old_in[path])} -> {_short(new_in[path])}"
+            )
+    old_argv, new_argv = a.get("argv", []), b.get("argv", [])
+    if old_argv != new_argv:
+        reasons.append(f"arguments changed: {' '.join(old_argv)!r} -> {' '.join(new_argv)!r}")
+    old_env, new_env = a.get("env", {}), b.get("env", {})
+    for name in sorted(old_env.keys() | new_env.keys()):
+        if old_env.get(name) != new_env.get(name):
+            old_value, new_value = old_env.get(name), new_env.get(name)
+            reasons.append(f"environment variable {name} changed: {old_value!r} -> {new_value!r}")
+    for what in ("outputs", "platform"):
+        if a.get(what) != b.get(what):
+            reasons.append(f"{what} changed: {a.get(what)} -> {b.get(what)}")
+    return reasons or ["its key changed for a reason kiln did not record"]
+
+
+def _short(digest: str) -> str:
+    d = Digest.parse(digest)
+    return f"{d.hash[:12]}/{d.size}"

@@ -1,0 +1,80 @@
+"""Assembling a step's input tree from ``File`` and ``Tree`` handles, each
+placed at its path. Directories are written bottom-up in one batch; a
+``Tree`` is grafted whole (its digest reused), so the cost depends on the
+number of handles, not on the size of the trees."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kiln import errors
+from kiln.digest import Digest, canonical_bytes
+from kiln.engine.values import File, Tree, Value
+
+if TYPE_CHECKING:
+    from kiln.store.localcas import LocalCAS
+
+# A directory being assembled: name -> File | Tree (grafted whole) | _Dir.
+_Dir = dict[str, "File | Tree | _Dir"]
+
+
+def place(values: list[Value], where: str) -> _Dir:
+    """Nest the handles by path; two different things at one path is an error."""
+    root: _Dir = {}
+    for value in values:
+        parts = [p for p in value.path.split("/") if p not in ("", ".")]
+        if any(p == ".." for p in parts):
+            raise errors.KilnError(
+                f"{where}: input path {value.path!r} leaves the input tree",
+                hint="give inputs paths inside the step's tree",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        if not parts:
+            if not isinstance(value, Tree):
+                raise _conflict(where, value.path or "/")
+            if root:
+                raise _conflict(where, "/")
+            root = {"": value}
+            continue
+        d = root
+        for name in parts[:-1]:
+            sub = d.setdefault(name, {})
+            if not isinstance(sub, dict):
+                raise _conflict(where, value.path)
+            d = sub
+        existing = d.get(parts[-1])
+        if existing is not None and existing != value:
+            raise _conflict(where, value.path)
+        d[parts[-1]] = value
+    return root
+
+
+def input_root(cas: LocalCAS, values: list[Value], where: str) -> Digest:
+    """The digest of the tree holding ``values`` at their paths."""
+    nested = place(values, where)
+    if set(nested) == {""}:
+        return nested[""].digest  # type: ignore[union-attr]
+    with cas.batch() as batch:
+        return _store(batch, nested)
+
+
+def _store(batch: object, d: _Dir) -> Digest:
+    from kiln.tree import make_directory
+
+    files, dirs = [], []
+    for name, entry in sorted(d.items()):
+        if isinstance(entry, File):
+            files.append((name, entry.digest, entry.executable))
+        elif isinstance(entry, Tree):
+            dirs.append((name, entry.digest))
+        else:
+            dirs.append((name, _store(batch, entry)))
+    return batch.add_bytes(canonical_bytes(make_directory(files, dirs, [])))  # type: ignore[attr-defined]
+
+
+def _conflict(where: str, path: str) -> errors.KilnError:
+    return errors.KilnError(
+        f"{where}: two different inputs at {path!r}",
+        hint="place each input at its own path",
+        exit_code=errors.ExitCode.BAD_INPUT,
+    )

@@ -1,0 +1,89 @@
+"""Finding and loading a project's build file, ``kilnfile.py``.
+
+The project root is the nearest folder, from the current one upwards, that
+holds a ``kilnfile.py``. Loading runs the file once, collecting its
+``@target`` functions; a syntax error or an exception while loading is a
+clear error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln import errors
+from kiln.engine import rules
+
+BUILD_FILE = "kilnfile.py"
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    build_file: Path
+    targets: dict[str, rules.Target]
+
+    def target(self, name: str) -> rules.Target:
+        try:
+            return self.targets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise errors.KilnError(
+                f"{self.build_file}: no target {name!r}",
+                hint=f"targets are: {known} (`kiln targets` lists them)",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            ) from None
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above ``start`` holding a build file."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / BUILD_FILE).is_file():
+            return folder
+    raise errors.KilnError(
+        f"no {BUILD_FILE} in {start} or any folder above it",
+        hint=f"run kiln inside a project, or create {BUILD_FILE} (see README: Build files)",
+        exit_code=errors.ExitCode.BAD_INPUT,
+    )
+
+
+def load(root: Path) -> Project:
+    """Run the build file under ``root`` and collect its targets."""
+    path = root / BUILD_FILE
+    text = path.read_text()
+    try:
+        code = compile(text, str(path), "exec")
+    except SyntaxError as e:
+        raise errors.KilnError(
+            f"{path}:{e.lineno}: syntax error: {e.msg}",
+            hint="fix the build file",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        ) from None
+    namespace = {"__name__": "kilnfile", "__file__": str(path)}
+    rules._defining = defined = []
+    sys.path.insert(0, str(root))  # so the build file can import the project's helpers
+    try:
+        exec(code, namespace)
+    except errors.KilnError:
+        raise
+    except Exception as e:
+        raise user_code_error(e, str(path), "loading the build file") from None
+    finally:
+        rules._defining = None
+        sys.path.remove(str(root))
+    return Project(root, path, {t.name: t for t in defined})
+
+
+def user_code_error(exc: BaseException, build_file: str, what: str) -> errors.KilnError:
+    """An exception from build-file code, reported at its build-file line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    line = next((f.lineno for f in reversed(frames) if f.filename == build_file), None)
+    where = f"{build_file}:{line}" if line else build_file
+    return errors.KilnError(
+        f"{where}: {what} raised {type(exc).__name__}: {exc}",
+        hint="fix the build file",
+        exit_code=errors.ExitCode.BAD_INPUT,
+    )

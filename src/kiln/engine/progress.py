@@ -1,0 +1,85 @@
+"""Showing a build while it runs, on stderr.
+
+On a terminal: one live status line (done / running / cached / failed and
+the steps running now), redrawn in place. Elsewhere: one plain line per
+step that ran or failed; cache hits are only counted, so a no-op build of
+thousands of steps stays quiet.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+from kiln.engine.scheduler import StepRecord, StepStatus
+
+MAX_SHOWN = 4  # running steps named in the live line
+
+
+class BuildProgress:
+    """Receives every step status change (``on_change``) from the scheduler."""
+
+    def __init__(self, stream: IO[str] | None = None, live: bool | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._live_enabled = self._stream.isatty() if live is None else live
+        self._live: Any = None
+        self._running: dict[int, StepRecord] = {}
+        self.counts = {s: 0 for s in StepStatus}
+        self._seen: dict[int, StepStatus] = {}
+
+    def __enter__(self) -> BuildProgress:
+        if self._live_enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(
+                self._render(),
+                console=Console(file=self._stream),
+                refresh_per_second=8,
+                transient=True,
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def on_change(self, record: StepRecord) -> None:
+        previous = self._seen.get(record.seq)
+        if previous is not None:
+            self.counts[previous] -= 1
+        self._seen[record.seq] = record.status
+        self.counts[record.status] += 1
+        if record.status is StepStatus.PENDING and record.started is not None:
+            self._running[record.seq] = record
+        else:
+            self._running.pop(record.seq, None)
+        if self._live is not None:
+            self._live.update(self._render())
+        elif record.status in (StepStatus.EXECUTED, StepStatus.FAILED):
+            took = (record.finished or time.time()) - (record.started or time.time())
+            verb = "ran   " if record.status is StepStatus.EXECUTED else "FAILED"
+            print(
+                f"kiln: {verb} {record.target}: {record.description} ({took:.2f} s)",
+                file=self._stream,
+                flush=True,
+            )
+
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        c = self.counts
+        done = c[StepStatus.EXECUTED] + c[StepStatus.CACHED]
+        line = Text(
+            f"kiln: {done} done ({c[StepStatus.CACHED]} cached), "
+            f"{len(self._running)} running, {c[StepStatus.FAILED]} failed"
+        )
+        shown = list(self._running.values())[:MAX_SHOWN]
+        if shown:
+            names = ", ".join(f"{r.target}: {r.description}" for r in shown)
+            more = len(self._running) - len(shown)
+            line.append(f"  [{names}{f' +{more}' if more else ''}]", style="dim")
+        return line

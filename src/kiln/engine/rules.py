@@ -1,0 +1,168 @@
+"""The build-file API: what ``kilnfile.py`` imports from ``kiln.build``.
+
+A target is an ``async def`` without parameters, decorated with
+``@target``. Inside it, ``source``/``source_tree``/``glob`` name project
+files, ``wasm(...)`` runs a step and returns its ``StepResult`` when
+awaited, and awaiting another target gives that target's value. Targets and
+steps are evaluated at most once per build; awaiting one never blocks
+others (``gather`` runs several at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kiln import errors
+from kiln.engine.values import File, StepResult, Tree, Value
+
+if TYPE_CHECKING:
+    from kiln.engine.build import BuildContext
+
+gather = asyncio.gather
+
+# The build being evaluated and the target whose code is running.
+_build: ContextVar[BuildContext] = ContextVar("kiln_build")
+_target: ContextVar[Target | None] = ContextVar("kiln_target", default=None)
+# Targets defined while a build file is being loaded (see engine/loader.py).
+_defining: list[Target] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """A named, memoized async rule defined in a build file."""
+
+    name: str
+    fn: Callable[[], Coroutine[Any, Any, Any]]
+    doc: str
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def __call__(self) -> Awaitable[Any]:
+        """Awaiting this gives the target's value (evaluated once per build)."""
+        return _context("a target").evaluate(self, _target.get())
+
+
+def target(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Target:
+    """Declare an async function as a build target named after it."""
+    if not asyncio.iscoroutinefunction(fn):
+        code = fn.__code__
+        raise errors.KilnError(
+            f"{code.co_filename}:{code.co_firstlineno}: target {fn.__name__!r} "
+            "is not an async function",
+            hint="write `async def` for targets",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    code = fn.__code__
+    t = Target(fn.__name__, fn, (fn.__doc__ or "").strip(), code.co_filename, code.co_firstlineno)
+    if _defining is not None:
+        if any(other.name == t.name for other in _defining):
+            raise errors.KilnError(
+                f"{t.where}: target {t.name!r} is defined twice",
+                hint="give each target its own name",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        _defining.append(t)
+    return t
+
+
+def _context(what: str) -> BuildContext:
+    try:
+        return _build.get()
+    except LookupError:
+        raise errors.KilnError(
+            f"{what} can only be used while kiln builds (inside a target)",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        ) from None
+
+
+def _where() -> str:
+    """``file:line`` of the build-file line that called into this module."""
+    frame = sys._getframe(2)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _current_name() -> str:
+    t = _target.get()
+    return t.name if t is not None else "(no target)"
+
+
+# ------------------------------------------------------------------ sources
+
+
+def source(path: str) -> File:
+    """A project file (path relative to the project root), hashed through
+    the stat cache; it appears in steps at the same path."""
+    return _context("source()").sources.file(path, f"{_where()} (target {_current_name()!r})")
+
+
+def source_tree(path: str) -> Tree:
+    """A project folder, stored as a tree; it appears in steps at ``path``."""
+    return _context("source_tree()").sources.tree(path, f"{_where()} (target {_current_name()!r})")
+
+
+def glob(pattern: str) -> list[File]:
+    """The project files matching ``pattern`` (``**`` for any depth), sorted.
+    Matching nothing is an error."""
+    return _context("glob()").sources.glob(pattern, f"{_where()} (target {_current_name()!r})")
+
+
+# -------------------------------------------------------------------- steps
+
+
+def wasm(
+    tool: File,
+    *args: str,
+    inputs: Iterable[Value] | Mapping[str, Value] = (),
+    outputs: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    fuel: int | None = None,
+    memory_mib: int | None = None,
+    description: str | None = None,
+) -> Coroutine[Any, Any, StepResult]:
+    """A WebAssembly step: run ``tool`` (a WASI command module) with ``args``.
+
+    ``inputs`` are placed in the step's (read-only) tree at their paths, or
+    at the keys of a mapping; ``tool`` is placed at its own path and is
+    argv[0]. The step may create the ``outputs`` paths (folders it makes
+    itself). Await the call for its ``StepResult``; a failure raises.
+    """
+    from kiln.exec.wasm import DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
+
+    ctx = _context("wasm()")
+    where = _where()
+    owner = _target.get()
+    if not isinstance(tool, File):
+        raise errors.KilnError(
+            f"{where}: wasm() needs the module as a File (e.g. source('tool.wasm')), "
+            f"got {type(tool).__name__}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    placed = [v.at(p) for p, v in inputs.items()] if isinstance(inputs, Mapping) else list(inputs)
+    bad = next((v for v in placed if not isinstance(v, File | Tree)), None)
+    if bad is not None:
+        raise errors.KilnError(
+            f"{where}: inputs must be File or Tree values, got {type(bad).__name__}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    limits = WasmLimits(fuel or DEFAULT_FUEL, memory_mib or DEFAULT_MEMORY_MIB)
+    return ctx.run_step(
+        owner,
+        where,
+        kind="wasm",
+        argv=[tool.path, *map(str, args)],
+        inputs=[tool, *placed],
+        outputs=list(outputs),
+        env=dict(env or {}),
+        platform=limits.platform(),
+        description=description or " ".join([os.path.basename(tool.path), *map(str, args)]),
+    )

@@ -1,0 +1,240 @@
+"""Running the steps a build asks for: memoized, deduplicated, bounded.
+
+A step's lifecycle (``StepStatus``):
+
+    requested --(action cache hit)---------------------------> CACHED
+              --(same key already in flight)--> wait --------> CACHED
+              --(build stopping)-----------------------------> SKIPPED
+              --(slot free)--> running --(exit 0)------------> EXECUTED
+                                       --(non-zero exit)-----> FAILED
+                                       --(transient, retried up to RETRIES times, then)--> FAILED
+
+Cache hits return without taking a slot or a thread. Executions run on a
+thread pool of ``jobs`` threads (Wasmtime releases the GIL while guest code
+runs), each with its own executor, under the store's cross-process "execute
+once" lock, so other kiln processes sharing the store never run the same
+key at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kiln import errors
+from kiln.digest import Digest
+from kiln.engine.values import StepResult, outputs_of
+from kiln.exec.base import TransientError
+
+if TYPE_CHECKING:
+    from kiln.action import ActionSpec
+    from kiln.exec.base import Executor
+    from kiln.reapi import re_pb2
+    from kiln.store.local import Store
+
+RETRIES = 2  # extra attempts after a transient (infrastructure) error
+STDERR_TAIL = 10  # lines of a failed step's stderr shown in its error
+
+
+class StepStatus(enum.Enum):
+    PENDING = "pending"  # requested, not finished yet
+    CACHED = "cached"  # the action cache (or an identical in-flight step) had it
+    EXECUTED = "executed"  # ran here and succeeded
+    FAILED = "failed"  # ran (or could not be run) and failed
+    SKIPPED = "skipped"  # not started: the build was stopping after a failure
+
+
+@dataclass
+class StepRecord:
+    """One step request of a build, as history and progress see it."""
+
+    seq: int
+    target: str
+    description: str
+    key: Digest
+    identity: dict[str, Any]  # what the key was computed from, for `kiln why`
+    status: StepStatus = StepStatus.PENDING
+    slot: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    result: re_pb2.ActionResult | None = field(default=None, repr=False)
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """What a rule asks to run: an action, where it comes from, on which executor."""
+
+    target: str
+    description: str
+    spec: ActionSpec
+    identity: dict[str, Any]
+    executor: str = "wasm"
+
+
+class BuildStopped(Exception):
+    """A step was not started because the build is stopping after a failure."""
+
+
+def step_failed(record: StepRecord, argv: list[str], stderr: bytes) -> errors.KilnError:
+    assert record.result is not None
+    code = record.result.exit_code
+    tail = stderr.decode(errors="replace").rstrip().splitlines()[-STDERR_TAIL:]
+    detail = "".join(f"\n    {line}" for line in tail)
+    return errors.KilnError(
+        f"target {record.target!r}: step {record.description!r} failed with exit code {code}"
+        f"\n  command: {' '.join(argv)}" + (f"\n  stderr (last lines):{detail}" if tail else ""),
+        hint=f"`kiln log {record.target}` shows its full output",
+        exit_code=errors.ExitCode.FAILED,
+        target=record.target,
+        step=record.description,
+    )
+
+
+class Scheduler:
+    """Runs steps for one build. ``on_change(record)`` hears every status change."""
+
+    def __init__(
+        self,
+        store: Store,
+        executors: dict[str, Callable[[], Executor]],
+        jobs: int,
+        keep_going: bool = False,
+        on_change: Callable[[StepRecord], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._factories = executors
+        self._idle: dict[str, queue.SimpleQueue[Executor]] = {
+            kind: queue.SimpleQueue() for kind in executors
+        }
+        self.jobs = jobs
+        self.keep_going = keep_going
+        self._on_change = on_change or (lambda _: None)
+        self._slots: asyncio.Queue[int] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kiln-step")
+        self._inflight: dict[Digest, tuple[asyncio.Future[StepResult], StepRecord]] = {}
+        self.records: list[StepRecord] = []
+        self.stopping = False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _change(self, record: StepRecord, status: StepStatus) -> None:
+        record.status = status
+        self._on_change(record)
+
+    async def run(self, request: StepRequest) -> StepResult:
+        """Run one step (or find its result); raises a ``KilnError`` if it fails."""
+        key = self._store.put_action(request.spec)
+        record = StepRecord(
+            len(self.records), request.target, request.description, key, request.identity
+        )
+        self.records.append(record)
+        self._on_change(record)
+        hit = self._store.lookup(key)
+        if hit is not None:
+            record.result = hit.result
+            self._change(record, StepStatus.CACHED)
+            return self._step_result(record, cached=True)
+        running = self._inflight.get(key)
+        if running is not None:  # the same action, requested again while it runs
+            future, first = running
+            await asyncio.shield(future)
+            record.result = first.result
+            self._change(record, StepStatus.CACHED)
+            return self._step_result(record, cached=True)
+        future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (future, record)
+        try:
+            result = await self._execute(record, request)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: waiters get it from their await
+            raise
+        finally:
+            del self._inflight[key]
+        future.set_result(result)
+        return result
+
+    async def _execute(self, record: StepRecord, request: StepRequest) -> StepResult:
+        if self._slots is None:
+            self._slots = asyncio.Queue()
+            for slot in range(self.jobs):
+                self._slots.put_nowait(slot)
+        if self.stopping:
+            self._change(record, StepStatus.SKIPPED)
+            raise BuildStopped()
+        slot = await self._slots.get()
+        try:
+            if self.stopping:
+                self._change(record, StepStatus.SKIPPED)
+                raise BuildStopped()
+            record.slot = slot
+            record.started = time.time()
+            self._on_change(record)
+            action, command = request.spec.action()
+            loop = asyncio.get_running_loop()
+            try:
+                execution = await loop.run_in_executor(
+                    self._pool, self._execute_blocking, record, request.executor, action, command
+                )
+            except TransientError:
+                record.finished = time.time()
+                self._fail(record)
+                raise
+            record.finished = time.time()
+        finally:
+            self._slots.put_nowait(slot)
+        record.result = execution.result
+        if execution.result.exit_code != 0:
+            self._fail(record)
+            stderr = self._store.cas.get_bytes(Digest.from_proto(execution.result.stderr_digest))
+            raise step_failed(record, list(command.arguments), stderr or b"")
+        self._change(record, StepStatus.CACHED if execution.cached else StepStatus.EXECUTED)
+        return self._step_result(record, cached=execution.cached)
+
+    def _fail(self, record: StepRecord) -> None:
+        if not self.keep_going:
+            self.stopping = True
+        self._change(record, StepStatus.FAILED)
+
+    def _execute_blocking(
+        self, record: StepRecord, kind: str, action: re_pb2.Action, command: re_pb2.Command
+    ) -> Any:
+        idle = self._idle[kind]
+        try:
+            executor = idle.get_nowait()
+        except queue.Empty:
+            executor = self._factories[kind]()
+        try:
+            for attempt in range(RETRIES + 1):
+                record.attempts = attempt + 1
+                try:
+                    return self._store.execute_once(
+                        record.key,
+                        lambda: (executor.execute(record.key, action, command), executor.name),
+                    )
+                except TransientError:
+                    if attempt == RETRIES:
+                        raise
+        finally:
+            idle.put(executor)
+
+    def _step_result(self, record: StepRecord, cached: bool) -> StepResult:
+        result = record.result
+        assert result is not None
+        return StepResult(
+            record.key,
+            record.description,
+            outputs_of(self._store, result),
+            Digest.from_proto(result.stdout_digest),
+            Digest.from_proto(result.stderr_digest),
+            cached,
+            self._store,
+        )

@@ -1,0 +1,154 @@
+"""Source files of a project, hashed through the store's stat cache.
+
+A file whose inode, size, mtime, ctime and mode are what they were when it
+was last hashed is not read again. A file modified within the racy window
+(``KILN_RACY_WINDOW_MS``) before it was hashed is not remembered, since a
+second change within one timestamp tick would look the same.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kiln import errors
+from kiln.digest import Digest
+from kiln.engine.values import File, Tree
+from kiln.store.ingest import RACY_WINDOW_NS
+
+if TYPE_CHECKING:
+    from kiln.store.local import Store
+
+
+class Sources:
+    """Hashes the project's source files; one per build."""
+
+    def __init__(self, store: Store, root: Path) -> None:
+        self._store = store
+        self.root = root
+        self._known: dict[str, tuple[int, int, int, int, int, str]] | None = None
+        self._files: dict[str, File] = {}
+        self._trees: dict[str, Tree] = {}
+        self._fresh: list[tuple] = []  # rows to remember at the end of the build
+        self.files_hashed = 0
+        self._started_ns = time.time_ns()
+        ms = os.environ.get("KILN_RACY_WINDOW_MS")
+        self._racy_ns = int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
+
+    def _relative(self, path: str, where: str) -> str:
+        if os.path.isabs(path):
+            raise errors.KilnError(
+                f"{where}: source {path!r} is an absolute path",
+                hint="name sources relative to the project root",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        norm = os.path.normpath(path)
+        if norm == ".." or norm.startswith("../"):
+            raise errors.KilnError(
+                f"{where}: source {path!r} is outside the project",
+                hint=f"sources must lie under {self.root}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        return norm
+
+    def file(self, path: str, where: str) -> File:
+        """The source file at ``path`` (relative to the project root)."""
+        rel = self._relative(path, where)
+        if (known := self._files.get(rel)) is not None:
+            return known
+        full = str(self.root / rel)
+        try:
+            st = os.stat(full)
+        except FileNotFoundError:
+            raise errors.KilnError(
+                f"{where}: source file {rel!r} does not exist",
+                hint=f"looked for {full}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            ) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise errors.KilnError(
+                f"{where}: source {rel!r} is a directory",
+                hint="use source_tree() for a folder",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+        cached = self._cache().get(full)
+        digest = None
+        if cached is not None and cached[:5] == signature:
+            digest = Digest(cached[5], st.st_size)
+            if not self._store.cas.has(digest):
+                digest = None  # collected meanwhile: read it again
+        if digest is None:
+            with self._store.writing():
+                digest = self._store.cas.put_file(full)
+            self.files_hashed += 1
+            if max(st.st_mtime_ns, st.st_ctime_ns) < self._started_ns - self._racy_ns:
+                self._fresh.append((full, *signature, digest.hash))
+        value = File(rel, digest, bool(st.st_mode & stat.S_IXUSR))
+        self._files[rel] = value
+        return value
+
+    def tree(self, path: str, where: str) -> Tree:
+        """A source folder, stored as a tree (through the per-folder stat cache)."""
+        rel = self._relative(path, where)
+        if (known := self._trees.get(rel)) is not None:
+            return known
+        full = self.root / rel
+        if not full.is_dir():
+            raise errors.KilnError(
+                f"{where}: source folder {rel!r} does not exist",
+                hint=f"looked for {full}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        value = Tree(rel if rel != "." else "", self._store.put(full).digest)
+        self._trees[rel] = value
+        return value
+
+    def glob(self, pattern: str, where: str) -> list[File]:
+        """The files matching ``pattern`` (``**`` spans folders), sorted by path."""
+        self._relative(pattern, where)
+        matches = sorted(
+            os.path.relpath(p, self.root)
+            for p in globlib.glob(pattern, root_dir=self.root, recursive=True)
+            if os.path.isfile(self.root / p)
+        )
+        if not matches:
+            raise errors.KilnError(
+                f"{where}: glob {pattern!r} matches no files",
+                hint=f"patterns are relative to {self.root}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        return [self.file(m, where) for m in matches]
+
+    def _cache(self) -> dict[str, tuple[int, int, int, int, int, str]]:
+        if self._known is None:
+            prefix = str(self.root).rstrip("/") + "/"
+            rows = self._store.conn.execute(
+                "SELECT path, ino, size, mtime_ns, ctime_ns, mode, hash FROM source_files "
+                "WHERE path >= ? AND path < ?",
+                (prefix, prefix[:-1] + "0"),  # '0' sorts right after '/'
+            )
+            self._known = {r[0]: r[1:] for r in rows}
+        return self._known
+
+    def save(self) -> None:
+        """Remember what was hashed (at the end of a build, in one transaction)."""
+        if not self._fresh:
+            return
+        conn = self._store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO source_files"
+                "(path, ino, size, mtime_ns, ctime_ns, mode, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                self._fresh,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._fresh = []

@@ -1,0 +1,112 @@
+"""What build rules hold: ``File`` and ``Tree`` handles to stored content,
+and the ``StepResult`` of a finished step. All are immutable and carry
+digests, never host paths: two equal handles name the same bytes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kiln.digest import Digest
+
+if TYPE_CHECKING:
+    from kiln.reapi import re_pb2
+    from kiln.store.local import Store
+
+
+@dataclass(frozen=True)
+class File:
+    """A stored file and the path it takes in a step's input tree (and in
+    the output folder): a source's project-relative path, or an output's
+    declared path."""
+
+    path: str
+    digest: Digest
+    executable: bool = False
+
+    def at(self, path: str) -> File:
+        """The same file, placed at another path."""
+        return File(path, self.digest, self.executable)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A stored directory (the digest of its root ``Directory``) and the path
+    it takes in a step's input tree; ``""`` means the root itself."""
+
+    path: str
+    digest: Digest
+
+    def at(self, path: str) -> Tree:
+        """The same tree, placed at another path."""
+        return Tree(path, self.digest)
+
+
+Value = File | Tree
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A step that finished with exit code 0. ``cached``: nothing ran, the
+    action cache had it. Outputs are looked up by their declared path."""
+
+    key: Digest
+    description: str
+    outputs: dict[str, Value]
+    stdout_digest: Digest
+    stderr_digest: Digest
+    cached: bool
+    _store: Store = field(repr=False, compare=False)
+
+    def file(self, path: str) -> File:
+        value = self._output(path)
+        if not isinstance(value, File):
+            raise TypeError(f"output {path!r} of {self.description} is a directory, not a file")
+        return value
+
+    def tree(self, path: str) -> Tree:
+        value = self._output(path)
+        if not isinstance(value, Tree):
+            raise TypeError(f"output {path!r} of {self.description} is a file, not a directory")
+        return value
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._store.cas.get_bytes(self.file(path).digest) or b""
+
+    def read_text(self, path: str) -> str:
+        return self.read_bytes(path).decode()
+
+    def json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    @property
+    def stdout(self) -> bytes:
+        return self._store.cas.get_bytes(self.stdout_digest) or b""
+
+    @property
+    def stderr(self) -> bytes:
+        return self._store.cas.get_bytes(self.stderr_digest) or b""
+
+    def _output(self, path: str) -> Value:
+        try:
+            return self.outputs[path]
+        except KeyError:
+            declared = ", ".join(sorted(self.outputs)) or "none"
+            raise KeyError(
+                f"{self.description} has no output {path!r} (it produced: {declared})"
+            ) from None
+
+
+def outputs_of(store: Store, result: re_pb2.ActionResult) -> dict[str, Value]:
+    """The outputs of an ``ActionResult`` as handles at their declared paths."""
+    from kiln.reapi import re_pb2
+
+    out: dict[str, Value] = {}
+    for f in result.output_files:
+        out[f.path] = File(f.path, Digest.from_proto(f.digest), f.is_executable)
+    for d in result.output_directories:
+        data = store.cas.get_bytes(Digest.from_proto(d.tree_digest)) or b""
+        root = Digest.of_message(re_pb2.Tree.FromString(data).root)
+        out[d.path] = Tree(d.path, root)
+    return out
