@@ -111,3 +111,23 @@ def guest(request: pytest.FixtureRequest):
         return out
 
     return build
+
+
+# ------------------------------------------------------------------ engine
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "wordcount"
+
+
+@pytest.fixture
+def example(tmp_path: Path, monkeypatch) -> Path:
+    """A copy of the bundled example; racy-window off so edits are seen at once."""
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = tmp_path / "wordcount"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("kiln-out"))
+    return root
+
+
+@pytest.fixture
+def tools(tmp_path: Path, guest) -> dict[str, bytes]:
+    """The test guests a project can carry as files: tools/<name>.wasm."""
+    return {f"tools/{n}.wasm": guest(n).read_bytes() for n in ("cat", "slow")}

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLE, build, ran
+from engine_helpers import build, ran
+
+from conftest import EXAMPLE
 from kiln.digest import Digest
 
 ALL_STEPS = [

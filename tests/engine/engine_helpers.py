@@ -1,19 +1,14 @@
 """Helpers for engine tests: projects in temporary folders, built through
-the Python API, with the steps each build ran."""
+the Python API, and the steps each build ran."""
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 from pathlib import Path
-
-import pytest
 
 from kiln.engine.build import Build, BuildReport
 from kiln.engine.loader import load
 from kiln.engine.scheduler import StepStatus
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "wordcount"
 
 
 def write_project(root: Path, kilnfile: str, files: dict[str, str | bytes] | None = None) -> Path:
@@ -39,18 +34,3 @@ def ran(report: BuildReport) -> list[str]:
     return sorted(
         f"{s.target}: {s.description}" for s in report.steps if s.status is StepStatus.EXECUTED
     )
-
-
-@pytest.fixture
-def example(tmp_path: Path, monkeypatch) -> Path:
-    """A copy of the bundled example; racy-window off so edits are seen at once."""
-    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
-    root = tmp_path / "wordcount"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("kiln-out"))
-    return root
-
-
-@pytest.fixture
-def tools(tmp_path: Path, guest) -> dict[str, bytes]:
-    """The test guests a project can carry as files: tools/<name>.wasm."""
-    return {f"tools/{n}.wasm": guest(n).read_bytes() for n in ("cat", "slow")}
