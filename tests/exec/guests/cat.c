@@ -1,5 +1,5 @@
-/* cat OUT IN...: writes the inputs, one after the other, to OUT; with no
- * inputs, writes its own arguments. Exits 3 if an input starts with "FAIL". */
+/* cat OUT IN...: writes the inputs, one after the other, to OUT (nothing
+ * when there are none). Exits 3 if an input starts with "FAIL". */
 #include <stdio.h>
 #include <string.h>
 

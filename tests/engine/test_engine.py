@@ -1,0 +1,224 @@
+"""The engine's guarantees, each on a small project: non-blocking awaits,
+in-flight deduplication, failures (fail-fast, --keep-going, never cached,
+transient retries) and clear errors for bad build files."""
+
+from __future__ import annotations
+
+import pytest
+from engine_helpers import build, ran, write_project
+
+from kiln.engine.loader import load
+from kiln.engine.scheduler import StepStatus
+from kiln.errors import KilnError
+from kiln.exec.base import TransientError
+from kiln.exec.wasm import WasmExecutor
+
+HEADER = """
+from kiln.build import gather, glob, source, target, wasm
+
+CAT, SLOW = "tools/cat.wasm", "tools/slow.wasm"
+"""
+
+
+ONE_STEP = '\n@target\nasync def t():\n    return await wasm(source(CAT), "o", outputs=["o"])\n'
+
+
+def step(report, description: str):
+    return next(s for s in report.steps if s.description == description)
+
+
+def test_awaiting_a_slow_step_does_not_block_other_targets(store, tmp_path, tools) -> None:
+    root = write_project(
+        tmp_path / "p",
+        HEADER
+        + """
+@target
+async def a():
+    return await wasm(source(SLOW), "400", "a.out", outputs=["a.out"], description="slow")
+
+@target
+async def b():
+    done = []
+    for i in range(3):  # one after the other, each awaited
+        done.append(await wasm(source(CAT), f"b{i}", outputs=[f"b{i}"], description=f"quick {i}"))
+    return done
+""",
+        tools,
+    )
+    report = build(store, root, jobs=2)
+    assert report.ok, report.errors
+    slow = step(report, "slow")
+    quick = [step(report, f"quick {i}") for i in range(3)]
+    assert {s.slot for s in quick} | {slow.slot} == {0, 1}
+    for s in quick:  # every quick step ran while the slow one was running
+        assert slow.started < s.started and s.finished < slow.finished
+
+
+def test_identical_steps_in_flight_run_once(store, tmp_path, tools) -> None:
+    root = write_project(
+        tmp_path / "p",
+        HEADER
+        + """
+async def shared():
+    return await wasm(source(SLOW), "50", "x", outputs=["x"], description="shared")
+
+@target
+async def one():
+    return await shared()
+
+@target
+async def two():
+    return await shared()
+""",
+        tools,
+    )
+    report = build(store, root, jobs=2)
+    statuses = sorted(s.status.value for s in report.steps)
+    assert statuses == ["cached", "executed"]
+    assert report.targets[0].digest == report.targets[1].digest
+
+
+FAILING = (
+    HEADER
+    + """
+@target
+async def bad():
+    return await wasm(source(CAT), "out", "fail.txt", inputs=[source("fail.txt")],
+                      outputs=["out"], description="cat fail")
+
+@target
+async def other():
+    await wasm(source(SLOW), "200", "s", outputs=["s"], description="slow first")
+    return await wasm(source(CAT), "after", outputs=["after"], description="after the slow one")
+"""
+)
+
+
+def test_a_failure_stops_new_work_and_is_not_cached(store, tmp_path, tools) -> None:
+    root = write_project(tmp_path / "p", FAILING, {**tools, "fail.txt": "FAIL here\n"})
+    report = build(store, root, jobs=2)
+    assert not report.ok
+    [error] = report.errors
+    message = error.render()
+    for fragment in (
+        "target 'bad'",
+        "step 'cat fail'",
+        "exit code 3",
+        "command: tools/cat.wasm out fail.txt",
+        "cat: fail.txt says FAIL",
+        "kiln log bad",
+    ):
+        assert fragment in message
+    failed = step(report, "cat fail")
+    assert failed.status is StepStatus.FAILED and failed.attempts == 1  # not retried
+    assert store.lookup(failed.key) is None  # never cached
+    assert step(report, "slow first").status is StepStatus.EXECUTED  # already running
+    assert step(report, "after the slow one").status is StepStatus.SKIPPED
+    assert [t.output for t in report.targets] == [None, None]
+
+
+def test_keep_going_runs_what_does_not_need_the_failure(store, tmp_path, tools) -> None:
+    root = write_project(tmp_path / "p", FAILING, {**tools, "fail.txt": "FAIL here\n"})
+    report = build(store, root, jobs=2, keep_going=True)
+    assert len(report.errors) == 1
+    assert step(report, "after the slow one").status is StepStatus.EXECUTED
+    outcome = {t.name: t for t in report.targets}
+    assert outcome["bad"].output is None and outcome["other"].output is not None
+
+
+def test_transient_errors_are_retried(store, tmp_path, tools) -> None:
+    root = write_project(
+        tmp_path / "p",
+        HEADER
+        + '\n@target\nasync def t():\n    return await wasm(source(CAT), "o", outputs=["o"])\n',
+        tools,
+    )
+    failures = [2]
+
+    class Flaky(WasmExecutor):
+        """Loses its worker twice (a fault no real test can cause on demand)."""
+
+        def execute(self, key, action, command):
+            if failures[0]:
+                failures[0] -= 1
+                raise TransientError("worker lost")
+            return super().execute(key, action, command)
+
+    report = build(store, root, executors={"wasm": lambda: Flaky(store)})
+    assert report.ok and report.steps[0].attempts == 3
+
+    failures[0] = 10  # more than the retries allow
+    (root / "kilnfile.py").write_text((root / "kilnfile.py").read_text().replace('"o"', '"p"'))
+    report = build(store, root, executors={"wasm": lambda: Flaky(store)})
+    assert not report.ok and "worker lost" in report.errors[0].message
+
+
+# ---------------------------------------------------------- bad build files
+
+
+IMPORTS = "from kiln.build import glob, source, target\n"  # line 1; bodies start on line 2
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ("x = 1\ndef broken(:\n", ["kilnfile.py:3: syntax error"]),
+        ("@target\ndef plain():\n    pass\n", ["kilnfile.py:2: target 'plain' is not an async"]),
+        ("raise RuntimeError('no')\n", ["kilnfile.py:2: loading the build file raised Runtime"]),
+        ("@target\nasync def t():\n    return 1 / 0\n", ["kilnfile.py:4: target 't' raised Zero"]),
+        (
+            "@target\nasync def a():\n    return await b()\n\n"
+            "@target\nasync def b():\n    return await a()\n",
+            [
+                "dependency cycle between targets: b (",
+                "kilnfile.py:6) -> a (",
+                "kilnfile.py:2) -> b",
+            ],
+        ),
+        (
+            "@target\nasync def g():\n    return glob('src/*.c')\n",
+            ["kilnfile.py:4 (target 'g'): glob 'src/*.c' matches no files"],
+        ),
+        (
+            "@target\nasync def esc():\n    return {'../x': source('tools/cat.wasm')}\n",
+            ["kilnfile.py:2: target 'esc' places output '../x' outside its folder"],
+        ),
+        (
+            "@target\nasync def odd():\n    return 42\n",
+            ["target 'odd' returned a int", "return a File"],
+        ),
+        (
+            "@target\nasync def m():\n    return source('missing.txt')\n",
+            ["kilnfile.py:4 (target 'm'): source file 'missing.txt' does not exist"],
+        ),
+    ],
+)
+def test_bad_build_files_name_file_and_line(store, tmp_path, tools, body, fragments) -> None:
+    root = write_project(tmp_path / "p", IMPORTS + body, tools)
+    try:
+        report = build(store, root)
+    except KilnError as e:
+        message = e.render()
+    else:
+        assert report.errors, "expected the build to fail"
+        message = report.errors[0].render()
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_unknown_target_lists_the_known_ones(tmp_path, tools) -> None:
+    root = write_project(tmp_path / "p", HEADER + "\n@target\nasync def real():\n    pass\n", tools)
+    with pytest.raises(KilnError, match=r"no target 'nope'") as e:
+        load(root).target("nope")
+    assert "targets are: real" in e.value.render()
+
+
+def test_ran_helper_sees_executions(store, tmp_path, tools) -> None:
+    root = write_project(
+        tmp_path / "p",
+        HEADER
+        + '\n@target\nasync def t():\n    return await wasm(source(CAT), "o", outputs=["o"])\n',
+        tools,
+    )
+    assert ran(build(store, root)) == ["t: cat.wasm o"]
+    assert ran(build(store, root)) == []
