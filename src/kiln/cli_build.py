@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -91,3 +91,136 @@ def targets_command(as_json: bool) -> None:
     for r in rows:
         first_line = r["doc"].splitlines()[0] if r["doc"] else ""
         click.echo(f"{r['name']:<{width}}  {first_line}".rstrip())
+
+
+def _last_steps(ctx: click.Context, target: str | None) -> tuple[Any, list[Any]]:
+    """The store and the steps of the project's last build (of ``target``)."""
+    from kiln.engine import history
+
+    project = _project()
+    if target is not None:
+        project.target(target)
+    store = _open_store(ctx)
+    build_id = history.last_build(store, project.root)
+    return store, history.steps(store, build_id, target)
+
+
+@cli.command("why")
+@click.argument("target", required=False)
+@json_option
+@click.pass_context
+def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
+    """Say why each step of the last build ran instead of being a cache hit.
+
+    For every step that ran (of TARGET, or of every target), names what its
+    key was computed from that differs from the last time that step ran:
+    an input file or upstream output, an argument, an environment variable.
+    """
+    from kiln.engine import history
+
+    store, rows = _last_steps(ctx, target)
+    ran = [r for r in rows if r.status in ("executed", "failed")]
+    report = [
+        {"target": r.target, "step": r.step, "key": r.key,
+         "reasons": history.explain(history.previous_run(store, r), r)}
+        for r in ran
+    ]  # fmt: skip
+    if as_json:
+        _emit_json(report)
+        return
+    if not report:
+        click.echo("nothing ran in the last build: every step was a cache hit")
+    for item in report:
+        click.echo(f"{item['target']}: {item['step']}")
+        for reason in item["reasons"]:
+            click.echo(f"  {reason}")
+
+
+@cli.command("show")
+@click.argument("target")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, target: str, as_json: bool) -> None:
+    """List TARGET's steps in the last build: keys, inputs, outputs, status."""
+    from kiln.digest import Digest
+    from kiln.engine.values import outputs_of
+
+    store, rows = _last_steps(ctx, target)
+    items = []
+    for r in rows:
+        result = r.action_result()
+        outputs = {p: str(v.digest) for p, v in outputs_of(store, result).items()} if result else {}
+        items.append(
+            {
+                "step": r.step,
+                "key": r.key,
+                "status": r.status,
+                "exit_code": result.exit_code if result else None,
+                "seconds": round(r.finished - r.started, 4)
+                if r.started is not None and r.finished is not None
+                else None,
+                "argv": r.inputs.get("argv", []),
+                "inputs": r.inputs.get("inputs", {}),
+                "outputs": outputs,
+                "stdout": str(Digest.from_proto(result.stdout_digest)) if result else None,
+            }
+        )
+    if as_json:
+        _emit_json(items)
+        return
+    for item in items:
+        click.echo(f"{item['step']}  [{item['status']}]  key {item['key']}")
+        click.echo(f"  command: {' '.join(item['argv'])}")
+        for path, digest in item["inputs"].items():
+            click.echo(f"  in  {path}  {digest}")
+        for path, digest in item["outputs"].items():
+            click.echo(f"  out {path}  {digest}")
+
+
+@cli.command("log")
+@click.argument("target")
+@click.pass_context
+def log(ctx: click.Context, target: str) -> None:
+    """Print the stdout and stderr of TARGET's steps in the last build."""
+    from kiln.digest import Digest
+
+    store, rows = _last_steps(ctx, target)
+    for r in rows:
+        result = r.action_result()
+        if result is None:
+            click.echo(f"== {r.target}: {r.step} [{r.status}, never ran]")
+            continue
+        click.echo(f"== {r.target}: {r.step} [{r.status}, exit code {result.exit_code}]")
+        for name, digest in (("stdout", result.stdout_digest), ("stderr", result.stderr_digest)):
+            data = store.cas.get_bytes(Digest.from_proto(digest)) or b""
+            if data:
+                click.echo(f"-- {name}")
+                click.echo(data.decode(errors="replace").rstrip("\n"))
+
+
+@cli.command("trace")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default="kiln-trace.json",
+    show_default=True,
+    help="Where to write the trace.",
+)
+@click.pass_context
+def trace(ctx: click.Context, output: str) -> None:
+    """Write the last build as a Chrome trace (open it in ui.perfetto.dev).
+
+    One lane per worker slot; cache hits are instant events on their own lane.
+    """
+    import json
+
+    from kiln.engine import history
+
+    project = _project()
+    store = _open_store(ctx)
+    build_id = history.last_build(store, project.root)
+    rows = history.steps(store, build_id)
+    data = history.chrome_trace(rows, history.build_started(store, build_id))
+    Path(output).write_text(json.dumps(data))
+    click.echo(f"wrote {output}: {len(rows)} steps of build {build_id}")

@@ -164,3 +164,42 @@ def explain(old: StepRow | None, new: StepRow) -> list[str]:
 def _short(digest: str) -> str:
     d = Digest.parse(digest)
     return f"{d.hash[:12]}/{d.size}"
+
+
+def build_started(store: Store, build: int) -> float:
+    row = store.conn.execute("SELECT started FROM builds WHERE id = ?", (build,)).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def chrome_trace(rows: list[StepRow], started: float) -> dict[str, Any]:
+    """The steps as Chrome trace events (Perfetto, chrome://tracing): one
+    lane per worker slot; cache hits as instant events on their own lane."""
+    cache_lane = 1 + max((r.slot for r in rows if r.slot is not None), default=-1)
+    events: list[dict[str, Any]] = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "kiln build"}},
+        {"ph": "M", "name": "thread_name", "pid": 1, "tid": cache_lane,
+         "args": {"name": "cache hits"}},
+    ]  # fmt: skip
+    for slot in sorted({r.slot for r in rows if r.slot is not None}):
+        events.append(
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": slot,
+             "args": {"name": f"slot {slot}"}}
+        )  # fmt: skip
+    for r in rows:
+        if r.started is None:
+            continue  # skipped: never started
+        event = {
+            "name": f"{r.target}: {r.step}",
+            "cat": r.status,
+            "pid": 1,
+            "ts": round((r.started - started) * 1e6),
+            "args": {"key": r.key, "status": r.status},
+        }
+        if r.slot is None:
+            event.update(ph="i", s="t", tid=cache_lane)
+        else:
+            event.update(
+                ph="X", tid=r.slot, dur=round(((r.finished or r.started) - r.started) * 1e6)
+            )
+        events.append(event)
+    return {"traceEvents": events, "displayTimeUnit": "ms"}

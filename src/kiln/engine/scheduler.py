@@ -140,6 +140,7 @@ class Scheduler:
         hit = self._store.lookup(key)
         if hit is not None:
             record.result = hit.result
+            record.started = record.finished = time.time()
             self._change(record, StepStatus.CACHED)
             return self._step_result(record, cached=True)
         running = self._inflight.get(key)
@@ -147,6 +148,7 @@ class Scheduler:
             future, first = running
             await asyncio.shield(future)
             record.result = first.result
+            record.started = record.finished = time.time()
             self._change(record, StepStatus.CACHED)
             return self._step_result(record, cached=True)
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,85 @@
+"""Build history: `kiln why`, `show`, `log` and `trace` on the example."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KILN = str(Path(sys.executable).parent / "kiln")
+
+
+@pytest.fixture
+def kiln_in(example: Path, tmp_path: Path):
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home"), "KILN_RACY_WINDOW_MS": "0"}
+
+    def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([KILN, *args], cwd=example, env=env, capture_output=True, text=True)
+        assert proc.returncode == code, proc.stderr
+        return proc
+
+    return run
+
+
+def test_why_names_the_changed_input_of_each_step_that_ran(example: Path, kiln_in) -> None:
+    kiln_in("build")
+    first = kiln_in("why", "--json")
+    assert {tuple(i["reasons"]) for i in json.loads(first.stdout)} == {
+        ("never ran before (no earlier build recorded this step)",)
+    }
+    with open(example / "text" / "glaze.txt", "a") as f:
+        f.write("Glaze again.\n")
+    kiln_in("build")
+    report = {
+        (i["target"], i["step"]): i["reasons"] for i in json.loads(kiln_in("why", "--json").stdout)
+    }
+    assert set(report) == {("counts", "count glaze"), ("report", "merge counts")}
+    [glaze] = report[("counts", "count glaze")]
+    assert glaze.startswith("input text/glaze.txt changed: ")
+    [merge] = report[("report", "merge counts")]
+    assert merge.startswith("input counts/glaze.txt changed: ")  # an upstream output
+    kiln_in("build")
+    assert "every step was a cache hit" in kiln_in("why").stdout
+
+
+def test_why_names_a_changed_argument(example: Path, kiln_in) -> None:
+    kiln_in("build", "chapters")
+    kilnfile = example / "kilnfile.py"
+    kilnfile.write_text(kilnfile.read_text().replace('"chapters.json"', '"list.json"'))
+    kiln_in("build", "chapters")
+    [item] = json.loads(kiln_in("why", "chapters", "--json").stdout)
+    assert any(r.startswith("arguments changed: ") and "list.json" in r for r in item["reasons"])
+
+
+def test_show_log_and_trace(example: Path, kiln_in, tmp_path: Path) -> None:
+    kiln_in("build")
+    shown = json.loads(kiln_in("show", "counts", "--json").stdout)
+    assert [s["step"] for s in shown] == ["count kiln", "count clay", "count fire", "count glaze"]
+    clay = shown[1]
+    assert clay["status"] == "executed" and clay["exit_code"] == 0
+    assert set(clay["inputs"]) == {"text/clay.txt", "tools/textkit.wasm"}
+    assert set(clay["outputs"]) == {"counts/clay.txt"}
+    assert "== counts: count clay [executed, exit code 0]" in kiln_in("log", "counts").stdout
+
+    out = tmp_path / "trace.json"
+    kiln_in("trace", "-o", str(out))
+    ran = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert len(ran) == 6 and {e["tid"] for e in ran} <= set(range(os.cpu_count() or 1))
+    assert all(e["dur"] >= 0 and e["cat"] == "executed" for e in ran)
+
+    kiln_in("build")  # all cached this time
+    kiln_in("trace", "-o", str(out))
+    events = json.loads(out.read_text())["traceEvents"]
+    steps = [e for e in events if e["ph"] in ("X", "i")]
+    assert len(steps) == 6 and all(e["ph"] == "i" and e["cat"] == "cached" for e in steps)
+    lanes = {e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    assert "cache hits" in lanes
+
+
+def test_history_commands_need_a_build(kiln_in) -> None:
+    proc = kiln_in("why", code=3)
+    assert "no build of" in proc.stderr and "kiln build" in proc.stderr
