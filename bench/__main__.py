@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench import hash_file, tree_put, wasm_action, wasm_compute, wasm_module_cache
+from bench import (
+    build_graph,
+    hash_file,
+    tree_put,
+    wasm_action,
+    wasm_compute,
+    wasm_module_cache,
+)
 
 BENCHMARKS = {
     "hash": hash_file.main,
@@ -17,6 +24,7 @@ BENCHMARKS = {
     "wasm": wasm_action.main,
     "compute": wasm_compute.main,
     "module-cache": wasm_module_cache.main,
+    "graph": build_graph.main,
 }
 
 

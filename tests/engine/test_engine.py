@@ -222,3 +222,22 @@ def test_ran_helper_sees_executions(store, tmp_path, tools) -> None:
     )
     assert ran(build(store, root)) == ["t: cat.wasm o"]
     assert ran(build(store, root)) == []
+
+
+def test_glob_matches_files_under_the_project_root(store, tmp_path, tools) -> None:
+    files = {"src/b.txt": "b", "src/a.txt": "a", "src/sub/c.txt": "c", "src/d.bin": "d"}
+    root = write_project(
+        tmp_path / "p",
+        HEADER
+        + """
+@target
+async def cat():
+    files = glob("src/**/*.txt")
+    return await wasm(source(CAT), "all", *(f.path for f in files), inputs=files,
+                      outputs=["all"])
+""",
+        {**tools, **files},
+    )
+    report = build(store, root)  # the current folder is not the project's
+    assert report.ok, report.errors
+    assert (root / "kiln-out" / "cat" / "all").read_text() == "abc"

@@ -207,6 +207,8 @@ class Build:
         finally:
             scheduler.close()
         report = BuildReport([], scheduler.records, 0.0, files_hashed=ctx.sources.files_hashed)
+        if any(r.status is StepStatus.EXECUTED for r in report.steps) or report.files_hashed:
+            self.store.cas.sync()  # what this build wrote becomes durable before its roots
         for t, value in zip(targets, values, strict=True):
             outcome = TargetOutcome(t.name)
             report.targets.append(outcome)
@@ -247,7 +249,8 @@ class Build:
         from kiln.store.materialize import Materializer
 
         values = _flatten(value, t)
-        digest = input_root(self.store.cas, values, f"{t.where} (value of target {t.name!r})")
+        where = f"{t.where} (value of target {t.name!r})"
+        digest = input_root(self.store.cas, values, where, durable=True)
         dest = self.output_dir(t.name)
         marker = self.project.root / OUTPUT_DIR / ".kiln" / f"{t.name}.digest"
         with self.store.writing():

@@ -49,12 +49,14 @@ def place(values: list[Value], where: str) -> _Dir:
     return root
 
 
-def input_root(cas: LocalCAS, values: list[Value], where: str) -> Digest:
-    """The digest of the tree holding ``values`` at their paths."""
+def input_root(cas: LocalCAS, values: list[Value], where: str, durable: bool = False) -> Digest:
+    """The digest of the tree holding ``values`` at their paths. A step's
+    input tree only describes work and is not synced (see ``LocalCAS.batch``);
+    a tree that becomes a GC root must be made ``durable``."""
     nested = place(values, where)
     if set(nested) == {""}:
         return nested[""].digest  # type: ignore[union-attr]
-    with cas.batch() as batch:
+    with cas.batch(durable=durable) as batch:
         return _store(batch, nested)
 
 

@@ -222,9 +222,15 @@ class Scheduler:
                         record.key,
                         lambda: (executor.execute(record.key, action, command), executor.name),
                     )
-                except TransientError:
+                except (TransientError, OSError) as e:
                     if attempt == RETRIES:
-                        raise
+                        if isinstance(e, TransientError):
+                            raise
+                        raise TransientError(
+                            f"step {record.description!r} of target {record.target!r} "
+                            f"could not be run: {e}",
+                            hint="check the store's disk (space, permissions)",
+                        ) from None
         finally:
             idle.put(executor)
 

@@ -83,8 +83,8 @@ class Sources:
             if not self._store.cas.has(digest):
                 digest = None  # collected meanwhile: read it again
         if digest is None:
-            with self._store.writing():
-                digest = self._store.cas.put_file(full)
+            with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                digest = batch.add_file(full)  # synced at the end of the build
             self.files_hashed += 1
             if max(st.st_mtime_ns, st.st_ctime_ns) < self._started_ns - self._racy_ns:
                 self._fresh.append((full, *signature, digest.hash))
@@ -112,7 +112,7 @@ class Sources:
         """The files matching ``pattern`` (``**`` spans folders), sorted by path."""
         self._relative(pattern, where)
         matches = sorted(
-            os.path.relpath(p, self.root)
+            os.path.normpath(p)  # relative to the root already
             for p in globlib.glob(pattern, root_dir=self.root, recursive=True)
             if os.path.isfile(self.root / p)
         )

@@ -167,7 +167,7 @@ class WasmExecutor:
                     module = wasmtime.Module(self._engine, data)
                 except wasmtime.WasmtimeError as e:
                     raise InvalidModule(f"module {digest} is not valid WebAssembly: {e}") from None
-            staged = path.with_suffix(f".{os.getpid()}.tmp")
+            staged = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             staged.write_bytes(module.serialize())
             os.replace(staged, path)
             self.compiled += 1
@@ -201,7 +201,9 @@ class WasmExecutor:
         if note:
             host.stderr.write(f"kiln: {note}\n".encode())
         result = re_pb2.ActionResult(exit_code=exit_code)
-        with self._store.writing(), self._store.cas.batch() as batch:
+        # Not synced: a result whose blobs a power loss cut short is a cache
+        # miss (lookups check sizes); a build syncs once before its GC roots.
+        with self._store.writing(), self._store.cas.batch(durable=False) as batch:
             collect_outputs(fs, batch, list(command.output_paths), result)
             result.stdout_digest.CopyFrom(batch.add_bytes(bytes(host.stdout.data)).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())

@@ -161,7 +161,7 @@ class Store:
     def put_action(self, spec: ActionSpec) -> Digest:
         """Store an action's ``Action`` and ``Command`` blobs; returns its key."""
         action, command = spec.action()
-        with self.writing(), self.cas.batch() as batch:
+        with self.writing(), self.cas.batch(durable=False) as batch:
             batch.add_bytes(canonical_bytes(command))
             return batch.add_bytes(canonical_bytes(action))
 

@@ -35,6 +35,9 @@ BATCH_BLOBS = 8192
 BATCH_BYTES = 256 << 20
 
 
+SYNCFS_FROM = 16  # staged files from which one syncfs beats fsync per file
+
+
 def _load_syncfs() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -99,12 +102,21 @@ class LocalCAS:
         return data
 
     def touch(self, digest: Digest) -> bool:
-        """Mark a blob as recently used (GC age); False if it is absent."""
+        """Mark a blob as recently used (GC age); False if it is absent or
+        cut short (a blob written without sync before a power loss), so that
+        writers replace it."""
+        path = self.path(digest)
         try:
-            os.utime(self.path(digest))
+            if os.stat(path).st_size != digest.size:
+                return False
+            os.utime(path)
             return True
         except FileNotFoundError:
             return False
+
+    def sync(self) -> None:
+        """Make everything written to the store so far durable (one syncfs)."""
+        self._sync_all([], force_syncfs=True)
 
     def ensure_exec_twin(self, digest: Digest) -> Path:
         """Path of an executable (0555) copy of the blob, created if needed."""
@@ -127,9 +139,18 @@ class LocalCAS:
         with self.batch() as batch:
             return batch.add_file(path)
 
-    def batch(self) -> CasBatch:
-        """A group of writes made durable together (one sync for all)."""
-        return CasBatch(self)
+    def batch(self, durable: bool = True) -> CasBatch:
+        """A group of writes made durable together (one sync for all).
+
+        ``durable=False`` skips the sync, for small blobs that only describe
+        work (actions, commands, input trees): after a power loss one of them
+        may be lost or cut short. Readers check sizes (``has``,
+        ``find_missing``, ``touch``), so such a blob counts as missing: an
+        action cache entry that needs it is a miss, and the next writer
+        replaces it. Call ``sync`` before naming such content in a GC root.
+        A killed process never leaves a partial blob visible either way
+        (blobs are renamed into place whole)."""
+        return CasBatch(self, durable)
 
     def _stage_path(self) -> Path:
         return self._staging_dir() / f"{os.getpid()}.{next(self._counter)}"
@@ -153,8 +174,14 @@ class LocalCAS:
         finally:
             os.close(fd)
 
-    def _sync_all(self, staged: list[Path]) -> None:
-        """Make staged files durable: one syncfs on Linux, else fsync each."""
+    def _sync_all(self, staged: list[Path], force_syncfs: bool = False) -> None:
+        """Make staged files durable: one syncfs on Linux for a large batch,
+        else fsync each (a syncfs flushes the whole file system, which costs
+        far more than a few fsyncs when other writes are going on)."""
+        if len(staged) < SYNCFS_FROM and not force_syncfs:
+            for path in staged:
+                self._sync_one(path)
+            return
         if self._syncfs is False:
             self._syncfs = _load_syncfs()
         if callable(self._syncfs):
@@ -190,8 +217,9 @@ class CasBatch:
     invisible to readers and removed by the next ``verify`` or ``gc``.
     """
 
-    def __init__(self, cas: LocalCAS) -> None:
+    def __init__(self, cas: LocalCAS, durable: bool = True) -> None:
         self._cas = cas
+        self._durable = durable
         self._staged: list[tuple[Path, Digest]] = []
         self._pending: set[Digest] = set()
         self._bytes = 0
@@ -251,7 +279,8 @@ class CasBatch:
     def commit(self) -> None:
         if not self._staged:
             return
-        self._cas._sync_all([p for p, _ in self._staged])
+        if self._durable:
+            self._cas._sync_all([p for p, _ in self._staged])
         for staged, digest in self._staged:
             self._cas._install(staged, digest)
         self._staged.clear()
