@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,21 @@ def build(
     project root and is kept from garbage collection. Steps whose result is
     in the store do not run again. Exits 1 if a step or target failed.
     """
+    from kiln.engine import stamp
+    from kiln.engine.loader import find_root
+
+    started = time.perf_counter()
+    root = find_root(Path.cwd())
+    key = stamp.stamp_key(list(targets) or None)
+    store = _open_store(ctx)
+    unchanged = stamp.check(store, root, key)
+    if unchanged is not None:
+        from kiln.engine.history import record_unchanged
+
+        record_unchanged(store, root, key)
+        _report_unchanged(unchanged, as_json, time.perf_counter() - started)
+        return
+
     from kiln.engine.build import Build
     from kiln.engine.progress import BuildProgress
     from kiln.engine.scheduler import StepStatus
@@ -50,11 +66,10 @@ def build(
     names = list(targets) or sorted(project.targets)
     for name in names:
         project.target(name)  # unknown names fail before anything runs
-    store = _open_store(ctx)
     with BuildProgress() as progress:
         report = Build(
             store, project, jobs=jobs, keep_going=keep_going, on_change=progress.on_change
-        ).run(names)
+        ).run(names, stamp_as=key)
     for error in report.errors:
         click.echo(f"kiln: error: {error.render()}", err=True)
     if as_json:
@@ -75,6 +90,30 @@ def build(
         sys.exit(max(e.exit_code for e in report.errors))
 
 
+def _report_unchanged(stamp: dict[str, Any], as_json: bool, seconds: float) -> None:
+    """What `kiln build` says when the stamp shows nothing changed."""
+    if as_json:
+        _emit_json(
+            {
+                "ok": True, "executed": 0, "cached": stamp["steps"], "failed": 0, "skipped": 0,
+                "executed_keys": [], "files_hashed": 0, "seconds": round(seconds, 3),
+                "build_id": None, "unchanged": True,
+                "targets": {
+                    name: {"output": output, "digest": digest, "error": None}
+                    for name, (output, digest) in stamp["targets"].items()
+                },
+            }
+        )  # fmt: skip
+        return
+    for name, (output, _) in sorted(stamp["targets"].items()):
+        click.echo(f"{name}: {os.path.relpath(output)}")
+    click.echo(
+        f"kiln: nothing to do: no source changed since the last build "
+        f"({stamp['steps']} steps, {seconds:.3f} s)",
+        err=True,
+    )
+
+
 @cli.command("targets")
 @json_option
 def targets_command(as_json: bool) -> None:
@@ -93,15 +132,18 @@ def targets_command(as_json: bool) -> None:
         click.echo(f"{r['name']:<{width}}  {first_line}".rstrip())
 
 
-def _last_steps(ctx: click.Context, target: str | None) -> tuple[Any, list[Any]]:
-    """The store and the steps of the project's last build (of ``target``)."""
+def _last_steps(
+    ctx: click.Context, target: str | None, with_steps: bool = True
+) -> tuple[Any, list[Any]]:
+    """The store and the steps of the project's last build (of ``target``);
+    ``with_steps``: skip builds answered from their stamp."""
     from kiln.engine import history
 
     project = _project()
     if target is not None:
         project.target(target)
     store = _open_store(ctx)
-    build_id = history.last_build(store, project.root)
+    build_id = history.last_build(store, project.root, with_steps)
     return store, history.steps(store, build_id, target)
 
 
@@ -118,7 +160,7 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
     """
     from kiln.engine import history
 
-    store, rows = _last_steps(ctx, target)
+    store, rows = _last_steps(ctx, target, with_steps=False)
     ran = [r for r in rows if r.status in ("executed", "failed")]
     report = [
         {"target": r.target, "step": r.step, "key": r.key,
@@ -219,7 +261,7 @@ def trace(ctx: click.Context, output: str) -> None:
 
     project = _project()
     store = _open_store(ctx)
-    build_id = history.last_build(store, project.root)
+    build_id = history.last_build(store, project.root, with_steps=True)
     rows = history.steps(store, build_id)
     data = history.chrome_trace(rows, history.build_started(store, build_id))
     Path(output).write_text(json.dumps(data))

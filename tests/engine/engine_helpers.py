@@ -24,9 +24,10 @@ def write_project(root: Path, kilnfile: str, files: dict[str, str | bytes] | Non
     return root
 
 
-def build(store, root: Path, *targets: str, **options) -> BuildReport:
+def build(store, root: Path, *targets: str, stamp_as: str | None = None, **options) -> BuildReport:
     project = load(root)
-    return Build(store, project, **options).run(list(targets) or sorted(project.targets))
+    names = list(targets) or sorted(project.targets)
+    return Build(store, project, **options).run(names, stamp_as=stamp_as)
 
 
 def ran(report: BuildReport) -> list[str]:

@@ -4,6 +4,9 @@ transient retries) and clear errors for bad build files."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 from engine_helpers import build, ran, write_project
 
@@ -241,3 +244,43 @@ async def cat():
     report = build(store, root)  # the current folder is not the project's
     assert report.ok, report.errors
     assert (root / "kiln-out" / "cat" / "all").read_text() == "abc"
+
+
+GLOBBING = (
+    HEADER
+    + """
+@target
+async def cat():
+    files = glob("src/*.txt")
+    return await wasm(source(CAT), "all", *(f.path for f in files), inputs=files,
+                      outputs=["all"])
+"""
+)
+
+
+def test_the_build_stamp_answers_only_while_nothing_changed(
+    store, tmp_path, tools, monkeypatch
+) -> None:
+    from kiln.engine import stamp
+
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
+    key = stamp.stamp_key(None)
+    report = build(store, root, stamp_as=key)
+    assert report.stamped and stamp.check(store, root, key) is not None
+    (root / "src" / "b.txt").write_text("b")  # a new match for the glob
+    assert stamp.check(store, root, key) is None
+    build(store, root, stamp_as=key)
+    assert stamp.check(store, root, key) is not None
+    (root / "kilnfile.py").write_text(GLOBBING + "\n# edited\n")  # the build file itself
+    assert stamp.check(store, root, key) is None
+    build(store, root, stamp_as=key)
+    os.chmod(root / "kiln-out" / "cat", 0o755)
+    shutil.rmtree(root / "kiln-out" / "cat")  # the output is gone
+    assert stamp.check(store, root, key) is None
+
+
+def test_no_stamp_for_files_changed_within_the_racy_window(store, tmp_path, tools) -> None:
+    root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
+    # Written just now: with the default 2 s window these could still change unseen.
+    assert not build(store, root).stamped

@@ -107,8 +107,15 @@ def test_cli_build_json_and_targets(tmp_path: Path, example: Path) -> None:
     assert summary["targets"]["report"]["output"] == str(example.resolve() / "kiln-out" / "report")
     second = run("build", "report")
     assert second.returncode == 0
-    assert "nothing to do: all 6 steps were cached" in second.stderr
+    assert "nothing to do: no source changed since the last build (6 steps" in second.stderr
     assert "report: ../kiln-out/report" in second.stdout
+    again = json.loads(run("build", "--json", "report").stdout)
+    assert again["unchanged"] and (again["executed"], again["cached"]) == (0, 6)
+    assert again["targets"]["report"] == summary["targets"]["report"]
+    with open(example / "text" / "kiln.txt", "a") as f:
+        f.write("One more line.\n")
+    third = json.loads(run("build", "--json", "report").stdout)
+    assert not third["unchanged"] and third["executed"] == 2  # count kiln, merge
     listed = run("targets")
     assert listed.stdout.splitlines() == [
         "chapters  The chapter names listed in book.txt, as JSON.",

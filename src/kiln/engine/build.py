@@ -54,6 +54,7 @@ class BuildReport:
     build_id: int | None = None
     files_hashed: int = 0
     errors: list[errors.KilnError] = field(default_factory=list)
+    stamped: bool = False  # a later no-op build can be answered from its stamp
 
     def count(self, status: StepStatus) -> int:
         return sum(1 for s in self.steps if s.status is status)
@@ -82,6 +83,7 @@ class BuildReport:
             "files_hashed": self.files_hashed,
             "seconds": round(self.seconds, 3),
             "build_id": self.build_id,
+            "unchanged": False,  # True: answered from the build stamp, nothing evaluated
         }
 
 
@@ -195,7 +197,11 @@ class Build:
         self._on_change = on_change
         self._executors = executors or default_executors(store)
 
-    def run(self, names: list[str]) -> BuildReport:
+    def run(self, names: list[str], stamp_as: str | None = None) -> BuildReport:
+        """Build ``names``; the stamp of a successful build is filed under
+        ``stamp_as`` (default: these names; see ``engine/stamp.py``)."""
+        from kiln.engine import stamp
+
         targets = [self.project.target(n) for n in names]
         scheduler = Scheduler(
             self.store, self._executors, self.jobs, self.keep_going, self._on_change
@@ -225,6 +231,8 @@ class Build:
         from kiln.engine.history import record_build
 
         report.build_id = record_build(self.store, self.project.root, names, report, started)
+        key = stamp_as or stamp.stamp_key(names)
+        report.stamped = stamp.record(self.store, self.project, key, ctx.sources, report)
         return report
 
     async def _evaluate(self, ctx: BuildContext, targets: list[rules.Target]) -> list[Any]:

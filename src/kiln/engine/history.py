@@ -87,10 +87,23 @@ def record_build(
     return build_id
 
 
-def last_build(store: Store, project: Path) -> int:
-    """The id of the project's most recent build."""
+def record_unchanged(store: Store, project: Path, targets: str) -> None:
+    """A build answered from its stamp: recorded, with no steps."""
+    now = time.time()
+    store.conn.execute(
+        "INSERT INTO builds(project, targets, started, finished, status) "
+        "VALUES (?, ?, ?, ?, 'unchanged')",
+        (str(project), targets, now, now),
+    )
+
+
+def last_build(store: Store, project: Path, with_steps: bool = False) -> int:
+    """The id of the project's most recent build (``with_steps``: the most
+    recent one that evaluated its rules, not answered from its stamp)."""
     row = store.conn.execute(
-        "SELECT MAX(id) FROM builds WHERE project = ?", (str(project),)
+        "SELECT MAX(id) FROM builds WHERE project = ?"
+        + (" AND status != 'unchanged'" if with_steps else ""),
+        (str(project),),
     ).fetchone()
     if row is None or row[0] is None:
         raise errors.KilnError(

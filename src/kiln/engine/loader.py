@@ -24,6 +24,7 @@ class Project:
     root: Path
     build_file: Path
     targets: dict[str, rules.Target]
+    code_files: tuple[str, ...] = ()  # the build file and project modules it imported
 
     def target(self, name: str) -> rules.Target:
         try:
@@ -65,6 +66,7 @@ def load(root: Path) -> Project:
     namespace = {"__name__": "kilnfile", "__file__": str(path)}
     rules._defining = defined = []
     sys.path.insert(0, str(root))  # so the build file can import the project's helpers
+    modules_before = set(sys.modules)
     try:
         exec(code, namespace)
     except errors.KilnError:
@@ -74,7 +76,13 @@ def load(root: Path) -> Project:
     finally:
         rules._defining = None
         sys.path.remove(str(root))
-    return Project(root, path, {t.name: t for t in defined})
+    helpers = [
+        str(Path(file).resolve())
+        for name in set(sys.modules) - modules_before
+        if (file := getattr(sys.modules[name], "__file__", None))
+        and Path(file).resolve().is_relative_to(root.resolve())
+    ]
+    return Project(root, path, {t.name: t for t in defined}, (str(path.resolve()), *helpers))
 
 
 def user_code_error(exc: BaseException, build_file: str, what: str) -> errors.KilnError:

@@ -35,9 +35,15 @@ class Sources:
         self._trees: dict[str, Tree] = {}
         self._fresh: list[tuple] = []  # rows to remember at the end of the build
         self.files_hashed = 0
-        self._started_ns = time.time_ns()
+        # What the build saw, for its stamp (engine/stamp.py): every file by
+        # its stat signature, every glob with its matches; a racy file or a
+        # source folder makes the build unstampable.
+        self.seen: dict[str, tuple[int, int, int, int, int]] = {}
+        self.globs: dict[str, list[str]] = {}
+        self.stampable = True
+        self.started_ns = time.time_ns()
         ms = os.environ.get("KILN_RACY_WINDOW_MS")
-        self._racy_ns = int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
+        self.racy_ns = int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
 
     def _relative(self, path: str, where: str) -> str:
         if os.path.isabs(path):
@@ -76,6 +82,9 @@ class Sources:
                 exit_code=errors.ExitCode.BAD_INPUT,
             )
         signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+        self.seen[full] = signature
+        racy = max(st.st_mtime_ns, st.st_ctime_ns) >= self.started_ns - self.racy_ns
+        self.stampable &= not racy
         cached = self._cache().get(full)
         digest = None
         if cached is not None and cached[:5] == signature:
@@ -86,7 +95,7 @@ class Sources:
             with self._store.writing(), self._store.cas.batch(durable=False) as batch:
                 digest = batch.add_file(full)  # synced at the end of the build
             self.files_hashed += 1
-            if max(st.st_mtime_ns, st.st_ctime_ns) < self._started_ns - self._racy_ns:
+            if not racy:
                 self._fresh.append((full, *signature, digest.hash))
         value = File(rel, digest, bool(st.st_mode & stat.S_IXUSR))
         self._files[rel] = value
@@ -104,6 +113,7 @@ class Sources:
                 hint=f"looked for {full}",
                 exit_code=errors.ExitCode.BAD_INPUT,
             )
+        self.stampable = False  # a folder's contents are not tracked file by file
         value = Tree(rel if rel != "." else "", self._store.put(full).digest)
         self._trees[rel] = value
         return value
@@ -111,11 +121,8 @@ class Sources:
     def glob(self, pattern: str, where: str) -> list[File]:
         """The files matching ``pattern`` (``**`` spans folders), sorted by path."""
         self._relative(pattern, where)
-        matches = sorted(
-            os.path.normpath(p)  # relative to the root already
-            for p in globlib.glob(pattern, root_dir=self.root, recursive=True)
-            if os.path.isfile(self.root / p)
-        )
+        matches = glob_files(self.root, pattern)
+        self.globs[pattern] = matches
         if not matches:
             raise errors.KilnError(
                 f"{where}: glob {pattern!r} matches no files",
@@ -152,3 +159,12 @@ class Sources:
             conn.execute("ROLLBACK")
             raise
         self._fresh = []
+
+
+def glob_files(root: Path, pattern: str) -> list[str]:
+    """Files under ``root`` matching ``pattern``, relative and sorted."""
+    return sorted(
+        os.path.normpath(p)  # relative to the root already
+        for p in globlib.glob(pattern, root_dir=root, recursive=True)
+        if os.path.isfile(os.path.join(root, p))
+    )

@@ -10,6 +10,8 @@ Tables (schema version in ``PRAGMA user_version``):
 - ``source_files`` (v2): the same for single source files a build declared.
 - ``builds``, ``build_steps`` (v2): build history, for ``kiln why``, ``show``,
   ``log`` and ``trace``.
+- ``build_stamps`` (v3): what the last successful build of some targets saw,
+  so that a no-op build is answered without evaluating (engine/stamp.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -90,6 +92,12 @@ CREATE TABLE IF NOT EXISTS build_steps (
     PRIMARY KEY (build, seq)
 );
 CREATE INDEX IF NOT EXISTS build_steps_by_name ON build_steps(target, step);
+CREATE TABLE IF NOT EXISTS build_stamps (
+    project  TEXT NOT NULL,       -- absolute path of the project root
+    targets  TEXT NOT NULL,       -- which targets: JSON list, or '*' for all
+    stamp    BLOB NOT NULL,       -- marshal: see engine/stamp.py
+    PRIMARY KEY (project, targets)
+);
 """
 
 
