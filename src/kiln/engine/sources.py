@@ -39,7 +39,7 @@ class Sources:
         # its stat signature, every glob with its matches; a racy file or a
         # source folder makes the build unstampable.
         self.seen: dict[str, tuple[int, int, int, int, int]] = {}
-        self.globs: dict[str, list[str]] = {}
+        self.listed: set[str] = set()  # folders whose listing a glob depended on
         self.stampable = True
         self.started_ns = time.time_ns()
         ms = os.environ.get("KILN_RACY_WINDOW_MS")
@@ -122,7 +122,7 @@ class Sources:
         """The files matching ``pattern`` (``**`` spans folders), sorted by path."""
         self._relative(pattern, where)
         matches = glob_files(self.root, pattern)
-        self.globs[pattern] = matches
+        self.listed.update(glob_folders(self.root, pattern))
         if not matches:
             raise errors.KilnError(
                 f"{where}: glob {pattern!r} matches no files",
@@ -168,3 +168,19 @@ def glob_files(root: Path, pattern: str) -> list[str]:
         for p in globlib.glob(pattern, root_dir=root, recursive=True)
         if os.path.isfile(os.path.join(root, p))
     )
+
+
+def glob_folders(root: Path, pattern: str) -> list[str]:
+    """Every folder whose listing the matches of ``pattern`` depend on: the
+    folder of its last fixed part and, when a wildcard comes before the file
+    name, all folders below it. A listing change shows in the folder's mtime."""
+    parts = pattern.split("/")
+    fixed = []
+    for part in parts[:-1]:
+        if globlib.has_magic(part):
+            break
+        fixed.append(part)
+    base = os.path.join(root, *fixed)
+    if len(fixed) == len(parts) - 1:
+        return [base]
+    return [folder for folder, _, _ in os.walk(base)]

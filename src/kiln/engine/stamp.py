@@ -2,16 +2,18 @@
 
 After a successful build, Kiln records what it saw: the stat signature
 (inode, size, mtime, ctime, mode) of the build file, of the project modules
-it imported and of every source file the rules read, the matches of every
-glob, and each target's output. The next ``kiln build`` of the same targets
-first checks those: if every file looks the same, every glob matches the
-same files and every output folder is still what was built, there is
-nothing to do, and neither the build file nor any rule runs.
+it imported and of every source file the rules read, the signature of every
+folder a ``glob`` listed (adding, removing or renaming a file changes its
+folder's mtime), and each target's output. The next ``kiln build`` of the
+same targets first checks those: if everything looks the same and every
+output folder is still what was built, there is nothing to do, and neither
+the build file nor any rule runs.
 
 Sound because rules are deterministic functions of the files they read
 (see README, "Build files") and because no stamp is recorded when a file
-was modified within the racy window before the build, when a source folder
-was used (its files are not tracked one by one), or when the build failed.
+or listed folder was modified within the racy window before the build, when
+a source folder was used (its files are not tracked one by one), or when
+the build failed. This module imports little: it runs before anything else.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from __future__ import annotations
 import json
 import marshal
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
-from kiln.engine.sources import glob_files
 
 if TYPE_CHECKING:
     from kiln.engine.build import BuildReport
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from kiln.store.local import Store
 
 ALL_TARGETS = "*"
+Signature = tuple[int, int, int, int, int]
 
 
 def stamp_key(targets: list[str] | None) -> str:
@@ -39,9 +42,9 @@ def stamp_key(targets: list[str] | None) -> str:
     return ALL_TARGETS if not targets else json.dumps(sorted(targets))
 
 
-def _signature(path: str) -> tuple[int, int, int, int, int] | None:
+def _signature(path: str, dir_fd: int | None = None) -> Signature | None:
     try:
-        st = os.stat(path)
+        st = os.stat(path, dir_fd=dir_fd)
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
@@ -49,12 +52,15 @@ def _signature(path: str) -> tuple[int, int, int, int, int] | None:
 
 def record(store: Store, project: Project, key: str, sources: Sources, report: BuildReport) -> bool:
     """File the stamp of a finished build (or drop a stale one); True if filed."""
-    code = {path: _signature(path) for path in project.code_files}
+    seen: dict[str, Signature | None] = {
+        **{path: _signature(path) for path in project.code_files},
+        **{folder: _signature(folder) for folder in sources.listed},
+    }
     oldest_trusted = sources.started_ns - sources.racy_ns
     fit = (
         report.ok
         and sources.stampable
-        and all(s is not None and max(s[2], s[3]) < oldest_trusted for s in code.values())
+        and all(s is not None and max(s[2], s[3]) < oldest_trusted for s in seen.values())
     )
     conn = store.conn
     if not fit:
@@ -62,10 +68,13 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
             "DELETE FROM build_stamps WHERE project = ? AND targets = ?", (str(project.root), key)
         )
         return False
+    by_folder: dict[str, dict[str, Signature | None]] = defaultdict(dict)
+    for path, signature in {**seen, **sources.seen}.items():
+        folder, name = os.path.split(path)
+        by_folder[folder][name] = signature
     stamp = {
         "version": __version__,
-        "files": {**code, **sources.seen},
-        "globs": sources.globs,
+        "files": dict(by_folder),
         "targets": {t.name: (t.output, t.digest) for t in report.targets},
         "steps": len(report.steps),
     }
@@ -86,12 +95,16 @@ def check(store: Store, root: Path, key: str) -> dict[str, Any] | None:
     stamp = marshal.loads(row[0])
     if stamp["version"] != __version__:
         return None
-    for path, signature in stamp["files"].items():
-        if _signature(path) != signature:
+    for folder, names in stamp["files"].items():
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
             return None
-    for pattern, matches in stamp["globs"].items():
-        if glob_files(root, pattern) != matches:
-            return None
+        try:  # names relative to an open folder: no path walk per file
+            if any(_signature(name, fd) != sig for name, sig in names.items()):
+                return None
+        finally:
+            os.close(fd)
     for name, (output, digest) in stamp["targets"].items():
         marker = root / "kiln-out" / ".kiln" / f"{name}.digest"
         try:
