@@ -236,7 +236,11 @@ class WasmExecutor:
                 if "exceeds memory limits" in str(e):
                     return EXIT_TRAP, f"memory limit of {limits.memory_mib} MiB reached at start"
                 return EXIT_TRAP, f"cannot instantiate the module: {str(e).strip()}"
-            start = instance.exports(store).get("_start")
+            exports = instance.exports(store)
+            memory = exports.get("memory")
+            if isinstance(memory, wasmtime.Memory):
+                host.bind(store, memory)
+            start = exports.get("_start")
             if start is None:
                 return EXIT_TRAP, "module has no _start function (not a WASI command)"
             start(store)

@@ -159,10 +159,17 @@ class WasiHost:
 
     # ----------------------------------------------------------------- glue
 
+    def bind(self, store: Any, memory: Any) -> None:
+        """Use ``memory`` of ``store`` from now on (looking it up through the
+        caller on every call costs more than most calls themselves)."""
+        self._memory = memory
+        self._store = store
+
     def call(self, name: str, caller: Any, args: tuple[int, ...]) -> int | None:
         """Run import ``name`` for the guest; WASI errors become errnos."""
-        self._memory = caller.get("memory")
-        self._store = caller
+        if self._memory is None:  # before ``bind``: during instantiation
+            self._memory = caller.get("memory")
+            self._store = caller
         try:
             result = getattr(self, name)(*args)
         except WasiError as e:
