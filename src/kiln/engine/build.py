@@ -195,6 +195,8 @@ class Build:
         self.jobs = jobs or os.cpu_count() or 1
         self.keep_going = keep_going
         self._on_change = on_change
+        # Worker processes can only use the default executors.
+        self._processes = executors is None
         self._executors = executors or default_executors(store)
 
     def run(self, names: list[str], stamp_as: str | None = None) -> BuildReport:
@@ -204,7 +206,12 @@ class Build:
 
         targets = [self.project.target(n) for n in names]
         scheduler = Scheduler(
-            self.store, self._executors, self.jobs, self.keep_going, self._on_change
+            self.store,
+            self._executors,
+            self.jobs,
+            self.keep_going,
+            self._on_change,
+            processes=self._processes and os.environ.get("KILN_WORKER_PROCESSES") == "1",
         )
         started = time.time()
         try:

@@ -9,28 +9,26 @@ A step's lifecycle (``StepStatus``):
                                        --(non-zero exit)-----> FAILED
                                        --(transient, retried up to RETRIES times, then)--> FAILED
 
-Cache hits return without taking a slot or a thread. Executions run on a
-thread pool of ``jobs`` threads (Wasmtime releases the GIL while guest code
-runs), each with its own executor, under the store's cross-process "execute
-once" lock, so other kiln processes sharing the store never run the same
-key at the same time.
+Cache hits return without taking a slot or a thread. At most ``jobs``
+executions run at once, on threads for the first few and then, in a large
+build, in worker processes (see ``runners.py``), always under the store's
+cross-process "execute once" lock, so other kiln processes sharing the
+store never run the same key at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.digest import Digest
+from kiln.engine.runners import ProcessRunner, ThreadRunner
 from kiln.engine.values import StepResult, outputs_of
-from kiln.exec.base import TransientError
 
 if TYPE_CHECKING:
     from kiln.action import ActionSpec
@@ -38,7 +36,7 @@ if TYPE_CHECKING:
     from kiln.reapi import re_pb2
     from kiln.store.local import Store
 
-RETRIES = 2  # extra attempts after a transient (infrastructure) error
+PROCESSES_AFTER = 8  # executions run on threads before worker processes start
 STDERR_TAIL = 10  # lines of a failed step's stderr shown in its error
 
 
@@ -107,23 +105,35 @@ class Scheduler:
         jobs: int,
         keep_going: bool = False,
         on_change: Callable[[StepRecord], None] | None = None,
+        processes: bool = False,
     ) -> None:
+        """``processes``: after ``PROCESSES_AFTER`` executions, run the rest
+        in worker processes (with the default executors; see runners.py)."""
         self._store = store
-        self._factories = executors
-        self._idle: dict[str, queue.SimpleQueue[Executor]] = {
-            kind: queue.SimpleQueue() for kind in executors
-        }
         self.jobs = jobs
         self.keep_going = keep_going
         self._on_change = on_change or (lambda _: None)
         self._slots: asyncio.Queue[int] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kiln-step")
+        self._threads = ThreadRunner(store, executors, jobs)
+        self._processes: ProcessRunner | None = None
+        self._use_processes = processes and jobs > 1
+        self._executions = 0
         self._inflight: dict[Digest, tuple[asyncio.Future[StepResult], StepRecord]] = {}
         self.records: list[StepRecord] = []
         self.stopping = False
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._threads.close()
+        if self._processes is not None:
+            self._processes.close()
+
+    def _runner(self) -> ThreadRunner | ProcessRunner:
+        self._executions += 1
+        if self._use_processes and self._executions > PROCESSES_AFTER:
+            if self._processes is None:
+                self._processes = ProcessRunner(self._store.home, self.jobs)
+            return self._processes
+        return self._threads
 
     def _change(self, record: StepRecord, status: StepStatus) -> None:
         record.status = status
@@ -181,18 +191,17 @@ class Scheduler:
             record.started = time.time()
             self._on_change(record)
             action, command = request.spec.action()
-            loop = asyncio.get_running_loop()
-            try:
-                execution = await loop.run_in_executor(
-                    self._pool, self._execute_blocking, record, request.executor, action, command
-                )
-            except TransientError:
-                record.finished = time.time()
-                self._fail(record)
-                raise
+            where = f"step {record.description!r} of target {record.target!r}"
+            submitted = self._runner().submit(request.executor, record.key, action, command, where)
+            outcome = await asyncio.wrap_future(submitted)
             record.finished = time.time()
+            record.attempts = outcome.attempts
         finally:
             self._slots.put_nowait(slot)
+        if outcome.error is not None:
+            self._fail(record)
+            raise outcome.error
+        execution = outcome
         record.result = execution.result
         if execution.result.exit_code != 0:
             self._fail(record)
@@ -205,34 +214,6 @@ class Scheduler:
         if not self.keep_going:
             self.stopping = True
         self._change(record, StepStatus.FAILED)
-
-    def _execute_blocking(
-        self, record: StepRecord, kind: str, action: re_pb2.Action, command: re_pb2.Command
-    ) -> Any:
-        idle = self._idle[kind]
-        try:
-            executor = idle.get_nowait()
-        except queue.Empty:
-            executor = self._factories[kind]()
-        try:
-            for attempt in range(RETRIES + 1):
-                record.attempts = attempt + 1
-                try:
-                    return self._store.execute_once(
-                        record.key,
-                        lambda: (executor.execute(record.key, action, command), executor.name),
-                    )
-                except (TransientError, OSError) as e:
-                    if attempt == RETRIES:
-                        if isinstance(e, TransientError):
-                            raise
-                        raise TransientError(
-                            f"step {record.description!r} of target {record.target!r} "
-                            f"could not be run: {e}",
-                            hint="check the store's disk (space, permissions)",
-                        ) from None
-        finally:
-            idle.put(executor)
 
     def _step_result(self, record: StepRecord, cached: bool) -> StepResult:
         result = record.result

@@ -20,9 +20,12 @@ def directory_entries(cas: ContentStore, digest: Digest) -> Listing:
     """(name, kind, payload) of a stored ``Directory``: files (payload: blob
     digest), then symlinks (target), then subdirectories (digest), each in
     name order. Inode numbers follow this order, so every engine uses it."""
+    from kiln.reapi import re_pb2
     from kiln.tree import load_directory
 
-    d = load_directory(cas, digest)
+    recent = getattr(cas, "recent", None)  # just written by this process: no file read
+    data = recent(digest) if recent is not None else None
+    d = re_pb2.Directory.FromString(data) if data is not None else load_directory(cas, digest)
     entries: Listing = []
     entries += [(f.name, "file", Digest.from_proto(f.digest)) for f in d.files]
     entries += [(s.name, "symlink", s.target) for s in d.symlinks]

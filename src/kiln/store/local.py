@@ -5,7 +5,7 @@ Layout:
     tmp/<session>/        staging files of live sessions
     sessions/<session>    session locks (held while the process lives)
     locks/write           shared by writers, exclusive for GC
-    locks/actions/<hash>  "this action is being executed" locks
+    locks/keys            "this action is being executed": one byte-range lock per key
     quarantine/           corrupt blobs moved aside by verify
     kiln.db               SQLite (WAL): action cache, roots, stat cache
     kiln.db.open-lock     serializes opening (and creating) the database
@@ -85,7 +85,7 @@ class Store:
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
         try:
-            for sub in ("cas", "tmp", "sessions", "locks/actions", "quarantine"):
+            for sub in ("cas", "tmp", "sessions", "locks", "quarantine"):
                 (self.home / sub).mkdir(parents=True, exist_ok=True)
             cas_root = self.home / "cas"
             if not (cas_root / "ff").is_dir():
@@ -98,7 +98,7 @@ class Store:
         self._session: Session | None = None
         self._action_cache: LocalActionCache | None = None
         self.cas = LocalCAS(cas_root, self._staging_dir)
-        self.key_locks = KeyLocks(self.home / "locks" / "actions")
+        self.key_locks = KeyLocks(self.home / "locks" / "keys")
         self._write_lock = SharedExclusiveLock(self.home / "locks" / "write")
 
     # ------------------------------------------------------------ lifecycle
@@ -113,6 +113,7 @@ class Store:
         if self._session is not None:
             self._session.close()
             self._session = None
+        self._write_lock.close()
         self.conn.close()
 
     @property

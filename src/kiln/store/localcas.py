@@ -18,6 +18,8 @@ import itertools
 import os
 import shutil
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -35,6 +37,8 @@ BATCH_BLOBS = 8192
 BATCH_BYTES = 256 << 20
 
 
+RECENT_BLOBS = 8192  # small blobs remembered in memory after writing them
+RECENT_MAX_BYTES = 4096  # "small"
 SYNCFS_FROM = 16  # staged files from which one syncfs beats fsync per file
 
 
@@ -62,6 +66,11 @@ class LocalCAS:
         self._staging_dir = staging_dir
         self._counter = itertools.count()
         self._syncfs: Callable[[int], int] | bool | None = False  # False: not loaded yet
+        # Small blobs this process wrote lately (directories, actions), kept so
+        # that a step reading its input tree right after it was written does not
+        # open and re-hash each file; content-addressed, so never stale.
+        self._recent: OrderedDict[Digest, bytes] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     # ---------------------------------------------------------------- reading
 
@@ -89,6 +98,13 @@ class LocalCAS:
                 if not self.has(d):
                     missing.append(d)
         return missing
+
+    def recent(self, digest: Digest) -> bytes | None:
+        """A small blob this process wrote lately, from memory (else None).
+        Its content is right by construction, but the store may have
+        collected the blob since: use ``get_bytes`` to know it is stored."""
+        with self._recent_lock:
+            return self._recent.get(digest)
 
     def get_bytes(self, digest: Digest) -> bytes | None:
         try:
@@ -194,6 +210,12 @@ class LocalCAS:
         for path in staged:
             self._sync_one(path)
 
+    def _remember(self, digest: Digest, data: bytes) -> None:
+        with self._recent_lock:
+            self._recent[digest] = data
+            if len(self._recent) > RECENT_BLOBS:
+                self._recent.popitem(last=False)
+
     def _install(self, staged: Path, digest: Digest) -> None:
         """Move a durable staged file into place; an existing blob wins."""
         final = self.path(digest)
@@ -220,6 +242,7 @@ class CasBatch:
     def __init__(self, cas: LocalCAS, durable: bool = True) -> None:
         self._cas = cas
         self._durable = durable
+        self._small: list[tuple[Digest, bytes]] = []  # remembered once installed
         self._staged: list[tuple[Path, Digest]] = []
         self._pending: set[Digest] = set()
         self._bytes = 0
@@ -242,6 +265,8 @@ class CasBatch:
             digest = Digest.of_bytes(data)
         if not self._present(digest):
             self._staged.append((self._cas._write_staged(data), digest))
+            if len(data) <= RECENT_MAX_BYTES:
+                self._small.append((digest, bytes(data)))
             self._pending.add(digest)
             self._bytes += digest.size
             self._maybe_commit()
@@ -283,11 +308,15 @@ class CasBatch:
             self._cas._sync_all([p for p, _ in self._staged])
         for staged, digest in self._staged:
             self._cas._install(staged, digest)
+        for digest, data in self._small:
+            self._cas._remember(digest, data)
+        self._small.clear()
         self._staged.clear()
         self._pending.clear()
         self._bytes = 0
 
     def discard(self) -> None:
+        self._small.clear()
         for staged, _ in self._staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -70,9 +71,9 @@ class SharedExclusiveLock:
     def shared(self) -> Iterator[None]:
         with self._mutex:
             if self._shared_count == 0:
-                fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                fcntl.flock(fd, fcntl.LOCK_SH)
-                self._fd = fd
+                if self._fd is None:  # kept open: opening it for every write costs
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fcntl.flock(self._fd, fcntl.LOCK_SH)
             self._shared_count += 1
         try:
             yield
@@ -80,8 +81,14 @@ class SharedExclusiveLock:
             with self._mutex:
                 self._shared_count -= 1
                 if self._shared_count == 0 and self._fd is not None:
-                    os.close(self._fd)
-                    self._fd = None
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+                self._shared_count = 0
 
     @contextlib.contextmanager
     def exclusive(self, timeout: float | None = None) -> Iterator[bool]:
@@ -96,17 +103,13 @@ class SharedExclusiveLock:
 class KeyLease:
     """A held key lock; ``release`` (or leaving ``with``) lets the next waiter in."""
 
-    def __init__(self, path: Path, fd: int) -> None:
-        self._path = path
+    def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path)
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            os.close(self._fd)  # closing the description releases its lock
+            self._fd = None
 
     def __enter__(self) -> KeyLease:
         return self
@@ -115,34 +118,43 @@ class KeyLease:
         self.release()
 
 
+# struct flock on Linux (x86-64 and arm64): l_type, l_whence, l_start, l_len,
+# l_pid (0 for open-file-description locks), padded to 32 bytes.
+_FLOCK = struct.Struct("hhqqi4x")
+
+
 class KeyLocks:
     """One exclusive lock per action key: "this key is being executed".
 
-    Lock files are created on demand and unlinked by their holder on release.
-    A waiter that wakes up on a lock file that was meanwhile unlinked retries
-    on the new file, so two processes can never both hold the same key.
+    Every key is one byte of a single lock file, at an offset taken from the
+    key's hash, locked with an open-file-description lock (``F_OFD_SETLK``):
+    taking a key creates no file. Each acquisition opens its own description,
+    so threads of one process exclude each other as processes do; the kernel
+    releases the lock when the holder closes it or dies.
     """
 
-    def __init__(self, directory: Path) -> None:
-        self._dir = directory
-
-    def path(self, key: Digest) -> Path:
-        return self._dir / key.hash
+    def __init__(self, path: Path) -> None:
+        self._path = path
 
     def acquire(self, key: Digest, timeout: float | None = None) -> KeyLease | None:
         """Block until the key is ours; ``None`` if ``timeout`` ran out first."""
-        path = self.path(key)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not _acquire(fd, fcntl.LOCK_EX, remaining):
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        lock = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, int(key.hash[:15], 16), 1, 0)
+        try:
+            if timeout is None:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, lock)
+                return KeyLease(fd)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+                    return KeyLease(fd)
+                except (BlockingIOError, PermissionError):
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        return None
+                    time.sleep(_POLL)
+        except BaseException:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-                return None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                return KeyLease(path, fd)
-            os.close(fd)  # the holder before us unlinked it; lock the new file
+            raise

@@ -1,0 +1,196 @@
+"""Where steps execute: threads of this process, or worker processes.
+
+Both runners take an action and give back an ``Outcome`` through a
+``concurrent.futures.Future``; both go through the store's ``execute_once``
+(the cross-process lock, the action cache) and retry transient errors the
+same way (``execute_with_retries``).
+
+- ``ThreadRunner``: one executor per thread. Cheap to start; but the
+  WASI host is Python code, so threads mostly take turns holding the GIL.
+- ``ProcessRunner``: ``jobs`` worker processes forked from a fork server
+  that has Kiln and Wasmtime already imported; each opens the store itself
+  and keeps its executors (and compiled modules) for the whole build. Steps
+  really run in parallel; starting costs a fraction of a second, so builds
+  use it only when there are many steps to run.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.digest import Digest
+from kiln.exec.base import TransientError
+
+if TYPE_CHECKING:
+    from kiln.exec.base import Executor
+    from kiln.reapi import re_pb2
+    from kiln.store.local import Store
+
+RETRIES = 2  # extra attempts after a transient (infrastructure) error
+
+
+@dataclass
+class Outcome:
+    """How one execution went: a result (``cached``: another process had
+    recorded it meanwhile) or, after the retries, a transient error."""
+
+    result: re_pb2.ActionResult | None
+    cached: bool
+    attempts: int
+    error: TransientError | None = None
+
+
+def execute_with_retries(
+    store: Store,
+    executor: Executor,
+    key: Digest,
+    action: re_pb2.Action,
+    command: re_pb2.Command,
+    where: str,
+) -> Outcome:
+    """Run the action once (``execute_once``), retrying transient errors."""
+    for attempt in range(1, RETRIES + 2):
+        try:
+            execution = store.execute_once(
+                key, lambda: (executor.execute(key, action, command), executor.name)
+            )
+            return Outcome(execution.result, execution.cached, attempt)
+        except (TransientError, OSError) as e:
+            if attempt <= RETRIES:
+                continue
+            if isinstance(e, TransientError):
+                return Outcome(None, False, attempt, e)
+            error = TransientError(
+                f"{where} could not be run: {e}",
+                hint="check the store's disk (space, permissions)",
+            )
+            return Outcome(None, False, attempt, error)
+    raise AssertionError("unreachable")
+
+
+class ThreadRunner:
+    """Executes on ``jobs`` threads, one executor per thread."""
+
+    def __init__(
+        self, store: Store, factories: dict[str, Callable[[], Executor]], jobs: int
+    ) -> None:
+        self._store = store
+        self._factories = factories
+        self._idle: dict[str, queue.SimpleQueue[Executor]] = {
+            kind: queue.SimpleQueue() for kind in factories
+        }
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kiln-step")
+
+    def submit(
+        self, kind: str, key: Digest, action: re_pb2.Action, command: re_pb2.Command, where: str
+    ) -> Future[Outcome]:
+        return self._pool.submit(self._run, kind, key, action, command, where)
+
+    def _run(
+        self, kind: str, key: Digest, action: re_pb2.Action, command: re_pb2.Command, where: str
+    ) -> Outcome:
+        idle = self._idle[kind]
+        try:
+            executor = idle.get_nowait()
+        except queue.Empty:
+            executor = self._factories[kind]()
+        try:
+            return execute_with_retries(self._store, executor, key, action, command, where)
+        finally:
+            idle.put(executor)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class ProcessRunner:
+    """Executes in ``jobs`` worker processes with the default executors."""
+
+    def __init__(self, home: Path, jobs: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["wasmtime", "kiln.exec.wasm", "kiln.engine.runners"])
+        self._pool = ProcessPoolExecutor(
+            max_workers=jobs, mp_context=context, initializer=_worker_start, initargs=(str(home),)
+        )
+
+    def submit(
+        self, kind: str, key: Digest, action: re_pb2.Action, command: re_pb2.Command, where: str
+    ) -> Future[Outcome]:
+        from kiln.digest import canonical_bytes
+
+        sent = self._pool.submit(
+            _worker_run, kind, str(key), canonical_bytes(action), canonical_bytes(command), where
+        )
+        outcome: Future[Outcome] = Future()
+
+        def unpack(done: Future[Any]) -> None:
+            try:
+                outcome.set_result(_unpack(done.result()))
+            except BaseException as e:  # a worker died: the pool is broken
+                outcome.set_result(
+                    Outcome(None, False, 1, TransientError(f"{where}: worker process lost: {e}"))
+                )
+
+        sent.add_done_callback(unpack)
+        return outcome
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _unpack(reply: tuple[bytes | None, bool, int, str | None, str | None]) -> Outcome:
+    from kiln.reapi import re_pb2
+
+    data, cached, attempts, message, hint = reply
+    if data is None:
+        return Outcome(None, False, attempts, TransientError(message or "", hint=hint))
+    return Outcome(re_pb2.ActionResult.FromString(data), cached, attempts)
+
+
+# ------------------------------------------------------------ in a worker
+
+_worker: dict[str, Any] = {}
+
+
+def _worker_start(home: str) -> None:
+    import atexit
+
+    from kiln.engine.build import default_executors
+    from kiln.store.local import Store
+
+    store = Store(home)
+    atexit.register(store.close)
+    _worker["store"] = store
+    _worker["factories"] = default_executors(store)
+    _worker["executors"] = {}
+
+
+def _worker_run(
+    kind: str, key: str, action: bytes, command: bytes, where: str
+) -> tuple[bytes | None, bool, int, str | None, str | None]:
+    from kiln.digest import canonical_bytes
+    from kiln.reapi import re_pb2
+
+    executors = _worker["executors"]
+    if kind not in executors:
+        executors[kind] = _worker["factories"][kind]()
+    outcome = execute_with_retries(
+        _worker["store"],
+        executors[kind],
+        Digest.parse(key),
+        re_pb2.Action.FromString(action),
+        re_pb2.Command.FromString(command),
+        where,
+    )
+    if outcome.error is not None:
+        return None, False, outcome.attempts, outcome.error.message, outcome.error.hint
+    assert outcome.result is not None
+    return canonical_bytes(outcome.result), outcome.cached, outcome.attempts, None, None
