@@ -25,7 +25,7 @@ from kiln import errors
 from kiln.action import ActionSpec
 from kiln.digest import Digest
 from kiln.engine import rules
-from kiln.engine.inputs import input_root
+from kiln.engine.inputs import input_root, input_tree
 from kiln.engine.loader import Project, user_code_error
 from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest, StepStatus
 from kiln.engine.sources import Sources
@@ -154,7 +154,7 @@ class BuildContext:
         platform: tuple[tuple[str, str], ...],
         description: str,
     ) -> StepResult:
-        root = input_root(self.store.cas, inputs, where)
+        root, blobs = input_tree(inputs, where)
         try:
             spec = ActionSpec(
                 argv=tuple(argv),
@@ -173,7 +173,7 @@ class BuildContext:
             "outputs": outputs,
             "platform": dict(platform),
         }
-        request = StepRequest(owner.name if owner else "", description, spec, identity, kind)
+        request = StepRequest(owner.name if owner else "", description, spec, identity, kind, blobs)
         return await self.scheduler.run(request)
 
 

@@ -49,18 +49,33 @@ def place(values: list[Value], where: str) -> _Dir:
     return root
 
 
-def input_root(cas: LocalCAS, values: list[Value], where: str, durable: bool = False) -> Digest:
-    """The digest of the tree holding ``values`` at their paths. A step's
-    input tree only describes work and is not synced (see ``LocalCAS.batch``);
-    a tree that becomes a GC root must be made ``durable``."""
+def input_tree(values: list[Value], where: str) -> tuple[Digest, list[tuple[Digest, bytes]]]:
+    """The digest of the tree holding ``values`` at their paths, and the
+    ``Directory`` blobs that make it up (not written: a step that turns out
+    to be a cache hit never needs them in the store)."""
     nested = place(values, where)
     if set(nested) == {""}:
-        return nested[""].digest  # type: ignore[union-attr]
+        return nested[""].digest, []  # type: ignore[union-attr]
+    blobs: list[tuple[Digest, bytes]] = []
+    return _compose(nested, blobs), blobs
+
+
+def input_root(cas: LocalCAS, values: list[Value], where: str, durable: bool = False) -> Digest:
+    """``input_tree``, written to the store. A step's input tree only
+    describes work and is not synced (see ``LocalCAS.batch``); a tree that
+    becomes a GC root must be made ``durable``."""
+    digest, blobs = input_tree(values, where)
+    write_blobs(cas, blobs, durable)
+    return digest
+
+
+def write_blobs(cas: LocalCAS, blobs: list[tuple[Digest, bytes]], durable: bool = False) -> None:
     with cas.batch(durable=durable) as batch:
-        return _store(batch, nested)
+        for digest, data in blobs:
+            batch.add_bytes(data, digest)
 
 
-def _store(batch: object, d: _Dir) -> Digest:
+def _compose(d: _Dir, blobs: list[tuple[Digest, bytes]]) -> Digest:
     from kiln.tree import make_directory
 
     files, dirs = [], []
@@ -70,8 +85,11 @@ def _store(batch: object, d: _Dir) -> Digest:
         elif isinstance(entry, Tree):
             dirs.append((name, entry.digest))
         else:
-            dirs.append((name, _store(batch, entry)))
-    return batch.add_bytes(canonical_bytes(make_directory(files, dirs, [])))  # type: ignore[attr-defined]
+            dirs.append((name, _compose(entry, blobs)))
+    data = canonical_bytes(make_directory(files, dirs, []))
+    digest = Digest.of_bytes(data)
+    blobs.append((digest, data))
+    return digest
 
 
 def _conflict(where: str, path: str) -> errors.KilnError:

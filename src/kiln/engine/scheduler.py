@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.digest import Digest
+from kiln.engine.inputs import write_blobs
 from kiln.engine.runners import ProcessRunner, ThreadRunner
 from kiln.engine.values import StepResult, outputs_of
 
@@ -74,6 +75,7 @@ class StepRequest:
     spec: ActionSpec
     identity: dict[str, Any]
     executor: str = "wasm"
+    input_blobs: list[tuple[Digest, bytes]] = field(default_factory=list, repr=False)
 
 
 class BuildStopped(Exception):
@@ -141,7 +143,7 @@ class Scheduler:
 
     async def run(self, request: StepRequest) -> StepResult:
         """Run one step (or find its result); raises a ``KilnError`` if it fails."""
-        key = self._store.put_action(request.spec)
+        key = request.spec.key()  # nothing is written unless the step has to run
         record = StepRecord(
             len(self.records), request.target, request.description, key, request.identity
         )
@@ -190,6 +192,9 @@ class Scheduler:
             record.slot = slot
             record.started = time.time()
             self._on_change(record)
+            with self._store.writing():
+                write_blobs(self._store.cas, request.input_blobs)
+                self._store.put_action(request.spec)
             action, command = request.spec.action()
             where = f"step {record.description!r} of target {record.target!r}"
             submitted = self._runner().submit(request.executor, record.key, action, command, where)
