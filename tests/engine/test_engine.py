@@ -284,3 +284,35 @@ def test_no_stamp_for_files_changed_within_the_racy_window(store, tmp_path, tool
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
     # Written just now: with the default 2 s window these could still change unseen.
     assert not build(store, root).stamped
+
+
+def test_worker_processes_give_the_same_results(store, tmp_path, tools, monkeypatch) -> None:
+    """With KILN_WORKER_PROCESSES=1, executions after the first few run in
+    forked worker processes, each with its own store handle."""
+    from kiln.engine.scheduler import PROCESSES_AFTER
+
+    files = {f"src/{i:02d}.txt": f"line {i}\n" for i in range(PROCESSES_AFTER + 6)}
+    kilnfile = (
+        HEADER
+        + """
+@target
+async def all():
+    files = glob("src/*.txt")
+    steps = await gather(*(wasm(source(CAT), f"out/{f.path}", f.path, inputs=[f],
+                                outputs=[f"out/{f.path}"]) for f in files))
+    return [s.file(f"out/{f.path}") for s, f in zip(steps, files)]
+"""
+    )
+    root = write_project(tmp_path / "p", kilnfile, {**tools, **files})
+    monkeypatch.setenv("KILN_WORKER_PROCESSES", "1")
+    with_processes = build(store, root, jobs=2)
+    assert with_processes.ok, with_processes.errors
+    assert len(ran(with_processes)) == len(files)
+    out = root / "kiln-out" / "all" / "out" / "src"
+    assert (out / "13.txt").read_text() == "line 13\n"
+    monkeypatch.delenv("KILN_WORKER_PROCESSES")
+    from kiln.store import Store
+
+    with Store(tmp_path / "other") as other:
+        threads = build(other, root, jobs=2)
+    assert threads.targets[0].digest == with_processes.targets[0].digest
