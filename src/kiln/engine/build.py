@@ -195,6 +195,7 @@ class Build:
         self.jobs = jobs or os.cpu_count() or 1
         self.keep_going = keep_going
         self._on_change = on_change
+        self._synced = False
         # Worker processes can only use the default executors.
         self._processes = executors is None
         self._executors = executors or default_executors(store)
@@ -205,6 +206,7 @@ class Build:
         from kiln.engine import stamp
 
         targets = [self.project.target(n) for n in names]
+        self._synced = False
         scheduler = Scheduler(
             self.store,
             self._executors,
@@ -220,8 +222,6 @@ class Build:
         finally:
             scheduler.close()
         report = BuildReport([], scheduler.records, 0.0, files_hashed=ctx.sources.files_hashed)
-        if any(r.status is StepStatus.EXECUTED for r in report.steps) or report.files_hashed:
-            self.store.cas.sync()  # what this build wrote becomes durable before its roots
         for t, value in zip(targets, values, strict=True):
             outcome = TargetOutcome(t.name)
             report.targets.append(outcome)
@@ -265,9 +265,12 @@ class Build:
 
         values = _flatten(value, t)
         where = f"{t.where} (value of target {t.name!r})"
-        digest = input_root(self.store.cas, values, where, durable=True)
+        digest = input_root(self.store.cas, values, where)
         dest = self.output_dir(t.name)
         marker = self.project.root / OUTPUT_DIR / ".kiln" / f"{t.name}.digest"
+        if not self._synced:
+            self.store.cas.sync()  # what the build wrote becomes durable before its roots
+            self._synced = True
         with self.store.writing():
             self.store.add_root(f"build:{self.project.root}:{t.name}", digest, "tree")
         if dest.is_dir() and marker.is_file() and marker.read_text() == str(digest):

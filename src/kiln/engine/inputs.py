@@ -60,19 +60,17 @@ def input_tree(values: list[Value], where: str) -> tuple[Digest, list[tuple[Dige
     return _compose(nested, blobs), blobs
 
 
-def input_root(cas: LocalCAS, values: list[Value], where: str, durable: bool = False) -> Digest:
-    """``input_tree``, written to the store. A step's input tree only
-    describes work and is not synced (see ``LocalCAS.batch``); a tree that
-    becomes a GC root must be made ``durable``."""
+def input_root(cas: LocalCAS, values: list[Value], where: str) -> Digest:
+    """``input_tree``, written to the store (not synced: a build syncs the
+    store once before naming its outputs as GC roots)."""
     digest, blobs = input_tree(values, where)
-    write_blobs(cas, blobs, durable)
+    write_blobs(cas, blobs)
     return digest
 
 
-def write_blobs(cas: LocalCAS, blobs: list[tuple[Digest, bytes]], durable: bool = False) -> None:
-    with cas.batch(durable=durable) as batch:
-        for digest, data in blobs:
-            batch.add_bytes(data, digest)
+def write_blobs(cas: LocalCAS, blobs: list[tuple[Digest, bytes]]) -> None:
+    """Store the ``Directory`` blobs of an input tree (as metadata rows)."""
+    cas.put_metadata(blobs)
 
 
 def _compose(d: _Dir, blobs: list[tuple[Digest, bytes]]) -> Digest:

@@ -71,7 +71,7 @@ def _store_tree(fs: FileSystem, batch: Any, top: Dir) -> Digest:
                 links.append((name, node.target))
             elif isinstance(node, Dir):
                 sub = directory(node)
-                digest = batch.add_bytes(canonical_bytes(sub))
+                digest = batch.add_metadata(canonical_bytes(sub))
                 if digest not in children:
                     children.add(digest)
                     tree.children.append(sub)
@@ -80,5 +80,5 @@ def _store_tree(fs: FileSystem, batch: Any, top: Dir) -> Digest:
 
     root = directory(top)
     tree.root.CopyFrom(root)
-    batch.add_bytes(canonical_bytes(root))
-    return batch.add_bytes(canonical_bytes(tree))
+    batch.add_metadata(canonical_bytes(root))
+    return batch.add_metadata(canonical_bytes(tree))

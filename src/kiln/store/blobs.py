@@ -1,8 +1,10 @@
-"""Listing the blobs on disk (for GC, verify and stats)."""
+"""Listing the blobs of a store (for GC, verify and stats): files on disk
+and metadata rows in the database."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +15,10 @@ from kiln.store.localcas import EXEC_SUFFIX
 
 @dataclass(frozen=True, slots=True)
 class BlobFile:
-    """A file under ``cas/``: a blob or its executable twin."""
+    """A file under ``cas/`` (a blob or its executable twin), or with
+    ``path`` None a row of the ``metadata_blobs`` table."""
 
-    path: Path
+    path: Path | None
     hash: str
     size: int  # bytes on disk
     mtime: float
@@ -37,3 +40,15 @@ def scan(cas_root: Path) -> Iterator[BlobFile]:
                         continue
                     st = e.stat(follow_symlinks=False)
                     yield BlobFile(Path(e.path), h, st.st_size, st.st_mtime, twin)
+
+
+def scan_metadata(conn: sqlite3.Connection) -> Iterator[BlobFile]:
+    """Every metadata blob (``mtime``: when it was last written)."""
+    for h, size, last_used in conn.execute("SELECT hash, size, last_used FROM metadata_blobs"):
+        yield BlobFile(None, h, size, last_used, False)
+
+
+def delete_metadata(conn: sqlite3.Connection, hashes: list[str]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("DELETE FROM metadata_blobs WHERE hash = ?", [(h,) for h in hashes])
+    conn.execute("COMMIT")

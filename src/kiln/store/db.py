@@ -10,6 +10,9 @@ Tables (schema version in ``PRAGMA user_version``):
 - ``source_files`` (v2): the same for single source files a build declared.
 - ``builds``, ``build_steps`` (v2): build history, for ``kiln why``, ``show``,
   ``log`` and ``trace``.
+- ``metadata_blobs`` (v4): small CAS blobs that describe work (``Action``,
+  ``Command``, ``Directory`` and ``Tree`` messages of builds) kept in the
+  database instead of one file each (see store/localcas.py).
 - ``build_stamps`` (v3): what the last successful build of some targets saw,
   so that a no-op build is answered without evaluating (engine/stamp.py).
 """
@@ -21,7 +24,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -92,6 +95,12 @@ CREATE TABLE IF NOT EXISTS build_steps (
     PRIMARY KEY (build, seq)
 );
 CREATE INDEX IF NOT EXISTS build_steps_by_name ON build_steps(target, step);
+CREATE TABLE IF NOT EXISTS metadata_blobs (
+    hash      TEXT PRIMARY KEY,   -- SHA-256 of data
+    size      INTEGER NOT NULL,
+    data      BLOB NOT NULL,
+    last_used REAL NOT NULL       -- unix time written or last written again (GC age)
+);
 CREATE TABLE IF NOT EXISTS build_stamps (
     project  TEXT NOT NULL,       -- absolute path of the project root
     targets  TEXT NOT NULL,       -- which targets: JSON list, or '*' for all

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from kiln.digest import Digest
 from kiln.store.actioncache import result_blobs
-from kiln.store.blobs import BlobFile, scan
+from kiln.store.blobs import BlobFile, delete_metadata, scan, scan_metadata
 from kiln.store.localcas import LocalCAS
 from kiln.tree import reachable
 
@@ -59,9 +59,11 @@ def _action_blobs(cas: LocalCAS, key: str, result_bytes: bytes) -> set[str]:
 
     result = re_pb2.ActionResult.FromString(result_bytes)
     blobs = {d.hash for d in result_blobs(cas, result)} | {key}
-    with contextlib.suppress(FileNotFoundError, DecodeError):
-        action = re_pb2.Action.FromString(cas.path_for_hash(key).read_bytes())
-        blobs.add(action.command_digest.hash)
+    with contextlib.suppress(FileNotFoundError, DecodeError, ValueError):
+        data = cas.get_bytes_by_hash(key)
+        if data is not None:
+            action = re_pb2.Action.FromString(data)
+            blobs.add(action.command_digest.hash)
     return blobs
 
 
@@ -114,7 +116,7 @@ def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcRepo
     for _, _, blobs in actions:
         refs.update(blobs)
 
-    files = list(scan(cas.root))
+    files = list(scan(cas.root)) + list(scan_metadata(conn))
     by_hash: dict[str, list[BlobFile]] = {}
     for f in files:
         by_hash.setdefault(f.hash, []).append(f)
@@ -184,8 +186,14 @@ def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcRepo
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("DELETE FROM action_cache WHERE hash = ?", [(h,) for h in evict])
         conn.execute("COMMIT")
+    rows = []
     for h in delete:
         for f in by_hash[h]:
+            if f.path is None:
+                rows.append(h)
+                continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f.path)
+    if rows:
+        delete_metadata(conn, rows)
     return report

@@ -14,6 +14,7 @@ Layout:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 import time
@@ -97,7 +98,7 @@ class Store:
         self.store_id = db.store_id(self.conn)
         self._session: Session | None = None
         self._action_cache: LocalActionCache | None = None
-        self.cas = LocalCAS(cas_root, self._staging_dir)
+        self.cas = LocalCAS(cas_root, self._staging_dir, self.conn)
         self.key_locks = KeyLocks(self.home / "locks" / "keys")
         self._write_lock = SharedExclusiveLock(self.home / "locks" / "write")
 
@@ -163,8 +164,8 @@ class Store:
         """Store an action's ``Action`` and ``Command`` blobs; returns its key."""
         action, command = spec.action()
         with self.writing(), self.cas.batch(durable=False) as batch:
-            batch.add_bytes(canonical_bytes(command))
-            return batch.add_bytes(canonical_bytes(action))
+            batch.add_metadata(canonical_bytes(command))
+            return batch.add_metadata(canonical_bytes(action))
 
     def get(
         self,
@@ -286,11 +287,12 @@ class Store:
         """Re-hash every blob, quarantine corrupt ones, reap dead sessions."""
         from kiln.store.ingest import forget_stat_cache
         from kiln.store.session import reap_dead_sessions
-        from kiln.store.verify import verify_blobs
+        from kiln.store.verify import verify_blobs, verify_metadata
 
         with self.writing():
             stale = reap_dead_sessions(self.home, self.conn)
         report = verify_blobs(self.cas.root, self.home / "quarantine")
+        verify_metadata(self.conn, self.home / "quarantine", report)
         report.stale_staging_removed = stale
         if report.corrupt:
             forget_stat_cache(self.conn)
@@ -317,10 +319,10 @@ class Store:
         return report
 
     def stats(self) -> StoreStats:
-        from kiln.store.blobs import scan
+        from kiln.store.blobs import scan, scan_metadata
 
         blobs = twins = size = 0
-        for f in scan(self.cas.root):
+        for f in itertools.chain(scan(self.cas.root), scan_metadata(self.conn)):
             size += f.size
             if f.is_twin:
                 twins += 1

@@ -17,8 +17,10 @@ import errno
 import itertools
 import os
 import shutil
+import sqlite3
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,6 +41,7 @@ BATCH_BYTES = 256 << 20
 
 RECENT_BLOBS = 8192  # small blobs remembered in memory after writing them
 RECENT_MAX_BYTES = 4096  # "small"
+METADATA_MAX_BYTES = 1 << 20  # larger messages are stored as files
 SYNCFS_FROM = 16  # staged files from which one syncfs beats fsync per file
 
 
@@ -59,10 +62,24 @@ def _load_syncfs() -> Callable[[int], int] | None:
 
 
 class LocalCAS:
-    """Blobs as files under ``root``; staging files under ``staging_dir()``."""
+    """Blobs as files under ``root``; staging files under ``staging_dir()``.
 
-    def __init__(self, root: Path, staging_dir: Callable[[], Path]) -> None:
+    Metadata blobs (``add_metadata``: the Action, Command, Directory and
+    Tree messages a build writes for every step, a few hundred bytes each)
+    live in the ``metadata_blobs`` table of ``conn`` instead: a file system
+    creates a file far more slowly than SQLite appends a row. Readers do not
+    care where a blob lives (``has``, ``get_bytes``); only file blobs can be
+    hard-linked (``path``), and data blobs are always files.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        staging_dir: Callable[[], Path],
+        conn: sqlite3.Connection | None = None,
+    ) -> None:
         self.root = root
+        self._conn = conn
         self._staging_dir = staging_dir
         self._counter = itertools.count()
         self._syncfs: Callable[[int], int] | bool | None = False  # False: not loaded yet
@@ -87,7 +104,16 @@ class LocalCAS:
         try:
             return os.stat(self.path(digest)).st_size == digest.size
         except FileNotFoundError:
-            return False
+            return self._metadata(digest) is not None
+
+    def _metadata(self, digest: Digest) -> bytes | None:
+        if self._conn is None:
+            return None
+        row = self._conn.execute(
+            "SELECT data FROM metadata_blobs WHERE hash = ? AND size = ?",
+            (digest.hash, digest.size),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         seen: set[Digest] = set()
@@ -106,21 +132,36 @@ class LocalCAS:
         with self._recent_lock:
             return self._recent.get(digest)
 
+    def get_bytes_by_hash(self, hash_hex: str) -> bytes | None:
+        """The content stored under a hash, unverified (for GC's bookkeeping)."""
+        try:
+            return self.path_for_hash(hash_hex).read_bytes()
+        except FileNotFoundError:
+            if self._conn is None:
+                return None
+            row = self._conn.execute(
+                "SELECT data FROM metadata_blobs WHERE hash = ?", (hash_hex,)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
     def get_bytes(self, digest: Digest) -> bytes | None:
         try:
             with open(self.path(digest), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            return None
+            found = self._metadata(digest)
+            if found is None:
+                return None
+            data = found
         actual = Digest.of_bytes(data)
         if actual != digest:
             raise errors.corrupt_blob(digest, actual)
         return data
 
     def touch(self, digest: Digest) -> bool:
-        """Mark a blob as recently used (GC age); False if it is absent or
-        cut short (a blob written without sync before a power loss), so that
-        writers replace it."""
+        """Mark a file blob as recently used (GC age); False if there is no
+        such file or it was cut short (written without sync before a power
+        loss), so that writers replace it."""
         path = self.path(digest)
         try:
             if os.stat(path).st_size != digest.size:
@@ -210,6 +251,25 @@ class LocalCAS:
         for path in staged:
             self._sync_one(path)
 
+    def put_metadata(self, blobs: list[tuple[Digest, bytes]]) -> None:
+        """Store metadata blobs (rows; as files when there is no database)."""
+        if not blobs:
+            return
+        if self._conn is None:
+            with self.batch(durable=False) as batch:
+                for digest, data in blobs:
+                    batch.add_bytes(data, digest)
+            return
+        now = time.time()
+        self._conn.executemany(
+            "INSERT INTO metadata_blobs(hash, size, data, last_used) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(hash) DO UPDATE SET last_used = excluded.last_used",
+            [(d.hash, d.size, data, now) for d, data in blobs],
+        )
+        for digest, data in blobs:
+            if len(data) <= RECENT_MAX_BYTES:
+                self._remember(digest, data)
+
     def _remember(self, digest: Digest, data: bytes) -> None:
         with self._recent_lock:
             self._recent[digest] = data
@@ -243,6 +303,7 @@ class CasBatch:
         self._cas = cas
         self._durable = durable
         self._small: list[tuple[Digest, bytes]] = []  # remembered once installed
+        self._metadata: list[tuple[Digest, bytes]] = []
         self._staged: list[tuple[Path, Digest]] = []
         self._pending: set[Digest] = set()
         self._bytes = 0
@@ -270,6 +331,15 @@ class CasBatch:
             self._pending.add(digest)
             self._bytes += digest.size
             self._maybe_commit()
+        return digest
+
+    def add_metadata(self, data: bytes) -> Digest:
+        """Add a metadata blob (a message describing work; see ``LocalCAS``),
+        stored with the batch's other blobs at ``commit``."""
+        digest = Digest.of_bytes(data)
+        if len(data) > METADATA_MAX_BYTES:
+            return self.add_bytes(data, digest)
+        self._metadata.append((digest, data))
         return digest
 
     def add_file(self, path: str | os.PathLike[str]) -> Digest:
@@ -302,6 +372,12 @@ class CasBatch:
             self.commit()
 
     def commit(self) -> None:
+        self._commit_files()
+        # After the files: a visible message never names a blob not yet there.
+        self._cas.put_metadata(self._metadata)
+        self._metadata = []
+
+    def _commit_files(self) -> None:
         if not self._staged:
             return
         if self._durable:
@@ -317,6 +393,7 @@ class CasBatch:
 
     def discard(self) -> None:
         self._small.clear()
+        self._metadata = []
         for staged, _ in self._staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged)

@@ -65,6 +65,11 @@ class Materializer:
     def _write_file(self, digest: Digest, executable: bool, dest: Path) -> None:
         if not self._cas.has(digest):
             raise errors.digest_not_found(digest, f"blob of {dest}")
+        if not self._cas.path(digest).exists():  # a metadata row: nothing to link
+            dest.write_bytes(self._cas.get_bytes(digest) or b"")
+            os.chmod(dest, 0o755 if executable else 0o644)
+            self.copied += 1
+            return
         source = self._cas.ensure_exec_twin(digest) if executable else self._cas.path(digest)
         if not self._copy:
             try:

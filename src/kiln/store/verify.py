@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,3 +66,23 @@ def verify_blobs(cas_root: Path, quarantine: Path, workers: int = 2) -> VerifyRe
                 os.replace(blob.path, dest)
                 report.corrupt.append(CorruptBlob(str(blob.path), blob.hash, actual, str(dest)))
     return report
+
+
+def verify_metadata(conn: sqlite3.Connection, quarantine: Path, report: VerifyReport) -> None:
+    """Re-hash the metadata rows; a corrupt one is written to quarantine/
+    and its row deleted."""
+    corrupt = []
+    for h, data in conn.execute("SELECT hash, data FROM metadata_blobs"):
+        report.checked += 1
+        report.bytes += len(data)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != h:
+            quarantine.mkdir(exist_ok=True)
+            dest = quarantine / f"{h}.metadata.{int(time.time())}"
+            dest.write_bytes(data)
+            corrupt.append(h)
+            report.corrupt.append(CorruptBlob(f"metadata_blobs:{h}", h, actual, str(dest)))
+    if corrupt:
+        from kiln.store.blobs import delete_metadata
+
+        delete_metadata(conn, corrupt)
