@@ -26,6 +26,20 @@ CAT, SLOW = "tools/cat.wasm", "tools/slow.wasm"
 ONE_STEP = '\n@target\nasync def t():\n    return await wasm(source(CAT), "o", outputs=["o"])\n'
 
 
+def globbing(pattern: str) -> str:
+    """A build file whose one target concatenates the files ``pattern`` matches."""
+    return (
+        HEADER
+        + f"""
+@target
+async def cat():
+    files = glob("{pattern}")
+    return await wasm(source(CAT), "all", *(f.path for f in files), inputs=files,
+                      outputs=["all"])
+"""
+    )
+
+
 def step(report, description: str):
     return next(s for s in report.steps if s.description == description)
 
@@ -132,8 +146,7 @@ def test_keep_going_runs_what_does_not_need_the_failure(store, tmp_path, tools) 
 def test_transient_errors_are_retried(store, tmp_path, tools) -> None:
     root = write_project(
         tmp_path / "p",
-        HEADER
-        + '\n@target\nasync def t():\n    return await wasm(source(CAT), "o", outputs=["o"])\n',
+        HEADER + ONE_STEP,
         tools,
     )
     failures = [2]
@@ -219,8 +232,7 @@ def test_unknown_target_lists_the_known_ones(tmp_path, tools) -> None:
 def test_ran_helper_sees_executions(store, tmp_path, tools) -> None:
     root = write_project(
         tmp_path / "p",
-        HEADER
-        + '\n@target\nasync def t():\n    return await wasm(source(CAT), "o", outputs=["o"])\n',
+        HEADER + ONE_STEP,
         tools,
     )
     assert ran(build(store, root)) == ["t: cat.wasm o"]
@@ -229,33 +241,13 @@ def test_ran_helper_sees_executions(store, tmp_path, tools) -> None:
 
 def test_glob_matches_files_under_the_project_root(store, tmp_path, tools) -> None:
     files = {"src/b.txt": "b", "src/a.txt": "a", "src/sub/c.txt": "c", "src/d.bin": "d"}
-    root = write_project(
-        tmp_path / "p",
-        HEADER
-        + """
-@target
-async def cat():
-    files = glob("src/**/*.txt")
-    return await wasm(source(CAT), "all", *(f.path for f in files), inputs=files,
-                      outputs=["all"])
-""",
-        {**tools, **files},
-    )
+    root = write_project(tmp_path / "p", globbing("src/**/*.txt"), {**tools, **files})
     report = build(store, root)  # the current folder is not the project's
     assert report.ok, report.errors
     assert (root / "kiln-out" / "cat" / "all").read_text() == "abc"
 
 
-GLOBBING = (
-    HEADER
-    + """
-@target
-async def cat():
-    files = glob("src/*.txt")
-    return await wasm(source(CAT), "all", *(f.path for f in files), inputs=files,
-                      outputs=["all"])
-"""
-)
+GLOBBING = globbing("src/*.txt")
 
 
 def test_the_build_stamp_answers_only_while_nothing_changed(

@@ -84,3 +84,26 @@ def test_show_log_and_trace(example: Path, kiln_in, tmp_path: Path) -> None:
 def test_history_commands_need_a_build(kiln_in) -> None:
     proc = kiln_in("why", code=3)
     assert "no build of" in proc.stderr and "kiln build" in proc.stderr
+
+
+def test_explain_names_each_kind_of_change() -> None:
+    from kiln.engine.history import StepRow, explain
+
+    def row(build: int, key: str, **identity) -> StepRow:
+        base = {"argv": ["t.wasm", "a"], "env": {"LANG": "C"}, "inputs": {}, "outputs": ["o"]}
+        return StepRow(
+            build, 0, "t", "step", key, "executed", 0, 0.0, 1.0, {**base, **identity}, None
+        )
+
+    digest = "0" * 64 + "/1"
+    old = row(1, "k1", inputs={"a.txt": digest, "gone.txt": digest})
+    new = row(2, "k2", inputs={"a.txt": "1" * 64 + "/2", "new.txt": digest},
+              env={"LANG": "C.UTF-8"}, argv=["t.wasm", "b"])  # fmt: skip
+    reasons = explain(old, new)
+    assert reasons[0].startswith("input a.txt changed: 000000000000/1 -> 111111111111/2")
+    assert "input gone.txt is no longer used" in reasons
+    assert "input new.txt is new" in reasons
+    assert "arguments changed: 't.wasm a' -> 't.wasm b'" in reasons
+    assert "environment variable LANG changed: 'C' -> 'C.UTF-8'" in reasons
+    assert explain(None, new) == ["never ran before (no earlier build recorded this step)"]
+    assert "was not in the cache" in explain(row(1, "k2"), new)[0]
