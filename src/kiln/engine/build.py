@@ -227,12 +227,16 @@ class Build:
             report.targets.append(outcome)
             if isinstance(value, BuildStopped):
                 continue  # stopped because of another failure, reported there
-            if isinstance(value, errors.KilnError):
-                outcome.error = value
+            if not isinstance(value, errors.KilnError):
+                try:
+                    digest = self._materialize(t, value)
+                    outcome.digest, outcome.output = str(digest), str(self.output_dir(t.name))
+                    continue
+                except errors.KilnError as e:
+                    value = e
+            outcome.error = value
+            if value not in report.errors:  # one failed step can fail several targets
                 report.errors.append(value)
-                continue
-            digest = self._materialize(t, value)
-            outcome.digest, outcome.output = str(digest), str(self.output_dir(t.name))
         ctx.sources.save()
         report.seconds = time.time() - started
         from kiln.engine.history import record_build

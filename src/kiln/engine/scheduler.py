@@ -7,13 +7,14 @@ A step's lifecycle (``StepStatus``):
               --(build stopping)-----------------------------> SKIPPED
               --(slot free)--> running --(exit 0)------------> EXECUTED
                                        --(non-zero exit)-----> FAILED
-                                       --(transient, retried up to RETRIES times, then)--> FAILED
+                                       --(transient error, after runners.RETRIES retries)--> FAILED
 
-Cache hits return without taking a slot or a thread. At most ``jobs``
-executions run at once, on threads for the first few and then, in a large
-build, in worker processes (see ``runners.py``), always under the store's
-cross-process "execute once" lock, so other kiln processes sharing the
-store never run the same key at the same time.
+Cache hits return without taking a slot or a thread, and write nothing. At
+most ``jobs`` executions run at once, on threads (or, when the build asks
+for it, in worker processes after the first ``PROCESSES_AFTER``; see
+``runners.py``), always under the store's cross-process "execute once"
+lock, so other kiln processes sharing the store never run the same key at
+the same time.
 """
 
 from __future__ import annotations
@@ -158,7 +159,11 @@ class Scheduler:
         running = self._inflight.get(key)
         if running is not None:  # the same action, requested again while it runs
             future, first = running
-            await asyncio.shield(future)
+            try:
+                await asyncio.shield(future)
+            except BaseException:
+                self._change(record, StepStatus.SKIPPED)  # the one run failed for both
+                raise
             record.result = first.result
             record.started = record.finished = time.time()
             self._change(record, StepStatus.CACHED)
@@ -203,17 +208,16 @@ class Scheduler:
             record.attempts = outcome.attempts
         finally:
             self._slots.put_nowait(slot)
-        if outcome.error is not None:
+        if outcome.error is not None or outcome.result is None:
             self._fail(record)
-            raise outcome.error
-        execution = outcome
-        record.result = execution.result
-        if execution.result.exit_code != 0:
+            raise outcome.error or AssertionError("an outcome without result or error")
+        record.result = outcome.result
+        if outcome.result.exit_code != 0:
             self._fail(record)
-            stderr = self._store.cas.get_bytes(Digest.from_proto(execution.result.stderr_digest))
+            stderr = self._store.cas.get_bytes(Digest.from_proto(outcome.result.stderr_digest))
             raise step_failed(record, list(command.arguments), stderr or b"")
-        self._change(record, StepStatus.CACHED if execution.cached else StepStatus.EXECUTED)
-        return self._step_result(record, cached=execution.cached)
+        self._change(record, StepStatus.CACHED if outcome.cached else StepStatus.EXECUTED)
+        return self._step_result(record, cached=outcome.cached)
 
     def _fail(self, record: StepRecord) -> None:
         if not self.keep_going:
