@@ -11,7 +11,7 @@
 See README.md, "Build files", for the whole API.
 """
 
-from kiln.engine.rules import Target, gather, glob, source, source_tree, target, wasm
+from kiln.engine.rules import Target, gather, glob, native, source, source_tree, target, wasm
 from kiln.engine.values import File, StepResult, Tree
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Tree",
     "gather",
     "glob",
+    "native",
     "source",
     "source_tree",
     "target",

@@ -98,6 +98,24 @@ class BuildContext:
         self.sources = Sources(store, project.root)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._waits: dict[str, set[str]] = {}  # target -> targets it awaited
+        self._tools: dict[tuple[str, ...], str] = {}
+        self._dpkg: Any = None
+
+    def tools_identity(self, names: list[str], where: str) -> str:
+        """The identity of host tools (resolved once per build)."""
+        key = tuple(names)
+        if key not in self._tools:
+            from kiln.exec.tools import Dpkg, identity, resolve
+
+            if self._dpkg is None:
+                self._dpkg = Dpkg()
+            try:
+                self._tools[key] = identity([resolve(n, self._dpkg) for n in names])
+            except errors.KilnError as e:
+                raise errors.KilnError(
+                    f"{where}: {e.message}", hint=e.hint, exit_code=e.exit_code
+                ) from None
+        return self._tools[key]
 
     def evaluate(self, t: rules.Target, waiter: rules.Target | None) -> asyncio.Task[Any]:
         if waiter is not None:
@@ -288,9 +306,10 @@ class Build:
 
 
 def default_executors(store: Store) -> dict[str, Callable[[], Executor]]:
+    from kiln.exec.native import NativeExecutor
     from kiln.exec.wasm import WasmExecutor
 
-    return {"wasm": lambda: WasmExecutor(store)}
+    return {"wasm": lambda: WasmExecutor(store), "native": lambda: NativeExecutor(store)}
 
 
 def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:

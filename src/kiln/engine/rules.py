@@ -166,3 +166,46 @@ def wasm(
         platform=limits.platform(),
         description=description or " ".join([os.path.basename(tool.path), *map(str, args)]),
     )
+
+
+def native(
+    *argv: str,
+    tools: Iterable[str],
+    inputs: Iterable[Value] | Mapping[str, Value] = (),
+    outputs: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    memory_mib: int | None = None,
+    pids: int | None = None,
+    description: str | None = None,
+) -> Coroutine[Any, Any, StepResult]:
+    """A native step: run ``argv`` in a bubblewrap sandbox (Linux).
+
+    ``tools`` names the host programs the step uses (``argv[0]`` among
+    them, unless it is an input); the sandbox holds only those and the
+    Debian packages they need, and their identity is part of the step's key.
+    ``inputs``, ``outputs`` and ``env`` are as for ``wasm``; the working
+    folder holds the inputs (read-only) and the outputs the step creates.
+    """
+    from kiln.exec.native import DEFAULT_MEMORY_MIB, DEFAULT_PIDS, NativeLimits
+
+    ctx = _context("native()")
+    where = _where()
+    owner = _target.get()
+    if not argv:
+        raise errors.KilnError(
+            f"{where}: native() needs a command", exit_code=errors.ExitCode.BAD_INPUT
+        )
+    declared = sorted(set(tools))
+    placed = [v.at(p) for p, v in inputs.items()] if isinstance(inputs, Mapping) else list(inputs)
+    limits = NativeLimits(memory_mib or DEFAULT_MEMORY_MIB, pids or DEFAULT_PIDS)
+    return ctx.run_step(
+        owner,
+        where,
+        kind="native",
+        argv=[str(a) for a in argv],
+        inputs=placed,
+        outputs=list(outputs),
+        env=dict(env or {}),
+        platform=limits.platform(declared, ctx.tools_identity(declared, where)),
+        description=description or " ".join(os.path.basename(str(a)) for a in argv[:3]),
+    )

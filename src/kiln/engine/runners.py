@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
+from kiln.errors import KilnError
 from kiln.exec.base import TransientError
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class Outcome:
     result: re_pb2.ActionResult | None
     cached: bool
     attempts: int
-    error: TransientError | None = None
+    error: KilnError | None = None
 
 
 def execute_with_retries(
@@ -98,7 +99,10 @@ class ThreadRunner:
         try:
             executor = idle.get_nowait()
         except queue.Empty:
-            executor = self._factories[kind]()
+            try:
+                executor = self._factories[kind]()
+            except KilnError as e:  # e.g. the sandbox tool is not installed
+                return Outcome(None, False, 0, e)
         try:
             return execute_with_retries(self._store, executor, key, action, command, where)
         finally:

@@ -1,0 +1,43 @@
+"""A small C program built with the host's gcc in Kiln's native sandbox.
+
+Every translation unit is compiled by its own step (`gcc -c`), then the
+objects are linked; `check` runs the program on tests/cases.txt. The steps
+see only their inputs and the files of gcc and the packages it needs.
+"""
+
+from kiln.build import gather, glob, native, source, target
+
+CFLAGS = ["-O2", "-Wall", "-Iinclude"]
+
+
+async def compile_unit(unit):
+    obj = f"obj/{unit.path}.o"
+    step = await native(
+        "gcc", *CFLAGS, "-c", unit.path, "-o", obj,
+        tools=["gcc"],
+        inputs=[unit, *glob("include/*.h")],
+        outputs=[obj],
+        description=f"cc {unit.path}",
+    )
+    return step.file(obj)
+
+
+@target
+async def calc():
+    """The calc program."""
+    objects = await gather(*(compile_unit(u) for u in glob("src/*.c")))
+    return await native(
+        "gcc", *(o.path for o in objects), "-o", "calc",
+        tools=["gcc"], inputs=objects, outputs=["calc"], description="link calc",
+    )
+
+
+@target
+async def check():
+    """calc's answers for tests/cases.txt."""
+    program = (await calc()).file("calc")
+    return await native(
+        "sh", "-c", "./calc tests/cases.txt > answers.txt",
+        tools=["sh"], inputs=[program, source("tests/cases.txt")], outputs=["answers.txt"],
+        description="run calc",
+    )

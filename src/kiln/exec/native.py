@@ -1,0 +1,288 @@
+"""The ``native`` executor: ordinary Linux programs in a bubblewrap sandbox.
+
+The sandbox (contract ``NATIVE_ABI``; change it with anything a step could
+observe) has new user, mount, pid, network, ipc, uts and cgroup namespaces
+and sees:
+
+- ``/usr`` (and ``/bin``, ``/lib``, ``/lib64`` as links into it) holding
+  only the files of its declared tools and the Debian packages they need
+  (see ``kiln.exec.tools``), read-only;
+- ``/work`` (the working folder): the input tree, each file a symlink into
+  the read-only ``/kiln/inputs``, so a step can create and remove entries
+  but never change an input; declared outputs are taken from here;
+- a private ``/tmp``, its own ``/proc``, a minimal ``/dev``, loopback only,
+  hostname ``kiln``, uid/gid 1000, and an environment of exactly the
+  declared variables plus ``PATH=/usr/bin:/bin``, ``HOME=/tmp``, ``TZ=UTC``,
+  ``LANG=C.UTF-8`` and ``SOURCE_DATE_EPOCH=0``.
+
+Limits: a wall-clock timeout, a memory limit (``RLIMIT_AS``) and a process
+limit (a pids cgroup where one can be made, else ``RLIMIT_NPROC``). Every
+process of the step dies with it (the sandbox's pid namespace ends with its
+first process). A timeout is a ``TransientError``, never a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln import errors
+from kiln.digest import Digest, canonical_bytes
+from kiln.exec.base import TransientError
+from kiln.exec.tools import Dpkg, identity, resolve, tool_root
+
+if TYPE_CHECKING:
+    from kiln.reapi import re_pb2
+    from kiln.store.local import Store
+
+NATIVE_ABI = "kiln-native-bwrap-v1"
+SANDBOX_UID = 1000
+FIXED_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/tmp",
+    "TZ": "UTC",
+    "LANG": "C.UTF-8",
+    "SOURCE_DATE_EPOCH": "0",
+}
+DEFAULT_MEMORY_MIB = 4096
+DEFAULT_PIDS = 256
+DEFAULT_TIMEOUT = 600.0
+EXIT_OUT_OF_MEMORY = 137
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def missing_bwrap() -> errors.KilnError:
+    return errors.KilnError(
+        "native steps need bubblewrap (bwrap), which is not installed",
+        hint="install it: `apt-get install bubblewrap` (Debian/Ubuntu); wasm steps work without it",
+        exit_code=errors.ExitCode.FAILED,
+    )
+
+
+@dataclass(frozen=True)
+class NativeLimits:
+    """Resource limits of a native step; part of its action."""
+
+    memory_mib: int = DEFAULT_MEMORY_MIB
+    pids: int = DEFAULT_PIDS
+
+    def platform(self, tool_names: list[str], tools_identity: str) -> tuple[tuple[str, str], ...]:
+        return (
+            ("isa", platform.machine()),
+            ("kiln-abi", NATIVE_ABI),
+            ("memory-mib", str(self.memory_mib)),
+            ("os", "linux"),
+            ("pids", str(self.pids)),
+            ("tool-names", ",".join(sorted(tool_names))),
+            ("tools", tools_identity),
+        )
+
+
+class NativeExecutor:
+    """Runs native actions with bubblewrap."""
+
+    name = "native"
+
+    def __init__(self, store: Store, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        bwrap = bwrap_path()
+        if bwrap is None:
+            raise missing_bwrap()
+        self._bwrap = bwrap
+        self._store = store
+        self._timeout = timeout
+        self._dpkg = Dpkg()
+        self._roots = store.home / "tool-roots"
+        self._roots.mkdir(exist_ok=True)
+
+    def execute(
+        self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
+    ) -> re_pb2.ActionResult:
+        from kiln.reapi import re_pb2
+
+        props = {p.name: p.value for p in action.platform.properties}
+        if props.get("kiln-abi") != NATIVE_ABI:
+            raise TransientError(f"action wants sandbox contract {props.get('kiln-abi')!r}")
+        names = [n for n in props.get("tool-names", "").split(",") if n]
+        tools = [resolve(n, self._dpkg) for n in names]
+        if identity(tools) != props.get("tools"):
+            raise TransientError(
+                "the step's tools on this machine differ from those in its action",
+                hint="rebuild: the action was made before a tool changed",
+            )
+        root = tool_root(tools, self._dpkg, self._roots)
+        limits = NativeLimits(int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
+                              int(props.get("pids", DEFAULT_PIDS)))  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="kiln-native-") as tmp:
+            inputs, work = Path(tmp) / "inputs", Path(tmp) / "work"
+            self._store.get(Digest.from_proto(action.input_root_digest), inputs)
+            _link_inputs(inputs, work)
+            for path in command.output_paths:
+                (work / path).parent.mkdir(parents=True, exist_ok=True)
+            argv = self._bwrap_argv(root, inputs, work, command)
+            started = time.time()
+            code, stdout, stderr, note = self._run(argv, limits)
+            if note:
+                stderr += f"kiln: {note}\n".encode()
+            result = re_pb2.ActionResult(exit_code=code)
+            self._collect(work, list(command.output_paths), result)
+        with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+            result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
+            result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
+        meta = result.execution_metadata
+        meta.worker = "kiln-native"
+        meta.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
+        meta.execution_completed_timestamp.FromNanoseconds(time.time_ns())
+        return result
+
+    # ------------------------------------------------------------ sandbox
+
+    def _bwrap_argv(
+        self, root: Path, inputs: Path, work: Path, command: re_pb2.Command
+    ) -> list[str]:
+        argv = [
+            self._bwrap,
+            "--unshare-all", "--die-with-parent", "--new-session",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "kiln",
+            "--clearenv",
+        ]  # fmt: skip
+        env = dict(FIXED_ENV)
+        env.update({v.name: v.value for v in command.environment_variables})
+        for name, value in sorted(env.items()):
+            argv += ["--setenv", name, value]
+        argv += ["--ro-bind", str(root / "usr"), "/usr"]
+        for link in ("bin", "lib", "lib64", "sbin"):
+            if (root / "usr" / link).exists():
+                argv += ["--symlink", f"usr/{link}", f"/{link}"]
+        if (root / "etc").is_dir():
+            argv += ["--ro-bind", str(root / "etc"), "/etc"]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        argv += ["--ro-bind", str(inputs), "/kiln/inputs", "--bind", str(work), "/work"]
+        argv += ["--chdir", "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")]
+        program = command.arguments[0]
+        return [*argv, "--", program, *command.arguments[1:]]
+
+    def _run(self, argv: list[str], limits: NativeLimits) -> tuple[int, bytes, bytes, str]:
+        cgroup = _pids_cgroup(limits.pids)
+
+        def limit() -> None:  # in the child, before bwrap starts
+            memory = limits.memory_mib << 20
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            else:
+                resource.setrlimit(resource.RLIMIT_NPROC, (limits.pids, limits.pids))
+
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                preexec_fn=limit, start_new_session=True,
+            )  # fmt: skip
+            try:
+                stdout, stderr = proc.communicate(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise TransientError(
+                    f"wall-clock timeout after {self._timeout} s (not cached)",
+                    hint="raise the step's timeout",
+                ) from None
+        finally:
+            if cgroup is not None:
+                _remove_cgroup(cgroup)
+        code = proc.returncode
+        note = ""
+        if code < 0:
+            code, note = 128 - code, f"killed by signal {-code}"
+            if -proc.returncode == signal.SIGKILL:
+                note += " (out of memory or process limit?)"
+        if b"bwrap:" in stderr[:200] and code == 1:
+            raise TransientError(f"the sandbox could not be set up: {stderr.decode().strip()}")
+        return code, stdout, stderr, note
+
+    # ------------------------------------------------------------ outputs
+
+    def _collect(self, work: Path, paths: list[str], result: Any) -> None:
+        from kiln.reapi import re_pb2
+        from kiln.tree import load_directory
+
+        for path in paths:
+            host = work / path
+            if host.is_symlink():
+                target = os.readlink(host)
+                if not target.startswith("/kiln/inputs/"):
+                    result.output_symlinks.add(path=path, target=target)
+                    continue
+                host = work.parent / "inputs" / target[len("/kiln/inputs/") :]  # an input as is
+            if host.is_file():
+                put = self._store.put(host)
+                result.output_files.add(
+                    path=path, digest=put.digest.to_proto(), is_executable=os.access(host, os.X_OK)
+                )
+            elif host.is_dir():
+                root = self._store.put(host).digest
+                tree = re_pb2.Tree(root=load_directory(self._store.cas, root))
+                stack = [Digest.from_proto(d.digest) for d in tree.root.directories]
+                seen: set[Digest] = set()
+                while stack:
+                    d = stack.pop()
+                    if d in seen:
+                        continue
+                    seen.add(d)
+                    child = load_directory(self._store.cas, d)
+                    tree.children.append(child)
+                    stack.extend(Digest.from_proto(x.digest) for x in child.directories)
+                with self._store.cas.batch(durable=False) as batch:
+                    digest = batch.add_metadata(canonical_bytes(tree))
+                result.output_directories.add(path=path, tree_digest=digest.to_proto())
+
+
+def _link_inputs(inputs: Path, work: Path) -> None:
+    """Mirror the input tree in ``work``: folders as folders, every file or
+    symlink as a symlink to its read-only place under /kiln/inputs."""
+    for folder, dirs, files in os.walk(inputs):
+        rel = os.path.relpath(folder, inputs)
+        target = work / rel if rel != "." else work
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            sandbox_path = "/kiln/inputs/" + (name if rel == "." else f"{rel}/{name}")
+            os.symlink(sandbox_path, target / name)
+
+
+def _pids_cgroup(limit: int) -> Path | None:
+    """A fresh pids cgroup (v1 or v2) limited to ``limit``, if we may make one."""
+    for base in (PIDS_CGROUP, Path("/sys/fs/cgroup")):
+        if not (base / "cgroup.procs").exists():
+            continue
+        group = base / f"kiln-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            group.mkdir()
+            (group / "pids.max").write_text(str(limit))
+            return group
+        except OSError:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+    return None
+
+
+def _remove_cgroup(group: Path) -> None:
+    for _ in range(50):  # its processes are gone once the sandbox has exited
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.01)

@@ -1,0 +1,247 @@
+"""Host tools a native step declares: what they are, and what they need.
+
+A step names the host programs it runs (``gcc``, ``sh``). Each is resolved
+on ``PATH`` to its file and identified by
+
+- the SHA-256 of the file the name resolves to (so a different binary at the
+  same path changes the identity, packaged or not), and
+- the Debian packages it needs: the package owning the name and the one
+  owning the file it resolves to, with their ``Depends``, ``Pre-Depends``
+  and ``Recommends``, closed transitively, each as ``name=version:arch``
+  (read from dpkg's own database: fast, and honest as long as packages
+  are installed by dpkg, which also guards their files' contents).
+
+The identity of a step's tools goes into its action's platform properties,
+so upgrading the compiler changes the keys of exactly the steps using it.
+The sandbox gets the files of those packages (and the tool files), and
+nothing else of the host's ``/usr``: ``tool_root`` builds that tree once per
+identity, as hard links (copies where linking is not allowed).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln import errors
+
+DPKG = Path("/var/lib/dpkg")
+_DEP_NAME = re.compile(r"^\s*([a-z0-9][a-z0-9+.-]*)")
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A resolved host tool."""
+
+    name: str  # as declared
+    path: str  # where ``name`` resolved on PATH (may be a symlink)
+    real_path: str  # the file it finally is
+    digest: str  # SHA-256 of that file
+    packages: tuple[str, ...]  # closure, "name=version:arch", sorted
+
+
+@dataclass(frozen=True)
+class _Package:
+    name: str
+    version: str
+    arch: str
+    needs: tuple[str, ...]  # alternatives groups flattened to their first installed choice
+
+
+class Dpkg:
+    """The installed packages, read from dpkg's status file and file lists."""
+
+    def __init__(self, root: Path = DPKG) -> None:
+        self._root = root
+        self._packages: dict[str, _Package] = {}
+        self._provides: dict[str, str] = {}
+        self._owners: dict[str, str] | None = None
+        status = root / "status"
+        if status.is_file():
+            self._parse(status.read_text(errors="replace"))
+
+    @property
+    def available(self) -> bool:
+        return bool(self._packages)
+
+    def _parse(self, text: str) -> None:
+        raw: list[dict[str, str]] = []
+        for paragraph in text.split("\n\n"):
+            fields: dict[str, str] = {}
+            key = ""
+            for line in paragraph.splitlines():
+                if line[:1] in (" ", "\t") and key:
+                    fields[key] += " " + line.strip()
+                elif ":" in line:
+                    key, _, value = line.partition(":")
+                    fields[key] = value.strip()
+            if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+                raw.append(fields)
+        installed = {f["Package"] for f in raw}
+        for f in raw:
+            for provided in _names(f.get("Provides", "")):
+                self._provides.setdefault(provided, f["Package"])
+        for f in raw:
+            needs = []
+            for field in ("Pre-Depends", "Depends", "Recommends"):
+                for group in f.get(field, "").split(","):
+                    choice = self._first_installed(group, installed)
+                    if choice:
+                        needs.append(choice)
+            self._packages[f["Package"]] = _Package(
+                f["Package"], f.get("Version", ""), f.get("Architecture", ""), tuple(needs)
+            )
+
+    def _first_installed(self, group: str, installed: set[str]) -> str | None:
+        for alternative in group.split("|"):
+            m = _DEP_NAME.match(alternative)
+            if not m:
+                continue
+            name = m.group(1)
+            if name in installed:
+                return name
+            if name in self._provides:
+                return self._provides[name]
+        return None
+
+    def owner(self, path: str) -> str | None:
+        """The package that installed ``path``, if any."""
+        if self._owners is None:
+            self._owners = {}
+            for listing in sorted((self._root / "info").glob("*.list")):
+                package = listing.name[: -len(".list")].split(":")[0]
+                for line in listing.read_text(errors="replace").splitlines():
+                    self._owners.setdefault(line, package)
+                    # Merged /usr: "/bin/sh" is listed, "/usr/bin/sh" is found.
+                    self._owners.setdefault(canonical(line), package)
+        return self._owners.get(path) or self._owners.get(canonical(path))
+
+    def closure(self, roots: list[str]) -> list[str]:
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in self._packages:
+                continue
+            seen.add(name)
+            stack.extend(self._packages[name].needs)
+        return sorted(seen)
+
+    def identity(self, name: str) -> str:
+        p = self._packages[name]
+        return f"{p.name}={p.version}:{p.arch}"
+
+    def files(self, name: str) -> list[str]:
+        for candidate in (f"{name}:{self._packages[name].arch}.list", f"{name}.list"):
+            listing = self._root / "info" / candidate
+            if listing.is_file():
+                return [ln for ln in listing.read_text(errors="replace").splitlines() if ln]
+        return []
+
+
+def _names(field: str) -> list[str]:
+    return [m.group(1) for part in field.split(",") if (m := _DEP_NAME.match(part))]
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve(name: str, dpkg: Dpkg, path_env: str | None = None) -> Tool:
+    """Find a declared tool on ``PATH`` (or at its absolute path) and identify it."""
+    found = name if os.path.isabs(name) else shutil.which(name, path=path_env)
+    if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        raise errors.KilnError(
+            f"tool {name!r} is not an executable program on this machine",
+            hint="install it, or declare it by its absolute path",
+            exit_code=errors.ExitCode.BAD_INPUT,
+            tool=name,
+        )
+    real = os.path.realpath(found)
+    roots = {p for p in (dpkg.owner(found), dpkg.owner(real), _interpreter_owner(real, dpkg)) if p}
+    packages = tuple(dpkg.identity(p) for p in dpkg.closure(sorted(roots)))
+    return Tool(name, found, real, _sha256(real), packages)
+
+
+def _interpreter_owner(path: str, dpkg: Dpkg) -> str | None:
+    """For a script, the package of its ``#!`` interpreter."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head.startswith(b"#!"):
+        return None
+    interpreter = head[2:].split(b"\n", 1)[0].strip().split(b" ", 1)[0].decode(errors="replace")
+    return dpkg.owner(interpreter) or dpkg.owner(os.path.realpath(interpreter))
+
+
+def identity(tools: list[Tool]) -> str:
+    """One string naming exactly these tools (it goes into action keys)."""
+    payload = [
+        {"name": t.name, "path": t.path, "sha256": t.digest, "packages": list(t.packages)}
+        for t in sorted(tools, key=lambda t: t.name)
+    ]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def tool_root(tools: list[Tool], dpkg: Dpkg, cache: Path) -> Path:
+    """A folder holding, at their absolute paths, the files of the tools'
+    packages and the tools themselves; built once per identity."""
+    root = cache / identity(tools)
+    if (root / ".complete").exists():
+        return root
+    staging = cache / f".{root.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    paths: set[str] = set()
+    for t in tools:
+        paths.update((t.path, t.real_path))
+        for package in t.packages:
+            paths.update(dpkg.files(package.split("=", 1)[0]))
+    for path in sorted(paths):
+        _place(path, staging)
+    (staging / ".complete").touch()
+    try:
+        os.rename(staging, root)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another process built it first
+    return root
+
+
+@functools.lru_cache(maxsize=65536)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def canonical(path: str) -> str:
+    """``path`` with its folder's symlinks resolved (merged /usr)."""
+    folder, name = os.path.split(path)
+    return os.path.join(_real_folder(folder), name)
+
+
+def _place(path: str, root: Path) -> None:
+    """Recreate the host's ``path`` under ``root``: folders, symlinks as
+    symlinks, files as hard links (copies if linking is refused)."""
+    host = canonical(path)  # merged /usr: /bin, /lib, /lib64 are symlinks to usr/...
+    dest = root / host.lstrip("/")
+    if os.path.islink(host):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.is_symlink():
+            os.symlink(os.readlink(host), dest)
+    elif os.path.isdir(host):
+        dest.mkdir(parents=True, exist_ok=True)
+    elif os.path.isfile(host):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            return
+        try:
+            os.link(host, dest)
+        except OSError:
+            shutil.copy2(host, dest)
