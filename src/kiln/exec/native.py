@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
 from kiln.exec.base import TransientError
-from kiln.exec.tools import Dpkg, identity, resolve, tool_root
+from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
@@ -132,7 +132,7 @@ class NativeExecutor:
             _link_inputs(inputs, work)
             for path in command.output_paths:
                 (work / path).parent.mkdir(parents=True, exist_ok=True)
-            argv = self._bwrap_argv(root, inputs, work, command)
+            argv = self._bwrap_argv(root, inputs, work, command, tools)
             started = time.time()
             code, stdout, stderr, note = self._run(argv, limits)
             if note:
@@ -151,7 +151,7 @@ class NativeExecutor:
     # ------------------------------------------------------------ sandbox
 
     def _bwrap_argv(
-        self, root: Path, inputs: Path, work: Path, command: re_pb2.Command
+        self, root: Path, inputs: Path, work: Path, command: re_pb2.Command, tools: list[Tool]
     ) -> list[str]:
         argv = [
             self._bwrap,
@@ -170,6 +170,10 @@ class NativeExecutor:
         if (root / "etc").is_dir():
             argv += ["--ro-bind", str(root / "etc"), "/etc"]
         argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        for tool in tools:  # tools declared by a path outside /usr: at that path
+            for path in sorted({tool.path, tool.real_path}):
+                if not canonical(path).startswith(("/usr/", "/etc/")):
+                    argv += ["--ro-bind", path, path]
         argv += ["--ro-bind", str(inputs), "/kiln/inputs", "--bind", str(work), "/work"]
         argv += ["--chdir", "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")]
         program = command.arguments[0]

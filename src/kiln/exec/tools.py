@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,9 +197,17 @@ def tool_root(tools: list[Tool], dpkg: Dpkg, cache: Path) -> Path:
     """A folder holding, at their absolute paths, the files of the tools'
     packages and the tools themselves; built once per identity."""
     root = cache / identity(tools)
-    if (root / ".complete").exists():
-        return root
-    staging = cache / f".{root.name}.{os.getpid()}"
+    with _building:  # threads of one build share the work (other processes race safely)
+        if not (root / ".complete").exists():
+            _build_root(tools, dpkg, cache, root)
+    return root
+
+
+_building = threading.Lock()
+
+
+def _build_root(tools: list[Tool], dpkg: Dpkg, cache: Path, root: Path) -> None:
+    staging = cache / f".{root.name}.{os.getpid()}.{threading.get_ident()}"
     shutil.rmtree(staging, ignore_errors=True)
     paths: set[str] = set()
     for t in tools:
@@ -212,7 +221,6 @@ def tool_root(tools: list[Tool], dpkg: Dpkg, cache: Path) -> Path:
         os.rename(staging, root)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)  # another process built it first
-    return root
 
 
 @functools.lru_cache(maxsize=65536)

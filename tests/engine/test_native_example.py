@@ -1,0 +1,74 @@
+"""The native example (examples/calc): one gcc step per translation unit,
+a link, a run; rebuilds are minimal; a tool's identity is in the keys of
+exactly the steps using it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from engine_helpers import build, ran, write_project
+
+from kiln.exec.native import bwrap_path
+
+pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed")
+
+CALC = Path(__file__).parents[2] / "examples" / "calc"
+
+
+@pytest.fixture
+def calc(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = tmp_path / "calc"
+    shutil.copytree(CALC, root, ignore=shutil.ignore_patterns("kiln-out"))
+    return root
+
+
+def test_build_rebuild_and_one_changed_unit(store, calc: Path) -> None:
+    first = build(store, calc)
+    assert first.ok, first.errors
+    assert ran(first) == [
+        "calc: cc src/lexer.c", "calc: cc src/main.c", "calc: cc src/parser.c",
+        "calc: link calc", "check: run calc",
+    ]  # fmt: skip
+    answers = (calc / "kiln-out" / "check" / "answers.txt").read_text()
+    assert "2 * (3 + 4) = 14\n" in answers and "100 / 7 - -3 = 17\n" in answers
+    assert ran(build(store, calc)) == []
+    main = calc / "src" / "main.c"
+    main.write_text(main.read_text().replace('"%s = %ld\\n"', '"%s => %ld\\n"'))
+    again = build(store, calc)
+    assert ran(again) == ["calc: cc src/main.c", "calc: link calc", "check: run calc"]
+    assert "2 * (3 + 4) => 14\n" in (calc / "kiln-out" / "check" / "answers.txt").read_text()
+
+
+def test_a_tool_upgrade_changes_only_the_keys_of_its_steps(store, tmp_path: Path, guest) -> None:
+    tool = tmp_path / "bin" / "stamp-tool"
+    tool.parent.mkdir()
+    tool.write_text('#!/bin/sh\necho v1 > "$1"\n')
+    tool.chmod(0o755)
+    root = write_project(
+        tmp_path / "p",
+        f"""
+from kiln.build import native, target
+
+@target
+async def stamped():
+    return await native("{tool}", "out.txt", tools=["{tool}", "sh"], outputs=["out.txt"],
+                        description="stamp")
+
+@target
+async def plain():
+    return await native("sh", "-c", "echo plain > p.txt", tools=["sh"], outputs=["p.txt"],
+                        description="plain")
+""",
+    )
+    first = build(store, root)
+    assert first.ok, first.errors
+    keys = {s.description: s.key for s in first.steps}
+    tool.write_text('#!/bin/sh\necho v2 > "$1"\n')  # "upgraded" in place
+    second = build(store, root)
+    assert ran(second) == ["stamped: stamp"]
+    assert {s.description: s.key for s in second.steps}["plain"] == keys["plain"]
+    assert {s.description: s.key for s in second.steps}["stamp"] != keys["stamp"]
+    assert (root / "kiln-out" / "stamped" / "out.txt").read_text() == "v2\n"
