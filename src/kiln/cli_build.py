@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kiln.cli import _emit_json, _open_store, cli, json_option
+from kiln.cli import _emit_json, _open_store, asdict, cli, json_option
 
 if TYPE_CHECKING:
     from kiln.engine.loader import Project
@@ -266,3 +266,27 @@ def trace(ctx: click.Context, output: str) -> None:
     data = history.chrome_trace(rows, history.build_started(store, build_id))
     Path(output).write_text(json.dumps(data))
     click.echo(f"wrote {output}: {len(rows)} steps of build {build_id}")
+
+
+@cli.command("doctor")
+@json_option
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check what this machine offers Kiln, with fixes for what is missing.
+
+    Exits 1 if something Kiln needs is missing (warnings do not count).
+    """
+    from kiln.doctor import FAIL, run_checks
+    from kiln.store.local import default_home
+
+    home = Path(ctx.obj.get("store") or default_home())
+    checks = run_checks(home)
+    if as_json:
+        _emit_json([asdict(c) for c in checks])
+    else:
+        for c in checks:
+            click.echo(f"{c.status:>4}  {c.name}: {c.detail}")
+            if c.fix and c.status != "ok":
+                click.echo(f"      fix: {c.fix}")
+    if any(c.status == FAIL for c in checks):
+        sys.exit(1)
