@@ -12,6 +12,7 @@ import json
 from bench import (
     build_graph,
     hash_file,
+    native_step,
     tree_put,
     wasm_action,
     wasm_compute,
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "compute": wasm_compute.main,
     "module-cache": wasm_module_cache.main,
     "graph": build_graph.main,
+    "native": native_step.main,
 }
 
 

@@ -32,6 +32,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,23 @@ class NativeExecutor:
         self._dpkg = Dpkg()
         self._roots = store.home / "tool-roots"
         self._roots.mkdir(exist_ok=True)
+        # One pids cgroup for this executor's steps (one step at a time), made
+        # on first use; a step's processes are all gone when it returns.
+        self._group: Path | None = None
+        self._group_made = False
+        self._group_limit = 0
+
+    def _cgroup(self, limit: int) -> Path | None:
+        if not self._group_made:
+            self._group_made = True
+            self._group = _pids_cgroup(limit)
+            self._group_limit = limit
+            if self._group is not None:
+                weakref.finalize(self, _remove_cgroup, self._group)
+        if self._group is not None and limit != self._group_limit:
+            (self._group / "pids.max").write_text(str(limit))
+            self._group_limit = limit
+        return self._group
 
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
@@ -180,34 +198,33 @@ class NativeExecutor:
         return [*argv, "--", program, *command.arguments[1:]]
 
     def _run(self, argv: list[str], limits: NativeLimits) -> tuple[int, bytes, bytes, str]:
-        cgroup = _pids_cgroup(limits.pids)
+        cgroup = self._cgroup(limits.pids)
+        procs = None if cgroup is None else str(cgroup / "cgroup.procs")
+        memory = limits.memory_mib << 20
 
-        def limit() -> None:  # in the child, before bwrap starts
-            memory = limits.memory_mib << 20
+        def limit() -> None:  # in the child, before bwrap starts: keep it short
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            if cgroup is not None:
-                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            if procs is not None:
+                fd = os.open(procs, os.O_WRONLY)
+                os.write(fd, b"0")  # "0": the writing process itself
+                os.close(fd)
             else:
                 resource.setrlimit(resource.RLIMIT_NPROC, (limits.pids, limits.pids))
 
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=limit, start_new_session=True,
+        )  # fmt: skip
         try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                preexec_fn=limit, start_new_session=True,
-            )  # fmt: skip
-            try:
-                stdout, stderr = proc.communicate(timeout=self._timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                raise TransientError(
-                    f"wall-clock timeout after {self._timeout} s (not cached)",
-                    hint="raise the step's timeout",
-                ) from None
-        finally:
-            if cgroup is not None:
-                _remove_cgroup(cgroup)
+            stdout, stderr = proc.communicate(timeout=self._timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TransientError(
+                f"wall-clock timeout after {self._timeout} s (not cached)",
+                hint="raise the step's timeout",
+            ) from None
         code = proc.returncode
         note = ""
         if code < 0:
