@@ -71,3 +71,14 @@ def report(name: str, ours: float, peer_name: str, peer: float, goal: str) -> di
         "ratio": ratio,
         "goal": goal,
     }
+
+
+def time_fresh_action(store, spec, executor, kind: str) -> float:
+    """Seconds to store an action, find it missing from the cache, execute
+    it under the store's execute-once lock and record the result."""
+    start = time.perf_counter()
+    key = store.put_action(spec)
+    action, command = spec.action()
+    run = store.execute_once(key, lambda: (executor.execute(key, action, command), kind))
+    assert run.result.exit_code == 0 and not run.cached
+    return time.perf_counter() - start

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import report
+from bench.common import report, time_fresh_action
 from kiln.action import ActionSpec
 from kiln.exec.native import NativeExecutor, NativeLimits
 from kiln.exec.tools import Dpkg, identity, resolve
@@ -37,15 +37,8 @@ def main() -> list[dict]:
             executor = NativeExecutor(store)
 
             def one(i: int) -> float:
-                start = time.perf_counter()
                 spec = ActionSpec(argv=("true", str(i)), input_root=root, platform=platform)
-                key = store.put_action(spec)
-                action, command = spec.action()
-                run = store.execute_once(
-                    key, lambda: (executor.execute(key, action, command), "native")
-                )
-                assert run.result.exit_code == 0 and not run.cached
-                return time.perf_counter() - start
+                return time_fresh_action(store, spec, executor, "native")
 
             one(-1)  # builds the tool root once
             ours, peers = [], []

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import report
+from bench.common import report, time_fresh_action
 from kiln.action import ActionSpec
 from kiln.exec.wasm import WasmExecutor, WasmLimits
 from kiln.store import Store
@@ -49,15 +49,8 @@ def main() -> list[dict]:
             platform = WasmLimits().platform()
 
             def one(i: int) -> float:
-                start = time.perf_counter()
                 spec = ActionSpec(argv=("tool.wasm", str(i)), input_root=root, platform=platform)
-                key = store.put_action(spec)
-                action, command = spec.action()
-                run = store.execute_once(
-                    key, lambda: (executor.execute(key, action, command), "wasm")
-                )
-                assert run.result.exit_code == 0 and not run.cached
-                return time.perf_counter() - start
+                return time_fresh_action(store, spec, executor, "wasm")
 
             one(-1)  # compile the module once (cached from then on)
             ours, peers = [], []

@@ -118,13 +118,18 @@ def guest(request: pytest.FixtureRequest):
 EXAMPLE = Path(__file__).parents[1] / "examples" / "wordcount"
 
 
+def copy_example(name: str, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of ``examples/<name>``; racy window off so edits are seen at once."""
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = tmp_path / name
+    shutil.copytree(EXAMPLE.parent / name, root, ignore=shutil.ignore_patterns("kiln-out"))
+    return root
+
+
 @pytest.fixture
 def example(tmp_path: Path, monkeypatch) -> Path:
-    """A copy of the bundled example; racy-window off so edits are seen at once."""
-    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
-    root = tmp_path / "wordcount"
-    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("kiln-out"))
-    return root
+    """A copy of the bundled example project."""
+    return copy_example("wordcount", tmp_path, monkeypatch)
 
 
 @pytest.fixture

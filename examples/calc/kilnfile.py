@@ -13,7 +13,12 @@ CFLAGS = ["-O2", "-Wall", "-Iinclude"]
 async def compile_unit(unit):
     obj = f"obj/{unit.path}.o"
     step = await native(
-        "gcc", *CFLAGS, "-c", unit.path, "-o", obj,
+        "gcc",
+        *CFLAGS,
+        "-c",
+        unit.path,
+        "-o",
+        obj,
         tools=["gcc"],
         inputs=[unit, *glob("include/*.h")],
         outputs=[obj],
@@ -27,8 +32,14 @@ async def calc():
     """The calc program."""
     objects = await gather(*(compile_unit(u) for u in glob("src/*.c")))
     return await native(
-        "gcc", *(o.path for o in objects), "-o", "calc",
-        tools=["gcc"], inputs=objects, outputs=["calc"], description="link calc",
+        "gcc",
+        *(o.path for o in objects),
+        "-o",
+        "calc",
+        tools=["gcc"],
+        inputs=objects,
+        outputs=["calc"],
+        description="link calc",
     )
 
 
@@ -37,7 +48,11 @@ async def check():
     """calc's answers for tests/cases.txt."""
     program = (await calc()).file("calc")
     return await native(
-        "sh", "-c", "./calc tests/cases.txt > answers.txt",
-        tools=["sh"], inputs=[program, source("tests/cases.txt")], outputs=["answers.txt"],
+        "sh",
+        "-c",
+        "./calc tests/cases.txt > answers.txt",
+        tools=["sh"],
+        inputs=[program, source("tests/cases.txt")],
+        outputs=["answers.txt"],
         description="run calc",
     )

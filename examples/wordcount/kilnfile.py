@@ -16,7 +16,9 @@ async def chapters():
     """The chapter names listed in book.txt, as JSON."""
     return await wasm(
         source(TEXTKIT),
-        "chapters", "book.txt", "chapters.json",
+        "chapters",
+        "book.txt",
+        "chapters.json",
         inputs=[source("book.txt")],
         outputs=["chapters.json"],
         description="list chapters",
@@ -27,7 +29,9 @@ async def count(name):
     text = source(f"text/{name}.txt")
     return await wasm(
         source(TEXTKIT),
-        "count", text.path, f"counts/{name}.txt",
+        "count",
+        text.path,
+        f"counts/{name}.txt",
         inputs=[text],
         outputs=[f"counts/{name}.txt"],
         description=f"count {name}",
@@ -48,7 +52,9 @@ async def report():
     files = await counts()
     return await wasm(
         source(TEXTKIT),
-        "merge", "report.txt", *(f.path for f in files),
+        "merge",
+        "report.txt",
+        *(f.path for f in files),
         inputs=files,
         outputs=["report.txt"],
         description="merge counts",

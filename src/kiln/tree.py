@@ -137,10 +137,20 @@ def walk(cas: ContentStore, root: Digest, prefix: str = "") -> Iterator[tuple[st
         yield from walk(cas, Digest.from_proto(d.digest), path + "/")
 
 
-def reachable(cas: ContentStore, root: Digest, skip_missing: bool = False) -> Iterator[Digest]:
-    """Every blob a tree needs: its Directory blobs and its file blobs, each
-    once. With ``skip_missing``, a missing or corrupt Directory blob hides
-    only what is below it instead of raising ``KilnError``."""
+def tree_message(cas: ContentStore, root: Digest) -> re_pb2.Tree:
+    """The REAPI ``Tree`` of a stored directory: its root and every
+    directory below it, each once."""
+    from kiln.reapi import re_pb2
+
+    directories = [d for _, d in _directories(cas, root, skip_missing=False)]
+    return re_pb2.Tree(root=directories[0], children=directories[1:])
+
+
+def _directories(
+    cas: ContentStore, root: Digest, skip_missing: bool
+) -> Iterator[tuple[Digest, re_pb2.Directory | None]]:
+    """Every directory of a tree once, root first; ``None`` for one that is
+    missing or corrupt when ``skip_missing`` (else ``KilnError``)."""
     stack = [root]
     seen: set[Digest] = set()
     while stack:
@@ -148,16 +158,26 @@ def reachable(cas: ContentStore, root: Digest, skip_missing: bool = False) -> It
         if digest in seen:
             continue
         seen.add(digest)
-        yield digest
         try:
             directory = load_directory(cas, digest)
         except errors.KilnError:
-            if skip_missing:
-                continue
-            raise
-        for f in directory.files:
-            yield Digest.from_proto(f.digest)
+            if not skip_missing:
+                raise
+            yield digest, None
+            continue
+        yield digest, directory
         stack.extend(Digest.from_proto(d.digest) for d in directory.directories)
+
+
+def reachable(cas: ContentStore, root: Digest, skip_missing: bool = False) -> Iterator[Digest]:
+    """Every blob a tree needs: its Directory blobs and its file blobs, each
+    once. With ``skip_missing``, a missing or corrupt Directory blob hides
+    only what is below it instead of raising ``KilnError``."""
+    for digest, directory in _directories(cas, root, skip_missing):
+        yield digest
+        if directory is not None:
+            for f in directory.files:
+                yield Digest.from_proto(f.digest)
 
 
 @dataclass

@@ -4,25 +4,20 @@ exactly the steps using it."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from engine_helpers import build, ran, write_project
 
+from conftest import copy_example
 from kiln.exec.native import bwrap_path
 
 pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed")
 
-CALC = Path(__file__).parents[2] / "examples" / "calc"
-
 
 @pytest.fixture
 def calc(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
-    root = tmp_path / "calc"
-    shutil.copytree(CALC, root, ignore=shutil.ignore_patterns("kiln-out"))
-    return root
+    return copy_example("calc", tmp_path, monkeypatch)
 
 
 def test_build_rebuild_and_one_changed_unit(store, calc: Path) -> None:

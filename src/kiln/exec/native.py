@@ -238,8 +238,7 @@ class NativeExecutor:
     # ------------------------------------------------------------ outputs
 
     def _collect(self, work: Path, paths: list[str], result: Any) -> None:
-        from kiln.reapi import re_pb2
-        from kiln.tree import load_directory
+        from kiln.tree import tree_message
 
         for path in paths:
             host = work / path
@@ -255,18 +254,7 @@ class NativeExecutor:
                     path=path, digest=put.digest.to_proto(), is_executable=os.access(host, os.X_OK)
                 )
             elif host.is_dir():
-                root = self._store.put(host).digest
-                tree = re_pb2.Tree(root=load_directory(self._store.cas, root))
-                stack = [Digest.from_proto(d.digest) for d in tree.root.directories]
-                seen: set[Digest] = set()
-                while stack:
-                    d = stack.pop()
-                    if d in seen:
-                        continue
-                    seen.add(d)
-                    child = load_directory(self._store.cas, d)
-                    tree.children.append(child)
-                    stack.extend(Digest.from_proto(x.digest) for x in child.directories)
+                tree = tree_message(self._store.cas, self._store.put(host).digest)
                 with self._store.cas.batch(durable=False) as batch:
                     digest = batch.add_metadata(canonical_bytes(tree))
                 result.output_directories.add(path=path, tree_digest=digest.to_proto())
