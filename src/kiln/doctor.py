@@ -22,7 +22,7 @@ class Check:
 def run_checks(store_home: Path) -> list[Check]:
     return [
         _wasmtime(),
-        _bubblewrap(),
+        check_bubblewrap(),
         _user_namespaces(),
         _cgroups(),
         _node(),
@@ -42,7 +42,7 @@ def _wasmtime() -> Check:
         return Check("wasmtime", FAIL, f"cannot load wasmtime: {e}", "reinstall kiln-build")
 
 
-def _bubblewrap() -> Check:
+def check_bubblewrap() -> Check:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return Check(

@@ -10,9 +10,13 @@ import pytest
 from engine_helpers import build, ran, write_project
 
 from conftest import copy_example
+from kiln.doctor import check_bubblewrap
 from kiln.exec.native import bwrap_path
 
-pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed")
+pytestmark = pytest.mark.skipif(
+    bwrap_path() is None or check_bubblewrap().status != "ok",
+    reason="bubblewrap cannot make sandboxes here (see `kiln doctor`)",
+)
 
 
 @pytest.fixture

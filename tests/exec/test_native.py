@@ -15,11 +15,15 @@ import pytest
 
 from kiln.action import ActionSpec
 from kiln.digest import Digest
+from kiln.doctor import check_bubblewrap
 from kiln.exec.base import TransientError
 from kiln.exec.native import NativeExecutor, NativeLimits, bwrap_path
 from kiln.exec.tools import Dpkg, identity, resolve
 
-pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed")
+pytestmark = pytest.mark.skipif(
+    bwrap_path() is None or check_bubblewrap().status != "ok",
+    reason="bubblewrap cannot make sandboxes here (see `kiln doctor`)",
+)
 
 
 def _run(store, tmp_path: Path, script: str, tools=("sh",), outputs=(), limits=None, timeout=60):
