@@ -108,7 +108,9 @@ class BuildContext:
             from kiln.exec.tools import Dpkg, identity, resolve
 
             if self._dpkg is None:
-                self._dpkg = Dpkg()
+                cache = self.store.home / "tool-roots"
+                cache.mkdir(exist_ok=True)
+                self._dpkg = Dpkg(cache=cache)
             try:
                 self._tools[key] = identity([resolve(n, self._dpkg) for n in names])
             except errors.KilnError as e:

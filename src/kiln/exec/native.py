@@ -105,9 +105,9 @@ class NativeExecutor:
         self._bwrap = bwrap
         self._store = store
         self._timeout = timeout
-        self._dpkg = Dpkg()
         self._roots = store.home / "tool-roots"
         self._roots.mkdir(exist_ok=True)
+        self._dpkg = Dpkg(cache=self._roots)
         # One pids cgroup for this executor's steps (one step at a time), made
         # on first use; a step's processes are all gone when it returns.
         self._group: Path | None = None

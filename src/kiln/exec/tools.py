@@ -20,9 +20,11 @@ identity, as hard links (copies where linking is not allowed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import marshal
 import os
 import re
 import shutil
@@ -58,8 +60,9 @@ class _Package:
 class Dpkg:
     """The installed packages, read from dpkg's status file and file lists."""
 
-    def __init__(self, root: Path = DPKG) -> None:
+    def __init__(self, root: Path = DPKG, cache: Path | None = None) -> None:
         self._root = root
+        self._cache = cache
         self._packages: dict[str, _Package] = {}
         self._provides: dict[str, str] = {}
         self._owners: dict[str, str] | None = None
@@ -114,14 +117,36 @@ class Dpkg:
     def owner(self, path: str) -> str | None:
         """The package that installed ``path``, if any."""
         if self._owners is None:
-            self._owners = {}
-            for listing in sorted((self._root / "info").glob("*.list")):
-                package = listing.name[: -len(".list")].split(":")[0]
-                for line in listing.read_text(errors="replace").splitlines():
-                    self._owners.setdefault(line, package)
-                    # Merged /usr: "/bin/sh" is listed, "/usr/bin/sh" is found.
-                    self._owners.setdefault(canonical(line), package)
+            self._owners = self._load_owners()
         return self._owners.get(path) or self._owners.get(canonical(path))
+
+    def _load_owners(self) -> dict[str, str]:
+        """path -> package, from dpkg's file lists; cached on disk (in the
+        ``cache`` folder) for as long as dpkg's database is unchanged."""
+        info = self._root / "info"
+        try:
+            version = f"{os.stat(self._root / 'status').st_mtime_ns}:{os.stat(info).st_mtime_ns}"
+        except OSError:
+            return {}
+        cached = self._cache / "dpkg-owners.marshal" if self._cache else None
+        if cached is not None:
+            with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+                stored_version, owners = marshal.loads(cached.read_bytes())
+                if stored_version == version:
+                    return owners
+        owners: dict[str, str] = {}
+        for listing in sorted(info.glob("*.list")):
+            package = listing.name[: -len(".list")].split(":")[0]
+            for line in listing.read_text(errors="replace").splitlines():
+                owners.setdefault(line, package)
+                # Merged /usr: "/bin/sh" is listed, "/usr/bin/sh" is found.
+                owners.setdefault(canonical(line), package)
+        if cached is not None:
+            with contextlib.suppress(OSError):
+                staged = cached.with_suffix(f".{os.getpid()}.tmp")
+                staged.write_bytes(marshal.dumps((version, owners)))
+                os.replace(staged, cached)
+        return owners
 
     def closure(self, roots: list[str]) -> list[str]:
         seen: set[str] = set()
