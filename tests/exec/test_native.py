@@ -176,3 +176,13 @@ def test_undeclared_tool_is_a_clear_error(tmp_path) -> None:
 
     with pytest.raises(KilnError, match="tool 'no-such-tool-here' is not an executable"):
         resolve("no-such-tool-here", Dpkg())
+
+
+def test_out_of_memory_is_reported_as_such(store, tmp_path) -> None:
+    # The shell keeps the whole output of the substitution in memory.
+    result, _, err = _run(
+        store, tmp_path, "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        tools=("sh", "head", "tr"), limits=NativeLimits(memory_mib=64),
+    )  # fmt: skip
+    assert "kiln: out of memory: killed at the step's limit of 64 MiB" in err
+    assert result.exit_code != 0

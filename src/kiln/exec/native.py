@@ -15,8 +15,9 @@ and sees:
   declared variables plus ``PATH=/usr/bin:/bin``, ``HOME=/tmp``, ``TZ=UTC``,
   ``LANG=C.UTF-8`` and ``SOURCE_DATE_EPOCH=0``.
 
-Limits: a wall-clock timeout, a memory limit (``RLIMIT_AS``) and a process
-limit (a pids cgroup where one can be made, else ``RLIMIT_NPROC``). Every
+Limits: a wall-clock timeout, a memory limit (a memory cgroup, whose
+out-of-memory kills are reported as such; ``RLIMIT_AS`` where no cgroup can
+be made) and a process limit (a pids cgroup, else ``RLIMIT_NPROC``). Every
 process of the step dies with it (the sandbox's pid namespace ends with its
 first process). A timeout is a ``TransientError``, never a result.
 """
@@ -60,6 +61,7 @@ DEFAULT_PIDS = 256
 DEFAULT_TIMEOUT = 600.0
 EXIT_OUT_OF_MEMORY = 137
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
 
 
 def bwrap_path() -> str | None:
@@ -108,23 +110,27 @@ class NativeExecutor:
         self._roots = store.home / "tool-roots"
         self._roots.mkdir(exist_ok=True)
         self._dpkg = Dpkg(cache=self._roots)
-        # One pids cgroup for this executor's steps (one step at a time), made
+        # The cgroups this executor's steps run in (one step at a time), made
         # on first use; a step's processes are all gone when it returns.
-        self._group: Path | None = None
-        self._group_made = False
-        self._group_limit = 0
+        self._groups: dict[str, Path | None] = {}
+        self._limits: dict[str, int] = {}
 
-    def _cgroup(self, limit: int) -> Path | None:
-        if not self._group_made:
-            self._group_made = True
-            self._group = _pids_cgroup(limit)
-            self._group_limit = limit
-            if self._group is not None:
-                weakref.finalize(self, _remove_cgroup, self._group)
-        if self._group is not None and limit != self._group_limit:
-            (self._group / "pids.max").write_text(str(limit))
-            self._group_limit = limit
-        return self._group
+    def _cgroup(self, kind: str, limit: int) -> Path | None:
+        """This executor's ``pids`` or ``memory`` cgroup, set to ``limit``."""
+        if kind not in self._groups:
+            make = _pids_cgroup if kind == "pids" else _memory_cgroup
+            group = self._groups[kind] = make(limit)
+            self._limits[kind] = limit
+            if group is not None:
+                weakref.finalize(self, _remove_cgroup, group)
+        group = self._groups[kind]
+        if group is not None and self._limits[kind] != limit:
+            name = "pids.max" if kind == "pids" else (
+                "memory.limit_in_bytes" if group.is_relative_to(MEMORY_CGROUP) else "memory.max"
+            )  # fmt: skip
+            (group / name).write_text(str(limit))
+            self._limits[kind] = limit
+        return group
 
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
@@ -198,17 +204,20 @@ class NativeExecutor:
         return [*argv, "--", program, *command.arguments[1:]]
 
     def _run(self, argv: list[str], limits: NativeLimits) -> tuple[int, bytes, bytes, str]:
-        cgroup = self._cgroup(limits.pids)
-        procs = None if cgroup is None else str(cgroup / "cgroup.procs")
         memory = limits.memory_mib << 20
+        pids_group = self._cgroup("pids", limits.pids)
+        memory_group = self._cgroup("memory", memory)
+        procs = [str(g / "cgroup.procs") for g in (pids_group, memory_group) if g is not None]
+        kills_before = _oom_kills(memory_group) if memory_group is not None else 0
 
         def limit() -> None:  # in the child, before bwrap starts: keep it short
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            if procs is not None:
-                fd = os.open(procs, os.O_WRONLY)
+            for path in procs:
+                fd = os.open(path, os.O_WRONLY)
                 os.write(fd, b"0")  # "0": the writing process itself
                 os.close(fd)
-            else:
+            if memory_group is None:
+                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+            if pids_group is None:
                 resource.setrlimit(resource.RLIMIT_NPROC, (limits.pids, limits.pids))
 
         proc = subprocess.Popen(
@@ -227,10 +236,11 @@ class NativeExecutor:
             ) from None
         code = proc.returncode
         note = ""
-        if code < 0:
+        if memory_group is not None and _oom_kills(memory_group) > kills_before:
+            code = EXIT_OUT_OF_MEMORY if code == 0 else code
+            note = f"out of memory: killed at the step's limit of {limits.memory_mib} MiB"
+        elif code < 0:
             code, note = 128 - code, f"killed by signal {-code}"
-            if -proc.returncode == signal.SIGKILL:
-                note += " (out of memory or process limit?)"
         if b"bwrap:" in stderr[:200] and code == 1:
             raise TransientError(f"the sandbox could not be set up: {stderr.decode().strip()}")
         return code, stdout, stderr, note
@@ -272,20 +282,44 @@ def _link_inputs(inputs: Path, work: Path) -> None:
             os.symlink(sandbox_path, target / name)
 
 
-def _pids_cgroup(limit: int) -> Path | None:
-    """A fresh pids cgroup (v1 or v2) limited to ``limit``, if we may make one."""
-    for base in (PIDS_CGROUP, Path("/sys/fs/cgroup")):
+def _make_cgroup(bases: tuple[Path, ...], limit_file: str, limit: int) -> Path | None:
+    """A fresh cgroup under the first of ``bases`` where we may make one, with
+    ``limit_file`` set to ``limit``."""
+    for base in bases:
         if not (base / "cgroup.procs").exists():
             continue
         group = base / f"kiln-{os.getpid()}-{time.monotonic_ns()}"
         try:
             group.mkdir()
-            (group / "pids.max").write_text(str(limit))
+            (group / limit_file).write_text(str(limit))
             return group
         except OSError:
             with contextlib.suppress(OSError):
                 group.rmdir()
     return None
+
+
+def _pids_cgroup(limit: int) -> Path | None:
+    """A fresh pids cgroup (v1 or v2) limited to ``limit``, if we may make one."""
+    return _make_cgroup((PIDS_CGROUP, Path("/sys/fs/cgroup")), "pids.max", limit)
+
+
+def _memory_cgroup(limit: int) -> Path | None:
+    """A fresh memory cgroup (v1, else v2) limited to ``limit`` bytes."""
+    return _make_cgroup((MEMORY_CGROUP,), "memory.limit_in_bytes", limit) or _make_cgroup(
+        (Path("/sys/fs/cgroup"),), "memory.max", limit
+    )
+
+
+def _oom_kills(group: Path) -> int:
+    """How many processes the kernel killed in ``group`` for lack of memory."""
+    for name in ("memory.oom_control", "memory.events"):  # v1, v2
+        with contextlib.suppress(OSError):
+            for line in (group / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return 0
 
 
 def _remove_cgroup(group: Path) -> None:
