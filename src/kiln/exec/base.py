@@ -36,3 +36,13 @@ class Executor(Protocol):
     ) -> re_pb2.ActionResult:
         """Run the action whose digest is ``key``; output blobs go to the store."""
         ...
+
+
+def record_timing(result: re_pb2.ActionResult, worker: str, started_ns: int) -> None:
+    """Fill the result's execution metadata: who ran it, from when to now."""
+    import time
+
+    meta = result.execution_metadata
+    meta.worker = worker
+    meta.execution_start_timestamp.FromNanoseconds(started_ns)
+    meta.execution_completed_timestamp.FromNanoseconds(time.time_ns())

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
-from kiln.exec.base import TransientError
+from kiln.exec.base import TransientError, record_timing
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
 
 if TYPE_CHECKING:
@@ -113,7 +113,19 @@ class NativeExecutor:
         # The cgroups this executor's steps run in (one step at a time), made
         # on first use; a step's processes are all gone when it returns.
         self._groups: dict[str, Path | None] = {}
+        self._resolved: dict[str, tuple[tuple[object, ...], list[Tool], str]] = {}
         self._limits: dict[str, int] = {}
+
+    def _tools(self, names: str) -> tuple[list[Tool], str]:
+        """The declared tools and their identity, resolved again only when
+        one of their files changed (not hashed anew for every step)."""
+        paths = [shutil.which(n) or n for n in names.split(",") if n]
+        signature = tuple(_stat_signature(p) for p in paths)
+        known = self._resolved.get(names)
+        if known is None or known[0] != signature:
+            tools = [resolve(n, self._dpkg) for n in names.split(",") if n]
+            known = self._resolved[names] = (signature, tools, identity(tools))
+        return known[1], known[2]
 
     def _cgroup(self, kind: str, limit: int) -> Path | None:
         """This executor's ``pids`` or ``memory`` cgroup, set to ``limit``."""
@@ -140,9 +152,8 @@ class NativeExecutor:
         props = {p.name: p.value for p in action.platform.properties}
         if props.get("kiln-abi") != NATIVE_ABI:
             raise TransientError(f"action wants sandbox contract {props.get('kiln-abi')!r}")
-        names = [n for n in props.get("tool-names", "").split(",") if n]
-        tools = [resolve(n, self._dpkg) for n in names]
-        if identity(tools) != props.get("tools"):
+        tools, tools_identity = self._tools(props.get("tool-names", ""))
+        if tools_identity != props.get("tools"):
             raise TransientError(
                 "the step's tools on this machine differ from those in its action",
                 hint="rebuild: the action was made before a tool changed",
@@ -157,7 +168,7 @@ class NativeExecutor:
             for path in command.output_paths:
                 (work / path).parent.mkdir(parents=True, exist_ok=True)
             argv = self._bwrap_argv(root, inputs, work, command, tools)
-            started = time.time()
+            started = time.time_ns()
             code, stdout, stderr, note = self._run(argv, limits)
             if note:
                 stderr += f"kiln: {note}\n".encode()
@@ -166,10 +177,7 @@ class NativeExecutor:
         with self._store.writing(), self._store.cas.batch(durable=False) as batch:
             result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
-        meta = result.execution_metadata
-        meta.worker = "kiln-native"
-        meta.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
-        meta.execution_completed_timestamp.FromNanoseconds(time.time_ns())
+        record_timing(result, "kiln-native", started)
         return result
 
     # ------------------------------------------------------------ sandbox
@@ -280,6 +288,15 @@ def _link_inputs(inputs: Path, work: Path) -> None:
         for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
             sandbox_path = "/kiln/inputs/" + (name if rel == "." else f"{rel}/{name}")
             os.symlink(sandbox_path, target / name)
+
+
+def _stat_signature(path: str) -> object:
+    """What changes when the file at ``path`` (or its link's target) is replaced."""
+    try:
+        st, real = os.stat(path), os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, real.st_ino, real.st_mtime_ns)
 
 
 def _make_cgroup(bases: tuple[Path, ...], limit_file: str, limit: int) -> Path | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
-from kiln.exec.base import TransientError
+from kiln.exec.base import TransientError, record_timing
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink
 from kiln.exec.wasm import WasmLimits
 from kiln.exec.wasm_files import collect_outputs, directory_entries
@@ -77,7 +77,7 @@ class NodeWasmExecutor:
             "root": str(input_root),
             **self._listings(input_root),
         }
-        started = time.time()
+        started = time.time_ns()
         with tempfile.TemporaryDirectory(prefix="kiln-node-") as tmp:
             request_path = Path(tmp) / "request.json"
             request_path.write_text(json.dumps(request))
@@ -98,10 +98,7 @@ class NodeWasmExecutor:
             collect_outputs(fs, batch, list(command.output_paths), result)
             result.stdout_digest.CopyFrom(batch.add_bytes(chunk(report["stdout"])).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(chunk(report["stderr"])).to_proto())
-        meta = result.execution_metadata
-        meta.worker = "kiln-wasm-node"
-        meta.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
-        meta.execution_completed_timestamp.FromNanoseconds(time.time_ns())
+        record_timing(result, "kiln-wasm-node", started)
         return result
 
     def _listings(self, root: Digest) -> dict[str, dict[str, object]]:

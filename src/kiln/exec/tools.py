@@ -70,10 +70,6 @@ class Dpkg:
         if status.is_file():
             self._parse(status.read_text(errors="replace"))
 
-    @property
-    def available(self) -> bool:
-        return bool(self._packages)
-
     def _parse(self, text: str) -> None:
         raw: list[dict[str, str]] = []
         for paragraph in text.split("\n\n"):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
-from kiln.exec.base import TransientError
+from kiln.exec.base import TransientError, record_timing
 from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
 from kiln.exec.wasm_files import collect_outputs, directory_entries
@@ -193,7 +193,7 @@ class WasmExecutor:
         env = [(v.name, v.value) for v in command.environment_variables]
         host = WasiHost(fs, argv, env, seed=bytes.fromhex(key.hash))
 
-        started = time.time()
+        started = time.time_ns()
         try:
             exit_code, note = self._run(self.module(module_digest), host, limits)
         except InvalidModule as e:  # as deterministic as a trap: the same every run
@@ -207,10 +207,7 @@ class WasmExecutor:
             collect_outputs(fs, batch, list(command.output_paths), result)
             result.stdout_digest.CopyFrom(batch.add_bytes(bytes(host.stdout.data)).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())
-        meta = result.execution_metadata
-        meta.worker = "kiln-wasm"
-        meta.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
-        meta.execution_completed_timestamp.FromNanoseconds(time.time_ns())
+        record_timing(result, "kiln-wasm", started)
         return result
 
     def _run(self, module: Any, host: WasiHost, limits: WasmLimits) -> tuple[int, str]:
