@@ -26,7 +26,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run(store, tmp_path: Path, script: str, tools=("sh",), outputs=(), limits=None, timeout=60):
+def _run(
+    store, tmp_path: Path, script: str, tools=("sh",), outputs=(), limits=None, timeout=60,
+    executor=None,
+):  # fmt: skip
     inputs = tmp_path / "in"
     inputs.mkdir(exist_ok=True)
     (inputs / "input.txt").write_text("an input\n")
@@ -41,7 +44,8 @@ def _run(store, tmp_path: Path, script: str, tools=("sh",), outputs=(), limits=N
         ),
     )
     key = store.put_action(spec)
-    result = NativeExecutor(store, timeout=timeout).execute(key, *spec.action())
+    executor = executor or NativeExecutor(store, timeout=timeout)
+    result = executor.execute(key, *spec.action())
     out = store.cas.get_bytes(Digest.from_proto(result.stdout_digest)).decode()
     err = store.cas.get_bytes(Digest.from_proto(result.stderr_digest)).decode()
     return result, out, err
@@ -186,3 +190,36 @@ def test_out_of_memory_is_reported_as_such(store, tmp_path) -> None:
     )  # fmt: skip
     assert "kiln: out of memory: killed at the step's limit of 64 MiB" in err
     assert result.exit_code != 0
+
+
+def test_the_resident_sandbox_processes_are_out_of_reach(store, tmp_path) -> None:
+    executor = NativeExecutor(store)
+    result, out, err = _run(
+        store, tmp_path,
+        "ls -A /kiln/host; touch /kiln/host/x; "
+        "for p in /proc/[0-9]*; do ls $p/root/kiln/host; cat $p/environ; "
+        "[ ${p#/proc/} = $$ ] || kill -9 ${p#/proc/}; done; "
+        "echo done",
+        tools=("sh", "ls", "touch", "cat", "kill"), executor=executor,
+    )  # fmt: skip
+    assert result.exit_code == 0 and out.endswith("done\n")
+    assert "zygote" not in out and "work" not in out
+    assert "touch: cannot touch '/kiln/host/x': Read-only file system" in err
+    assert "/root/kiln/host': Permission denied" in err  # the resident processes'
+    assert "/environ: Permission denied" in err
+    again, out, _ = _run(store, tmp_path, "echo still here", executor=executor)
+    assert again.exit_code == 0 and out == "still here\n"
+
+
+def test_nothing_passes_from_one_step_to_the_next(store, tmp_path) -> None:
+    executor = NativeExecutor(store)
+    tools = ("sh", "ls", "ipcmk", "ipcs", "touch", "grep")
+    first, out, _ = _run(
+        store, tmp_path, "touch /tmp/left-behind stray.txt; ipcmk -M 4096; ipcs -m | grep -c 0x",
+        tools=tools, executor=executor,
+    )  # fmt: skip
+    assert first.exit_code == 0 and "Shared memory id" in out and out.endswith("1\n")
+    _, out, _ = _run(
+        store, tmp_path, "ls -A /tmp .; ipcs -m | grep -c 0x", tools=tools, executor=executor
+    )
+    assert "left-behind" not in out and "stray.txt" not in out and out.endswith("0\n")

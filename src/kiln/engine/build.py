@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from kiln.engine.loader import Project, user_code_error
 from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest, StepStatus
 from kiln.engine.sources import Sources
 from kiln.engine.values import File, StepResult, Tree, Value
+from kiln.fsutil import remove_tree
 
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
@@ -299,7 +299,7 @@ class Build:
             self.store.add_root(f"build:{self.project.root}:{t.name}", digest, "tree")
         if dest.is_dir() and marker.is_file() and marker.read_text() == str(digest):
             return digest  # already there
-        _remove_read_only(dest)
+        remove_tree(dest)
         Materializer(self.store.cas).tree(digest, dest)
         _make_read_only(dest)
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -348,14 +348,3 @@ def _make_read_only(root: Path) -> None:
             folder,
             stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH,
         )
-
-
-def _remove_read_only(root: Path) -> None:
-    if root.is_symlink() or root.is_file():
-        root.unlink()
-        return
-    if not root.exists():
-        return
-    for folder, _, _ in os.walk(root):
-        os.chmod(folder, stat.S_IRWXU)
-    shutil.rmtree(root)

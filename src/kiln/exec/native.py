@@ -1,8 +1,11 @@
 """The ``native`` executor: ordinary Linux programs in a bubblewrap sandbox.
 
 The sandbox (contract ``NATIVE_ABI``; change it with anything a step could
-observe) has new user, mount, pid, network, ipc, uts and cgroup namespaces
-and sees:
+observe) has new user, mount, pid, network, ipc, uts and cgroup namespaces.
+bubblewrap sets them up once per executor and tool set, and a resident first
+process (``kiln.exec.zygote``) gives each step new user, mount, pid and ipc
+namespaces of its own, so nothing a step leaves behind reaches the next. A
+step sees:
 
 - ``/usr`` (and ``/bin``, ``/lib``, ``/lib64`` as links into it) holding
   only the files of its declared tools and the Debian packages they need
@@ -10,7 +13,9 @@ and sees:
 - ``/work`` (the working folder): the input tree, each file a symlink into
   the read-only ``/kiln/inputs``, so a step can create and remove entries
   but never change an input; declared outputs are taken from here;
-- a private ``/tmp``, its own ``/proc``, a minimal ``/dev``, loopback only,
+- a private ``/tmp``, a minimal ``/dev``, loopback only, a ``/proc`` that
+  shows its own processes and the sandbox's two resident ones (not
+  readable by the step), an empty read-only ``/kiln/host``,
   hostname ``kiln``, uid/gid 1000, and an environment of exactly the
   declared variables plus ``PATH=/usr/bin:/bin``, ``HOME=/tmp``, ``TZ=UTC``,
   ``LANG=C.UTF-8`` and ``SOURCE_DATE_EPOCH=0``.
@@ -18,22 +23,23 @@ and sees:
 Limits: a wall-clock timeout, a memory limit (a memory cgroup, whose
 out-of-memory kills are reported as such; ``RLIMIT_AS`` where no cgroup can
 be made) and a process limit (a pids cgroup, else ``RLIMIT_NPROC``). Every
-process of the step dies with it (the sandbox's pid namespace ends with its
-first process). A timeout is a ``TransientError``, never a result.
+process of the step dies with it (the step's pid namespace ends with its
+first process). A timeout is a ``TransientError``, never a result, and ends
+the resident sandbox too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import resource
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,12 +48,14 @@ from kiln import errors
 from kiln.digest import Digest, canonical_bytes
 from kiln.exec.base import TransientError, record_timing
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
+from kiln.exec.zygote import OVERHEAD_PIDS, Zygote
+from kiln.fsutil import remove_tree
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
     from kiln.store.local import Store
 
-NATIVE_ABI = "kiln-native-bwrap-v1"
+NATIVE_ABI = "kiln-native-bwrap-v2"
 SANDBOX_UID = 1000
 FIXED_ENV = {
     "PATH": "/usr/bin:/bin",
@@ -59,6 +67,7 @@ FIXED_ENV = {
 DEFAULT_MEMORY_MIB = 4096
 DEFAULT_PIDS = 256
 DEFAULT_TIMEOUT = 600.0
+MAX_ZYGOTES = 4  # resident sandboxes per executor (one per tool set and limits)
 EXIT_OUT_OF_MEMORY = 137
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
@@ -110,11 +119,15 @@ class NativeExecutor:
         self._roots = store.home / "tool-roots"
         self._roots.mkdir(exist_ok=True)
         self._dpkg = Dpkg(cache=self._roots)
-        # The cgroups this executor's steps run in (one step at a time), made
-        # on first use; a step's processes are all gone when it returns.
+        self._sandboxes = store.home / "sandboxes"
+        self._sandboxes.mkdir(exist_ok=True)
+        # The cgroups this executor's sandboxes run in (one step at a time),
+        # made on first use; a step's processes are all gone when it returns.
         self._groups: dict[str, Path | None] = {}
         self._resolved: dict[str, tuple[tuple[object, ...], list[Tool], str]] = {}
         self._limits: dict[str, int] = {}
+        self._zygotes: dict[tuple[object, ...], Zygote] = {}
+        self._steps = itertools.count()
 
     def _tools(self, names: str) -> tuple[list[Tool], str]:
         """The declared tools and their identity, resolved again only when
@@ -161,19 +174,28 @@ class NativeExecutor:
         root = tool_root(tools, self._dpkg, self._roots)
         limits = NativeLimits(int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
                               int(props.get("pids", DEFAULT_PIDS)))  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="kiln-native-") as tmp:
-            inputs, work = Path(tmp) / "inputs", Path(tmp) / "work"
+        zygote = self._zygote(root, tools, limits)
+        step = str(next(self._steps))
+        inputs, work = zygote.host / "inputs" / step, zygote.host / "work" / step
+        try:
             self._store.get(Digest.from_proto(action.input_root_digest), inputs)
             _link_inputs(inputs, work)
             for path in command.output_paths:
                 (work / path).parent.mkdir(parents=True, exist_ok=True)
-            argv = self._bwrap_argv(root, inputs, work, command, tools)
+            env = dict(FIXED_ENV)
+            env.update({v.name: v.value for v in command.environment_variables})
+            cwd = "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")
             started = time.time_ns()
-            code, stdout, stderr, note = self._run(argv, limits)
+            code, stdout, stderr, note = self._run(
+                zygote, step, cwd, env, list(command.arguments), limits
+            )
             if note:
                 stderr += f"kiln: {note}\n".encode()
             result = re_pb2.ActionResult(exit_code=code)
-            self._collect(work, list(command.output_paths), result)
+            self._collect(inputs, work, list(command.output_paths), result)
+        finally:
+            remove_tree(inputs)
+            remove_tree(work)
         with self._store.writing(), self._store.cas.batch(durable=False) as batch:
             result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
@@ -182,43 +204,58 @@ class NativeExecutor:
 
     # ------------------------------------------------------------ sandbox
 
-    def _bwrap_argv(
-        self, root: Path, inputs: Path, work: Path, command: re_pb2.Command, tools: list[Tool]
-    ) -> list[str]:
+    def _zygote(self, root: Path, tools: list[Tool], limits: NativeLimits) -> Zygote:
+        """The resident sandbox for this tool root and these limits."""
+        binds = tuple(
+            path
+            for tool in tools  # tools declared by a path outside /usr: at that path
+            for path in sorted({tool.path, tool.real_path})
+            if not canonical(path).startswith(("/usr/", "/etc/"))
+        )
+        key = (root, binds, limits)
+        zygote = self._zygotes.get(key)
+        if zygote is not None and zygote.alive:
+            return zygote
+        if zygote is not None:
+            _end_zygote(self._zygotes.pop(key))
+        if len(self._zygotes) >= MAX_ZYGOTES:
+            _end_zygote(self._zygotes.pop(next(iter(self._zygotes))))
+        host = Path(tempfile.mkdtemp(prefix="sandbox-", dir=self._sandboxes))
+        under_tmp = tuple(p for p in binds if p.startswith("/tmp/"))
+        zygote = self._zygotes[key] = Zygote(
+            self._bwrap_argv(root, binds), host, self._cgroups_joiner(limits), under_tmp
+        )
+        weakref.finalize(self, _end_zygote, zygote)
+        return zygote
+
+    def _bwrap_argv(self, root: Path, binds: tuple[str, ...]) -> list[str]:
         argv = [
             self._bwrap,
-            "--unshare-all", "--die-with-parent", "--new-session",
+            "--unshare-all", "--die-with-parent",
             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "kiln",
             "--clearenv",
+            "--ro-bind", str(root / "usr"), "/usr",
         ]  # fmt: skip
-        env = dict(FIXED_ENV)
-        env.update({v.name: v.value for v in command.environment_variables})
-        for name, value in sorted(env.items()):
-            argv += ["--setenv", name, value]
-        argv += ["--ro-bind", str(root / "usr"), "/usr"]
         for link in ("bin", "lib", "lib64", "sbin"):
             if (root / "usr" / link).exists():
                 argv += ["--symlink", f"usr/{link}", f"/{link}"]
         if (root / "etc").is_dir():
             argv += ["--ro-bind", str(root / "etc"), "/etc"]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        for tool in tools:  # tools declared by a path outside /usr: at that path
-            for path in sorted({tool.path, tool.real_path}):
-                if not canonical(path).startswith(("/usr/", "/etc/")):
-                    argv += ["--ro-bind", path, path]
-        argv += ["--ro-bind", str(inputs), "/kiln/inputs", "--bind", str(work), "/work"]
-        argv += ["--chdir", "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")]
-        program = command.arguments[0]
-        return [*argv, "--", program, *command.arguments[1:]]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--dir", "/tmp"]
+        for path in binds:
+            argv += ["--ro-bind", path, path]
+        return argv
 
-    def _run(self, argv: list[str], limits: NativeLimits) -> tuple[int, bytes, bytes, str]:
+    def _cgroups_joiner(self, limits: NativeLimits) -> Callable[[], None]:
+        """What the sandbox's first process runs before bubblewrap: join this
+        executor's cgroups (or, where none can be made, set rlimits)."""
         memory = limits.memory_mib << 20
-        pids_group = self._cgroup("pids", limits.pids)
-        memory_group = self._cgroup("memory", memory)
-        procs = [str(g / "cgroup.procs") for g in (pids_group, memory_group) if g is not None]
-        kills_before = _oom_kills(memory_group) if memory_group is not None else 0
+        pids = limits.pids + OVERHEAD_PIDS
+        groups = [self._cgroup("pids", pids), self._cgroup("memory", memory)]
+        procs = [str(g / "cgroup.procs") for g in groups if g is not None]
+        pids_group, memory_group = groups
 
-        def limit() -> None:  # in the child, before bwrap starts: keep it short
+        def join() -> None:  # in the child, before bwrap starts: keep it short
             for path in procs:
                 fd = os.open(path, os.O_WRONLY)
                 os.write(fd, b"0")  # "0": the writing process itself
@@ -226,36 +263,30 @@ class NativeExecutor:
             if memory_group is None:
                 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             if pids_group is None:
-                resource.setrlimit(resource.RLIMIT_NPROC, (limits.pids, limits.pids))
+                resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
 
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=limit, start_new_session=True,
-        )  # fmt: skip
-        try:
-            stdout, stderr = proc.communicate(timeout=self._timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise TransientError(
-                f"wall-clock timeout after {self._timeout} s (not cached)",
-                hint="raise the step's timeout",
-            ) from None
-        code = proc.returncode
+        return join
+
+    def _run(
+        self, zygote: Zygote, step: str, cwd: str, env: dict[str, str], argv: list[str],
+        limits: NativeLimits,
+    ) -> tuple[int, bytes, bytes, str]:  # fmt: skip
+        self._cgroup("pids", limits.pids + OVERHEAD_PIDS)
+        memory_group = self._cgroup("memory", limits.memory_mib << 20)
+        kills_before = _oom_kills(memory_group) if memory_group is not None else 0
+        outcome = zygote.run(step, cwd, env, argv, self._timeout)
+        code = outcome.exit_code if outcome.signal is None else 128 + outcome.signal
         note = ""
         if memory_group is not None and _oom_kills(memory_group) > kills_before:
             code = EXIT_OUT_OF_MEMORY if code == 0 else code
             note = f"out of memory: killed at the step's limit of {limits.memory_mib} MiB"
-        elif code < 0:
-            code, note = 128 - code, f"killed by signal {-code}"
-        if b"bwrap:" in stderr[:200] and code == 1:
-            raise TransientError(f"the sandbox could not be set up: {stderr.decode().strip()}")
-        return code, stdout, stderr, note
+        elif outcome.signal is not None:
+            note = f"killed by signal {outcome.signal}"
+        return code, outcome.stdout, outcome.stderr, note
 
     # ------------------------------------------------------------ outputs
 
-    def _collect(self, work: Path, paths: list[str], result: Any) -> None:
+    def _collect(self, inputs: Path, work: Path, paths: list[str], result: Any) -> None:
         from kiln.tree import tree_message
 
         for path in paths:
@@ -265,7 +296,7 @@ class NativeExecutor:
                 if not target.startswith("/kiln/inputs/"):
                     result.output_symlinks.add(path=path, target=target)
                     continue
-                host = work.parent / "inputs" / target[len("/kiln/inputs/") :]  # an input as is
+                host = inputs / target[len("/kiln/inputs/") :]  # an input as is
             if host.is_file():
                 put = self._store.put(host)
                 result.output_files.add(
@@ -337,6 +368,11 @@ def _oom_kills(group: Path) -> int:
                 if key == "oom_kill":
                     return int(value)
     return 0
+
+
+def _end_zygote(zygote: Zygote) -> None:
+    zygote.close()
+    remove_tree(zygote.host)
 
 
 def _remove_cgroup(group: Path) -> None:

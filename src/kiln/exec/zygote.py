@@ -1,0 +1,181 @@
+"""A resident bubblewrap sandbox that runs native steps one at a time.
+
+Setting up a full bubblewrap sandbox costs several milliseconds, mostly in
+namespaces (the network one above all) and mounts that are the same for
+every step of one tool set. A ``Zygote`` pays for them once: bubblewrap
+starts ``kiln-zygote`` (``sandbox/zygote.c``, a static binary checked in next
+to its source and reproducible with ``ziglang``) as the sandbox's first
+process, and each step is one message to it. The zygote forks the step into
+new user, mount, pid and ipc namespaces of its own, binds the step's folders
+and runs it; see the C source for what a step sees.
+
+Folders: ``host/inputs/<step>`` (bound read-only) and ``host/work/<step>``
+are made by the caller before ``run`` and removed by it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.exec.base import TransientError
+
+SANDBOX_DIR = Path(__file__).parent / "sandbox"
+SOURCE = SANDBOX_DIR / "zygote.c"
+ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+HOST_DIR = "/kiln/host"
+# Processes a step's pids limit must allow beyond its own: bubblewrap's two,
+# the zygote, the step's set-up process and its init.
+OVERHEAD_PIDS = 5
+
+
+def binary_name(arch: str) -> str:
+    return f"kiln-zygote-{arch}"
+
+
+def build_command(zig: list[str], arch: str, out: Path) -> list[str]:
+    """How the checked-in binary for ``arch`` is made (``zig`` runs ziglang)."""
+    return [*zig, "cc", "-target", f"{arch}-linux-musl", "-Os", "-s", "-static",
+            "-Wall", "-Wextra", "-o", str(out), str(SOURCE)]  # fmt: skip
+
+
+def rebuild() -> None:
+    """Make the checked-in binaries again from the source (``./dev zygote``)."""
+    for arch in sorted(set(ARCHES.values())):
+        out = SANDBOX_DIR / binary_name(arch)
+        subprocess.run(build_command([sys.executable, "-m", "ziglang"], arch, out), check=True)
+        print(out)
+
+
+def binary() -> Path | None:
+    """The zygote built for this machine, if Kiln ships one for it."""
+    arch = ARCHES.get(platform.machine().lower())
+    path = SANDBOX_DIR / binary_name(arch) if arch else None
+    return path if path is not None and path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a step's program ended: ``exit_code`` or ``signal`` is set."""
+
+    exit_code: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+
+
+class Zygote:
+    """One sandbox, started by ``bwrap_argv`` (ending before ``--``), that runs
+    steps whose folders are under ``host``. ``prepare`` runs in the child
+    before bubblewrap; ``under_tmp`` are paths the argv binds under /tmp,
+    which every step's fresh /tmp shows again."""
+
+    def __init__(
+        self,
+        bwrap_argv: list[str],
+        host: Path,
+        prepare: Callable[[], None] | None = None,
+        under_tmp: tuple[str, ...] = (),
+    ) -> None:
+        program = binary()
+        if program is None:
+            raise TransientError(f"no kiln-zygote for this machine ({platform.machine()})")
+        self.host = host
+        for name in ("inputs", "work"):
+            (host / name).mkdir(parents=True, exist_ok=True)
+        if not os.access(program, os.X_OK):  # installed without its mode bits
+            program = Path(shutil.copy(program, host / "zygote"))
+            program.chmod(0o755)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [
+            *bwrap_argv,
+            "--ro-bind", str(host / "inputs"), f"{HOST_DIR}/inputs",
+            "--bind", str(host / "work"), f"{HOST_DIR}/work",
+            "--ro-bind", str(program), f"{HOST_DIR}/zygote",
+            "--dir", "/kiln/inputs", "--dir", "/work",
+            "--", f"{HOST_DIR}/zygote", str(theirs.fileno()), *under_tmp,
+        ]  # fmt: skip
+        with theirs:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
+                preexec_fn=prepare, start_new_session=True,
+            )  # fmt: skip
+        self._sock = ours
+        self._stderr = b""
+
+    def run(
+        self, step: str, cwd: str, env: dict[str, str], argv: list[str], timeout: float | None
+    ) -> Outcome:
+        """Run ``argv`` as step ``step``; a timeout ends the whole sandbox."""
+        fields = [step, cwd, *(f"e{k}={v}" for k, v in env.items()), *(f"a{a}" for a in argv)]
+        message = b"".join(f.encode() + b"\0" for f in fields)
+        out = os.memfd_create("stdout", os.MFD_CLOEXEC)
+        err = os.memfd_create("stderr", os.MFD_CLOEXEC)
+        try:
+            self._sock.settimeout(timeout)
+            try:
+                socket.send_fds(self._sock, [message], [out, err])
+                reply = self._sock.recv(512)
+            except TimeoutError:
+                self.close()
+                raise TransientError(
+                    f"wall-clock timeout after {timeout} s (not cached)",
+                    hint="raise the step's timeout",
+                ) from None
+            except OSError:
+                reply = b""
+            if not reply:
+                raise TransientError(f"the sandbox ended unexpectedly: {self._last_words()}")
+            kind, _, value = reply.decode(errors="replace").partition(" ")
+            if kind == "error":
+                raise TransientError(f"the sandbox could not run the step: {value}")
+            return Outcome(
+                int(value) if kind == "exit" else None,
+                int(value) if kind == "signal" else None,
+                _read_all(out),
+                _read_all(err),
+            )
+        finally:
+            os.close(out)
+            os.close(err)
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def close(self) -> None:
+        """End the sandbox and every process in it."""
+        if self._sock.fileno() < 0:
+            return
+        self._sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        _, stderr = self._proc.communicate()
+        self._stderr = stderr or self._stderr
+
+    def _last_words(self) -> str:
+        self.close()
+        text = self._stderr.decode(errors="replace").strip()
+        return text or f"bubblewrap exited with {self._proc.returncode}"
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+if __name__ == "__main__":
+    rebuild()
