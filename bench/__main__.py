@@ -13,6 +13,7 @@ from bench import (
     build_graph,
     hash_file,
     native_step,
+    native_vs_nix,
     tree_put,
     wasm_action,
     wasm_compute,
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "module-cache": wasm_module_cache.main,
     "graph": build_graph.main,
     "native": native_step.main,
+    "nix": native_vs_nix.main,
 }
 
 

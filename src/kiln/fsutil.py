@@ -21,3 +21,14 @@ def remove_tree(root: Path) -> None:
         os.chmod(folder, stat.S_IRWXU)
         pending += [e.path for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
     shutil.rmtree(root)
+
+
+def empty_folder(folder: Path) -> None:
+    """Remove everything inside ``folder`` and keep the folder itself."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                remove_tree(path)
+            else:
+                path.unlink()

@@ -223,3 +223,23 @@ def test_nothing_passes_from_one_step_to_the_next(store, tmp_path) -> None:
         store, tmp_path, "ls -A /tmp .; ipcs -m | grep -c 0x", tools=tools, executor=executor
     )
     assert "left-behind" not in out and "stray.txt" not in out and out.endswith("0\n")
+
+
+def test_an_output_folder_keeps_inputs_it_links_as_their_content(store, tmp_path) -> None:
+    from kiln.reapi import re_pb2
+
+    result, _, _ = _run(
+        store, tmp_path,
+        "mkdir out; ln -s /kiln/inputs/input.txt out/copy.txt; ln -s elsewhere out/link; "
+        "echo new > out/new.txt",
+        tools=("sh", "mkdir", "ln"), outputs=("out",),
+    )  # fmt: skip
+    assert result.exit_code == 0, result
+    [folder] = result.output_directories
+    tree = re_pb2.Tree.FromString(store.cas.get_bytes(Digest.from_proto(folder.tree_digest)))
+    files = {f.name: Digest.from_proto(f.digest) for f in tree.root.files}
+    assert files == {
+        "copy.txt": Digest.of_bytes(b"an input\n"),
+        "new.txt": Digest.of_bytes(b"new\n"),
+    }
+    assert [(s.name, s.target) for s in tree.root.symlinks] == [("link", "elsewhere")]

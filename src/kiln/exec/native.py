@@ -31,7 +31,6 @@ the resident sandbox too.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import platform
 import resource
@@ -42,14 +41,15 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.digest import Digest, canonical_bytes
+from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
+from kiln.exec.outputs import collect_host_outputs
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
 from kiln.exec.zygote import OVERHEAD_PIDS, Zygote
-from kiln.fsutil import remove_tree
+from kiln.fsutil import empty_folder, remove_tree
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
@@ -127,7 +127,6 @@ class NativeExecutor:
         self._resolved: dict[str, tuple[tuple[object, ...], list[Tool], str]] = {}
         self._limits: dict[str, int] = {}
         self._zygotes: dict[tuple[object, ...], Zygote] = {}
-        self._steps = itertools.count()
 
     def _tools(self, names: str) -> tuple[list[Tool], str]:
         """The declared tools and their identity, resolved again only when
@@ -175,8 +174,12 @@ class NativeExecutor:
         limits = NativeLimits(int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
                               int(props.get("pids", DEFAULT_PIDS)))  # fmt: skip
         zygote = self._zygote(root, tools, limits)
-        step = str(next(self._steps))
+        # One step at a time per sandbox: its folders are made once and
+        # emptied after each step (creating folders is slow on some disks).
+        step = "step"
         inputs, work = zygote.host / "inputs" / step, zygote.host / "work" / step
+        inputs.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
         try:
             self._store.get(Digest.from_proto(action.input_root_digest), inputs)
             _link_inputs(inputs, work)
@@ -192,13 +195,15 @@ class NativeExecutor:
             if note:
                 stderr += f"kiln: {note}\n".encode()
             result = re_pb2.ActionResult(exit_code=code)
-            self._collect(inputs, work, list(command.output_paths), result)
+            with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                collect_host_outputs(
+                    batch, work, ("/kiln/inputs", inputs), list(command.output_paths), result
+                )
+                result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
+                result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
         finally:
-            remove_tree(inputs)
-            remove_tree(work)
-        with self._store.writing(), self._store.cas.batch(durable=False) as batch:
-            result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
-            result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
+            empty_folder(inputs)
+            empty_folder(work)
         record_timing(result, "kiln-native", started)
         return result
 
@@ -283,30 +288,6 @@ class NativeExecutor:
         elif outcome.signal is not None:
             note = f"killed by signal {outcome.signal}"
         return code, outcome.stdout, outcome.stderr, note
-
-    # ------------------------------------------------------------ outputs
-
-    def _collect(self, inputs: Path, work: Path, paths: list[str], result: Any) -> None:
-        from kiln.tree import tree_message
-
-        for path in paths:
-            host = work / path
-            if host.is_symlink():
-                target = os.readlink(host)
-                if not target.startswith("/kiln/inputs/"):
-                    result.output_symlinks.add(path=path, target=target)
-                    continue
-                host = inputs / target[len("/kiln/inputs/") :]  # an input as is
-            if host.is_file():
-                put = self._store.put(host)
-                result.output_files.add(
-                    path=path, digest=put.digest.to_proto(), is_executable=os.access(host, os.X_OK)
-                )
-            elif host.is_dir():
-                tree = tree_message(self._store.cas, self._store.put(host).digest)
-                with self._store.cas.batch(durable=False) as batch:
-                    digest = batch.add_metadata(canonical_bytes(tree))
-                result.output_directories.add(path=path, tree_digest=digest.to_proto())
 
 
 def _link_inputs(inputs: Path, work: Path) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kiln.digest import Digest, canonical_bytes
+from kiln.digest import Digest
+from kiln.exec.outputs import Child, TreeNode, store_tree
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Symlink, WasiError
 
 if TYPE_CHECKING:
@@ -54,31 +55,17 @@ def collect_outputs(
 
 
 def _store_tree(fs: FileSystem, batch: Any, top: Dir) -> Digest:
-    """Store ``top`` as a REAPI ``Tree`` (and its root ``Directory`` on its
-    own, so the output can be materialized as a tree); the Tree's digest."""
-    from kiln.reapi import re_pb2
-    from kiln.tree import make_directory
+    """Store the guest folder ``top`` as a REAPI ``Tree``; its digest."""
 
-    tree = re_pb2.Tree()
-    children: set[Digest] = set()
-
-    def directory(d: Dir) -> re_pb2.Directory:
-        files, dirs, links = [], [], []
+    def children(d: Dir) -> list[tuple[str, Child]]:
+        out: list[tuple[str, Child]] = []
         for name, node in sorted(fs.entries(d).items()):
             if isinstance(node, File):
-                files.append((name, batch.add_bytes(bytes(fs.content(node))), False))
+                out.append((name, (batch.add_bytes(bytes(fs.content(node))), False)))
             elif isinstance(node, Symlink):
-                links.append((name, node.target))
+                out.append((name, node.target))
             elif isinstance(node, Dir):
-                sub = directory(node)
-                digest = batch.add_metadata(canonical_bytes(sub))
-                if digest not in children:
-                    children.add(digest)
-                    tree.children.append(sub)
-                dirs.append((name, digest))
-        return make_directory(files, dirs, links)
+                out.append((name, TreeNode(node)))
+        return out
 
-    root = directory(top)
-    tree.root.CopyFrom(root)
-    batch.add_metadata(canonical_bytes(root))
-    return batch.add_metadata(canonical_bytes(tree))
+    return store_tree(batch, top, children)
