@@ -23,6 +23,7 @@ def run_checks(store_home: Path) -> list[Check]:
     return [
         _wasmtime(),
         check_bubblewrap(),
+        _native_steps(),
         _user_namespaces(),
         _cgroups(),
         _node(),
@@ -62,6 +63,48 @@ def check_bubblewrap() -> Check:
             "or on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0)",
         )  # fmt: skip
     return Check("bubblewrap", OK, f"{bwrap} makes sandboxes with all namespaces")
+
+
+def _native_steps() -> Check:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return Check("native steps", FAIL, "they need bubblewrap (see above)")
+    failure = _step_in_resident_sandbox(bwrap)
+    if failure:
+        return Check(
+            "native steps", FAIL, f"the resident sandbox cannot run a step: {failure}",
+            "allow nested user namespaces (sysctl user.max_user_namespaces=10000); "
+            "on a machine other than x86_64 or aarch64, build kiln-zygote (./dev zygote)",
+        )  # fmt: skip
+    return Check("native steps", OK, "a step runs in the resident sandbox (kiln-zygote)")
+
+
+def _step_in_resident_sandbox(bwrap: str) -> str:
+    """Run ``true`` as a step in a resident sandbox (``kiln.exec.zygote``);
+    what went wrong, or "" if it ran."""
+    import tempfile
+
+    from kiln.exec.base import TransientError
+    from kiln.exec.zygote import Zygote
+
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--uid", "1000", "--gid", "1000",
+            "--ro-bind", "/usr", "/usr",
+            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--proc", "/proc", "--dev", "/dev", "--dir", "/tmp"]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="kiln-doctor-") as host:
+        try:
+            zygote = Zygote(argv, Path(host))
+        except TransientError as e:
+            return str(e)
+        try:
+            for name in ("inputs", "work"):
+                (Path(host) / name / "probe").mkdir()
+            outcome = zygote.run("probe", "/work", {}, ["/usr/bin/true"], 30)
+        except TransientError as e:
+            return str(e)
+        finally:
+            zygote.close()
+    return "" if outcome.exit_code == 0 else f"true ended with {outcome}"
 
 
 def _user_namespaces() -> Check:

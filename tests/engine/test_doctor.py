@@ -13,10 +13,12 @@ def test_doctor_reports_every_check(kiln) -> None:
     proc = kiln("doctor", "--json")
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert set(checks) == {
-        "wasmtime", "bubblewrap", "user namespaces", "cgroups", "node",
+        "wasmtime", "bubblewrap", "native steps", "user namespaces", "cgroups", "node",
         "store file system", "free space",
     }  # fmt: skip
     assert checks["wasmtime"]["status"] == "ok"
+    if checks["bubblewrap"]["status"] == "ok":  # then steps must run in the resident sandbox
+        assert checks["native steps"]["status"] == "ok", checks["native steps"]
     assert proc.returncode == (1 if any(c["status"] == "fail" for c in checks.values()) else 0)
 
 

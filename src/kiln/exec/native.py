@@ -287,6 +287,11 @@ class NativeExecutor:
             note = f"out of memory: killed at the step's limit of {limits.memory_mib} MiB"
         elif outcome.signal is not None:
             note = f"killed by signal {outcome.signal}"
+            if memory_group is None:
+                note += (
+                    f" (memory is limited here by RLIMIT_AS, {limits.memory_mib} MiB, under"
+                    " which running out shows as a failed allocation or a crash)"
+                )
         return code, outcome.stdout, outcome.stderr, note
 
 

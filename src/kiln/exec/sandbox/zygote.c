@@ -7,7 +7,7 @@
  * This program is its first process. For every request on the socket given
  * as argv[1] it forks a child that
  *
- *   - enters a new user namespace (uid/gid 1000 mapped to itself), and new
+ *   - enters a new user namespace (its uid and gid mapped to themselves), new
  *     mount, pid and ipc namespaces, so nothing a step leaves behind (a
  *     mount, a System V shared memory segment, a process) reaches the next;
  *   - binds the step's input folder read-only at /kiln/inputs and its work
@@ -46,7 +46,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define SANDBOX_ID "1000"
 #define MAX_REQUEST (4 << 20)
 #define MAX_ITEMS 65536
 
@@ -211,16 +210,26 @@ static void run_init(struct request *r, int status_fd) {
 static void run_step(struct request *r, int status_fd) {
     char path[4096];
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    uid_t uid = getuid();
+    gid_t gid = getgid();
     if (unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC) < 0) {
         report(status_fd, 2, errno, "unshare: %s", strerror(errno));
         _exit(1);
     }
+    /* The id map files of a process that is not dumpable belong to root;
+     * this process writes its own, then is closed again before any of the
+     * step's code runs. */
+    prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+    char uid_map[64], gid_map[64];
+    snprintf(uid_map, sizeof uid_map, "%u %u 1\n", (unsigned)uid, (unsigned)uid);
+    snprintf(gid_map, sizeof gid_map, "%u %u 1\n", (unsigned)gid, (unsigned)gid);
     if (write_file("/proc/self/setgroups", "deny") < 0 ||
-        write_file("/proc/self/uid_map", SANDBOX_ID " " SANDBOX_ID " 1\n") < 0 ||
-        write_file("/proc/self/gid_map", SANDBOX_ID " " SANDBOX_ID " 1\n") < 0) {
+        write_file("/proc/self/uid_map", uid_map) < 0 ||
+        write_file("/proc/self/gid_map", gid_map) < 0) {
         report(status_fd, 2, errno, "id maps: %s", strerror(errno));
         _exit(1);
     }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     const char *what = "tools under /tmp";
     for (int i = 0; i < kept; i++)
         if ((kept_fds[i] = open(kept_paths[i], O_PATH | O_CLOEXEC)) < 0)
@@ -361,6 +370,7 @@ int main(int argc, char **argv) {
         int status;
         while (waitpid(child, &status, 0) < 0 && errno == EINTR)
             ;
+        memset(buf, 0, n); /* no step's request stays in memory the next one forks */
         struct outcome o;
         ssize_t got = read(status_pipe[0], &o, sizeof o);
         close(status_pipe[0]);
