@@ -11,6 +11,7 @@
 See README.md, "Build files", for the whole API.
 """
 
+from kiln.engine import fetching as fetch
 from kiln.engine.rules import Target, gather, glob, native, source, source_tree, target, wasm
 from kiln.engine.values import File, StepResult, Tree
 
@@ -19,6 +20,7 @@ __all__ = [
     "StepResult",
     "Target",
     "Tree",
+    "fetch",
     "gather",
     "glob",
     "native",

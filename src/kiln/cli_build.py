@@ -32,10 +32,20 @@ def _project() -> Project:
 @click.option(
     "-k", "--keep-going", is_flag=True, help="After a failure, still run what does not need it."
 )
+@click.option(
+    "--allow-unpinned",
+    is_flag=True,
+    help="Let fetches without a digest download, then fail showing the digest to pin.",
+)
 @json_option
 @click.pass_context
 def build(
-    ctx: click.Context, targets: tuple[str, ...], jobs: int | None, keep_going: bool, as_json: bool
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    jobs: int | None,
+    keep_going: bool,
+    allow_unpinned: bool,
+    as_json: bool,
 ) -> None:
     """Build TARGETS (default: every target) of the project's kilnfile.py.
 
@@ -68,8 +78,9 @@ def build(
         project.target(name)  # unknown names fail before anything runs
     with BuildProgress() as progress:
         report = Build(
-            store, project, jobs=jobs, keep_going=keep_going, on_change=progress.on_change
-        ).run(names, stamp_as=key)
+            store, project, jobs=jobs, keep_going=keep_going, on_change=progress.on_change,
+            allow_unpinned=allow_unpinned,
+        ).run(names, stamp_as=key)  # fmt: skip
     for error in report.errors:
         click.echo(f"kiln: error: {error.render()}", err=True)
     if as_json:

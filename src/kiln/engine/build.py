@@ -91,10 +91,13 @@ class BuildContext:
     """What rules reach through ``kiln.build``: sources, the scheduler, and
     the targets evaluated so far (each once per build)."""
 
-    def __init__(self, store: Store, project: Project, scheduler: Scheduler) -> None:
+    def __init__(
+        self, store: Store, project: Project, scheduler: Scheduler, allow_unpinned: bool = False
+    ) -> None:
         self.store = store
         self.project = project
         self.scheduler = scheduler
+        self.allow_unpinned = allow_unpinned  # fetches without a digest may run (and fail)
         self.sources = Sources(store, project.root)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._waits: dict[str, set[str]] = {}  # target -> targets it awaited
@@ -209,9 +212,11 @@ class Build:
         keep_going: bool = False,
         on_change: Callable[[StepRecord], None] | None = None,
         executors: dict[str, Callable[[], Executor]] | None = None,
+        allow_unpinned: bool = False,
     ) -> None:
         self.store = store
         self.project = project
+        self.allow_unpinned = allow_unpinned
         self.jobs = jobs or os.cpu_count() or 1
         self.keep_going = keep_going
         self._on_change = on_change
@@ -237,7 +242,7 @@ class Build:
         )
         started = time.time()
         try:
-            ctx = BuildContext(self.store, self.project, scheduler)
+            ctx = BuildContext(self.store, self.project, scheduler, self.allow_unpinned)
             values = asyncio.run(self._evaluate(ctx, targets))
         finally:
             scheduler.close()
@@ -308,10 +313,15 @@ class Build:
 
 
 def default_executors(store: Store) -> dict[str, Callable[[], Executor]]:
+    from kiln.exec.fetch import FetchExecutor
     from kiln.exec.native import NativeExecutor
     from kiln.exec.wasm import WasmExecutor
 
-    return {"wasm": lambda: WasmExecutor(store), "native": lambda: NativeExecutor(store)}
+    return {
+        "wasm": lambda: WasmExecutor(store),
+        "native": lambda: NativeExecutor(store),
+        "fetch": lambda: FetchExecutor(store),
+    }
 
 
 def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:

@@ -71,6 +71,8 @@ def execute_with_retries(
                 hint="check the store's disk (space, permissions)",
             )
             return Outcome(None, False, attempt, error)
+        except KilnError as e:  # the executor's own verdict (e.g. a fetch mismatch): final
+            return Outcome(None, False, attempt, e)
     raise AssertionError("unreachable")
 
 

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from kiln.digest import Digest, canonical_bytes
 
@@ -29,9 +29,16 @@ class TreeNode(Generic[Node]):
 Child = tuple[Digest, bool] | str | TreeNode[Any]
 
 
+class StoredTree(NamedTuple):
+    """Digests of a stored folder: its REAPI ``Tree`` and its root ``Directory``."""
+
+    tree: Digest
+    root: Digest
+
+
 def store_tree(
     batch: Any, top: Node, children: Callable[[Node], list[tuple[str, Child]]]
-) -> Digest:
+) -> StoredTree:
     """Store the folder ``top`` as a REAPI ``Tree`` (and its root ``Directory``
     on its own, so the output can be materialized as a tree) and return the
     Tree's digest; ``children(folder)`` lists a folder, storing its files."""
@@ -59,8 +66,8 @@ def store_tree(
 
     root = directory(top)
     tree.root.CopyFrom(root)
-    batch.add_metadata(canonical_bytes(root))
-    return batch.add_metadata(canonical_bytes(tree))
+    root_digest = batch.add_metadata(canonical_bytes(root))
+    return StoredTree(batch.add_metadata(canonical_bytes(tree)), root_digest)
 
 
 def collect_host_outputs(
@@ -108,5 +115,5 @@ def collect_host_outputs(
                 path=path, digest=digest.to_proto(), is_executable=os.access(real, os.X_OK)
             )
         elif real.is_dir():
-            digest = store_tree(batch, real, children)
-            result.output_directories.add(path=path, tree_digest=digest.to_proto())
+            stored = store_tree(batch, real, children)
+            result.output_directories.add(path=path, tree_digest=stored.tree.to_proto())

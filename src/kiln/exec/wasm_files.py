@@ -68,4 +68,4 @@ def _store_tree(fs: FileSystem, batch: Any, top: Dir) -> Digest:
                 out.append((name, TreeNode(node)))
         return out
 
-    return store_tree(batch, top, children)
+    return store_tree(batch, top, children).tree
