@@ -274,3 +274,44 @@ async def joined():
     assert report.ok, report.errors
     joined = root / "kiln-out" / "joined" / "joined.txt"
     assert joined.read_text() == "from the file\nfrom the tree\n"
+
+
+def test_prefetch_prints_the_pin_and_the_build_then_needs_no_network(kiln, home, tmp_path) -> None:
+    import json
+
+    from kiln.store import Store
+
+    with http_server(Served()) as served:
+        served.files["/pkg.tgz"] = tarball({"README": b"read me\n"})
+        file_pin = kiln("prefetch", f"{served.base}/pkg.tgz", check=True).stdout.strip()
+        assert file_pin == served.sha256("/pkg.tgz")
+        proc = kiln("prefetch", "--unpack", "--strip=1", "--json", f"{served.base}/pkg.tgz")
+        tree = json.loads(proc.stdout)
+        assert proc.returncode == 0 and tree["mode"] == "tree"
+        base = served.base
+    # The server is gone: both pinned fetches are answered from the store.
+    root = write_project(
+        tmp_path / "p",
+        f"""
+from kiln.build import fetch, target
+
+@target
+async def got():
+    f = await fetch.url("{base}/pkg.tgz", digest="{file_pin}")
+    t = await fetch.url("{base}/pkg.tgz", unpack=True, strip=1, name="pkg",
+                        digest="{tree["digest"]}")
+    return [f, t]
+""",
+    )
+    with Store(home) as store:
+        report = build(store, root)
+    assert report.ok, report.errors
+    assert (root / "kiln-out" / "got" / "pkg" / "README").read_text() == "read me\n"
+
+
+def test_prefetch_of_a_bad_url_is_a_clear_error(kiln) -> None:
+    proc = kiln("prefetch", "gopher://example.org/x")
+    assert proc.returncode == 2 and "unsupported URL scheme 'gopher'" in proc.stderr
+    proc = kiln("prefetch", refused_url())
+    assert proc.returncode == 1 and "could not download" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.digest import Digest
+from kiln.digest import Digest, canonical_bytes
 from kiln.exec.archives import archive_tree, folder_tree
 from kiln.exec.base import record_timing
 from kiln.exec.download import (
@@ -45,6 +45,7 @@ from kiln.exec.download import (
     check_url,
     download,
 )
+from kiln.exec.outputs import StoredTree
 from kiln.exec.registries import npm_tarball, pypi_file
 
 if TYPE_CHECKING:
@@ -191,12 +192,19 @@ class FetchExecutor:
         started = time.time_ns()
         result = re_pb2.ActionResult(exit_code=0)
         auth = [Auth(a) for a in spec.auth]
-        with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._store.home) as tmp:
-            if spec.kind == "git":
-                origin, digest, tree = self._git(spec, Path(tmp))
-            else:
-                origin, path = self._download(spec, auth)
-                digest, tree = self._check_and_store(spec, origin, path)
+        known = self._in_store(spec)
+        if known is not None:
+            (digest, tree), origin = known, "the store (already there)"
+        else:
+            with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._store.home) as tmp:
+                if spec.kind == "git":
+                    origin, stored, checkout = self._git(spec, Path(tmp))
+                    shutil.rmtree(checkout / ".git", ignore_errors=True)
+                    self._verify(spec, origin, f"sha256:{stored.root.hash}", checkout)
+                    digest, tree = stored.root, stored.tree
+                else:
+                    origin, path = self._download(spec, auth)
+                    digest, tree = self._check_and_store(spec, origin, path)
         if tree is None:
             result.output_files.add(path=spec.name, digest=digest.to_proto())
         else:
@@ -206,6 +214,53 @@ class FetchExecutor:
             result.stderr_digest.CopyFrom(batch.add_bytes(b"").to_proto())
         record_timing(result, "kiln-fetch", started)
         return result
+
+    def prefetch(self, spec: FetchSpec) -> tuple[str, Digest, Digest | None]:
+        """Download ``spec`` (unpinned) into the store: (the pin to write, the
+        file's or root's digest, the Tree's digest for a tree)."""
+        with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._store.home) as tmp:
+            if spec.kind == "git":
+                _, stored, _ = self._git(spec, Path(tmp))
+                return f"sha256:{stored.root.hash}", stored.root, stored.tree
+            origin, path = self._download(spec, [Auth(a) for a in spec.auth])
+            try:
+                if spec.mode == "file":
+                    pin = f"sha256:{_file_hash(path, 'sha256')}"
+                    with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                        return pin, batch.add_file(path), None
+                with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                    stored = archive_tree(batch, path, spec.strip, where=origin)
+                return f"sha256:{stored.root.hash}", stored.root, stored.tree
+            finally:
+                path.unlink(missing_ok=True)
+
+    def _in_store(self, spec: FetchSpec) -> tuple[Digest, Digest | None] | None:
+        """The pinned content if the store already holds all of it (e.g. from
+        ``kiln prefetch`` or a fetch of the same thing from another URL)."""
+        from kiln.tree import reachable, tree_message
+
+        algorithm, _, hash_hex = spec.pin.partition(":")
+        if algorithm != "sha256":
+            return None
+        cas = self._store.cas
+        if spec.mode == "file":
+            try:
+                digest = Digest(hash_hex, cas.path_for_hash(hash_hex).stat().st_size)
+            except OSError:
+                return None
+            return (digest, None) if cas.has(digest) else None
+        data = cas.get_bytes_by_hash(hash_hex)
+        if data is None:
+            return None
+        root = Digest(hash_hex, len(data))
+        try:
+            if cas.find_missing(list(reachable(cas, root))):
+                return None
+            tree = tree_message(cas, root)
+        except errors.KilnError:
+            return None
+        with self._store.writing(), cas.batch(durable=False) as batch:
+            return root, batch.add_metadata(canonical_bytes(tree))
 
     # ------------------------------------------------------------ download
 
@@ -273,7 +328,8 @@ class FetchExecutor:
 
     # ------------------------------------------------------------ git
 
-    def _git(self, spec: FetchSpec, tmp: Path) -> tuple[str, Digest, Digest]:
+    def _git(self, spec: FetchSpec, tmp: Path) -> tuple[str, StoredTree, Path]:
+        """Check out ``spec.rev`` and store it (without .git): (origin, tree, checkout)."""
         repo, checkout = spec.sources[0], tmp / "checkout"
         git = shutil.which("git")
         if git is None:
@@ -303,11 +359,7 @@ class FetchExecutor:
                 )
         with self._store.writing(), self._store.cas.batch(durable=False) as batch:
             stored = folder_tree(batch, checkout, skip=frozenset({".git"}))
-        got = f"sha256:{stored.root.hash}"
-        if got != spec.pin:
-            shutil.rmtree(checkout / ".git", ignore_errors=True)
-            self._verify(spec, f"{repo} at {spec.rev}", got, checkout)
-        return f"{repo} at {spec.rev}", stored.root, stored.tree
+        return f"{repo} at {spec.rev}", stored, checkout
 
 
 def _file_hash(path: Path, algorithm: str) -> str:
