@@ -126,7 +126,8 @@ def test_no_host_environment_hostname_or_uid(store, tmp_path, monkeypatch) -> No
     lines = out.splitlines()
     assert lines[-3:] == ["kiln", "1000", "1000"]
     assert set(line.split("=")[0] for line in lines[:-3]) <= {
-        "PATH", "HOME", "TZ", "LANG", "SOURCE_DATE_EPOCH", "PWD", "SHLVL", "_",
+        "PATH", "HOME", "TZ", "LANG", "SOURCE_DATE_EPOCH", "KILN_BUILD_CORES", "PWD", "SHLVL",
+        "_",
     }  # fmt: skip
 
 

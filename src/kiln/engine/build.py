@@ -15,13 +15,14 @@ import asyncio
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.action import ActionSpec
+from kiln.config import Config, check_secret, load_config
 from kiln.digest import Digest
 from kiln.engine import rules
 from kiln.engine.inputs import input_root, input_tree
@@ -103,6 +104,36 @@ class BuildContext:
         self._waits: dict[str, set[str]] = {}  # target -> targets it awaited
         self._tools: dict[tuple[str, ...], str] = {}
         self._dpkg: Any = None
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        """This machine's executor settings, read once per build."""
+        if self._config is None:
+            self._config = load_config()
+        return self._config
+
+    def features(
+        self, requires: Iterable[str], secrets: Iterable[str], where: str
+    ) -> tuple[tuple[str, str], ...]:
+        """Platform properties naming the features and secrets a step needs,
+        after checking that this machine offers them."""
+        wanted, named = sorted(set(requires)), sorted(set(secrets))
+        config = self.config
+        for feature in wanted:
+            if feature not in config.features:
+                offered = ", ".join(sorted(config.features)) or "none"
+                raise errors.KilnError(
+                    f"{where}: the step requires feature {feature!r}, which no executor "
+                    f"here offers (offered: {offered})",
+                    hint=f"add {feature!r} to `features` in {config.where()} on a machine "
+                    "that has it",
+                    exit_code=errors.ExitCode.BAD_INPUT,
+                )
+        for name in named:
+            check_secret(config, name, wanted, where)
+        extra = [("requires", ",".join(wanted))] if wanted else []
+        return tuple(extra + ([("secrets", ",".join(named))] if named else []))
 
     def tools_identity(self, names: list[str], where: str) -> str:
         """The identity of host tools (resolved once per build)."""

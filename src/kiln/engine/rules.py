@@ -127,6 +127,7 @@ def wasm(
     env: Mapping[str, str] | None = None,
     fuel: int | None = None,
     memory_mib: int | None = None,
+    requires: Iterable[str] = (),
     description: str | None = None,
 ) -> Coroutine[Any, Any, StepResult]:
     """A WebAssembly step: run ``tool`` (a WASI command module) with ``args``.
@@ -134,7 +135,9 @@ def wasm(
     ``inputs`` are placed in the step's (read-only) tree at their paths, or
     at the keys of a mapping; ``tool`` is placed at its own path and is
     argv[0]. The step may create the ``outputs`` paths (folders it makes
-    itself). Await the call for its ``StepResult``; a failure raises.
+    itself). ``requires`` names system features an executor must offer
+    (see ``kiln.config``). Await the call for its ``StepResult``; a failure
+    raises.
     """
     from kiln.exec.wasm import DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
 
@@ -163,7 +166,7 @@ def wasm(
         inputs=[tool, *placed],
         outputs=list(outputs),
         env=dict(env or {}),
-        platform=limits.platform(),
+        platform=limits.platform() + ctx.features(requires, (), where),
         description=description or " ".join([os.path.basename(tool.path), *map(str, args)]),
     )
 
@@ -176,6 +179,8 @@ def native(
     env: Mapping[str, str] | None = None,
     memory_mib: int | None = None,
     pids: int | None = None,
+    requires: Iterable[str] = (),
+    secrets: Iterable[str] = (),
     description: str | None = None,
 ) -> Coroutine[Any, Any, StepResult]:
     """A native step: run ``argv`` in a bubblewrap sandbox (Linux).
@@ -185,6 +190,9 @@ def native(
     Debian packages they need, and their identity is part of the step's key.
     ``inputs``, ``outputs`` and ``env`` are as for ``wasm``; the working
     folder holds the inputs (read-only) and the outputs the step creates.
+    ``requires`` names system features an executor must offer; ``secrets``
+    names secrets of those features, readable at ``/kiln/secrets/NAME``
+    (their names, never their contents, are in the key).
     """
     from kiln.exec.native import DEFAULT_MEMORY_MIB, DEFAULT_PIDS, NativeLimits
 
@@ -206,6 +214,7 @@ def native(
         inputs=placed,
         outputs=list(outputs),
         env=dict(env or {}),
-        platform=limits.platform(declared, ctx.tools_identity(declared, where)),
+        platform=limits.platform(declared, ctx.tools_identity(declared, where))
+        + ctx.features(requires, secrets, where),
         description=description or " ".join(os.path.basename(str(a)) for a in argv[:3]),
     )

@@ -44,11 +44,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
+from kiln.config import Secret, check_secret, load_config
 from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
 from kiln.exec.outputs import collect_host_outputs
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
-from kiln.exec.zygote import OVERHEAD_PIDS, Zygote
+from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Zygote
 from kiln.fsutil import empty_folder, remove_tree
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ FIXED_ENV = {
 DEFAULT_MEMORY_MIB = 4096
 DEFAULT_PIDS = 256
 DEFAULT_TIMEOUT = 600.0
+CORES_VARIABLE = "KILN_BUILD_CORES"
 MAX_ZYGOTES = 4  # resident sandboxes per executor (one per tool set and limits)
 EXIT_OUT_OF_MEMORY = 137
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
@@ -127,6 +129,7 @@ class NativeExecutor:
         self._resolved: dict[str, tuple[tuple[object, ...], list[Tool], str]] = {}
         self._limits: dict[str, int] = {}
         self._zygotes: dict[tuple[object, ...], Zygote] = {}
+        self._config = load_config()
 
     def _tools(self, names: str) -> tuple[list[Tool], str]:
         """The declared tools and their identity, resolved again only when
@@ -173,7 +176,8 @@ class NativeExecutor:
         root = tool_root(tools, self._dpkg, self._roots)
         limits = NativeLimits(int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
                               int(props.get("pids", DEFAULT_PIDS)))  # fmt: skip
-        zygote = self._zygote(root, tools, limits)
+        secrets = self._secrets(props)
+        zygote = self._zygote(root, tools, limits, secrets)
         # One step at a time per sandbox: its folders are made once and
         # emptied after each step (creating folders is slow on some disks).
         step = "step"
@@ -187,6 +191,8 @@ class NativeExecutor:
                 (work / path).parent.mkdir(parents=True, exist_ok=True)
             env = dict(FIXED_ENV)
             env.update({v.name: v.value for v in command.environment_variables})
+            # The one impurity allowed in, outside the key: a parallelism hint.
+            env[CORES_VARIABLE] = str(self._config.build_cores)
             cwd = "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")
             started = time.time_ns()
             code, stdout, stderr, note = self._run(
@@ -209,15 +215,32 @@ class NativeExecutor:
 
     # ------------------------------------------------------------ sandbox
 
-    def _zygote(self, root: Path, tools: list[Tool], limits: NativeLimits) -> Zygote:
-        """The resident sandbox for this tool root and these limits."""
+    def _secrets(self, props: dict[str, str]) -> tuple[Secret, ...]:
+        """The secrets a step may read, after checking this executor offers
+        the features it requires."""
+        requires = [f for f in props.get("requires", "").split(",") if f]
+        missing = [f for f in requires if f not in self._config.features]
+        if missing:
+            raise errors.KilnError(
+                f"this executor does not offer feature {missing[0]!r} "
+                f"(offered: {', '.join(sorted(self._config.features)) or 'none'})",
+                hint=f"add it to `features` in {self._config.where()} on a machine that has it",
+                exit_code=errors.ExitCode.FAILED,
+            )
+        names = [n for n in props.get("secrets", "").split(",") if n]
+        return tuple(check_secret(self._config, n, requires, "a native step") for n in names)
+
+    def _zygote(
+        self, root: Path, tools: list[Tool], limits: NativeLimits, secrets: tuple[Secret, ...]
+    ) -> Zygote:
+        """The resident sandbox for this tool root, these limits and secrets."""
         binds = tuple(
             path
             for tool in tools  # tools declared by a path outside /usr: at that path
             for path in sorted({tool.path, tool.real_path})
             if not canonical(path).startswith(("/usr/", "/etc/"))
         )
-        key = (root, binds, limits)
+        key = (root, binds, limits, secrets)
         zygote = self._zygotes.get(key)
         if zygote is not None and zygote.alive:
             return zygote
@@ -228,12 +251,14 @@ class NativeExecutor:
         host = Path(tempfile.mkdtemp(prefix="sandbox-", dir=self._sandboxes))
         under_tmp = tuple(p for p in binds if p.startswith("/tmp/"))
         zygote = self._zygotes[key] = Zygote(
-            self._bwrap_argv(root, binds), host, self._cgroups_joiner(limits), under_tmp
+            self._bwrap_argv(root, binds, secrets), host, self._cgroups_joiner(limits), under_tmp
         )
         weakref.finalize(self, _end_zygote, zygote)
         return zygote
 
-    def _bwrap_argv(self, root: Path, binds: tuple[str, ...]) -> list[str]:
+    def _bwrap_argv(
+        self, root: Path, binds: tuple[str, ...], secrets: tuple[Secret, ...]
+    ) -> list[str]:
         argv = [
             self._bwrap,
             "--unshare-all", "--die-with-parent",
@@ -249,6 +274,10 @@ class NativeExecutor:
         argv += ["--proc", "/proc", "--dev", "/dev", "--dir", "/tmp"]
         for path in binds:
             argv += ["--ro-bind", path, path]
+        if secrets:  # shown at /kiln/secrets only to the steps that declared them
+            argv += ["--dir", "/kiln/secrets"]
+            for secret in secrets:
+                argv += ["--ro-bind", str(secret.file), f"{HOST_DIR}/secrets/{secret.name}"]
         return argv
 
     def _cgroups_joiner(self, limits: NativeLimits) -> Callable[[], None]:

@@ -11,8 +11,10 @@
  *     mount, pid and ipc namespaces, so nothing a step leaves behind (a
  *     mount, a System V shared memory segment, a process) reaches the next;
  *   - binds the step's input folder read-only at /kiln/inputs and its work
- *     folder at /work, mounts a fresh /tmp, and covers /kiln/host (the
- *     folders of all steps and this program) with an empty read-only tmpfs;
+ *     folder at /work (and /kiln/host/secrets, if this sandbox was given
+ *     secrets, read-only at /kiln/secrets), mounts a fresh /tmp, and covers
+ *     /kiln/host (the folders of all steps and this program) with an empty
+ *     read-only tmpfs;
  *   - forks the step's init (pid 1 of the new pid namespace), which forks
  *     the program in a new session with the requested environment and
  *     working folder, reaps every process, and reports how the program
@@ -241,6 +243,9 @@ static void run_step(struct request *r, int status_fd) {
     what = "work";
     snprintf(path, sizeof path, "/kiln/host/work/%s", r->step);
     if (bind_path(path, "/work", 0) < 0)
+        goto failed;
+    what = "secrets";
+    if (access("/kiln/host/secrets", F_OK) == 0 && bind_path("/kiln/host/secrets", "/kiln/secrets", 1) < 0)
         goto failed;
     what = "host";
     if (mount("tmpfs", "/kiln/host", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,

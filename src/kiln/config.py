@@ -1,0 +1,128 @@
+"""This machine's executor settings: ``$KILN_CONFIG``, else
+``$XDG_CONFIG_HOME/kiln/config.toml`` (``~/.config/kiln/config.toml``)::
+
+    # System features this machine's executors offer (steps may require them).
+    features = ["signer", "big-parallel"]
+    # The parallelism hint native steps get as KILN_BUILD_CORES (not in keys).
+    build-cores = 8
+
+    # A secret: a file a step may read at /kiln/secrets/NAME, only if the
+    # step requires the feature the secret belongs to.
+    [secrets.release-key]
+    file = "~/keys/release.pem"
+    feature = "signer"
+
+No file means no features, no secrets and one core per CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln import errors
+
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret by name; only its name ever enters a key or a log."""
+
+    name: str
+    file: Path
+    feature: str
+
+
+@dataclass(frozen=True)
+class Config:
+    features: frozenset[str] = frozenset()
+    build_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    secrets: dict[str, Secret] = field(default_factory=dict)
+    path: Path | None = None
+
+    def where(self) -> str:
+        return str(self.path) if self.path else "the Kiln config file (none found)"
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("KILN_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "kiln" / "config.toml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and check the config file; clear errors name the file and key."""
+    path = path or config_path()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return Config()
+    except tomllib.TOMLDecodeError as e:
+        raise _bad(path, str(e), "fix the TOML syntax") from None
+    except OSError as e:
+        raise _bad(path, f"cannot read it: {e.strerror}", "check its permissions") from None
+    unknown = set(data) - {"features", "build-cores", "secrets"}
+    if unknown:
+        raise _bad(path, f"unknown setting {sorted(unknown)[0]!r}",
+                   "known: features, build-cores, [secrets.NAME]")  # fmt: skip
+    features = data.get("features", [])
+    if not isinstance(features, list) or not all(
+        isinstance(f, str) and NAME.fullmatch(f) for f in features
+    ):
+        raise _bad(path, 'features must be a list of names like "signer" or "big-parallel"')
+    cores = data.get("build-cores", os.cpu_count() or 1)
+    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+        raise _bad(path, f"build-cores must be a positive whole number, not {cores!r}")
+    secrets: dict[str, Secret] = {}
+    for name, entry in data.get("secrets", {}).items():
+        if not NAME.fullmatch(name) or not isinstance(entry, dict):
+            raise _bad(path, f"[secrets.{name}] must be a table with a lower-case name")
+        if set(entry) != {"file", "feature"}:
+            raise _bad(path, f"[secrets.{name}] needs exactly `file` and `feature`")
+        if entry["feature"] not in features:
+            raise _bad(
+                path, f"secret {name!r} belongs to feature {entry['feature']!r}, "
+                "which `features` does not offer", f"add {entry['feature']!r} to features",
+            )  # fmt: skip
+        file = Path(os.path.expanduser(str(entry["file"])))
+        secrets[name] = Secret(name, file, entry["feature"])
+    return Config(frozenset(features), cores, secrets, path)
+
+
+def _bad(path: Path, problem: str, hint: str | None = None) -> errors.KilnError:
+    return errors.KilnError(f"{path}: {problem}", hint=hint, exit_code=errors.ExitCode.BAD_INPUT)
+
+
+def check_secret(config: Config, name: str, requires: list[str], where: str) -> Secret:
+    """The secret ``name`` for a step requiring ``requires``, if it may have
+    it and the file can be read; else a clear error (never quoting it)."""
+    secret = config.secrets.get(name)
+    if secret is None:
+        raise errors.KilnError(
+            f"{where}: unknown secret {name!r}",
+            hint=f"declare it as [secrets.{name}] in {config.where()}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    if secret.feature not in requires:
+        raise errors.KilnError(
+            f"{where}: secret {name!r} belongs to feature {secret.feature!r}, "
+            "which the step does not require",
+            hint=f"add requires=[{secret.feature!r}] to the step",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    try:
+        with open(secret.file, "rb"):
+            pass
+    except OSError as e:
+        raise errors.KilnError(
+            f"{where}: secret {name!r}: cannot read {secret.file}: {e.strerror}",
+            hint=f"fix the file or its entry in {config.where()}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        ) from None
+    return secret
