@@ -96,3 +96,10 @@ class ActionSpec:
     def key(self) -> Digest:
         action, _ = self.action()
         return Digest.of_bytes(canonical_bytes(action))
+
+
+def shareable(platform: Mapping[str, str]) -> bool:
+    """Whether a result may go to a shared cache by default: not when its
+    step read secrets (its platform names them), since what it produced may
+    carry them (a signature, a token baked into a file)."""
+    return not platform.get("secrets")

@@ -79,7 +79,7 @@ def build(
     with BuildProgress() as progress:
         report = Build(
             store, project, jobs=jobs, keep_going=keep_going, on_change=progress.on_change,
-            allow_unpinned=allow_unpinned,
+            allow_unpinned=allow_unpinned, on_download=progress.on_download,
         ).run(names, stamp_as=key)  # fmt: skip
     for error in report.errors:
         click.echo(f"kiln: error: {error.render()}", err=True)
@@ -195,6 +195,7 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, target: str, as_json: bool) -> None:
     """List TARGET's steps in the last build: keys, inputs, outputs, status."""
+    from kiln.action import shareable
     from kiln.digest import Digest
     from kiln.engine.values import outputs_of
 
@@ -202,6 +203,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
     items = []
     for r in rows:
         result = r.action_result()
+        platform = r.inputs.get("platform", {})
         outputs = {p: str(v.digest) for p, v in outputs_of(store, result).items()} if result else {}
         items.append(
             {
@@ -216,6 +218,8 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
                 "inputs": r.inputs.get("inputs", {}),
                 "outputs": outputs,
                 "stdout": str(Digest.from_proto(result.stdout_digest)) if result else None,
+                "secrets": [n for n in platform.get("secrets", "").split(",") if n],
+                "shareable": shareable(platform),
             }
         )
     if as_json:
@@ -228,6 +232,10 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
             click.echo(f"  in  {path}  {digest}")
         for path, digest in item["outputs"].items():
             click.echo(f"  out {path}  {digest}")
+        if item["secrets"]:
+            click.echo(
+                f"  secrets: {', '.join(item['secrets'])} (result kept out of shared caches)"
+            )
 
 
 @cli.command("log")

@@ -88,11 +88,11 @@ async def snoop():
                         tools=["sh", "ls", "cat"])
     return step.stdout
 """)  # fmt: skip
+        snoop = build(store, root, "snoop")  # a step that did not declare the secret
+        assert "No such file or directory" in snoop.errors[0].render()
         report = build(store, root, "signed")
         assert report.ok, report.errors
         assert [r[2] for r in served.requests] == [f"Bearer {TOKEN}"]
-    snoop = build(store, root, "snoop")
-    assert "No such file or directory" in snoop.errors[0].render()
     [signing] = [s for s in report.steps if s.description.startswith("sh")]
     assert signing.identity["platform"]["secrets"] == "release-key"  # the name is in the key
     # Nothing Kiln keeps or shows holds the secret or the token.
@@ -103,6 +103,10 @@ async def snoop():
                      ["trace", "-o", str(tmp_path / "trace.json")])
     ]  # fmt: skip
     shown.append((tmp_path / "trace.json").read_text())
+    import json
+
+    marked = [step for step in json.loads(shown[1]) if step["secrets"]]
+    assert [(m["secrets"], m["shareable"]) for m in marked] == [(["release-key"], False)]
     store.close()
     for text in shown:
         assert SECRET not in text and TOKEN not in text

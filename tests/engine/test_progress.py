@@ -49,3 +49,15 @@ def test_live_line_counts_and_names_running_steps() -> None:
     text = progress._render().plain
     assert text.startswith("kiln: 1 done (0 cached), 1 running, 0 failed")
     assert "t: compile b" in text
+
+
+def test_large_downloads_are_reported_by_quarter_without_a_terminal() -> None:
+    out = io.StringIO()
+    progress = BuildProgress(stream=out, live=False)
+    total = 32 << 20
+    for done in range(0, total + 1, 1 << 20):
+        progress.on_download("http://127.0.0.1/big.tar.gz", done, total)
+    progress.on_download("http://127.0.0.1/small.txt", 10, 10)  # small: not reported
+    assert out.getvalue().splitlines() == [
+        f"kiln: downloading big.tar.gz: {p}% of 32 MiB" for p in (25, 50, 75, 100)
+    ]

@@ -244,6 +244,7 @@ class Build:
         on_change: Callable[[StepRecord], None] | None = None,
         executors: dict[str, Callable[[], Executor]] | None = None,
         allow_unpinned: bool = False,
+        on_download: Callable[[str, int, int | None], None] | None = None,
     ) -> None:
         self.store = store
         self.project = project
@@ -254,7 +255,7 @@ class Build:
         self._synced = False
         # Worker processes can only use the default executors.
         self._processes = executors is None
-        self._executors = executors or default_executors(store)
+        self._executors = executors or default_executors(store, on_download)
 
     def run(self, names: list[str], stamp_as: str | None = None) -> BuildReport:
         """Build ``names``; the stamp of a successful build is filed under
@@ -343,7 +344,9 @@ class Build:
         return digest
 
 
-def default_executors(store: Store) -> dict[str, Callable[[], Executor]]:
+def default_executors(
+    store: Store, on_download: Callable[[str, int, int | None], None] | None = None
+) -> dict[str, Callable[[], Executor]]:
     from kiln.exec.fetch import FetchExecutor
     from kiln.exec.native import NativeExecutor
     from kiln.exec.wasm import WasmExecutor
@@ -351,7 +354,7 @@ def default_executors(store: Store) -> dict[str, Callable[[], Executor]]:
     return {
         "wasm": lambda: WasmExecutor(store),
         "native": lambda: NativeExecutor(store),
-        "fetch": lambda: FetchExecutor(store),
+        "fetch": lambda: FetchExecutor(store, progress=on_download),
     }
 
 

@@ -15,6 +15,7 @@ from typing import IO, Any
 from kiln.engine.scheduler import StepRecord, StepStatus
 
 MAX_SHOWN = 4  # running steps named in the live line
+LARGE_DOWNLOAD = 16 << 20  # without a terminal, report downloads from this size
 
 
 class BuildProgress:
@@ -27,6 +28,7 @@ class BuildProgress:
         self._running: dict[int, StepRecord] = {}
         self.counts = {s: 0 for s in StepStatus}
         self._seen: dict[int, StepStatus] = {}
+        self._downloads: dict[str, tuple[int, int | None]] = {}
 
     def __enter__(self) -> BuildProgress:
         if self._live_enabled:
@@ -68,6 +70,21 @@ class BuildProgress:
                 flush=True,
             )
 
+    def on_download(self, url: str, done: int, total: int | None) -> None:
+        """Progress of a fetch step's download (called from worker threads)."""
+        before = self._downloads.get(url, (0, total))[0]
+        finished = total is not None and done >= total
+        if finished:
+            self._downloads.pop(url, None)
+        else:
+            self._downloads[url] = (done, total)
+        if self._live is not None:
+            self._live.update(self._render())
+        elif total and total >= LARGE_DOWNLOAD and done * 4 // total != before * 4 // total:
+            name = url.rsplit("/", 1)[-1]
+            print(f"kiln: downloading {name}: {done * 100 // total}% of {total >> 20} MiB",
+                  file=self._stream, flush=True)  # fmt: skip
+
     def _render(self) -> Any:
         from rich.text import Text
 
@@ -82,4 +99,7 @@ class BuildProgress:
             names = ", ".join(f"{r.target}: {r.description}" for r in shown)
             more = len(self._running) - len(shown)
             line.append(f"  [{names}{f' +{more}' if more else ''}]", style="dim")
+        for url, (done, total) in list(self._downloads.items())[:2]:
+            size = f"{done / 2**20:.1f}/{total / 2**20:.1f} MiB" if total else f"{done >> 20} MiB"
+            line.append(f"  downloading {url.rsplit('/', 1)[-1]} {size}", style="cyan")
         return line
