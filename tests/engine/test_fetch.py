@@ -315,3 +315,47 @@ def test_prefetch_of_a_bad_url_is_a_clear_error(kiln) -> None:
     proc = kiln("prefetch", refused_url())
     assert proc.returncode == 1 and "could not download" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_netrc_credentials_are_sent_to_their_host_only(
+    store, tmp_path, served, monkeypatch
+) -> None:
+    import base64
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login robot password s3cret-pass\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    served.files["/n.txt"] = b"via netrc\n"
+    root = fetch_project(
+        tmp_path,
+        f'fetch.url("{served.base}/n.txt", digest="{served.sha256("/n.txt")}", auth=fetch.netrc())',
+    )
+    assert build(store, root).ok
+    expected = "Basic " + base64.b64encode(b"robot:s3cret-pass").decode()
+    assert [r[2] for r in served.requests] == [expected]
+
+
+def test_zip_archives_unpack_like_tarballs_and_refuse_escapes(store, tmp_path, served) -> None:
+    import io
+    import zipfile
+
+    def zipped(members: dict[str, bytes]) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        return out.getvalue()
+
+    served.files["/ok.zip"] = zipped({"pkg/README": b"read me\n", "pkg/src/a.c": b"int a;\n"})
+    served.files["/ok.tgz"] = tarball({"src/a.c": b"int a;\n", "README": b"read me\n"})
+    served.files["/evil.zip"] = zipped({"../../evil": b"x"})
+    pins = []
+    for name in ("ok.zip", "ok.tgz"):
+        call = f'fetch.url("{served.base}/{name}", unpack=True, strip=1, name="pkg")'
+        report = build(store, fetch_project(tmp_path, call, name=name), allow_unpinned=True)
+        pins.append(report.errors[0].render().split("got: ")[1].split()[0])
+    assert pins[0] == pins[1]  # the same files, whatever the archive format
+    call = f'fetch.url("{served.base}/evil.zip", unpack=True, digest="sha256:{"1" * 64}")'
+    report = build(store, fetch_project(tmp_path, call, name="evil"))
+    assert "climbs out of the tree with '..'" in report.errors[0].render()

@@ -153,7 +153,7 @@ def _read_zip(batch: Any, archive: Path, root: Folder, strip: int, label: str) -
                 target = zf.read(info).decode()
                 _check_link(path, target, label)
                 _place(root, path, target, label)
-            elif mode == 0 or stat.S_ISREG(mode):
+            elif stat.S_IFMT(mode) in (0, stat.S_IFREG):  # many zips record no file type
                 _place(root, path, (batch.add_bytes(zf.read(info)), bool(mode & 0o111)), label)
             else:
                 raise UnsafeArchive(f"{label}: member {info.filename!r} is not a plain file")
