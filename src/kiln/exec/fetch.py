@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -148,9 +149,15 @@ class FetchSpec:
             )
         if not self.sources:
             raise errors.KilnError(f"{where}: nothing to fetch from", exit_code=2)
-        if self.kind != "git":
-            for url in self.sources:
+        for url in self.sources:
+            if self.kind != "git":
                 check_url(url, where)
+            elif urllib.parse.urlsplit(url).password:
+                raise errors.KilnError(
+                    f"{where}: the repository URL carries a password; it would be in the key",
+                    hint="use a git credential helper or an SSH key instead",
+                    exit_code=errors.ExitCode.BAD_INPUT,
+                )
         for a in self.auth:
             Auth.parse(a, where)
         name_ok = self.name and "/" not in self.name and self.name not in (".", "..")
@@ -289,6 +296,9 @@ class FetchExecutor:
             if spec.mode == "file":
                 algorithm = spec.pin.split(":")[0] if spec.pin != UNPINNED else "sha256"
                 got = f"{algorithm}:{_file_hash(path, algorithm)}"
+                if spec.pin == UNPINNED:  # kept, so the build that pins it needs no download
+                    with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                        batch.add_file(path)
                 self._verify(spec, origin, got, path)
                 with self._store.writing(), self._store.cas.batch(durable=False) as batch:
                     return batch.add_file(path), None
@@ -302,7 +312,8 @@ class FetchExecutor:
     def _verify(self, spec: FetchSpec, origin: str, got: str, path: Path | None) -> None:
         if got == spec.pin:
             return
-        kept = self._keep_aside(spec.name, got, path) if path is not None else None
+        keep = path is not None and spec.pin != UNPINNED  # unpinned content is in the store
+        kept = self._keep_aside(spec.name, got, path) if keep and path else None
         aside = f"\n  the download is kept at {kept}" if kept else ""
         if spec.pin == UNPINNED:
             raise FetchMismatch(
