@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +112,7 @@ def download(
     urls: list[str],
     partial_for: Callable[[str], Path],
     *,
-    auth: list[Auth] = (),  # type: ignore[assignment]
+    auth: Sequence[Auth] = (),
     timeout: float = DEFAULT_TIMEOUT,
     attempts: int = DEFAULT_ATTEMPTS,
     progress: Progress | None = None,
@@ -140,7 +140,7 @@ class _Failed(Exception):
 
 
 def _download_one(
-    url: str, path: Path, auth: list[Auth], timeout: float, attempts: int,
+    url: str, path: Path, auth: Sequence[Auth], timeout: float, attempts: int,
     progress: Progress | None,
 ) -> None:  # fmt: skip
     last = ""
@@ -173,7 +173,7 @@ def _download_one(
 
 
 def _transfer(
-    url: str, path: Path, auth: list[Auth], timeout: float, progress: Progress | None
+    url: str, path: Path, auth: Sequence[Auth], timeout: float, progress: Progress | None
 ) -> bool:
     """One request; resumes ``path`` if it holds a partial download. True
     when the whole file arrived."""

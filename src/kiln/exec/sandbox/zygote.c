@@ -357,6 +357,8 @@ int main(int argc, char **argv) {
         int status_pipe[2];
         if (pipe2(status_pipe, O_CLOEXEC) < 0) {
             reply(sock, "error pipe: %s", strerror(errno));
+            close(request.out);
+            close(request.err);
             continue;
         }
         pid_t child = fork();
