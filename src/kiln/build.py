@@ -12,7 +12,18 @@ See README.md, "Build files", for the whole API.
 """
 
 from kiln.engine import fetching as fetch
-from kiln.engine.rules import Target, gather, glob, native, source, source_tree, target, wasm
+from kiln.engine.rules import (
+    Target,
+    gather,
+    glob,
+    native,
+    pick,
+    source,
+    source_tree,
+    target,
+    unpack,
+    wasm,
+)
 from kiln.engine.values import File, StepResult, Tree
 
 __all__ = [
@@ -24,8 +35,10 @@ __all__ = [
     "gather",
     "glob",
     "native",
+    "pick",
     "source",
     "source_tree",
     "target",
+    "unpack",
     "wasm",
 ]

@@ -349,12 +349,14 @@ def default_executors(
 ) -> dict[str, Callable[[], Executor]]:
     from kiln.exec.fetch import FetchExecutor
     from kiln.exec.native import NativeExecutor
+    from kiln.exec.unpack import UnpackExecutor
     from kiln.exec.wasm import WasmExecutor
 
     return {
         "wasm": lambda: WasmExecutor(store),
         "native": lambda: NativeExecutor(store),
         "fetch": lambda: FetchExecutor(store, progress=on_download),
+        "unpack": lambda: UnpackExecutor(store),
     }
 
 

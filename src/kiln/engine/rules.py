@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
+from kiln.digest import Digest
 from kiln.engine.values import File, StepResult, Tree, Value
 
 if TYPE_CHECKING:
@@ -217,4 +218,53 @@ def native(
         platform=limits.platform(declared, ctx.tools_identity(declared, where))
         + ctx.features(requires, secrets, where),
         description=description or " ".join(os.path.basename(str(a)) for a in argv[:3]),
+    )
+
+
+# ---------------------------------------------------------------- archives
+
+
+async def unpack(archive: File, *, strip: int = 0, name: str | None = None) -> Tree:
+    """The files of ``archive`` (tar, tgz, tar.bz2, tar.xz or zip, a ``File``
+    from a source, a fetch or a step) as a ``Tree`` at ``name`` (default: the
+    archive's name without its extension), with ``strip`` leading path
+    components removed; read as safely and deterministically as a fetch."""
+    from kiln.exec.unpack import UNPACK_ABI, unpack_argv
+
+    ctx = _context("unpack()")
+    where = _where()
+    if not isinstance(archive, File):
+        raise errors.KilnError(
+            f"{where}: unpack() needs a File, got {type(archive).__name__}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    base = os.path.basename(archive.path)
+    for suffix in (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".zip"):
+        base = base.removesuffix(suffix)
+    out = name or f"{base}.d"
+    result = await ctx.run_step(
+        _target.get(), where, kind="unpack", argv=unpack_argv(archive.path, strip),
+        inputs=[archive], outputs=[out], env={}, platform=(("kiln-abi", UNPACK_ABI),),
+        description=f"unpack {archive.path}",
+    )  # fmt: skip
+    value = result.outputs[out]
+    assert isinstance(value, Tree)
+    return value
+
+
+def pick(tree: Tree, path: str) -> File | Tree:
+    """The file or folder at ``path`` inside ``tree``, placed at its own
+    name (use ``.at()`` to move it)."""
+    from kiln.tree import Entry, lookup
+
+    where = _where()
+    found = lookup(_context("pick()").store.cas, tree.digest, path)
+    name = os.path.basename(path.rstrip("/"))
+    if isinstance(found, Entry) and found.digest is not None:
+        return File(name, found.digest, found.executable)
+    if isinstance(found, Digest):
+        return Tree(name, found)
+    raise errors.KilnError(
+        f"{where}: {path!r} is not a file or folder of the tree {tree.path!r}",
+        exit_code=errors.ExitCode.BAD_INPUT,
     )
