@@ -11,6 +11,7 @@
 See README.md, "Build files", for the whole API.
 """
 
+from kiln.engine import c_rules as c
 from kiln.engine import fetching as fetch
 from kiln.engine.rules import (
     Target,
@@ -31,6 +32,7 @@ __all__ = [
     "StepResult",
     "Target",
     "Tree",
+    "c",
     "fetch",
     "gather",
     "glob",

@@ -1,0 +1,88 @@
+"""C built entirely inside WebAssembly: the pinned @yowasp/clang fetched from
+npm (cached in a store kept under $KILN_CACHE, like the other toolchain
+tests), one clang step per unit with discovered headers, a wasm-ld step,
+and the program run as a wasm step."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from engine_helpers import build, ran, write_project
+
+from kiln.digest import Digest
+from kiln.store import Store
+from kiln.toolchains import default_cache
+
+KILNFILE = """
+from kiln.build import c, glob, target, wasm
+
+@target
+async def hello():
+    return await c.program("hello", glob("src/*.c"), headers=glob("include/*.h"),
+                           cflags=["-O2", "-Iinclude"])
+
+@target
+async def run():
+    return await wasm(await hello(), "world")
+"""
+
+FILES = {
+    "include/greet.h": "#ifndef GREET_H\n#define GREET_H\nconst char *greeting(void);\n#endif\n",
+    "include/unused.h": "#define UNUSED 1\n",
+    "include/style.h": '#define GREETING "hello"\n',
+    "src/greet.c": '#include "greet.h"\n#include "style.h"\n'
+    "const char *greeting(void) { return GREETING; }\n",
+    "src/main.c": '#include <stdio.h>\n#include "greet.h"\n'
+    "int main(int argc, char **argv) {\n"
+    '  printf("%s, %s\\n", greeting(), argc > 1 ? argv[1] : "?");\n  return 0;\n}\n',
+}
+
+
+@pytest.fixture(scope="module")
+def c_store():
+    """One store for these tests, kept between runs: the toolchain download
+    and its compiled module (tens of seconds the first time) are reused."""
+    with Store(default_cache() / "test-stores" / "c-wasm") as store:
+        yield store
+
+
+def test_a_c_program_is_compiled_linked_and_run_inside_wasm(c_store, tmp_path: Path) -> None:
+    # The store is kept between runs; an id unique to this run in every
+    # source (and object) keeps the project's steps new to it (the
+    # toolchain's are not).
+    run_id = uuid.uuid4()
+    token = f'__attribute__((used)) static const char run_id[] = "{run_id}";\n'
+    files = {p: (token if p.endswith(".c") else f"/* {run_id} */\n") + t for p, t in FILES.items()}
+    root = write_project(tmp_path / "p", KILNFILE, files)
+    first = build(c_store, root)
+    assert first.ok, first.errors
+    log = {s.description: s for s in first.steps}
+    assert {"scan src/main.c", "cc src/main.c", "cc src/greet.c", "link hello.wasm"} <= set(log)
+    run = log["hello.wasm world"]
+    assert run.result is not None and run.result.exit_code == 0
+    stdout = c_store.cas.get_bytes(Digest.from_proto(run.result.stdout_digest))
+    assert stdout == b"hello, world\n"
+    assert (root / "kiln-out" / "hello" / "hello.wasm").read_bytes()[:4] == b"\0asm"
+    # The compile step of main.c sees the one project header it includes.
+    cc_main = log["cc src/main.c"]
+    assert sorted(p for p in cc_main.identity["inputs"] if p.startswith("include")) == [
+        "include/greet.h"
+    ]
+    assert ran(build(c_store, root)) == []
+
+    (root / "src" / "greet.c").write_text(token + FILES["src/greet.c"] + "/* a comment */\n")
+    assert ran(build(c_store, root)) == ["hello: cc src/greet.c", "hello: scan src/greet.c"]
+
+    (root / "include" / "unused.h").write_text(files["include/unused.h"] + "#define X 2\n")
+    assert ran(build(c_store, root)) == ["hello: scan src/greet.c", "hello: scan src/main.c"]
+
+    (root / "include" / "style.h").write_text(f'/* {run_id} */\n#define GREETING "hi"\n')
+    changed = build(c_store, root)
+    assert ran(changed) == [
+        "hello: cc src/greet.c", "hello: link hello.wasm",
+        "hello: scan src/greet.c", "hello: scan src/main.c", "run: hello.wasm world",
+    ]  # fmt: skip
+    run = {s.description: s for s in changed.steps}["hello.wasm world"]
+    assert c_store.cas.get_bytes(Digest.from_proto(run.result.stdout_digest)) == b"hi, world\n"
