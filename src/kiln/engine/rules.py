@@ -268,3 +268,19 @@ def pick(tree: Tree, path: str) -> File | Tree:
         f"{where}: {path!r} is not a file or folder of the tree {tree.path!r}",
         exit_code=errors.ExitCode.BAD_INPUT,
     )
+
+
+def read_bytes(file: File) -> bytes:
+    """The content of a ``File`` value (a source, a fetch, a step's output)."""
+    where = _where()
+    data = (
+        _context("read_bytes()").store.cas.get_bytes(file.digest)
+        if isinstance(file, File)
+        else None
+    )
+    if data is None:
+        raise errors.KilnError(
+            f"{where}: read_bytes() needs a File whose content is in the store, got {file!r}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    return data
