@@ -18,6 +18,7 @@ a ``TransientError``, never cached.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import threading
@@ -146,12 +147,22 @@ class WasmExecutor:
 
     def module(self, digest: Digest) -> Any:
         """The compiled module for a blob: from memory, the disk cache, or compiled now."""
-        import wasmtime
 
         cached = self._modules.get(digest)
         if cached is not None:
             return cached
         path = self._cache_path(digest)
+        # One compile per module however many executors (threads, processes)
+        # want it at once: the others wait for it and load the result.
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            module = self._load_or_compile(digest, path)
+        self._modules[digest] = module
+        return module
+
+    def _load_or_compile(self, digest: Digest, path: Path) -> Any:
+        import wasmtime
+
         if path.exists():
             module = wasmtime.Module.deserialize_file(self._engine, str(path))
         else:
@@ -171,7 +182,6 @@ class WasmExecutor:
             staged.write_bytes(module.serialize())
             os.replace(staged, path)
             self.compiled += 1
-        self._modules[digest] = module
         return module
 
     # ---------------------------------------------------------- execution
