@@ -1,5 +1,6 @@
-"""Checking that a wasm action's result does not depend on the engine
-(``kiln check --engine node KEY``).
+"""Checking results: that a wasm action's result does not depend on the
+engine (``kiln check --engine node KEY``), and that a target's steps give
+the same results when run again ignoring the cache (``kiln check TARGET``).
 
 The action runs under Wasmtime (or its cached Wasmtime result is used) and
 again under the second engine, Node.js; exit code, stdout, stderr and every
@@ -10,7 +11,7 @@ own wording, so when both runs trapped that line is left out of stderr.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.digest import Digest
@@ -183,3 +184,54 @@ def _outputs(store: Store, result: re_pb2.ActionResult) -> dict[str, str]:
         for path, entry in walk(store.cas, root, d.path + "/"):
             out[path] = "directory" if entry is None else describe(entry)
     return out
+
+
+@dataclass
+class StepCheck:
+    """A step of a target run again, ignoring the cache, and compared with
+    its recorded result."""
+
+    target: str
+    step: str
+    key: str
+    skipped: str = ""  # why it was not run again (e.g. a pinned fetch)
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not self.differences
+
+
+def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[StepCheck]:
+    """Run each of ``steps`` (records of a build) again with a fresh executor,
+    without reading or writing the action cache, and compare its result with
+    the recorded one. Fetches are not run again: their pin already checks
+    them, and they would only download the same bytes."""
+    from kiln.exec.fetch import FETCH_ABI
+    from kiln.exec.native import NATIVE_ABI, NativeExecutor
+    from kiln.exec.unpack import UNPACK_ABI, UnpackExecutor
+    from kiln.exec.wasi.host import ABI_VERSION
+    from kiln.exec.wasm import WasmExecutor
+
+    factories = {ABI_VERSION: WasmExecutor, NATIVE_ABI: NativeExecutor, UNPACK_ABI: UnpackExecutor}
+    executors: dict[str, Any] = {}
+    checks = []
+    for record in steps:
+        if record.result is None:
+            continue
+        action, command = load_action(store, record.key)
+        abi = next((p.value for p in action.platform.properties if p.name == "kiln-abi"), "")
+        check = StepCheck(record.target, record.description, str(record.key))
+        checks.append(check)
+        if abi == FETCH_ABI:
+            check.skipped = "a fetch: checked against its pin when it ran"
+            continue
+        if abi not in factories:
+            check.skipped = f"no executor here for {abi!r}"
+            continue
+        if on_step is not None:
+            on_step(record.description)
+        executor = executors.get(abi) or executors.setdefault(abi, factories[abi](store))
+        again = executor.execute(record.key, action, command)
+        check.differences = compare_results(store, record.result, again)
+    return checks

@@ -403,12 +403,11 @@ def wasm_run(
 
 
 @cli.command("check")
-@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@click.argument("items", nargs=-1, required=True, metavar="TARGET|KEY...")
 @click.option(
     "--engine",
     type=click.Choice(["node"]),
-    required=True,
-    help="The second engine to run each action under (node: Node.js's V8).",
+    help="Compare wasm results with a second engine (node: Node.js's V8).",
 )
 @click.option(
     "--timeout",
@@ -416,27 +415,48 @@ def wasm_run(
     default=600.0,
     show_default=True,
     metavar="SECONDS",
-    help="Wall-clock limit of each run.",
+    help="Wall-clock limit of each run under the second engine.",
 )
 @json_option
 @click.pass_context
 def check(
-    ctx: click.Context, keys: tuple[str, ...], engine: str, timeout: float, as_json: bool
+    ctx: click.Context, items: tuple[str, ...], engine: str | None, timeout: float, as_json: bool
 ) -> None:
-    """Run wasm actions under a second engine and compare with Wasmtime.
+    """Check that results are reproducible.
 
-    KEY is an action key (as `kiln wasm run --json` prints). Each action runs
-    under Wasmtime (or its cached result is used) and again under ENGINE with
-    the same virtual WASI; exit code, stdout, stderr and every output are
-    compared by digest. Exits 1 if any action's results differ.
+    `kiln check TARGET...` builds the targets (from the cache where it can),
+    then runs every step of theirs again, ignoring and not touching the
+    cache, and compares exit code, stdout, stderr and every output by
+    digest. Pinned fetches are not run again.
+
+    With --engine node, each wasm step (of TARGETs, or each action KEY as
+    `kiln wasm run --json` prints it) runs again under the second engine
+    with the same virtual WASI instead. Exits 1 if anything differs.
     """
     from kiln.check import check_engines
 
     store = _open_store(ctx)
+    keys = [i for i in items if _looks_like_key(i)]
+    targets = [i for i in items if not _looks_like_key(i)]
+    if keys and engine is None:
+        raise KilnError(
+            "checking an action KEY needs a second engine",
+            hint="add --engine node, or name a TARGET to rebuild its steps",
+            exit_code=ExitCode.BAD_INPUT,
+        )
+    checks: list[Any] = [_digest_arg(k) for k in keys]
+    if targets:
+        from kiln.cli_build import build_for_check
+
+        records = build_for_check(store, targets)
+        if engine is None:
+            _report_rebuild(store, records, as_json)
+            return
+        checks += [r.key for r in records if r.result is not None and _is_wasm(store, r.key)]
     reports = []
-    for text in keys:
-        with _status(f"running {text} under {engine}"):
-            reports.append(check_engines(store, _digest_arg(text), engine, timeout))
+    for key in checks:
+        with _status(f"running {key} under {engine}"):
+            reports.append(check_engines(store, key, engine or "node", timeout))
     if as_json:
         _emit_json([{**asdict(r), "identical": r.identical} for r in reports])
     else:
@@ -448,6 +468,40 @@ def check(
             for d in r.differences:
                 click.echo(f"  {d.what}: wasmtime {d.reference}, {r.other_engine} {d.other}")
     if not all(r.identical for r in reports):
+        sys.exit(ExitCode.FAILED)
+
+
+def _looks_like_key(text: str) -> bool:
+    digest_hash, sep, size = text.partition("/")
+    return bool(sep) and len(digest_hash) == 64 and size.isdigit()
+
+
+def _is_wasm(store: Store, key: Any) -> bool:
+    from kiln.check import load_action
+    from kiln.exec.wasi.host import ABI_VERSION
+
+    action, _ = load_action(store, key)
+    return any(p.name == "kiln-abi" and p.value == ABI_VERSION for p in action.platform.properties)
+
+
+def _report_rebuild(store: Store, records: list[Any], as_json: bool) -> None:
+    from kiln.check import rebuild_steps
+
+    with _status("running the steps again") as status:
+        on_step = getattr(status, "update", None)
+        checks = rebuild_steps(store, records, lambda d: on_step and on_step(f"running {d}"))
+    differing = [c for c in checks if not c.identical]
+    if as_json:
+        _emit_json([{**asdict(c), "identical": c.identical} for c in checks])
+    else:
+        for c in differing:
+            click.echo(f"{c.target}: {c.step}: DIFFERS when run again (key {c.key})")
+            for d in c.differences:
+                click.echo(f"  {d.what}: first {d.reference}, again {d.other}")
+        ran = sum(1 for c in checks if not c.skipped)
+        verdict = f"{len(differing)} differ" if differing else "all identical"
+        click.echo(f"kiln: {ran} steps run again: {verdict}", err=True)
+    if differing:
         sys.exit(ExitCode.FAILED)
 
 

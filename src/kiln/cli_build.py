@@ -16,6 +16,7 @@ from kiln.cli import _emit_json, _open_store, asdict, cli, json_option
 
 if TYPE_CHECKING:
     from kiln.engine.loader import Project
+    from kiln.store import Store
 
 
 def _project() -> Project:
@@ -99,6 +100,22 @@ def build(
         click.echo(f"kiln: {verdict} ({report.seconds:.2f} s)", err=True)
     if report.errors:
         sys.exit(max(e.exit_code for e in report.errors))
+
+
+def build_for_check(store: Store, targets: list[str]) -> list[Any]:
+    """Build ``targets`` for `kiln check` and return their step records;
+    a failed build is an error (there is nothing sound to compare)."""
+    from kiln.engine.build import Build
+    from kiln.engine.progress import BuildProgress
+
+    project = _project()
+    for name in targets:
+        project.target(name)
+    with BuildProgress() as progress:
+        report = Build(store, project, on_change=progress.on_change).run(targets)
+    if report.errors:
+        raise report.errors[0]
+    return list(report.steps)
 
 
 def _report_unchanged(stamp: dict[str, Any], as_json: bool, seconds: float) -> None:
