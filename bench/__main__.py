@@ -11,6 +11,7 @@ import json
 
 from bench import (
     build_graph,
+    c_wasm,
     hash_file,
     native_step,
     native_vs_nix,
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "graph": build_graph.main,
     "native": native_step.main,
     "nix": native_vs_nix.main,
+    "c-wasm": c_wasm.main,
 }
 
 

@@ -1,0 +1,95 @@
+"""examples/tally (14 C units) built by clang inside WebAssembly, against
+gcc driven by make on the same sources, in one run:
+
+- full build: `kiln build tally -j2` (toolchain fetched and its module
+  compiled beforehand, as on any machine after its first build; every
+  compile is new: each unit carries a fresh id) vs `make -j2` from clean;
+- one-file change: one unit edited, then the same two commands;
+- warm rebuild: the output folder removed (`rm -rf kiln-out`, `make clean`)
+  and built again from a populated store vs make with a warm ccache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+from bench.common import KILN, real_binary, report, run
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tally"
+
+MAKEFILE = """CC ?= gcc
+CFLAGS = -O2 -Wall -Wextra -Iinclude
+SOURCES = $(wildcard src/*.c)
+OBJECTS = $(SOURCES:src/%.c=obj/%.o)
+
+tally: $(OBJECTS)
+\t$(CC) $(OBJECTS) -o $@
+
+obj/%.o: src/%.c $(wildcard include/*.h) | obj
+\t$(CC) $(CFLAGS) -c $< -o $@
+
+obj:
+\tmkdir -p obj
+
+clean:
+\trm -rf obj tally
+"""
+
+
+def _project(tmp: Path, name: str) -> Path:
+    """A copy of the example whose units carry an id new to every store."""
+    root = tmp / name
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("kiln-out"))
+    tag = uuid.uuid4()
+    for unit in (root / "src").glob("*.c"):
+        text = unit.read_text()
+        unit.write_text(f'__attribute__((used)) static const char build_id[] = "{tag}";\n{text}')
+    (root / "Makefile").write_text(MAKEFILE)
+    return root
+
+
+def main() -> list[dict]:
+    if shutil.which("ccache") is None:
+        print("c-wasm: skipped, ccache is not installed (apt-get install ccache)")
+        return []
+    make = real_binary("make")
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        env = {**os.environ, "KILN_HOME": str(tmp / "home"), "KILN_RACY_WINDOW_MS": "0",
+               "CCACHE_DIR": str(tmp / "ccache")}  # fmt: skip
+        warm = _project(tmp, "warm-up")  # fetch the toolchain, compile its module
+        run([KILN, "build", "tally"], cwd=warm, env=env)
+        root = _project(tmp, "tally")
+        kiln_full = run([KILN, "build", "tally", "-j2"], cwd=root, env=env)
+        make_full = run([make, "-j2"], cwd=root, env=env)
+
+        unit = root / "src" / "stats.c"
+        unit.write_text(unit.read_text().replace("s.count = n;", "s.count = n + 0;"))
+        kiln_one = run([KILN, "build", "tally", "-j2"], cwd=root, env=env)
+        make_one = run([make, "-j2"], cwd=root, env=env)
+
+        ccache_env = {**env, "CC": "ccache gcc"}
+        run([make, "clean"], cwd=root, env=env)
+        run([make, "-j2"], cwd=root, env=ccache_env)  # fills the cache
+        run([make, "clean"], cwd=root, env=env)
+        make_warm = run([make, "-j2"], cwd=root, env=ccache_env)
+        shutil.rmtree(root / "kiln-out")
+        kiln_warm = run([KILN, "build", "tally", "-j2"], cwd=root, env=env)
+        stats = subprocess.run(["ccache", "-s"], env=ccache_env, capture_output=True, text=True)
+        assert "Hits" in stats.stdout or "hit" in stats.stdout.lower()
+    return [
+        report("tally full build (14 units, clang in wasm)", kiln_full, "make -j2 (gcc)",
+               make_full, "<= 3"),
+        report("tally one-file change", kiln_one, "make -j2 (gcc)", make_one, "<= 1.5"),
+        report("tally warm rebuild after rm -rf of the outputs", kiln_warm,
+               "make -j2 with a warm ccache", make_warm, "<= 1"),
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
