@@ -26,6 +26,7 @@ include it; a change that leaves an object file identical stops there
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,8 +122,6 @@ async def program(
     toolchain: Toolchain | None = None,
 ) -> File:
     """Compile each of ``sources`` in its own step and link ``NAME.wasm``."""
-    import asyncio
-
     units = list(sources)
     if not units:
         raise errors.KilnError(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import posixpath
 import urllib.parse
+from collections.abc import Sequence
 
 from kiln import errors
 from kiln.engine.rules import _context, _target, _where
@@ -49,7 +50,7 @@ async def url(
     unpack: bool = False,
     strip: int = 0,
     name: str | None = None,
-    auth: str | list[str] = (),  # type: ignore[assignment]
+    auth: str | Sequence[str] = (),
 ) -> File | Tree:
     """Download the first of ``urls`` (mirrors, tried in order) that works.
     ``digest`` pins the file (``unpack=False``) or the unpacked tree, with
@@ -72,7 +73,7 @@ async def npm(
     digest: str | None = None,
     unpack: bool = False,
     registry: str = NPM_REGISTRY,
-    auth: str | list[str] = (),  # type: ignore[assignment]
+    auth: str | Sequence[str] = (),
 ) -> File | Tree:
     """An npm package's tarball, found through the registry's package
     document; ``digest`` may be the lock file's ``integrity`` string."""
@@ -93,7 +94,7 @@ async def pypi(
     digest: str | None = None,
     unpack: bool = False,
     index: str = PYPI_INDEX,
-    auth: str | list[str] = (),  # type: ignore[assignment]
+    auth: str | Sequence[str] = (),
 ) -> File | Tree:
     """One file of a Python package release, found on the simple index."""
     where = _where()
@@ -127,7 +128,7 @@ def _pin(digest: str | None, where: str) -> str:
     return UNPINNED
 
 
-def _auth(auth: str | list[str]) -> tuple[str, ...]:
+def _auth(auth: str | Sequence[str]) -> tuple[str, ...]:
     return (auth,) if isinstance(auth, str) else tuple(auth)
 
 
