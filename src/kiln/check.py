@@ -207,13 +207,14 @@ def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[S
     without reading or writing the action cache, and compare its result with
     the recorded one. Fetches are not run again: their pin already checks
     them, and they would only download the same bytes."""
+    from kiln.engine.build import default_executors
     from kiln.exec.fetch import FETCH_ABI
-    from kiln.exec.native import NATIVE_ABI, NativeExecutor
-    from kiln.exec.unpack import UNPACK_ABI, UnpackExecutor
+    from kiln.exec.native import NATIVE_ABI
+    from kiln.exec.unpack import UNPACK_ABI
     from kiln.exec.wasi.host import ABI_VERSION
-    from kiln.exec.wasm import WasmExecutor
 
-    factories = {ABI_VERSION: WasmExecutor, NATIVE_ABI: NativeExecutor, UNPACK_ABI: UnpackExecutor}
+    kinds = {ABI_VERSION: "wasm", NATIVE_ABI: "native", UNPACK_ABI: "unpack"}
+    factories = default_executors(store)
     executors: dict[str, Any] = {}
     checks = []
     for record in steps:
@@ -226,12 +227,13 @@ def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[S
         if abi == FETCH_ABI:
             check.skipped = "a fetch: checked against its pin when it ran"
             continue
-        if abi not in factories:
+        kind = kinds.get(abi)
+        if kind is None:
             check.skipped = f"no executor here for {abi!r}"
             continue
         if on_step is not None:
             on_step(record.description)
-        executor = executors.get(abi) or executors.setdefault(abi, factories[abi](store))
+        executor = executors.get(kind) or executors.setdefault(kind, factories[kind]())
         again = executor.execute(record.key, action, command)
         check.differences = compare_results(store, record.result, again)
     return checks

@@ -9,12 +9,8 @@ sha512 integrity before anything is unpacked, and cached by that digest.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
-import tarfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,31 +44,29 @@ def default_cache() -> Path:
 
 
 def fetch_npm(package: NpmPackage, cache: Path | None = None, timeout: float = 120.0) -> Path:
-    """The package's files unpacked (its ``package/`` folder), downloaded once."""
-    algorithm, _, expected = package.integrity.partition("-")
-    if algorithm != "sha512":
-        raise ValueError(f"unsupported integrity {package.integrity!r}")
-    digest_hex = base64.b64decode(expected).hex()
+    """The package's files unpacked (its ``package/`` folder), downloaded once
+    (with the retries and resuming of fetch steps) and checked first."""
+    import tarfile
+
+    from kiln.exec.download import download
+    from kiln.exec.fetch import file_hash, parse_pin
+
+    expected = parse_pin(package.integrity, f"{package.name}@{package.version}")
+    algorithm, _, digest_hex = expected.partition(":")
     folder = (cache or default_cache()) / "npm" / digest_hex[:32]
     unpacked = folder / "package"
     if unpacked.is_dir():
         return unpacked
     folder.mkdir(parents=True, exist_ok=True)
-    tarball = folder / f"download.{os.getpid()}.tgz"
     staging = folder / f"unpack.{os.getpid()}"
-    hasher = hashlib.sha512()
+    _, tarball = download(
+        [package.url], lambda _: folder / f"download.{os.getpid()}.tgz", timeout=timeout
+    )
     try:
-        with (
-            urllib.request.urlopen(package.url, timeout=timeout) as response,
-            open(tarball, "wb") as out,
-        ):
-            while chunk := response.read(1 << 20):
-                hasher.update(chunk)
-                out.write(chunk)
-        if hasher.hexdigest() != digest_hex:
-            got = base64.b64encode(hasher.digest()).decode()
+        got = file_hash(tarball, algorithm)
+        if got != digest_hex:
             raise errors.KilnError(
-                f"{package.url}: sha512 mismatch: expected {expected}, got {got}",
+                f"{package.url}: {algorithm} mismatch: expected {digest_hex}, got {got}",
                 hint="the registry served other bytes than the pinned ones; do not use them",
             )
         with tarfile.open(tarball) as tar:
@@ -82,11 +76,6 @@ def fetch_npm(package: NpmPackage, cache: Path | None = None, timeout: float = 1
         except OSError:
             if not unpacked.is_dir():  # else another process unpacked it first
                 raise
-    except OSError as e:
-        raise errors.KilnError(
-            f"cannot download {package.name}@{package.version} from {package.url}: {e}",
-            hint="check the network connection to the npm registry",
-        ) from None
     finally:
         tarball.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)

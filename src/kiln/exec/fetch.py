@@ -232,7 +232,7 @@ class FetchExecutor:
             origin, path = self._download(spec, [Auth(a) for a in spec.auth])
             try:
                 if spec.mode == "file":
-                    pin = f"sha256:{_file_hash(path, 'sha256')}"
+                    pin = f"sha256:{file_hash(path, 'sha256')}"
                     with self._store.writing(), self._store.cas.batch(durable=False) as batch:
                         return pin, batch.add_file(path), None
                 with self._store.writing(), self._store.cas.batch(durable=False) as batch:
@@ -295,7 +295,7 @@ class FetchExecutor:
         try:
             if spec.mode == "file":
                 algorithm = spec.pin.split(":")[0] if spec.pin != UNPINNED else "sha256"
-                got = f"{algorithm}:{_file_hash(path, algorithm)}"
+                got = f"{algorithm}:{file_hash(path, algorithm)}"
                 if spec.pin == UNPINNED:  # kept, so the build that pins it needs no download
                     with self._store.writing(), self._store.cas.batch(durable=False) as batch:
                         batch.add_file(path)
@@ -373,7 +373,8 @@ class FetchExecutor:
         return f"{repo} at {spec.rev}", stored, checkout
 
 
-def _file_hash(path: Path, algorithm: str) -> str:
+def file_hash(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes with ``algorithm`` (e.g. sha256)."""
     hasher = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

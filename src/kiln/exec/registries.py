@@ -14,9 +14,6 @@ from pathlib import Path
 
 from kiln.exec.download import Auth, DownloadError, download
 
-NPM_REGISTRY = "https://registry.npmjs.org"
-PYPI_INDEX = "https://pypi.org/simple"
-
 
 def _get(url: str, auth: list[Auth], timeout: float, attempts: int) -> bytes:
     with tempfile.TemporaryDirectory(prefix="kiln-index-") as tmp:
