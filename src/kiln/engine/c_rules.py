@@ -16,28 +16,28 @@ placed in a step's tree as ``clang`` or as ``wasm-ld``. WASI cannot start
 processes, so the clang driver never runs the linker: every translation
 unit is a ``clang -c`` step and the link is a ``wasm-ld`` step.
 
-Header dependencies are discovered, not declared per unit: a scan step
-(``clang -MM``, which sees every header) lists the headers a unit includes,
-and the unit's compile step gets exactly those. Changing a header therefore
-reruns the scans, which are cheap, and recompiles only the units that
-include it; a change that leaves an object file identical stops there
-(early cutoff).
+Header dependencies are discovered, not declared per unit: before a unit's
+compile step, its ``#include`` lines (and those of the headers they reach)
+are read (``kiln.engine.c_includes``), and the step gets exactly the
+project headers the unit may include. Changing a header therefore
+recompiles only the units that include it; a change that leaves an object
+file identical stops there (early cutoff).
 """
 
 from __future__ import annotations
 
 import asyncio
-import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kiln import errors
 from kiln.engine import fetching
-from kiln.engine.rules import pick, unpack, wasm
+from kiln.engine.c_includes import IncludeScanner
+from kiln.engine.rules import pick, read_bytes, unpack, wasm
 from kiln.engine.values import File, Tree
 from kiln.toolchains import YOWASP_CLANG
 
-__all__ = ["Toolchain", "clang", "dependencies", "program"]
+__all__ = ["Toolchain", "clang", "program"]
 
 COMPILE_FUEL = 10**12  # a large optimized unit stays far below this
 COMPILE_MEMORY_MIB = 2048
@@ -68,31 +68,15 @@ async def clang() -> Toolchain:
     return Toolchain(module, usr.at("usr"))
 
 
-def dependencies(make_rule: str) -> list[str]:
-    """The prerequisites of a make rule as ``clang -MM`` writes it,
-    normalized (``./a.h`` and ``src/../a.h`` become ``a.h``)."""
-    text = make_rule.replace("\\\n", " ")
-    _, _, prerequisites = text.partition(":")
-    return [posixpath.normpath(p) for p in prerequisites.split()]
-
-
 async def compile_unit(
     unit: File, headers: list[File], cflags: list[str], toolchain: Toolchain
 ) -> File:
-    """One translation unit to an object file, seeing only the headers it
-    includes (found by a scan step)."""
-    rule = f"deps/{unit.path}.d"
-    scan = await wasm(
-        toolchain.module.at("clang"), *cflags, "-MM", "-MF", rule, unit.path,
-        inputs=[toolchain.usr, unit, *headers], outputs=[rule],
-        fuel=COMPILE_FUEL, memory_mib=COMPILE_MEMORY_MIB, description=f"scan {unit.path}",
-    )  # fmt: skip
-    included = set(dependencies(scan.read_text(rule)))
-    used = [h for h in headers if posixpath.normpath(h.path) in included]
+    """One translation unit to an object file; ``headers`` are the project
+    headers it may include (its step sees no others)."""
     obj = f"obj/{unit.path}.o"
     step = await wasm(
         toolchain.module.at("clang"), "-c", *cflags, unit.path, "-o", obj,
-        inputs=[toolchain.usr, unit, *used], outputs=[obj],
+        inputs=[toolchain.usr, unit, *headers], outputs=[obj],
         fuel=COMPILE_FUEL, memory_mib=COMPILE_MEMORY_MIB, description=f"cc {unit.path}",
     )  # fmt: skip
     return step.file(obj)
@@ -128,6 +112,9 @@ async def program(
             f"c.program({name!r}) has no sources", exit_code=errors.ExitCode.BAD_INPUT
         )
     tc = toolchain or await clang()
-    flags, found = list(cflags), list(headers)
-    objects = await asyncio.gather(*(compile_unit(u, found, flags, tc) for u in units))
+    flags = list(cflags)
+    scanner = IncludeScanner(headers, flags, read_bytes)
+    objects = await asyncio.gather(
+        *(compile_unit(u, scanner.headers_of(u), flags, tc) for u in units)
+    )
     return await link(name, list(objects), tc)
