@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import KILN, real_binary, report, run
+from kiln.toolchains import default_cache
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tally"
 
@@ -60,7 +61,10 @@ def main() -> list[dict]:
     make = real_binary("make")
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        env = {**os.environ, "KILN_HOME": str(tmp / "home"), "KILN_RACY_WINDOW_MS": "0",
+        # A store kept between runs (like the tests'): the toolchain and its
+        # compiled module are reused; every unit's id keeps its compiles new.
+        home = default_cache() / "bench-stores" / "c-wasm"
+        env = {**os.environ, "KILN_HOME": str(home), "KILN_RACY_WINDOW_MS": "0",
                "CCACHE_DIR": str(tmp / "ccache")}  # fmt: skip
         warm = _project(tmp, "warm-up")  # fetch the toolchain, compile its module
         run([KILN, "build", "tally"], cwd=warm, env=env)
