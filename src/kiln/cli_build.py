@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def _project() -> Project:
-    from kiln.engine.loader import find_root, load
+    from kiln.engine.loader import load
+    from kiln.engine.root import find_root
 
     return load(find_root(Path.cwd()))
 
@@ -55,18 +56,17 @@ def build(
     in the store do not run again. Exits 1 if a step or target failed.
     """
     from kiln.engine import stamp
-    from kiln.engine.loader import find_root
+    from kiln.engine.root import find_root
 
     started = time.perf_counter()
     root = find_root(Path.cwd())
     key = stamp.stamp_key(list(targets) or None)
     store = _open_store(ctx)
-    unchanged = stamp.check(store, root, key)
-    if unchanged is not None:
-        from kiln.engine.history import record_unchanged
-
-        record_unchanged(store, root, key)
-        _report_unchanged(unchanged, as_json, time.perf_counter() - started)
+    unchanged = stamp.check(store.conn, root, key)
+    restored = stamp.restore(store.cas.root, root, unchanged) if unchanged is not None else None
+    if unchanged is not None and restored is not None:
+        stamp.record_answer(store.conn, root, key)
+        _report_unchanged(unchanged, restored, as_json, time.perf_counter() - started)
         return
 
     from kiln.engine.build import Build
@@ -118,14 +118,16 @@ def build_for_check(store: Store, targets: list[str]) -> list[Any]:
     return list(report.steps)
 
 
-def _report_unchanged(stamp: dict[str, Any], as_json: bool, seconds: float) -> None:
+def _report_unchanged(
+    stamp: dict[str, Any], restored: list[str], as_json: bool, seconds: float
+) -> None:
     """What `kiln build` says when the stamp shows nothing changed."""
     if as_json:
         _emit_json(
             {
                 "ok": True, "executed": 0, "cached": stamp["steps"], "failed": 0, "skipped": 0,
                 "executed_keys": [], "files_hashed": 0, "seconds": round(seconds, 3),
-                "build_id": None, "unchanged": True,
+                "build_id": None, "unchanged": True, "restored": restored,
                 "targets": {
                     name: {"output": output, "digest": digest, "error": None}
                     for name, (output, digest) in stamp["targets"].items()
@@ -133,13 +135,9 @@ def _report_unchanged(stamp: dict[str, Any], as_json: bool, seconds: float) -> N
             }
         )  # fmt: skip
         return
-    for name, (output, _) in sorted(stamp["targets"].items()):
-        click.echo(f"{name}: {os.path.relpath(output)}")
-    click.echo(
-        f"kiln: nothing to do: no source changed since the last build "
-        f"({stamp['steps']} steps, {seconds:.3f} s)",
-        err=True,
-    )
+    from kiln.quick import say_unchanged
+
+    say_unchanged(stamp, restored, seconds)
 
 
 @cli.command("targets")

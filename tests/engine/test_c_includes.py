@@ -40,8 +40,7 @@ def test_direct_and_nested_includes_through_an_include_folder() -> None:
 
 def test_headers_under_conditionals_and_has_include_count() -> None:
     tree = {
-        "a.c": '#ifdef WINDOWS\n#  include "win.h"\n#endif\n'
-        '#if __has_include("opt.h")\n#endif\n',
+        "a.c": '#ifdef WINDOWS\n#  include "win.h"\n#endif\n#if __has_include("opt.h")\n#endif\n',
         "win.h": "",
         "opt.h": "",
         "other.h": "",
@@ -50,7 +49,7 @@ def test_headers_under_conditionals_and_has_include_count() -> None:
 
 
 def test_a_computed_include_gives_every_header() -> None:
-    tree = {"a.c": "#define H \"x.h\"\n#include H\n", "x.h": "", "y.h": ""}
+    tree = {"a.c": '#define H "x.h"\n#include H\n', "x.h": "", "y.h": ""}
     assert scan(tree, "a.c") == ["x.h", "y.h"]
     nested = {"a.c": '#include "x.h"\n', "x.h": "#include CONFIG\n", "y.h": ""}
     assert scan(nested, "a.c") == ["x.h", "y.h"]

@@ -81,7 +81,9 @@ def test_a_c_program_is_compiled_linked_and_run_inside_wasm(c_store, tmp_path: P
     (root / "include" / "style.h").write_text(f'/* {run_id} */\n#define GREETING "hi"\n')
     changed = build(c_store, root)
     assert ran(changed) == [
-        "hello: cc src/greet.c", "hello: link hello.wasm", "run: hello.wasm world",
+        "hello: cc src/greet.c",
+        "hello: link hello.wasm",
+        "run: hello.wasm world",
     ]
     run = {s.description: s for s in changed.steps}["hello.wasm world"]
     assert c_store.cas.get_bytes(Digest.from_proto(run.result.stdout_digest)) == b"hi, world\n"

@@ -10,6 +10,7 @@ import shutil
 import pytest
 from engine_helpers import build, ran, write_project
 
+from kiln.digest import Digest
 from kiln.engine.loader import load
 from kiln.engine.scheduler import StepStatus
 from kiln.errors import KilnError
@@ -259,17 +260,43 @@ def test_the_build_stamp_answers_only_while_nothing_changed(
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
     key = stamp.stamp_key(None)
     report = build(store, root, stamp_as=key)
-    assert report.stamped and stamp.check(store, root, key) is not None
+    assert report.stamped and stamp.check(store.conn, root, key) is not None
     (root / "src" / "b.txt").write_text("b")  # a new match for the glob
-    assert stamp.check(store, root, key) is None
+    assert stamp.check(store.conn, root, key) is None
     build(store, root, stamp_as=key)
-    assert stamp.check(store, root, key) is not None
+    assert stamp.check(store.conn, root, key) is not None
     (root / "kilnfile.py").write_text(GLOBBING + "\n# edited\n")  # the build file itself
-    assert stamp.check(store, root, key) is None
+    assert stamp.check(store.conn, root, key) is None
     build(store, root, stamp_as=key)
+    before = (root / "kiln-out" / "cat" / "all").read_text()
     os.chmod(root / "kiln-out" / "cat", 0o755)
-    shutil.rmtree(root / "kiln-out" / "cat")  # the output is gone
-    assert stamp.check(store, root, key) is None
+    shutil.rmtree(root / "kiln-out")  # the outputs are gone, the sources are not
+    unchanged = stamp.check(store.conn, root, key)
+    assert unchanged is not None
+    assert stamp.restore(store.cas.root, root, unchanged) == ["cat"]
+    assert (root / "kiln-out" / "cat" / "all").read_text() == before
+    assert not os.access(root / "kiln-out" / "cat", os.W_OK) or os.geteuid() == 0
+    assert stamp.restore(store.cas.root, root, unchanged) == []  # already in place
+
+
+def test_a_removed_output_the_store_lost_is_built_again(
+    store, tmp_path, tools, monkeypatch
+) -> None:
+    from kiln.engine import stamp
+
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
+    key = stamp.stamp_key(None)
+    assert build(store, root, stamp_as=key).stamped
+    os.chmod(root / "kiln-out" / "cat", 0o755)
+    shutil.rmtree(root / "kiln-out")
+    blob = store.cas.path(Digest.of_bytes(b"a"))  # the output file's content, lost
+    os.chmod(blob, 0o644)
+    blob.unlink()
+    unchanged = stamp.check(store.conn, root, key)
+    assert unchanged is not None and stamp.restore(store.cas.root, root, unchanged) is None
+    report = build(store, root, stamp_as=key)
+    assert report.ok and (root / "kiln-out" / "cat" / "all").read_text() == "a"
 
 
 def test_no_stamp_for_files_changed_within_the_racy_window(store, tmp_path, tools) -> None:

@@ -133,3 +133,39 @@ def test_the_committed_tool_is_built_from_its_source(guest, tmp_path: Path) -> N
         check=True,
     )  # fmt: skip
     assert out.read_bytes() == (EXAMPLE / "tools" / "textkit.wasm").read_bytes()
+
+
+def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: Path) -> None:
+    """`kiln build` with nothing to do, even after `rm -rf kiln-out`, runs
+    without importing the CLI, the engine or protobuf."""
+    import shutil
+
+    from kiln.quick import build_targets
+
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+    kiln = str(Path(sys.executable).parent / "kiln")
+    first = subprocess.run([kiln, "build", "report"], cwd=example, env=env, capture_output=True)
+    assert first.returncode == 0, first.stderr
+    report = (example / "kiln-out" / "report" / "report.txt").read_bytes()
+    os.chmod(example / "kiln-out" / "report", 0o755)
+    shutil.rmtree(example / "kiln-out")
+    probe = (
+        "import sys\nfrom kiln.quick import noop_build\n"
+        "code = noop_build(['build', '-j', '2', 'report'])\n"
+        "heavy = ('click', 'google.protobuf', 'kiln.cli', 'kiln.engine.build', 'kiln.digest')\n"
+        "print(code, [m for m in heavy if m in sys.modules])\n"
+    )
+    answered = subprocess.run(
+        [sys.executable, "-c", probe], cwd=example, env=env, capture_output=True, text=True
+    )
+    assert answered.stdout.splitlines() == ["report: kiln-out/report", "0 []"], answered.stderr
+    assert "nothing to do: no source changed since the last build; restored report" in (
+        answered.stderr
+    )
+    out = example / "kiln-out" / "report"
+    assert (out / "report.txt").read_bytes() == report
+    assert not os.stat(out).st_mode & stat.S_IWUSR
+    # What the quick path does not answer goes to the CLI.
+    assert build_targets(["build", "a", "-k", "-j3", "--jobs", "1", "b"]) == ["a", "b"]
+    for argv in (["build", "--json"], ["build", "-j0"], ["--store", "x", "build"], ["gc"]):
+        assert build_targets(argv) is None, argv

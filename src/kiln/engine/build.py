@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,19 +23,16 @@ from kiln import errors
 from kiln.action import ActionSpec
 from kiln.config import Config, check_secret, load_config
 from kiln.digest import Digest
-from kiln.engine import rules
+from kiln.engine import outputs, rules
 from kiln.engine.inputs import input_root, input_tree
 from kiln.engine.loader import Project, user_code_error
 from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest, StepStatus
 from kiln.engine.sources import Sources
 from kiln.engine.values import File, StepResult, Tree, Value
-from kiln.fsutil import remove_tree
 
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
     from kiln.store.local import Store
-
-OUTPUT_DIR = "kiln-out"
 
 
 @dataclass
@@ -319,28 +315,18 @@ class Build:
     # ---------------------------------------------------------- outputs
 
     def output_dir(self, name: str) -> Path:
-        return self.project.root / OUTPUT_DIR / name
+        return outputs.output_dir(self.project.root, name)
 
     def _materialize(self, t: rules.Target, value: Any) -> Digest:
-        from kiln.store.materialize import Materializer
-
         values = _flatten(value, t)
         where = f"{t.where} (value of target {t.name!r})"
         digest = input_root(self.store.cas, values, where)
-        dest = self.output_dir(t.name)
-        marker = self.project.root / OUTPUT_DIR / ".kiln" / f"{t.name}.digest"
         if not self._synced:
             self.store.cas.sync()  # what the build wrote becomes durable before its roots
             self._synced = True
         with self.store.writing():
             self.store.add_root(f"build:{self.project.root}:{t.name}", digest, "tree")
-        if dest.is_dir() and marker.is_file() and marker.read_text() == str(digest):
-            return digest  # already there
-        remove_tree(dest)
-        Materializer(self.store.cas).tree(digest, dest)
-        _make_read_only(dest)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(digest))
+        outputs.place(self.store.cas, self.project.root, t.name, digest)
         return digest
 
 
@@ -386,11 +372,3 @@ def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:
         hint="return a File, a Tree, a step's result, None, or a list or dict of these",
         exit_code=errors.ExitCode.BAD_INPUT,
     )
-
-
-def _make_read_only(root: Path) -> None:
-    for folder, _, _ in os.walk(root, topdown=False):
-        os.chmod(
-            folder,
-            stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH,
-        )

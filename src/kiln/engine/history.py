@@ -87,16 +87,6 @@ def record_build(
     return build_id
 
 
-def record_unchanged(store: Store, project: Path, targets: str) -> None:
-    """A build answered from its stamp: recorded, with no steps."""
-    now = time.time()
-    store.conn.execute(
-        "INSERT INTO builds(project, targets, started, finished, status) "
-        "VALUES (?, ?, ?, ?, 'unchanged')",
-        (str(project), targets, now, now),
-    )
-
-
 def last_build(store: Store, project: Path, with_steps: bool = False) -> int:
     """The id of the project's most recent build (``with_steps``: the most
     recent one that evaluated its rules, not answered from its stamp)."""

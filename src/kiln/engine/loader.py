@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
+from kiln.engine.root import BUILD_FILE
 
 if TYPE_CHECKING:
     from kiln.engine import rules
-
-BUILD_FILE = "kilnfile.py"
 
 
 @dataclass(frozen=True)
@@ -39,19 +38,6 @@ class Project:
                 hint=f"targets are: {known} (`kiln targets` lists them)",
                 exit_code=errors.ExitCode.BAD_INPUT,
             ) from None
-
-
-def find_root(start: Path) -> Path:
-    """The nearest folder at or above ``start`` holding a build file."""
-    start = start.resolve()
-    for folder in (start, *start.parents):
-        if (folder / BUILD_FILE).is_file():
-            return folder
-    raise errors.KilnError(
-        f"no {BUILD_FILE} in {start} or any folder above it",
-        hint=f"run kiln inside a project, or create {BUILD_FILE} (see README: Build files)",
-        exit_code=errors.ExitCode.BAD_INPUT,
-    )
 
 
 def load(root: Path) -> Project:

@@ -5,9 +5,9 @@ After a successful build, Kiln records what it saw: the stat signature
 it imported and of every source file the rules read, the signature of every
 folder a ``glob`` listed (adding, removing or renaming a file changes its
 folder's mtime), and each target's output. The next ``kiln build`` of the
-same targets first checks those: if everything looks the same and every
-output folder is still what was built, there is nothing to do, and neither
-the build file nor any rule runs.
+same targets first checks those: if everything looks the same, there is
+nothing to do, and neither the build file nor any rule runs; an output
+folder removed since (``rm -rf kiln-out``) is put back from the store.
 
 Sound because rules are deterministic functions of the files they read
 (see README, "Build files") and because no stamp is recorded when a file
@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import sqlite3
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +54,9 @@ def _signature(path: str, dir_fd: int | None = None) -> Signature | None:
 
 def record(store: Store, project: Project, key: str, sources: Sources, report: BuildReport) -> bool:
     """File the stamp of a finished build (or drop a stale one); True if filed."""
+    from kiln.digest import Digest
+    from kiln.engine import outputs
+
     seen: dict[str, Signature | None] = {
         **{path: _signature(path) for path in project.code_files},
         **{folder: _signature(folder) for folder in sources.listed},
@@ -76,6 +81,11 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
         "version": __version__,
         "files": dict(by_folder),
         "targets": {t.name: (t.output, t.digest) for t in report.targets},
+        "manifests": {
+            t.name: outputs.manifest(store.cas, Digest.parse(t.digest))
+            for t in report.targets
+            if t.digest is not None
+        },
         "steps": len(report.steps),
     }
     conn.execute(
@@ -85,9 +95,10 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
     return True
 
 
-def check(store: Store, root: Path, key: str) -> dict[str, Any] | None:
-    """The stamp of the last build of these targets if nothing changed since."""
-    row = store.conn.execute(
+def check(conn: sqlite3.Connection, root: Path, key: str) -> dict[str, Any] | None:
+    """The stamp of the last build of these targets if no file it read has
+    changed since (its outputs may be gone: see ``restore``)."""
+    row = conn.execute(
         "SELECT stamp FROM build_stamps WHERE project = ? AND targets = ?", (str(root), key)
     ).fetchone()
     if row is None:
@@ -105,11 +116,32 @@ def check(store: Store, root: Path, key: str) -> dict[str, Any] | None:
                 return None
         finally:
             os.close(fd)
-    for name, (output, digest) in stamp["targets"].items():
-        marker = root / "kiln-out" / ".kiln" / f"{name}.digest"
-        try:
-            if marker.read_text() != digest or not os.path.isdir(output):
-                return None
-        except OSError:
-            return None
     return stamp
+
+
+def restore(cas_root: Path, root: Path, stamp: dict[str, Any]) -> list[str] | None:
+    """Put back the stamped outputs that were removed or replaced since
+    (sources unchanged, so the values are too), linking blobs out of the
+    store at ``cas_root``: the targets restored, or None if one of them
+    cannot be (a full build then makes it)."""
+    from kiln.engine import outputs
+
+    restored = []
+    for name, (_, digest) in sorted(stamp["targets"].items()):
+        if outputs.is_current(root, name, digest):
+            continue
+        entries = stamp["manifests"].get(name)
+        if entries is None or not outputs.restore(cas_root, root, name, digest, entries):
+            return None
+        restored.append(name)
+    return restored
+
+
+def record_answer(conn: sqlite3.Connection, root: Path, key: str) -> None:
+    """File in the build history a build answered from its stamp (no steps)."""
+    now = time.time()
+    conn.execute(
+        "INSERT INTO builds(project, targets, started, finished, status) "
+        "VALUES (?, ?, ?, ?, 'unchanged')",
+        (str(root), key, now, now),
+    )

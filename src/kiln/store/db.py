@@ -26,6 +26,15 @@ from pathlib import Path
 
 SCHEMA_VERSION = 4
 
+
+def default_home() -> Path:
+    """``$KILN_HOME``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
+    if home := os.environ.get("KILN_HOME"):
+        return Path(home)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "kiln"
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,

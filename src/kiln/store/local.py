@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
 from kiln.store import db
+from kiln.store.db import default_home
 from kiln.store.localcas import LocalCAS
 from kiln.store.locks import KeyLocks, SharedExclusiveLock
 from kiln.store.session import Session
@@ -40,14 +41,7 @@ if TYPE_CHECKING:
     from kiln.store.verify import VerifyReport
 
 ROOT_KINDS = ("tree", "blob", "action")
-
-
-def default_home() -> Path:
-    """``$KILN_HOME``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
-    if home := os.environ.get("KILN_HOME"):
-        return Path(home)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "kiln"
+__all__ = ["Execution", "PutResult", "Store", "StoreStats", "default_home"]
 
 
 @dataclass(frozen=True)
