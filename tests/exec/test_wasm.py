@@ -158,6 +158,30 @@ def test_wall_clock_timeout_is_transient(store, tmp_path: Path, guest) -> None:
         _run(store, root, limits=WasmLimits(fuel=10**15), executor=WasmExecutor(store, timeout=0.3))
 
 
+def test_a_timeout_stops_only_its_own_run(store, tmp_path: Path, guest) -> None:
+    """Executors share one engine whose epoch ticks for timeouts; a run
+    without a timeout, beside a timed one, runs to its end (out of fuel)."""
+    import threading
+
+    root = store.put(_inputs(tmp_path, guest("spin"))).digest
+    errors: list[Exception] = []
+
+    def timed() -> None:
+        try:
+            _run(store, root, limits=WasmLimits(fuel=10**15),
+                 executor=WasmExecutor(store, timeout=0.05))  # fmt: skip
+        except TransientError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=timed)
+    thread.start()
+    result = _run(store, root, limits=WasmLimits(fuel=10**10))[1]  # about 0.5 s
+    thread.join()
+    assert len(errors) == 1 and "wall-clock timeout" in str(errors[0])
+    assert result.exit_code == EXIT_TRAP
+    assert "out of fuel" in _text(store, result.stderr_digest)
+
+
 def test_limits_and_contract_version_are_in_the_key(store, observe_root) -> None:
     base = dict(argv=("tool.wasm",), input_root=observe_root)
     keys = {
@@ -179,13 +203,22 @@ def test_host_os_and_cpu_do_not_enter_the_key(store, observe_root, monkeypatch) 
     assert key_elsewhere == key
 
 
-def test_compiled_module_is_cached_on_disk(store, observe_root) -> None:
+def test_compiled_module_is_cached_on_disk_and_shared_in_memory(store, observe_root) -> None:
+    from kiln.exec.wasm import shared_engine
+
+    shared_engine().modules.clear()  # as in a new process
     first = WasmExecutor(store)
     _run(store, observe_root, executor=first)
     assert first.compiled == 1
-    second = WasmExecutor(store)  # a new executor, as in a new process
+    shared_engine().modules.clear()  # a new process has only the disk cache
+    second = WasmExecutor(store)
     _run(store, observe_root, executor=second)
     assert second.compiled == 0
+    for cached in (store.home / "wasm-modules").glob("*.cwasm"):
+        cached.unlink()
+    third = WasmExecutor(store)  # another thread of the same process
+    _run(store, observe_root, executor=third)
+    assert third.compiled == 0  # the loaded module is shared, not read again
 
 
 def test_missing_module_is_a_clear_error(store, tmp_path: Path) -> None:

@@ -333,17 +333,30 @@ class Build:
 def default_executors(
     store: Store, on_download: Callable[[str, int, int | None], None] | None = None
 ) -> dict[str, Callable[[], Executor]]:
-    from kiln.exec.fetch import FetchExecutor
-    from kiln.exec.native import NativeExecutor
-    from kiln.exec.unpack import UnpackExecutor
-    from kiln.exec.wasm import WasmExecutor
+    """A factory per step kind; each imports its executor when first used
+    (a build that runs only wasm steps never loads the others)."""
 
-    return {
-        "wasm": lambda: WasmExecutor(store),
-        "native": lambda: NativeExecutor(store),
-        "fetch": lambda: FetchExecutor(store, progress=on_download),
-        "unpack": lambda: UnpackExecutor(store),
-    }
+    def wasm() -> Executor:
+        from kiln.exec.wasm import WasmExecutor
+
+        return WasmExecutor(store)
+
+    def native() -> Executor:
+        from kiln.exec.native import NativeExecutor
+
+        return NativeExecutor(store)
+
+    def fetch() -> Executor:
+        from kiln.exec.fetch import FetchExecutor
+
+        return FetchExecutor(store, progress=on_download)
+
+    def unpack() -> Executor:
+        from kiln.exec.unpack import UnpackExecutor
+
+        return UnpackExecutor(store)
+
+    return {"wasm": wasm, "native": native, "fetch": fetch, "unpack": unpack}
 
 
 def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:

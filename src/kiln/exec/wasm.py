@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
+import math
 import os
 import threading
 import time
@@ -93,10 +95,80 @@ def engine_config() -> Any:
 _CONFIG_FINGERPRINT = "fuel,epoch,nan-canon,relaxed-simd-deterministic,no-threads"
 
 
+EPOCH_TICK_S = 0.05  # the shared engine's clock for wall-clock timeouts
+NO_DEADLINE = 1 << 62
+
+
+@functools.cache
+def _wasmtime_version() -> str:
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+class SharedEngine:
+    """The process's one Wasmtime engine and the modules loaded for it.
+    Every executor (one per thread) shares them, so a module is loaded once
+    per process; a process forked after loading one inherits it."""
+
+    def __init__(self) -> None:
+        import wasmtime
+
+        self.engine = wasmtime.Engine(engine_config())
+        self.modules: dict[Digest, Any] = {}
+        self.loading = threading.Lock()  # one load (or compile) at a time
+        self._ticker_lock = threading.Lock()
+        self._ticking = False
+
+    def deadline_ticks(self, timeout: float | None) -> int:
+        """The epoch deadline for a run with ``timeout`` seconds (None: none).
+        The epoch advances every ``EPOCH_TICK_S`` once a run has a timeout."""
+        if timeout is None:
+            return NO_DEADLINE
+        with self._ticker_lock:
+            if not self._ticking:
+                threading.Thread(target=self._tick, name="kiln-wasm-epoch", daemon=True).start()
+                self._ticking = True
+        return max(1, math.ceil(timeout / EPOCH_TICK_S))
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(EPOCH_TICK_S)
+            self.engine.increment_epoch()
+
+    def _after_fork(self) -> None:
+        self._ticking = False  # threads do not survive fork
+        self._ticker_lock = threading.Lock()
+        self.loading = threading.Lock()
+
+
+_shared: SharedEngine | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_engine() -> SharedEngine:
+    """This process's ``SharedEngine`` (made on first use)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = SharedEngine()
+        return _shared
+
+
+def _reset_after_fork() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()
+    if _shared is not None:
+        _shared._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 class WasmExecutor:
     """Runs wasm actions in-process. Compiled modules are cached on disk
     under ``$KILN_HOME/wasm-modules`` by module digest, engine configuration
-    and Wasmtime version."""
+    and Wasmtime version, and in memory by the process's ``SharedEngine``."""
 
     name = "wasm"
 
@@ -107,13 +179,11 @@ class WasmExecutor:
         progress: Callable[[str], AbstractContextManager[object]] | None = None,
     ) -> None:
         """``progress(message)`` is entered while a large module compiles."""
-        import wasmtime
-
         self._store = store
         self._timeout = timeout
         self._progress = progress
-        self._engine = wasmtime.Engine(engine_config())
-        self._modules: dict[Digest, Any] = {}
+        self._shared = shared_engine()
+        self._engine = self._shared.engine
         self._cache_dir = store.home / "wasm-modules"
         self._cache_dir.mkdir(exist_ok=True)
         self.compiled = 0  # modules compiled (not loaded from the cache) by this executor
@@ -139,25 +209,24 @@ class WasmExecutor:
     # ---------------------------------------------------------- modules
 
     def _cache_path(self, module: Digest) -> Path:
-        from importlib.metadata import version
-
-        engine = f"wasmtime {version('wasmtime')}"
+        engine = f"wasmtime {_wasmtime_version()}"
         key = hashlib.sha256(f"{module}\0{_CONFIG_FINGERPRINT}\0{engine}".encode()).hexdigest()
         return self._cache_dir / f"{key}.cwasm"
 
     def module(self, digest: Digest) -> Any:
         """The compiled module for a blob: from memory, the disk cache, or compiled now."""
 
-        cached = self._modules.get(digest)
+        modules = self._shared.modules
+        cached = modules.get(digest)
         if cached is not None:
             return cached
         path = self._cache_path(digest)
         # One compile per module however many executors (threads, processes)
         # want it at once: the others wait for it and load the result.
-        with open(path.with_suffix(".lock"), "a") as lock:
+        with self._shared.loading, open(path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            module = self._load_or_compile(digest, path)
-        self._modules[digest] = module
+            module = modules.get(digest) or self._load_or_compile(digest, path)
+        modules[digest] = module
         return module
 
     def _load_or_compile(self, digest: Digest, path: Path) -> Any:
@@ -227,13 +296,9 @@ class WasmExecutor:
         store = wasmtime.Store(self._engine)
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_mib << 20)
-        store.set_epoch_deadline(1)
+        store.set_epoch_deadline(self._shared.deadline_ticks(self._timeout))
         self._host = host
-        timer = None
         instance = None
-        if self._timeout is not None:
-            timer = threading.Timer(self._timeout, self._engine.increment_epoch)
-            timer.start()
         try:
             try:
                 instance = self._linker_for(module).instantiate(store, module)
@@ -261,9 +326,6 @@ class WasmExecutor:
             return EXIT_TRAP, f"WASI error {e.errno}"
         except wasmtime.WasmtimeError as e:  # e.g. a call to an import kiln does not offer
             return EXIT_TRAP, f"trap: {_cause(str(e))}"
-        finally:
-            if timer is not None:
-                timer.cancel()
 
     def _explain(self, trap: Any, store: Any, memory: Any, limits: WasmLimits) -> str:
         import wasmtime
