@@ -187,7 +187,7 @@ class WasmExecutor:
         self._cache_dir = store.home / "wasm-modules"
         self._cache_dir.mkdir(exist_ok=True)
         self.compiled = 0  # modules compiled (not loaded from the cache) by this executor
-        # One linker for all runs; its imports forward to the running guest's
+        # One linker per executor; its imports forward to the running guest's
         # host. Runs of one executor are therefore sequential (one per thread).
         self._host: WasiHost | None = None
         self._linker = make_linker(self._engine, self._current_host)
@@ -317,15 +317,23 @@ class WasmExecutor:
                 return EXIT_TRAP, "module has no _start function (not a WASI command)"
             start(store)
             return 0, ""
-        except ProcExit as e:
-            return e.code, ""
-        except wasmtime.Trap as e:
-            memory = instance.exports(store).get("memory") if instance is not None else None
-            return EXIT_TRAP, self._explain(e, store, memory, limits)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+            if host.failure is not None:  # a host function raised (proc_exit does)
+                return self._host_failure(host.failure)
+            if isinstance(e, wasmtime.Trap):
+                memory = instance.exports(store).get("memory") if instance is not None else None
+                return EXIT_TRAP, self._explain(e, store, memory, limits)
+            return EXIT_TRAP, f"trap: {_cause(str(e))}"  # e.g. an import kiln does not offer
         except WasiError as e:  # raised outside a host call's wrapper
             return EXIT_TRAP, f"WASI error {e.errno}"
-        except wasmtime.WasmtimeError as e:  # e.g. a call to an import kiln does not offer
-            return EXIT_TRAP, f"trap: {_cause(str(e))}"
+
+    @staticmethod
+    def _host_failure(error: BaseException) -> tuple[int, str]:
+        if isinstance(error, ProcExit):
+            return error.code, ""
+        if isinstance(error, WasiError):
+            return EXIT_TRAP, f"WASI error {error.errno}"
+        raise error  # a bug in the host, not the guest's doing
 
     def _explain(self, trap: Any, store: Any, memory: Any, limits: WasmLimits) -> str:
         import wasmtime

@@ -82,26 +82,23 @@ SIGNATURES = {
 
 def make_linker(engine: Any, current: Callable[[], WasiHost]) -> Any:
     """A Linker with every ``wasi_snapshot_preview1`` import, each forwarding
-    to the host ``current()`` returns. Built once per engine: defining the
+    to the host ``current()`` returns. Built once per executor: defining the
     imports costs far more than a small guest's whole run."""
     import wasmtime
 
-    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+    from kiln.exec.wasi import capi
+
     linker = wasmtime.Linker(engine)
     for name, sig in SIGNATURES.items():
-        params = [i64 if c == "I" else i32 for c in sig]
-        results = [] if name == "proc_exit" else [i32]
 
-        def forward(caller: Any, *args: int, _name: str = name) -> int | None:
-            return current().call(_name, caller, args)
+        def forward(*args: int, _name: str = name) -> int | None:
+            return current().call(_name, args)
 
-        linker.define_func(
-            "wasi_snapshot_preview1",
-            name,
-            wasmtime.FuncType(params, results),
-            forward,
-            access_caller=True,
-        )
+        def fail(error: BaseException) -> None:
+            current().failure = error
+
+        has_result = name != "proc_exit"
+        capi.define(linker, "wasi_snapshot_preview1", name, sig, has_result, forward, fail)
     return linker
 
 
@@ -154,22 +151,20 @@ class WasiHost:
         self.stderr = _Stream()
         self.fds: dict[int, OpenFile | None] = {0: None, 1: None, 2: None}
         self.fds[3] = OpenFile(fs.root, dir_path="/")
-        self._memory: Any = None
-        self._store: Any = None
+        self._memory: Any = None  # a capi.GuestMemory once bound
+        self.failure: BaseException | None = None  # what a host function raised
 
     # ----------------------------------------------------------------- glue
 
     def bind(self, store: Any, memory: Any) -> None:
-        """Use ``memory`` of ``store`` from now on (looking it up through the
-        caller on every call costs more than most calls themselves)."""
-        self._memory = memory
-        self._store = store
+        """Use ``memory`` of ``store`` from now on. Until then (while the
+        module is instantiated) calls that touch memory fail with EFAULT."""
+        from kiln.exec.wasi.capi import GuestMemory
 
-    def call(self, name: str, caller: Any, args: tuple[int, ...]) -> int | None:
+        self._memory = GuestMemory(store, memory)
+
+    def call(self, name: str, args: tuple[int, ...]) -> int | None:
         """Run import ``name`` for the guest; WASI errors become errnos."""
-        if self._memory is None:  # before ``bind``: during instantiation
-            self._memory = caller.get("memory")
-            self._store = caller
         try:
             result = getattr(self, name)(*args)
         except WasiError as e:
@@ -181,14 +176,14 @@ class WasiHost:
     def _read(self, ptr: int, length: int) -> bytes:
         if length == 0:
             return b""
-        data = self._memory.read(self._store, ptr, ptr + length)
-        if len(data) != length:
+        data = self._memory.read(ptr, length) if self._memory is not None else None
+        if data is None:
             raise WasiError(abi.EFAULT)
-        return bytes(data)
+        return data
 
     def _write(self, ptr: int, data: bytes) -> None:
-        if data:
-            self._memory.write(self._store, data, ptr)
+        if data and (self._memory is None or not self._memory.write(ptr, bytes(data))):
+            raise WasiError(abi.EFAULT)
 
     def _u32(self, ptr: int, value: int) -> None:
         self._write(ptr, value.to_bytes(4, "little"))
