@@ -95,6 +95,9 @@ def main() -> list[dict]:
         home = default_cache() / "bench-stores" / "c-wasm"
         env = {**os.environ, "KILN_HOME": str(home), "KILN_RACY_WINDOW_MS": "0",
                "CCACHE_DIR": str(tmp / "ccache")}  # fmt: skip
+        # Kiln as installed runs from cached bytecode; without it every run
+        # would compile Kiln's sources again.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         warm = _project(tmp, "warm-up")  # fetch the toolchain, compile its module
         run([KILN, "build", "tally"], cwd=warm, env=env)
         rounds = [_round(tmp, f"round-{i}", make, env) for i in range(ROUNDS)]
