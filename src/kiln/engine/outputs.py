@@ -50,6 +50,7 @@ def place(cas: LocalCAS, project: Path, target: str, digest: Digest) -> None:
     if is_current(project, target, str(digest)):
         return
     dest = output_dir(project, target)
+    marker(project, target).unlink(missing_ok=True)  # a half-written folder is never current
     remove_tree(dest)
     Materializer(cas).tree(digest, dest)
     _make_read_only(dest)
