@@ -55,6 +55,7 @@ def build(
     project root and is kept from garbage collection. Steps whose result is
     in the store do not run again. Exits 1 if a step or target failed.
     """
+    from kiln import quick
     from kiln.engine import stamp
     from kiln.engine.root import find_root
 
@@ -62,7 +63,9 @@ def build(
     root = find_root(Path.cwd())
     key = stamp.stamp_key(list(targets) or None)
     store = _open_store(ctx)
-    unchanged = stamp.check(store.conn, root, key)
+    # The entry point (kiln.quick) may have just found this stamp stale.
+    stale = quick.declined(store.home, root, key)
+    unchanged = None if stale else stamp.check(store.conn, root, key)
     restored = stamp.restore(store.cas.root, root, unchanged) if unchanged is not None else None
     if unchanged is not None and restored is not None:
         stamp.record_answer(store.conn, root, key)

@@ -14,7 +14,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# (store home, project root, stamp key) whose stamp this process found not
+# to answer: the full CLI, run next in the same process, skips checking it.
+_declined: tuple[str, str, str] | None = None
 
 # Options of `kiln build` that do not change what a no-op build answers.
 _FLAGS = {"-k", "--keep-going", "--allow-unpinned"}
@@ -70,12 +77,12 @@ def noop_build(argv: list[str]) -> int | None:
         conn = db.connect(home / "kiln.db")
     except (KilnError, OSError, db.sqlite3.Error):
         return None  # the CLI reports it properly
+    global _declined
     try:
         unchanged = stamp.check(conn, root, key)
-        if unchanged is None:
-            return None
-        restored = stamp.restore(home / "cas", root, unchanged)
-        if restored is None:
+        restored = stamp.restore(home / "cas", root, unchanged) if unchanged else None
+        if unchanged is None or restored is None:
+            _declined = (str(home), str(root), key)
             return None
         stamp.record_answer(conn, root, key)
     except (OSError, db.sqlite3.Error):
@@ -84,6 +91,11 @@ def noop_build(argv: list[str]) -> int | None:
         conn.close()
     say_unchanged(unchanged, restored, time.perf_counter() - started)
     return 0
+
+
+def declined(home: Path, root: Path, key: str) -> bool:
+    """Whether this process already found that stamp unable to answer."""
+    return _declined == (str(home), str(root), key)
 
 
 def say_unchanged(stamp: dict[str, Any], restored: list[str], seconds: float) -> None:

@@ -97,9 +97,10 @@ class IncludeScanner:
         """The headers ``unit`` may include, in the order they were given."""
         found: set[str] = set()
         pending: list[tuple[str, str]] = [("", name) for name in self._forced]
-        pending += [(unit.path, name) for name in self._directives(unit).names]
-        if self._directives(unit).computed:
+        directives = self._directives(unit)
+        if directives.computed:
             return list(self._headers)
+        pending += [(unit.path, name) for name in directives.names]
         while pending:
             includer, name = pending.pop()
             for path in self._candidates(includer, name):

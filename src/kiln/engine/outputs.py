@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,15 +48,23 @@ def place(cas: LocalCAS, project: Path, target: str, digest: Digest) -> None:
     """Make ``kiln-out/TARGET`` the tree ``digest`` (unless it already is)."""
     from kiln.store.materialize import Materializer
 
-    if is_current(project, target, str(digest)):
-        return
+    if not is_current(project, target, str(digest)):
+        _replace(project, target, str(digest), lambda dest: Materializer(cas).tree(digest, dest))
+
+
+def _replace(project: Path, target: str, digest: str, write: Callable[[Path], object]) -> bool:
+    """Empty ``kiln-out/TARGET``, let ``write`` fill it (False from it: give
+    up), make it read-only and mark it as ``digest``. The marker is dropped
+    first, so a half-written folder is never taken as current."""
     dest = output_dir(project, target)
-    marker(project, target).unlink(missing_ok=True)  # a half-written folder is never current
+    marker(project, target).unlink(missing_ok=True)
     remove_tree(dest)
-    Materializer(cas).tree(digest, dest)
+    if write(dest) is False:
+        return False
     _make_read_only(dest)
     marker(project, target).parent.mkdir(parents=True, exist_ok=True)
-    marker(project, target).write_text(str(digest))
+    marker(project, target).write_text(digest)
+    return True
 
 
 def manifest(cas: LocalCAS, digest: Digest) -> list[Entry]:
@@ -84,29 +93,28 @@ def restore(cas_root: Path, project: Path, target: str, digest: str, entries: li
     """Make ``kiln-out/TARGET`` the tree ``digest`` again from its manifest,
     linking blobs out of the store at ``cas_root``; False (and nothing
     half-done left marked as current) if a blob is not there to link."""
-    dest = output_dir(project, target)
-    remove_tree(dest)
-    marker(project, target).unlink(missing_ok=True)
-    dest.mkdir(parents=True)
-    for entry in entries:
-        path = dest / entry[1]
-        if entry[0] == "d":
-            path.mkdir()
-        elif entry[0] == "l":
-            os.symlink(entry[2], path)
-        else:
-            _, _, hash_hex, size, executable = entry
-            blob = cas_root / hash_hex[:2] / (hash_hex + (".x" if executable else ""))
-            try:
-                if os.stat(blob).st_size != size:
-                    return False
-                os.link(blob, path)
-            except OSError:
-                return False  # not linkable here (or gone): a full build writes it
-    _make_read_only(dest)
-    marker(project, target).parent.mkdir(parents=True, exist_ok=True)
-    marker(project, target).write_text(digest)
-    return True
+
+    def link_all(dest: Path) -> bool:
+        dest.mkdir(parents=True)
+        for entry in entries:
+            path = dest / entry[1]
+            if entry[0] == "d":
+                path.mkdir()
+            elif entry[0] == "l":
+                os.symlink(entry[2], path)
+            else:
+                _, _, hash_hex, size, executable = entry
+                # the store's layout (store/localcas.py): cas/hh/hash, ".x" for the 0555 twin
+                blob = cas_root / hash_hex[:2] / (hash_hex + (".x" if executable else ""))
+                try:
+                    if os.stat(blob).st_size != size:
+                        return False
+                    os.link(blob, path)
+                except OSError:
+                    return False  # not linkable here (or gone): a full build writes it
+        return True
+
+    return _replace(project, target, digest, link_all)
 
 
 def _make_read_only(root: Path) -> None:

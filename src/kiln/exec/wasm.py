@@ -107,18 +107,39 @@ def _wasmtime_version() -> str:
 
 
 class SharedEngine:
-    """The process's one Wasmtime engine and the modules loaded for it.
-    Every executor (one per thread) shares them, so a module is loaded once
-    per process; a process forked after loading one inherits it."""
+    """The process's one Wasmtime engine, the modules loaded for it and the
+    linker with Kiln's WASI imports. Every executor (one per thread) shares
+    them, so a module is loaded once per process; a process forked after
+    loading one inherits it. An import forwards to the host of the guest
+    running on the calling thread (``running``)."""
 
     def __init__(self) -> None:
         import wasmtime
 
         self.engine = wasmtime.Engine(engine_config())
         self.modules: dict[Digest, Any] = {}
+        self.running = threading.local()  # .host: the WasiHost of this thread's guest
+        self._linker = make_linker(self.engine, self._current_host)
+        self._trap_linkers: dict[Digest, Any] = {}
         self.loading = threading.Lock()  # one load (or compile) at a time
         self._ticker_lock = threading.Lock()
         self._ticking = False
+
+    def _current_host(self) -> WasiHost:
+        return self.running.host
+
+    def linker_for(self, digest: Digest, module: Any) -> Any:
+        """The WASI linker, or for a module importing something besides
+        WASI preview 1, one where those imports trap when called (made once
+        per module: its host functions live as long as the process)."""
+        if all(i.module == "wasi_snapshot_preview1" for i in module.imports):
+            return self._linker
+        linker = self._trap_linkers.get(digest)
+        if linker is None:
+            linker = make_linker(self.engine, self._current_host)
+            linker.define_unknown_imports_as_traps(module)
+            self._trap_linkers[digest] = linker
+        return linker
 
     def deadline_ticks(self, timeout: float | None) -> int:
         """The epoch deadline for a run with ``timeout`` seconds (None: none).
@@ -187,24 +208,6 @@ class WasmExecutor:
         self._cache_dir = store.home / "wasm-modules"
         self._cache_dir.mkdir(exist_ok=True)
         self.compiled = 0  # modules compiled (not loaded from the cache) by this executor
-        # One linker per executor; its imports forward to the running guest's
-        # host. Runs of one executor are therefore sequential (one per thread).
-        self._host: WasiHost | None = None
-        self._linker = make_linker(self._engine, self._current_host)
-
-    def _current_host(self) -> WasiHost:
-        assert self._host is not None
-        return self._host
-
-    def _linker_for(self, module: Any) -> Any:
-        """The shared linker, or for a module importing something besides
-        WASI preview 1, a copy where those imports trap when called."""
-
-        if all(i.module == "wasi_snapshot_preview1" for i in module.imports):
-            return self._linker
-        linker = make_linker(self._engine, self._current_host)
-        linker.define_unknown_imports_as_traps(module)
-        return linker
 
     # ---------------------------------------------------------- modules
 
@@ -274,7 +277,8 @@ class WasmExecutor:
 
         started = time.time_ns()
         try:
-            exit_code, note = self._run(self.module(module_digest), host, limits)
+            module = self.module(module_digest)
+            exit_code, note = self._run(module_digest, module, host, limits)
         except InvalidModule as e:  # as deterministic as a trap: the same every run
             exit_code, note = EXIT_TRAP, " ".join(str(e).split())
         if note:
@@ -289,7 +293,9 @@ class WasmExecutor:
         record_timing(result, "kiln-wasm", started)
         return result
 
-    def _run(self, module: Any, host: WasiHost, limits: WasmLimits) -> tuple[int, str]:
+    def _run(
+        self, digest: Digest, module: Any, host: WasiHost, limits: WasmLimits
+    ) -> tuple[int, str]:
         """Instantiate and run ``_start``: (exit code, note for stderr)."""
         import wasmtime
 
@@ -297,11 +303,11 @@ class WasmExecutor:
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_mib << 20)
         store.set_epoch_deadline(self._shared.deadline_ticks(self._timeout))
-        self._host = host
+        self._shared.running.host = host
         instance = None
         try:
             try:
-                instance = self._linker_for(module).instantiate(store, module)
+                instance = self._shared.linker_for(digest, module).instantiate(store, module)
             except wasmtime.Trap:
                 raise
             except wasmtime.WasmtimeError as e:

@@ -82,7 +82,7 @@ SIGNATURES = {
 
 def make_linker(engine: Any, current: Callable[[], WasiHost]) -> Any:
     """A Linker with every ``wasi_snapshot_preview1`` import, each forwarding
-    to the host ``current()`` returns. Built once per executor: defining the
+    to the host ``current()`` returns. Built once per process: defining the
     imports costs far more than a small guest's whole run."""
     import wasmtime
 
