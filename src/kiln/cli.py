@@ -564,7 +564,7 @@ def gc_command(
 
 
 # The build commands live in their own module; importing it registers them.
-from kiln import cli_build, cli_fetch  # noqa: E402, F401
+from kiln import cli_build, cli_fetch, cli_server  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,6 +98,12 @@ def declined(home: Path, root: Path, key: str) -> bool:
     return _declined == (str(home), str(root), key)
 
 
+def mark_declined(stamp: tuple[str, str, str] | None) -> None:
+    """Note a stamp found stale by the client a server runs a command for."""
+    global _declined
+    _declined = stamp
+
+
 def say_unchanged(stamp: dict[str, Any], restored: list[str], seconds: float) -> None:
     """What `kiln build` prints when its stamp shows nothing changed."""
     for name, (output, _) in sorted(stamp["targets"].items()):
@@ -110,8 +116,16 @@ def say_unchanged(stamp: dict[str, Any], restored: list[str], seconds: float) ->
 
 
 def main() -> None:
-    """``kiln``: a no-op build answered here, everything else by ``kiln.cli``."""
-    code = noop_build(sys.argv[1:])
+    """``kiln``: a no-op build answered here; a build or check handed to the
+    store's resident server if one runs (``kiln.server``); everything else,
+    and all of it without a server, by ``kiln.cli``."""
+    argv = sys.argv[1:]
+    code = noop_build(argv)
+    if code is None:
+        from kiln import server_client
+        from kiln.store import db
+
+        code = server_client.delegate(db.default_home(), argv, _declined)
     if code is None:
         from kiln.cli import main as cli_main
 

@@ -118,6 +118,7 @@ class SharedEngine:
 
         self.engine = wasmtime.Engine(engine_config())
         self.modules: dict[Digest, Any] = {}
+        self.preloaded: dict[str, Any] = {}  # compiled-module file name -> module (kiln.server)
         self.running = threading.local()  # .host: the WasiHost of this thread's guest
         self._linker = make_linker(self.engine, self._current_host)
         self._trap_linkers: dict[Digest, Any] = {}
@@ -156,6 +157,28 @@ class SharedEngine:
         while True:
             time.sleep(EPOCH_TICK_S)
             self.engine.increment_epoch()
+
+    def preload(self, cache_dir: Path, limit: int = 16) -> list[str]:
+        """Load the ``limit`` newest compiled modules of a store's cache, so
+        processes forked from this one start with them loaded (what the
+        resident server does). Returns the files loaded now."""
+        import wasmtime
+
+        try:
+            files = sorted(cache_dir.glob("*.cwasm"), key=lambda p: -p.stat().st_mtime)
+        except OSError:
+            return []
+        loaded = []
+        for path in files[:limit]:
+            if path.name not in self.preloaded:
+                try:
+                    self.preloaded[path.name] = wasmtime.Module.deserialize_file(
+                        self.engine, str(path)
+                    )
+                except (OSError, wasmtime.WasmtimeError):
+                    continue  # being replaced, or made by another engine: load it later
+                loaded.append(path.name)
+        return loaded
 
     def _after_fork(self) -> None:
         self._ticking = False  # threads do not survive fork
@@ -235,6 +258,9 @@ class WasmExecutor:
     def _load_or_compile(self, digest: Digest, path: Path) -> Any:
         import wasmtime
 
+        preloaded = self._shared.preloaded.get(path.name)  # the name is a hash of the key
+        if preloaded is not None:
+            return preloaded
         if path.exists():
             module = wasmtime.Module.deserialize_file(self._engine, str(path))
         else:

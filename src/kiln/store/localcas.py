@@ -79,6 +79,7 @@ class LocalCAS:
         conn: sqlite3.Connection | None = None,
     ) -> None:
         self.root = root
+        self._root_text = os.fspath(root)  # for stat calls on many blobs (no Path objects)
         self._conn = conn
         self._staging_dir = staging_dir
         self._counter = itertools.count()
@@ -101,8 +102,9 @@ class LocalCAS:
         return self.root / digest.hash[:2] / (digest.hash + EXEC_SUFFIX)
 
     def has(self, digest: Digest) -> bool:
+        h = digest.hash
         try:
-            return os.stat(self.path(digest)).st_size == digest.size
+            return os.stat(f"{self._root_text}/{h[:2]}/{h}").st_size == digest.size
         except FileNotFoundError:
             return self._metadata(digest) is not None
 

@@ -1,0 +1,94 @@
+"""`kiln server start|stop|status`: the resident server (``kiln.server``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kiln.cli import _emit_json, cli, json_option, parse_age
+from kiln.errors import ExitCode
+
+
+def _home(ctx: click.Context) -> Path:
+    from kiln.store import db
+
+    store = ctx.obj.get("store")
+    return Path(store) if store else db.default_home()
+
+
+@cli.group()
+def server() -> None:
+    """A resident server that makes builds start warm.
+
+    While it runs, `kiln build` and `kiln check` on its store are run by a
+    fresh process forked from it, with Kiln imported and the store's
+    compiled WebAssembly modules (clang...) already loaded. Set
+    KILN_SERVER=off to run a command without it.
+    """
+
+
+@server.command("start")
+@click.option(
+    "--idle",
+    default="3h",
+    show_default=True,
+    help="Exit after this long with nothing to do (e.g. 30m, 8h).",
+)
+@json_option
+@click.pass_context
+def server_start(ctx: click.Context, idle: str, as_json: bool) -> None:
+    """Start the server for the store (nothing to do if it runs)."""
+    from kiln import server as resident
+
+    status = resident.start(_home(ctx), parse_age(idle))
+    _show(status, as_json)
+
+
+@server.command("stop")
+@json_option
+@click.pass_context
+def server_stop(ctx: click.Context, as_json: bool) -> None:
+    """Stop the server once the commands it runs have finished."""
+    from kiln import server as resident
+
+    answer = resident.stop(_home(ctx))
+    if as_json:
+        _emit_json({"stopped": answer is not None})
+    elif answer is None:
+        click.echo("kiln: no server runs for this store", err=True)
+    else:
+        click.echo("kiln server: stopped")
+
+
+@server.command("status")
+@json_option
+@click.pass_context
+def server_status(ctx: click.Context, as_json: bool) -> None:
+    """Show the server of the store; exit code 3 when none runs."""
+    from kiln.server_client import ask
+
+    status = ask(_home(ctx), {"op": "status"})
+    if status is None:
+        if as_json:
+            _emit_json({"server": None})
+        else:
+            click.echo("kiln: no server runs for this store", err=True)
+        raise SystemExit(ExitCode.NOT_FOUND)
+    _show(status, as_json)
+
+
+def _show(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _emit_json(status)
+        return
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
+    click.echo(f"kiln server: pid {status['pid']}, store {status['store']}, up since {since}")
+    click.echo(
+        f"  {status['served']} commands served, {status['commands_running']} running; "
+        f"exits after {status['idle_timeout_s']:g} s idle"
+    )
+    for name in status["modules"]:
+        click.echo(f"  module loaded: {name}")

@@ -1,0 +1,446 @@
+"""The resident Kiln server: commands that start warm.
+
+Most of a small rebuild's time goes to starting Python, importing Kiln and
+its dependencies, and loading (and first touching) compiled WebAssembly
+modules such as clang. ``kiln server start`` keeps one process per store
+that has done all of that once; a ``kiln build`` or ``kiln check`` that
+finds it hands its command over (``kiln.server_client``), and the server
+forks a fresh child for it. The child takes the client's descriptors,
+folder, environment and umask and runs the command as the client would
+have, so nothing is shared between two commands but what was loaded before
+the fork: no build state, no open store, no build file.
+
+The server is one thread around a ``selectors`` loop (so forking is safe):
+it accepts connections from its own user only, forwards the client's
+signals to the child's process group, stops the child when its client goes
+away, and exits when asked, when its code changes under it (a stale server
+refuses commands, which then run without it), or after ``idle`` seconds
+with nothing to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import importlib
+import io
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.server_client import (
+    REQUEST_LIMIT,
+    address,
+    ask,
+    code_fingerprint,
+    encode,
+)
+
+DEFAULT_IDLE_S = 3 * 3600
+KILL_GRACE_S = 5.0  # after a client is gone: SIGTERM, then SIGKILL this much later
+REQUEST_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 60.0
+LOG_NAME = "server.log"
+
+# What a build imports; loaded once here instead of in every command.
+WARM_IMPORTS = (
+    "kiln.cli", "kiln.check", "kiln.build", "kiln.engine.build", "kiln.engine.c_rules",
+    "kiln.engine.progress", "kiln.exec.wasm", "kiln.exec.fetch", "kiln.exec.unpack",
+    "kiln.exec.native", "kiln.store.local", "kiln.reapi", "rich.console", "rich.live",
+    "rich.text",
+)  # fmt: skip
+
+
+@dataclass
+class Running:
+    """A command running in a child of the server."""
+
+    pid: int
+    conn: socket.socket
+    argv: list[str]
+    started: float = field(default_factory=time.monotonic)
+    kill_at: float | None = None  # its client is gone: SIGKILL then
+
+
+class Server:
+    """Accepts commands for one store and runs each in a forked child."""
+
+    def __init__(self, home: Path, idle: float = DEFAULT_IDLE_S) -> None:
+        self.home = home
+        self.idle = idle
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(address(home))  # OSError EADDRINUSE: one is already running
+        self.listener.listen(64)
+        self.fingerprint = code_fingerprint()
+        self.started = time.time()
+        self.served = 0
+        self.modules: list[str] = []
+        self.running: dict[int, Running] = {}
+        self.stopping = False
+        self.last_active = time.monotonic()
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # ------------------------------------------------------------ set-up
+
+    def warm(self) -> None:
+        """Import what commands use and load the store's compiled modules."""
+        for name in WARM_IMPORTS:
+            importlib.import_module(name)
+        self._load_modules()
+
+    def _load_modules(self) -> None:
+        from kiln.exec.wasm import shared_engine
+
+        self.modules += shared_engine().preload(self.home / "wasm-modules")
+
+    def serve(self) -> None:
+        """Run until stopped; returns when the server has shut down."""
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop (set_wakeup_fd)
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._reap)
+        _log(f"serving {self.home} (pid {os.getpid()}, idle timeout {self.idle:g} s)")
+        while not (self.stopping and not self.running):
+            for key, _ in self.selector.select(self._timeout()):
+                key.data(key.fileobj)
+            self._kill_overdue()
+            if not self.running and time.monotonic() - self.last_active > self.idle:
+                _log(f"idle for {self.idle:g} s: exiting")
+                self.stop()
+        self.listener.close()
+        _log("stopped")
+
+    def _timeout(self) -> float:
+        deadlines = [r.kill_at for r in self.running.values() if r.kill_at is not None]
+        if not self.running:
+            deadlines.append(self.last_active + self.idle)
+        if not deadlines:
+            return 60.0
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def stop(self) -> None:
+        """Refuse new commands; exit once the running ones have finished."""
+        if not self.stopping:
+            self.stopping = True
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.listener)
+            self.listener.close()  # new clients find no server and run by themselves
+
+    # ------------------------------------------------------------ requests
+
+    def _accept(self, listener: Any) -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        self.last_active = time.monotonic()
+        if not _same_user(conn):
+            _log("refused a connection from another user")
+            conn.close()
+            return
+        try:
+            request, fds = _read_request(conn)
+        except (OSError, ValueError) as e:
+            _log(f"bad request: {e}")
+            conn.close()
+            return
+        try:
+            self._handle(conn, request, fds)
+        except OSError as e:  # the client went away while being answered
+            _log(f"lost a client: {e}")
+            conn.close()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        op = request.get("op")
+        if op == "status":
+            conn.sendall(encode(self.status()))
+            conn.close()
+        elif op == "stop":
+            self.stop()
+            conn.sendall(encode({"stopping": True, "commands_running": len(self.running)}))
+            conn.close()
+        elif op == "run" and len(fds) != 3:
+            conn.sendall(encode({"refused": "a command needs its stdin, stdout and stderr"}))
+            conn.close()
+        elif op == "run":
+            if request.get("fingerprint") != code_fingerprint() or (
+                request.get("fingerprint") != self.fingerprint
+            ):
+                _log("refused a command: Kiln's code changed since this server started; exiting")
+                conn.sendall(encode({"refused": "stale"}))
+                conn.close()
+                self.stop()
+                return
+            if self.stopping:
+                conn.sendall(encode({"refused": "stopping"}))
+                conn.close()
+                return
+            self._fork(conn, request, fds)
+        else:
+            conn.sendall(encode({"refused": f"unknown request {op!r}"}))
+            conn.close()
+
+    def status(self) -> dict[str, Any]:
+        """What ``kiln server status`` shows."""
+        return {
+            "pid": os.getpid(),
+            "store": str(self.home),
+            "started": self.started,
+            "uptime_s": round(time.time() - self.started, 3),
+            "served": self.served,
+            "commands_running": len(self.running),
+            "commands": [
+                {"pid": r.pid, "argv": r.argv, "seconds": round(time.monotonic() - r.started, 3)}
+                for r in self.running.values()
+            ],
+            "idle_timeout_s": self.idle,
+            "modules": sorted(self.modules),
+            "stopping": self.stopping,
+        }
+
+    # ------------------------------------------------------------ children
+
+    def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                code = self._become_command(conn, request, fds)
+            finally:
+                os._exit(code)
+        self.served += 1
+        self.running[pid] = Running(pid, conn, list(request.get("argv", [])))
+        conn.sendall(encode({"started": pid}))
+        self.selector.register(conn, selectors.EVENT_READ, self._from_client)
+
+    def _become_command(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
+        """In the child: take the client's place and run its command."""
+        os.setpgid(0, 0)  # its own group: signals and clean-up reach its subprocesses too
+        signal.set_wakeup_fd(-1)
+        for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.selector.close()
+        for fileobj in (self.listener, conn, *(r.conn for r in self.running.values())):
+            fileobj.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        _reopen_stdio()
+        try:
+            os.chdir(request["cwd"])
+        except OSError as e:
+            sys.stderr.write(f"kiln: error: cannot enter {request['cwd']}: {e.strerror}\n")
+            return 2
+        os.umask(int(request["umask"]))
+        argv = [str(a) for a in request["argv"]]
+        sys.argv = ["kiln", *argv]
+        from kiln import quick
+        from kiln.cli import main
+
+        declined = request.get("declined")
+        quick.mark_declined(tuple(declined) if declined else None)
+        main(argv)  # exits the process
+        return 0
+
+    def _from_client(self, conn: socket.socket) -> None:
+        run = next((r for r in self.running.values() if r.conn is conn), None)
+        try:
+            data = conn.recv(4096)
+        except OSError:
+            data = b""
+        if run is None:
+            return
+        if not data:  # the client is gone (killed, or its terminal closed)
+            self.selector.unregister(conn)
+            _signal_group(run.pid, signal.SIGTERM)
+            run.kill_at = time.monotonic() + KILL_GRACE_S
+            return
+        for line in data.splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                signum = int(json.loads(line)["signal"])
+                if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                    _signal_group(run.pid, signum)
+
+    def _reap(self, wake: Any) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 512):
+                pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.running.pop(pid, None)
+            if run is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code  # killed by a signal
+            took = time.monotonic() - run.started
+            _log(f"{' '.join(run.argv)}: exit {code} ({took:.3f} s)")
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(run.conn)
+            with contextlib.suppress(OSError):
+                run.conn.sendall(encode({"exit": code}))
+            run.conn.close()
+            self.last_active = time.monotonic()
+            self._load_modules()  # e.g. a module the command compiled
+
+    def _kill_overdue(self) -> None:
+        now = time.monotonic()
+        for run in self.running.values():
+            if run.kill_at is not None and now >= run.kill_at:
+                _signal_group(run.pid, signal.SIGKILL)
+                run.kill_at = None
+
+
+def _same_user(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid == os.getuid()
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One request line and the descriptors passed with it."""
+    conn.settimeout(REQUEST_TIMEOUT_S)
+    data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
+    try:
+        while not data.endswith(b"\n"):
+            more = conn.recv(65536)
+            if not more or len(data) > REQUEST_LIMIT:
+                raise ValueError("incomplete request")
+            data += more
+        request = json.loads(data)
+        if not isinstance(request, dict):
+            raise ValueError("a request is a JSON object")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    conn.settimeout(None)
+    return request, fds
+
+
+def _reopen_stdio() -> None:
+    """Python's standard streams on the descriptors just put at 0-2."""
+    encoding = os.environ.get("PYTHONIOENCODING", "").split(":")[0] or "utf-8"
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding=encoding)
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding=encoding, line_buffering=os.isatty(1)
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding=encoding, errors="backslashreplace",
+        line_buffering=True,
+    )  # fmt: skip
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    sys.stderr.write(f"{stamp} {message}\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- control
+
+
+def start(home: Path, idle: float = DEFAULT_IDLE_S) -> dict[str, Any]:
+    """Start the store's server (if none runs) and wait until it answers;
+    its status. Raises ``KilnError`` if it does not come up."""
+    import subprocess
+
+    from kiln import errors
+
+    running = ask(home, {"op": "status"})
+    if running is not None and not running.get("stopping"):
+        return running
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / LOG_NAME
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "kiln.server", "--home", str(home), "--idle", str(idle)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = ask(home, {"op": "status"}, timeout=START_TIMEOUT_S)
+        if status is not None and not status.get("stopping"):
+            return status
+        if child.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+    raise errors.KilnError(
+        "the kiln server did not start" + (f": {' / '.join(tail)}" if tail else ""),
+        hint=f"see {log}",
+    )
+
+
+def stop(home: Path, wait: float = 30.0) -> dict[str, Any] | None:
+    """Ask the store's server to exit once its running commands finish, and
+    wait until it has; its answer, or None if none was running."""
+    status = ask(home, {"op": "status"})
+    answer = ask(home, {"op": "stop"})
+    if status is None or answer is None:
+        return None
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and _alive(int(status["pid"])):
+        time.sleep(0.02)
+    return answer
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m kiln.server --home STORE``: what ``kiln server start`` runs."""
+    parser = argparse.ArgumentParser(prog="kiln.server")
+    parser.add_argument("--home", required=True, type=Path)
+    parser.add_argument("--idle", type=float, default=DEFAULT_IDLE_S)
+    args = parser.parse_args(argv)
+    try:
+        server = Server(args.home, args.idle)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            _log("a server for this store is already running")
+            sys.exit(0)
+        raise
+    server.warm()
+    server.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Talking to the resident server (``kiln.server``), standard library only.
+
+A ``kiln build`` that finds a server for its store hands the command over:
+it sends its arguments, working folder, environment and umask, passes its
+stdin, stdout and stderr as file descriptors, forwards the signals it gets
+(Ctrl-C) and exits with the build's exit code. With no server, or one that
+runs other code than this installation, the command runs in this process
+as usual; ``KILN_SERVER=off`` never uses one.
+
+Messages are JSON objects, one per line. A server belongs to one store and
+one installation of Kiln (its socket's name is derived from both), so two
+checkouts of Kiln sharing a store never run each other's code; the code's
+fingerprint (every source file's size and mtime) is checked on each request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+# Commands a server may run (the ones whose start-up time matters).
+SERVED = ("build", "check")
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+PACKAGE = Path(__file__).resolve().parent
+REQUEST_LIMIT = 1 << 22  # bytes; an environment is far smaller
+
+
+class ServerGone(Exception):
+    """The server closed the connection before answering."""
+
+
+def available() -> bool:
+    """Whether this platform and environment may use a server."""
+    return sys.platform == "linux" and os.environ.get("KILN_SERVER", "").lower() != "off"
+
+
+def address(home: Path) -> bytes:
+    """The server's socket for a store and this installation: a name in
+    Linux's abstract namespace (no file to leave behind, no path length
+    limit); the server checks that a client runs as its own user."""
+    who = f"{os.path.realpath(home)}\0{PACKAGE}\0{os.path.realpath(sys.executable)}"
+    return b"\0kiln-server-" + hashlib.sha256(who.encode()).hexdigest()[:32].encode()
+
+
+def code_fingerprint() -> str:
+    """Size and mtime of every file of the kiln package, and the Python
+    running it: a server started before any of these changed is stale."""
+    h = hashlib.sha256(f"{sys.version}\0{os.path.realpath(sys.executable)}".encode())
+    for folder, dirs, files in os.walk(PACKAGE):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith((".py", ".mjs")):
+                st = os.stat(os.path.join(folder, name))
+                h.update(f"{folder}/{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def connect(home: Path, timeout: float | None = None) -> socket.socket | None:
+    """A connection to the store's server, or None when none is running."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(address(home))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+class Lines:
+    """The JSON messages arriving on a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._file = sock.makefile("rb")
+
+    def next(self) -> dict[str, Any]:
+        line = self._file.readline(REQUEST_LIMIT)
+        if not line.endswith(b"\n"):
+            raise ServerGone("the server closed the connection")
+        return json.loads(line)
+
+
+def ask(home: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any] | None:
+    """One request and its answer (``status``, ``stop``); None without a server."""
+    sock = connect(home, timeout)
+    if sock is None:
+        return None
+    with sock:
+        sock.sendall(encode(message))
+        try:
+            return Lines(sock).next()
+        except (ServerGone, OSError):
+            return None
+
+
+def delegate(
+    home: Path, argv: list[str], declined: tuple[str, str, str] | None = None
+) -> int | None:
+    """Run ``kiln ARGV`` in the store's server: its exit code, or None when
+    no server takes it (the caller then runs it itself). ``declined`` is
+    the build stamp this process already found stale (see ``kiln.quick``)."""
+    if not argv or argv[0] not in SERVED or not available():
+        return None
+    sock = connect(home)
+    if sock is None:
+        return None
+    with sock:
+        request = {
+            "op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+            "umask": _umask(), "fingerprint": code_fingerprint(), "declined": declined,
+        }  # fmt: skip
+        stdio, opened = _stdio()
+        try:
+            socket.send_fds(sock, [encode(request)], stdio)
+        except OSError:
+            return None
+        finally:
+            for fd in opened:
+                os.close(fd)
+        lines = Lines(sock)
+        try:
+            first = lines.next()
+        except (ServerGone, OSError):
+            return None
+        if "refused" in first:
+            return None
+        return _wait(sock, lines)
+
+
+def _wait(sock: socket.socket, lines: Lines) -> int:
+    """Forward signals to the build until its exit code arrives."""
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(encode({"signal": signum}))
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        return int(lines.next()["exit"])
+    except (ServerGone, OSError, KeyError, ValueError):
+        sys.stderr.write("kiln: error: the kiln server stopped during the command\n")
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _stdio() -> tuple[list[int], list[int]]:
+    """Descriptors 0-2 to pass (a closed one is passed as /dev/null)."""
+    fds, opened = [], []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            fds.append(null)
+            opened.append(null)
+    return fds, opened
