@@ -7,7 +7,7 @@ Heavy dependencies (protobuf, the REAPI stubs) are imported lazily so that the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 __version__ = "0.1.0"
 

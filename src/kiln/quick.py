@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 # (store home, project root, stamp key) whose stamp this process found not
 # to answer: the full CLI, run next in the same process, skips checking it.

@@ -25,11 +25,14 @@ import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
 
+TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from kiln.engine.build import BuildReport
     from kiln.engine.loader import Project
     from kiln.engine.sources import Sources

@@ -6,7 +6,8 @@ Names are loaded on first use so that commands pay only for what they use.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
     from kiln.store.cas import ContentStore

@@ -19,6 +19,7 @@ from kiln.digest import Digest, canonical_bytes
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
     from kiln.store.cas import ContentStore
+    from kiln.store.localcas import LocalCAS
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,31 +47,41 @@ class ActionCache(Protocol):
 def result_blobs(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[Digest]:
     """Every blob an ``ActionResult`` refers to, including the files and
     directories inside its output trees."""
+    for hash_hex, size in _result_hashes(cas, result):
+        yield Digest(hash_hex, size)
+
+
+def _result_hashes(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[tuple[str, int]]:
+    """``result_blobs`` as (hash, size) pairs, unchecked."""
     from kiln.reapi import re_pb2
 
     for f in result.output_files:
-        yield Digest.from_proto(f.digest)
+        yield f.digest.hash, f.digest.size_bytes
     for d in result.output_directories:
-        tree_digest = Digest.from_proto(d.tree_digest)
-        yield tree_digest
-        data = cas.get_bytes(tree_digest)
+        yield d.tree_digest.hash, d.tree_digest.size_bytes
+        data = cas.get_bytes(Digest.from_proto(d.tree_digest))
         if data is None:
             continue
         tree = re_pb2.Tree.FromString(data)
         for directory in [tree.root, *tree.children]:
             for f in directory.files:
-                yield Digest.from_proto(f.digest)
+                yield f.digest.hash, f.digest.size_bytes
     for field in ("stdout_digest", "stderr_digest"):
         if result.HasField(field):
-            d = Digest.from_proto(getattr(result, field))
-            if d.size:
-                yield d
+            d = getattr(result, field)
+            if d.size_bytes:
+                yield d.hash, d.size_bytes
+
+
+def _complete(cas: LocalCAS, result: re_pb2.ActionResult) -> bool:
+    """Whether every blob of a result is in the store, at its size."""
+    return all(cas.has_hash(h, size) for h, size in set(_result_hashes(cas, result)))
 
 
 class LocalActionCache:
     """The action cache in the store's SQLite database."""
 
-    def __init__(self, conn: sqlite3.Connection, cas: ContentStore, store_id: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, cas: LocalCAS, store_id: str) -> None:
         self._conn = conn
         self._cas = cas
         self._store_id = store_id
@@ -86,7 +97,7 @@ class LocalActionCache:
         if row is None:
             return None
         result = re_pb2.ActionResult.FromString(row[0])
-        if self._cas.find_missing(result_blobs(self._cas, result)):
+        if not _complete(self._cas, result):
             return None
         self._conn.execute(
             "UPDATE action_cache SET last_used = ? WHERE hash = ?", (time.time(), key.hash)

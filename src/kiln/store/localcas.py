@@ -102,18 +102,24 @@ class LocalCAS:
         return self.root / digest.hash[:2] / (digest.hash + EXEC_SUFFIX)
 
     def has(self, digest: Digest) -> bool:
-        h = digest.hash
+        return self.has_hash(digest.hash, digest.size)
+
+    def has_hash(self, hash_hex: str, size: int) -> bool:
+        """``has`` for a hash and size as they are (no ``Digest`` made: a
+        lookup checks thousands of blobs for a toolchain's tree)."""
         try:
-            return os.stat(f"{self._root_text}/{h[:2]}/{h}").st_size == digest.size
+            return os.stat(f"{self._root_text}/{hash_hex[:2]}/{hash_hex}").st_size == size
         except FileNotFoundError:
-            return self._metadata(digest) is not None
+            return self._metadata_by_hash(hash_hex, size) is not None
 
     def _metadata(self, digest: Digest) -> bytes | None:
+        return self._metadata_by_hash(digest.hash, digest.size)
+
+    def _metadata_by_hash(self, hash_hex: str, size: int) -> bytes | None:
         if self._conn is None:
             return None
         row = self._conn.execute(
-            "SELECT data FROM metadata_blobs WHERE hash = ? AND size = ?",
-            (digest.hash, digest.size),
+            "SELECT data FROM metadata_blobs WHERE hash = ? AND size = ?", (hash_hex, size)
         ).fetchone()
         return None if row is None else bytes(row[0])
 
