@@ -8,6 +8,11 @@ on a fresh copy:
 - one-file change: one unit edited, then the same two commands;
 - warm rebuild: the output folder removed (`rm -rf kiln-out`, `make clean`)
   and built again from a populated store vs make with a warm ccache.
+
+Each comparison is made twice: with every `kiln` command starting cold
+(KILN_SERVER=off), and with the store's resident server running (`kiln
+server start`), which runs each command in a process forked from one that
+has Kiln imported and clang's compiled module loaded.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import KILN, real_binary, report, run
+from kiln.server_client import ask
 from kiln.toolchains import default_cache
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tally"
@@ -60,7 +66,8 @@ ROUNDS = 3
 
 
 def _round(tmp: Path, name: str, make: str, env: dict[str, str]) -> dict[str, float]:
-    """One round of the three comparisons on a fresh copy of the example."""
+    """One round of the three comparisons on a fresh copy of the example
+    (``env`` says whether kiln uses its server)."""
     root = _project(tmp, name)
     times = {
         "kiln full": run([KILN, "build", "tally", "-j2"], cwd=root, env=env),
@@ -100,15 +107,29 @@ def main() -> list[dict]:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         warm = _project(tmp, "warm-up")  # fetch the toolchain, compile its module
         run([KILN, "build", "tally"], cwd=warm, env=env)
-        rounds = [_round(tmp, f"round-{i}", make, env) for i in range(ROUNDS)]
-    t = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    return [
-        report("tally full build (14 units, clang in wasm)", t["kiln full"], "make -j2 (gcc)",
-               t["make full"], "<= 3"),
-        report("tally one-file change", t["kiln one"], "make -j2 (gcc)", t["make one"], "<= 1.5"),
-        report("tally warm rebuild after rm -rf of the outputs", t["kiln warm"],
-               "make -j2 with a warm ccache", t["make warm"], "<= 1"),
-    ]  # fmt: skip
+        cold = {**env, "KILN_SERVER": "off"}
+        rounds = [_round(tmp, f"cold-{i}", make, cold) for i in range(ROUNDS)]
+        env.pop("KILN_SERVER", None)
+        run([KILN, "server", "start"], env=env)
+        try:
+            served = [_round(tmp, f"served-{i}", make, env) for i in range(ROUNDS)]
+            status = ask(home, {"op": "status"})
+            # full build + one-file change per round (a warm rebuild never needs it)
+            assert status is not None and status["served"] >= 2 * ROUNDS, status
+        finally:
+            run([KILN, "server", "stop"], env=env)
+    rows = []
+    for label, results in (("", rounds), (", kiln server running", served)):
+        t = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        rows += [
+            report(f"tally full build (14 units, clang in wasm){label}", t["kiln full"],
+                   "make -j2 (gcc)", t["make full"], "<= 3"),
+            report(f"tally one-file change{label}", t["kiln one"], "make -j2 (gcc)",
+                   t["make one"], "<= 1.5"),
+            report(f"tally warm rebuild after rm -rf of the outputs{label}", t["kiln warm"],
+                   "make -j2 with a warm ccache", t["make warm"], "<= 1"),
+        ]  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

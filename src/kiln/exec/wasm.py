@@ -164,6 +164,7 @@ class SharedEngine:
         resident server does). Returns the files loaded now."""
         import wasmtime
 
+        _wasmtime_version()  # (cached: children ask it to find a module's file)
         try:
             files = sorted(cache_dir.glob("*.cwasm"), key=lambda p: -p.stat().st_mtime)
         except OSError:
