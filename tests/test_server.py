@@ -252,3 +252,26 @@ def test_status_and_stop_without_a_server(served: Served) -> None:
     assert f"pid {status['pid']}" in text.stdout
     assert served.kiln("server", "stop").stdout.strip() == "kiln server: stopped"
     assert _gone(status["pid"])
+
+
+def test_a_client_with_another_import_path_runs_by_itself(
+    served: Served, example: Path, tmp_path: Path
+) -> None:
+    _start(served)
+    elsewhere = tmp_path / "modules"
+    elsewhere.mkdir()
+    done = served.kiln("build", "--json", "report", cwd=example, PYTHONPATH=str(elsewhere))
+    assert done.returncode == 0, done.stderr
+    assert served.status()["served"] == 0  # the build might import from there
+    assert served.kiln("build", "--json", "report", cwd=example).returncode == 0
+    assert served.status()["served"] == 1
+
+
+def test_a_build_ends_with_its_server(served: Served, tmp_path: Path) -> None:
+    status = _start(served)
+    client, build_pid = _start_slow_build(served, tmp_path)
+    os.kill(status["pid"], signal.SIGKILL)
+    _, err = client.communicate(timeout=30)
+    assert client.returncode == 1
+    assert "the kiln server stopped during the command" in err
+    served.wait_until(lambda: _gone(build_pid), "the build to end with its server")

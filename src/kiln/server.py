@@ -43,6 +43,7 @@ from kiln.server_client import (
     ask,
     code_fingerprint,
     encode,
+    import_path,
 )
 
 DEFAULT_IDLE_S = 3 * 3600
@@ -50,6 +51,7 @@ KILL_GRACE_S = 5.0  # after a client is gone: SIGTERM, then SIGKILL this much la
 REQUEST_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 60.0
 LOG_NAME = "server.log"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 # What a build imports; loaded once here instead of in every command.
 WARM_IMPORTS = (
@@ -189,8 +191,9 @@ class Server:
                 conn.close()
                 self.stop()
                 return
-            if self.stopping:
-                conn.sendall(encode({"refused": "stopping"}))
+            if self.stopping or request.get("path") != import_path():
+                # (another PYTHONPATH: the build could import other modules)
+                conn.sendall(encode({"refused": "stopping" if self.stopping else "import path"}))
                 conn.close()
                 return
             self._fork(conn, request, fds)
@@ -219,21 +222,28 @@ class Server:
     # ------------------------------------------------------------ children
 
     def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 70
             try:
-                code = self._become_command(conn, request, fds)
+                code = self._become_command(conn, request, fds, server)
             finally:
                 os._exit(code)
         self.served += 1
-        self.running[pid] = Running(pid, conn, list(request.get("argv", [])))
-        conn.sendall(encode({"started": pid}))
+        run = self.running[pid] = Running(pid, conn, list(request.get("argv", [])))
         self.selector.register(conn, selectors.EVENT_READ, self._from_client)
+        try:
+            conn.sendall(encode({"started": pid}))
+        except OSError:  # the client is already gone: so is its command
+            self._abandon(run)
 
-    def _become_command(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
+    def _become_command(
+        self, conn: socket.socket, request: dict[str, Any], fds: list[int], server: int
+    ) -> int:
         """In the child: take the client's place and run its command."""
         os.setpgid(0, 0)  # its own group: signals and clean-up reach its subprocesses too
+        _end_with_parent(server)
         signal.set_wakeup_fd(-1)
         for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_DFL)
@@ -273,15 +283,20 @@ class Server:
         if run is None:
             return
         if not data:  # the client is gone (killed, or its terminal closed)
-            self.selector.unregister(conn)
-            _signal_group(run.pid, signal.SIGTERM)
-            run.kill_at = time.monotonic() + KILL_GRACE_S
+            self._abandon(run)
             return
         for line in data.splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 signum = int(json.loads(line)["signal"])
                 if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
                     _signal_group(run.pid, signum)
+
+    def _abandon(self, run: Running) -> None:
+        """Stop a command whose client is gone: SIGTERM now, SIGKILL later."""
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(run.conn)
+        _signal_group(run.pid, signal.SIGTERM)
+        run.kill_at = time.monotonic() + KILL_GRACE_S
 
     def _reap(self, wake: Any) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -357,6 +372,16 @@ def _reopen_stdio() -> None:
     )  # fmt: skip
 
 
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this process when the server dies (Linux's parent-death signal)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the server died before the call
+        os._exit(128 + signal.SIGTERM)
+
+
 def _signal_group(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)
@@ -385,7 +410,8 @@ def start(home: Path, idle: float = DEFAULT_IDLE_S) -> dict[str, Any]:
     log = home / LOG_NAME
     with open(log, "wb") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "kiln.server", "--home", str(home), "--idle", str(idle)],
+            # -P: no folder of its own on sys.path (see import_path)
+            [sys.executable, "-P", "-m", "kiln.server", "--home", str(home), "--idle", str(idle)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -66,6 +66,13 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
+def import_path() -> list[str]:
+    """Where this process imports from, without the folder of the script
+    (the entry point's, or none for the server, which runs with -P): a
+    command whose PYTHONPATH differs from the server's runs by itself."""
+    return sys.path[1:] if sys.path and sys.flags.safe_path is False else sys.path
+
+
 def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
@@ -123,6 +130,7 @@ def delegate(
         request = {
             "op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
             "umask": _umask(), "fingerprint": code_fingerprint(), "declined": declined,
+            "path": import_path(),
         }  # fmt: skip
         stdio, opened = _stdio()
         try:
