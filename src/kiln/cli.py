@@ -569,7 +569,7 @@ from kiln import cli_build, cli_fetch, cli_server  # noqa: E402, F401
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one-line messages."""
-    code = _run(argv)
+    code = run(argv)
     # The command has finished and closed the store; skip interpreter
     # teardown (freeing every object one by one costs several ms on large
     # trees). Only flushed output matters from here.
@@ -578,7 +578,8 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(code)
 
 
-def _run(argv: list[str] | None) -> int:
+def run(argv: list[str] | None) -> int:
+    """Run one command; its exit code."""
     try:
         cli.main(args=argv, prog_name="kiln", standalone_mode=False)
     except KilnError as e:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import importlib
 import io
 import json
@@ -57,8 +58,9 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 WARM_IMPORTS = (
     "kiln.cli", "kiln.check", "kiln.build", "kiln.engine.build", "kiln.engine.c_rules",
     "kiln.engine.progress", "kiln.exec.wasm", "kiln.exec.fetch", "kiln.exec.unpack",
-    "kiln.exec.native", "kiln.store.local", "kiln.reapi", "rich.console", "rich.live",
-    "rich.text",
+    "kiln.exec.native", "kiln.exec.wasi.capi", "kiln.engine.history", "kiln.engine.stamp",
+    "kiln.quick", "kiln.store.local", "kiln.store.actioncache", "kiln.store.materialize",
+    "kiln.reapi", "rich.console", "rich.live", "rich.text",
 )  # fmt: skip
 
 
@@ -100,6 +102,7 @@ class Server:
         """Import what commands use and load the store's compiled modules."""
         for name in WARM_IMPORTS:
             importlib.import_module(name)
+        _libc()
         self._load_modules()
 
     def _load_modules(self) -> None:
@@ -249,7 +252,7 @@ class Server:
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self.selector.close()
-        for fileobj in (self.listener, conn, *(r.conn for r in self.running.values())):
+        for fileobj in (self.listener, *(r.conn for r in self.running.values())):
             fileobj.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -267,12 +270,18 @@ class Server:
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["kiln", *argv]
         from kiln import quick
-        from kiln.cli import main
+        from kiln.cli import run
 
         declined = request.get("declined")
         quick.mark_declined(tuple(declined) if declined else None)
-        main(argv)  # exits the process
-        return 0
+        code = run(argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The client learns the exit code now, not once this process has
+        # been torn down and reaped (which takes milliseconds).
+        with contextlib.suppress(OSError):
+            conn.sendall(encode({"exit": code}))
+        return code
 
     def _from_client(self, conn: socket.socket) -> None:
         run = next((r for r in self.running.values() if r.conn is conn), None)
@@ -372,12 +381,16 @@ def _reopen_stdio() -> None:
     )  # fmt: skip
 
 
-def _end_with_parent(parent: int) -> None:
-    """SIGTERM this process when the server dies (Linux's parent-death signal)."""
+@functools.cache
+def _libc() -> Any:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this process when the server dies (Linux's parent-death signal)."""
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the server died before the call
         os._exit(128 + signal.SIGTERM)
 

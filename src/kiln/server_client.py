@@ -147,6 +147,8 @@ def delegate(
             return None
         if "refused" in first:
             return None
+        if "exit" in first:  # (the command can be done before "started" is sent)
+            return int(first["exit"])
         return _wait(sock, lines)
 
 
@@ -159,8 +161,11 @@ def _wait(sock: socket.socket, lines: Lines) -> int:
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
-        return int(lines.next()["exit"])
-    except (ServerGone, OSError, KeyError, ValueError):
+        while True:  # the command's own "exit", or the server's once it is reaped
+            message = lines.next()
+            if "exit" in message:
+                return int(message["exit"])
+    except (ServerGone, OSError, ValueError):
         sys.stderr.write("kiln: error: the kiln server stopped during the command\n")
         return 1
     finally:
