@@ -33,6 +33,7 @@ import signal
 import socket
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,7 @@ class Server:
             os.dup2(fd, target)
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # found again from the client's TMPDIR
         _reopen_stdio()
         try:
             os.chdir(request["cwd"])

@@ -126,50 +126,57 @@ def delegate(
     sock = connect(home)
     if sock is None:
         return None
-    with sock:
-        request = {
-            "op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-            "umask": _umask(), "fingerprint": code_fingerprint(), "declined": declined,
-            "path": import_path(),
-        }  # fmt: skip
+    request = {
+        "op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+        "umask": _umask(), "fingerprint": code_fingerprint(), "declined": declined,
+        "path": import_path(),
+    }  # fmt: skip
+    with sock, _Forwarding(sock) as forwarding:
         stdio, opened = _stdio()
         try:
             socket.send_fds(sock, [encode(request)], stdio)
-        except OSError:
-            return None
+            lines = Lines(sock)
+            first = lines.next()
+        except (ServerGone, OSError):
+            first = {"refused": "the server went away"}
         finally:
             for fd in opened:
                 os.close(fd)
-        lines = Lines(sock)
-        try:
-            first = lines.next()
-        except (ServerGone, OSError):
-            return None
         if "refused" in first:
-            return None
+            # Interrupted meanwhile: that is the answer; else run it here.
+            return 128 + forwarding.received if forwarding.received else None
         if "exit" in first:  # (the command can be done before "started" is sent)
             return int(first["exit"])
-        return _wait(sock, lines)
+        try:
+            while True:  # the command's own "exit", or the server's once it is reaped
+                message = lines.next()
+                if "exit" in message:
+                    return int(message["exit"])
+        except (ServerGone, OSError, ValueError):
+            sys.stderr.write("kiln: error: the kiln server stopped during the command\n")
+            return 1
 
 
-def _wait(sock: socket.socket, lines: Lines) -> int:
-    """Forward signals to the build until its exit code arrives."""
+class _Forwarding:
+    """While entered, the signals a user sends to stop a command (Ctrl-C...)
+    go to the server, which passes them to the command's process group."""
 
-    def forward(signum: int, _frame: object) -> None:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._previous: dict[int, Any] = {}
+        self.received = 0  # the last signal forwarded
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.received = signum
         with contextlib.suppress(OSError):
-            sock.sendall(encode({"signal": signum}))
+            self._sock.sendall(encode({"signal": signum}))
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
-    try:
-        while True:  # the command's own "exit", or the server's once it is reaped
-            message = lines.next()
-            if "exit" in message:
-                return int(message["exit"])
-    except (ServerGone, OSError, ValueError):
-        sys.stderr.write("kiln: error: the kiln server stopped during the command\n")
-        return 1
-    finally:
-        for s, handler in previous.items():
+    def __enter__(self) -> _Forwarding:
+        self._previous = {s: signal.signal(s, self._forward) for s in FORWARDED_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
             signal.signal(s, handler)
 
 
