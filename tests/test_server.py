@@ -18,6 +18,7 @@ import pytest
 
 from conftest import KILN
 from kiln import server_client
+from kiln.server import alive
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the server is Linux-only")
 
@@ -58,11 +59,7 @@ class Served:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return not alive(pid)
 
 
 def _start(served: Served, *options: str) -> dict:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.server_client import (
+    FORWARDED_SIGNALS,
     REQUEST_LIMIT,
     address,
     ask,
@@ -181,29 +182,29 @@ class Server:
             conn.close()
         elif op == "stop":
             self.stop()
-            conn.sendall(encode({"stopping": True, "commands_running": len(self.running)}))
+            conn.sendall(encode({"stopping": True, "pid": os.getpid()}))
             conn.close()
-        elif op == "run" and len(fds) != 3:
-            conn.sendall(encode({"refused": "a command needs its stdin, stdout and stderr"}))
-            conn.close()
-        elif op == "run":
-            if request.get("fingerprint") != code_fingerprint() or (
-                request.get("fingerprint") != self.fingerprint
-            ):
-                _log("refused a command: Kiln's code changed since this server started; exiting")
-                conn.sendall(encode({"refused": "stale"}))
-                conn.close()
-                self.stop()
-                return
-            if self.stopping or request.get("path") != import_path():
-                # (another PYTHONPATH: the build could import other modules)
-                conn.sendall(encode({"refused": "stopping" if self.stopping else "import path"}))
-                conn.close()
-                return
+        elif op == "run" and (refusal := self._refusal(request, fds)) is None:
             self._fork(conn, request, fds)
         else:
-            conn.sendall(encode({"refused": f"unknown request {op!r}"}))
+            refusal = refusal if op == "run" else f"unknown request {op!r}"
+            conn.sendall(encode({"refused": refusal}))
             conn.close()
+
+    def _refusal(self, request: dict[str, Any], fds: list[int]) -> str | None:
+        """Why a command is not run here (it then runs in its client), or None."""
+        if len(fds) != 3:
+            return "a command needs its stdin, stdout and stderr"
+        # The client's fingerprint is of the files as they are now.
+        if request.get("fingerprint") != self.fingerprint:
+            _log("refused a command: Kiln's code changed since this server started; exiting")
+            self.stop()
+            return "stale"
+        if self.stopping:
+            return "stopping"
+        if request.get("path") != import_path():
+            return "import path"  # another PYTHONPATH: the build could import other modules
+        return None
 
     def status(self) -> dict[str, Any]:
         """What ``kiln server status`` shows."""
@@ -299,7 +300,7 @@ class Server:
         for line in data.splitlines():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 signum = int(json.loads(line)["signal"])
-                if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                if signum in FORWARDED_SIGNALS:
                     _signal_group(run.pid, signum)
 
     def _abandon(self, run: Running) -> None:
@@ -447,17 +448,16 @@ def start(home: Path, idle: float = DEFAULT_IDLE_S) -> dict[str, Any]:
 def stop(home: Path, wait: float = 30.0) -> dict[str, Any] | None:
     """Ask the store's server to exit once its running commands finish, and
     wait until it has; its answer, or None if none was running."""
-    status = ask(home, {"op": "status"})
     answer = ask(home, {"op": "stop"})
-    if status is None or answer is None:
+    if answer is None:
         return None
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and _alive(int(status["pid"])):
+    while time.monotonic() < deadline and alive(int(answer["pid"])):
         time.sleep(0.02)
     return answer
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -110,12 +110,9 @@ class LocalCAS:
         try:
             return os.stat(f"{self._root_text}/{hash_hex[:2]}/{hash_hex}").st_size == size
         except FileNotFoundError:
-            return self._metadata_by_hash(hash_hex, size) is not None
+            return self._metadata(hash_hex, size) is not None
 
-    def _metadata(self, digest: Digest) -> bytes | None:
-        return self._metadata_by_hash(digest.hash, digest.size)
-
-    def _metadata_by_hash(self, hash_hex: str, size: int) -> bytes | None:
+    def _metadata(self, hash_hex: str, size: int) -> bytes | None:
         if self._conn is None:
             return None
         row = self._conn.execute(
@@ -157,7 +154,7 @@ class LocalCAS:
             with open(self.path(digest), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            found = self._metadata(digest)
+            found = self._metadata(digest.hash, digest.size)
             if found is None:
                 return None
             data = found
