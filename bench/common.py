@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -29,14 +30,24 @@ def real_binary(name: str) -> str:
 
 def run(argv: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None) -> float:
     """Run a command to completion; seconds of wall time. Fails loudly."""
+    return _timed(argv, cwd, env, subprocess.DEVNULL)[0]
+
+
+def run_json(
+    argv: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None
+) -> tuple[float, dict]:
+    """Like ``run``, for a command printing JSON: (seconds, what it printed)."""
+    took, out = _timed(argv, cwd, env, subprocess.PIPE)
+    return took, json.loads(out)
+
+
+def _timed(argv: list[str], cwd: str | Path | None, env: dict[str, str] | None, stdout: int):
     start = time.perf_counter()
-    proc = subprocess.run(
-        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.run(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     took = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} failed: {proc.stderr}")
-    return took
+    return took, proc.stdout
 
 
 def median_of(n: int, fn: Callable[[], float]) -> float:
