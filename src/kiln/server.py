@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import functools
 import importlib
 import io
 import json
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.libc import libc
 from kiln.server_client import (
     FORWARDED_SIGNALS,
     REQUEST_LIMIT,
@@ -104,7 +104,7 @@ class Server:
         """Import what commands use and load the store's compiled modules."""
         for name in WARM_IMPORTS:
             importlib.import_module(name)
-        _libc()
+        libc()
         self._load_modules()
 
     def _load_modules(self) -> None:
@@ -384,16 +384,9 @@ def _reopen_stdio() -> None:
     )  # fmt: skip
 
 
-@functools.cache
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _end_with_parent(parent: int) -> None:
     """SIGTERM this process when the server dies (Linux's parent-death signal)."""
-    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # the server died before the call
         os._exit(128 + signal.SIGTERM)
 

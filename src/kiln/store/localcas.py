@@ -49,11 +49,11 @@ def _load_syncfs() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
-    import ctypes.util
+
+    from kiln.libc import libc
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
+        fn = libc().syncfs
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int]
