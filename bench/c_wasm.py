@@ -12,8 +12,9 @@ on a fresh copy:
 
 The one-file change also reports its floor: the time the two steps it
 runs (clang on the unit, wasm-ld) took by themselves, as the store recorded
-them, against the same make run. No change to Kiln's own overhead can bring
-the one-file ratio below that floor; only a faster toolchain can.
+them (the wasm guests and Kiln's WASI host serving their file reads),
+against the same make run. Nothing Kiln does around the steps can bring the
+one-file ratio below that floor.
 
 Each comparison is made twice: with every `kiln` command starting cold
 (KILN_SERVER=off), and with the store's resident server running (`kiln

@@ -41,13 +41,15 @@ def run_json(
     return took, json.loads(out)
 
 
-def _timed(argv: list[str], cwd: str | Path | None, env: dict[str, str] | None, stdout: int):
+def _timed(
+    argv: list[str], cwd: str | Path | None, env: dict[str, str] | None, stdout: int
+) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     took = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} failed: {proc.stderr}")
-    return took, proc.stdout
+    return took, proc.stdout or ""
 
 
 def median_of(n: int, fn: Callable[[], float]) -> float:
