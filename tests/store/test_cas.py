@@ -2,12 +2,16 @@
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from kiln.digest import Digest
 from kiln.errors import KilnError
+from kiln.libc import libc
+from kiln.store import localcas
 
 
 def test_put_get_has(store) -> None:
@@ -60,3 +64,16 @@ def test_corrupt_blob_is_detected_on_read(store) -> None:
     path.write_bytes(b"evil content")
     with pytest.raises(KilnError, match="corrupt"):
         store.cas.get_bytes(d)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_store_sync_finds_syncfs_without_starting_a_process(store, monkeypatch) -> None:
+    # ctypes.util.find_library would run `ldconfig -p`: milliseconds on every build.
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    libc.cache_clear()
+    assert callable(localcas._load_syncfs())
+    store.cas.sync()
+    assert callable(store.cas._syncfs)
