@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
-import urllib.parse
-
 import click
 
 from kiln.cli import _emit_json, _open_store, cli, json_option
@@ -34,9 +31,10 @@ def prefetch(
     """Download URL into the store and print its digest, to pin in a build
     file as fetch.url(URL, digest=...). The content stays in the store (GC
     root prefetch:URL), so the build that pins it does not download again."""
+    from kiln.exec.download import url_file_name
     from kiln.exec.fetch import UNPINNED, FetchExecutor, FetchSpec
 
-    name = posixpath.basename(urllib.parse.urlsplit(url).path) or "download"
+    name = url_file_name(url) or "download"
     spec = FetchSpec(
         "url", "tree" if unpack else "file", UNPINNED, name, (url,), strip=strip, auth=auth
     )
@@ -77,6 +75,8 @@ class _DownloadBar:
 
     def update(self, url: str, done: int, total: int | None) -> None:
         if self._task is None:
-            name = posixpath.basename(urllib.parse.urlsplit(url).path) or url
+            from kiln.exec.download import url_file_name
+
+            name = url_file_name(url) or url
             self._task = self._progress.add_task(name, total=total)
         self._progress.update(self._task, completed=done, total=total)  # type: ignore[arg-type]

@@ -17,7 +17,6 @@ digest to pin.
 from __future__ import annotations
 
 import posixpath
-import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -62,12 +61,13 @@ async def url(
     """Download the first of ``urls`` (mirrors, tried in order) that works.
     ``digest`` pins the file (``unpack=False``) or the unpacked tree, with
     its first ``strip`` path components removed."""
+    from kiln.exec.download import url_file_name
     from kiln.exec.fetch import FetchSpec
 
     where = _where()
     if not urls:
         raise _bad(where, "fetch.url() needs at least one URL")
-    default = posixpath.basename(urllib.parse.urlsplit(urls[0]).path) or "download"
+    default = url_file_name(urls[0]) or "download"
     spec = FetchSpec(
         "url", "tree" if unpack else "file", _pin(digest, where), name or default,
         tuple(urls), strip=strip, auth=_auth(auth),

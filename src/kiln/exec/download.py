@@ -10,14 +10,14 @@ with an HTTP range request.
 
 from __future__ import annotations
 
+# http.client, urllib.request and netrc are imported where a download
+# happens: build files describe fetches (``FetchSpec.check`` uses this
+# module) far more often than a build downloads anything.
 import base64
-import http.client
-import netrc
 import os
+import posixpath
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,11 @@ Progress = Callable[[str, int, int | None], None]
 
 class DownloadError(errors.KilnError):
     """Every attempt at every URL failed."""
+
+
+def url_file_name(url: str) -> str:
+    """The last segment of the URL's path ("" if it ends in a slash)."""
+    return posixpath.basename(urllib.parse.urlsplit(url).path)
 
 
 def check_url(url: str, where: str) -> None:
@@ -81,6 +86,8 @@ class Auth:
         """The Authorization header value for ``url`` (None: nothing to send)."""
         kind, _, rest = self.spec.partition(":")
         if kind == "netrc":
+            import netrc
+
             path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
             try:
                 entry = netrc.netrc(path).authenticators(urllib.parse.urlsplit(url).hostname or "")
@@ -143,6 +150,9 @@ def _download_one(
     url: str, path: Path, auth: Sequence[Auth], timeout: float, attempts: int,
     progress: Progress | None,
 ) -> None:  # fmt: skip
+    import http.client
+    import urllib.error
+
     last = ""
     for attempt in range(attempts):
         if attempt:
@@ -177,6 +187,9 @@ def _transfer(
 ) -> bool:
     """One request; resumes ``path`` if it holds a partial download. True
     when the whole file arrived."""
+    import http.client
+    import urllib.request
+
     have = path.stat().st_size if path.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "kiln-fetch"})
     if have:

@@ -36,18 +36,9 @@ from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
-from kiln.exec.archives import archive_tree, folder_tree
 from kiln.exec.base import record_timing
-from kiln.exec.download import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_TIMEOUT,
-    Auth,
-    Progress,
-    check_url,
-    download,
-)
+from kiln.exec.download import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Auth, Progress, check_url
 from kiln.exec.outputs import StoredTree
-from kiln.exec.registries import npm_tarball, pypi_file
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
@@ -225,6 +216,8 @@ class FetchExecutor:
     def prefetch(self, spec: FetchSpec) -> tuple[str, Digest, Digest | None]:
         """Download ``spec`` (unpinned) into the store: (the pin to write, the
         file's or root's digest, the Tree's digest for a tree)."""
+        from kiln.exec.archives import archive_tree
+
         with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._store.home) as tmp:
             if spec.kind == "git":
                 _, stored, _ = self._git(spec, Path(tmp))
@@ -232,9 +225,9 @@ class FetchExecutor:
             origin, path = self._download(spec, [Auth(a) for a in spec.auth])
             try:
                 if spec.mode == "file":
-                    pin = f"sha256:{file_hash(path, 'sha256')}"
                     with self._store.writing(), self._store.cas.batch(durable=False) as batch:
-                        return pin, batch.add_file(path), None
+                        blob = batch.add_file(path)
+                    return f"sha256:{blob.hash}", blob, None
                 with self._store.writing(), self._store.cas.batch(durable=False) as batch:
                     stored = archive_tree(batch, path, spec.strip, where=origin)
                 return f"sha256:{stored.root.hash}", stored.root, stored.tree
@@ -244,7 +237,7 @@ class FetchExecutor:
     def _in_store(self, spec: FetchSpec) -> tuple[Digest, Digest | None] | None:
         """The pinned content if the store already holds all of it (e.g. from
         ``kiln prefetch`` or a fetch of the same thing from another URL)."""
-        from kiln.tree import reachable, tree_message
+        from kiln.tree import tree_message
 
         algorithm, _, hash_hex = spec.pin.partition(":")
         if algorithm != "sha256":
@@ -261,10 +254,11 @@ class FetchExecutor:
             return None
         root = Digest(hash_hex, len(data))
         try:
-            if cas.find_missing(list(reachable(cas, root))):
-                return None
-            tree = tree_message(cas, root)
+            tree = tree_message(cas, root)  # (raises if a directory is missing)
         except errors.KilnError:
+            return None
+        files = [Digest.from_proto(f.digest) for d in (tree.root, *tree.children) for f in d.files]
+        if cas.find_missing(files):
             return None
         with self._store.writing(), cas.batch(durable=False) as batch:
             return root, batch.add_metadata(canonical_bytes(tree))
@@ -272,6 +266,9 @@ class FetchExecutor:
     # ------------------------------------------------------------ download
 
     def _download(self, spec: FetchSpec, auth: list[Auth]) -> tuple[str, Path]:
+        from kiln.exec.download import download
+        from kiln.exec.registries import npm_tarball, pypi_file
+
         urls = list(spec.sources)
         registry_args = (auth, self._timeout, self._attempts)
         if spec.kind == "npm":
@@ -292,6 +289,8 @@ class FetchExecutor:
         self, spec: FetchSpec, origin: str, path: Path
     ) -> tuple[Digest, Digest | None]:
         """Store what arrived if it matches the pin: (blob or root digest, tree)."""
+        from kiln.exec.archives import archive_tree
+
         try:
             if spec.mode == "file":
                 algorithm = spec.pin.split(":")[0] if spec.pin != UNPINNED else "sha256"
@@ -341,6 +340,8 @@ class FetchExecutor:
 
     def _git(self, spec: FetchSpec, tmp: Path) -> tuple[str, StoredTree, Path]:
         """Check out ``spec.rev`` and store it (without .git): (origin, tree, checkout)."""
+        from kiln.exec.archives import folder_tree
+
         repo, checkout = spec.sources[0], tmp / "checkout"
         git = shutil.which("git")
         if git is None:
@@ -375,6 +376,8 @@ class FetchExecutor:
 
 def file_hash(path: Path, algorithm: str) -> str:
     """The hex digest of a file's bytes with ``algorithm`` (e.g. sha256)."""
+    if algorithm == "sha256":
+        return Digest.of_file(path).hash
     hasher = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import errors
+from kiln.digest import Digest
 
 DPKG = Path("/var/lib/dpkg")
 _DEP_NAME = re.compile(r"^\s*([a-z0-9][a-z0-9+.-]*)")
@@ -171,17 +172,9 @@ def _names(field: str) -> list[str]:
     return [m.group(1) for part in field.split(",") if (m := _DEP_NAME.match(part))]
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def resolve(name: str, dpkg: Dpkg, path_env: str | None = None) -> Tool:
+def resolve(name: str, dpkg: Dpkg) -> Tool:
     """Find a declared tool on ``PATH`` (or at its absolute path) and identify it."""
-    found = name if os.path.isabs(name) else shutil.which(name, path=path_env)
+    found = name if os.path.isabs(name) else shutil.which(name)
     if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
         raise errors.KilnError(
             f"tool {name!r} is not an executable program on this machine",
@@ -192,7 +185,7 @@ def resolve(name: str, dpkg: Dpkg, path_env: str | None = None) -> Tool:
     real = os.path.realpath(found)
     roots = {p for p in (dpkg.owner(found), dpkg.owner(real), _interpreter_owner(real, dpkg)) if p}
     packages = tuple(dpkg.identity(p) for p in dpkg.closure(sorted(roots)))
-    return Tool(name, found, real, _sha256(real), packages)
+    return Tool(name, found, real, Digest.of_file(real).hash, packages)
 
 
 def _interpreter_owner(path: str, dpkg: Dpkg) -> str | None:

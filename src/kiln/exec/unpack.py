@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.digest import Digest
-from kiln.exec.archives import archive_tree
 from kiln.exec.base import record_timing
 from kiln.tree import Entry, lookup
 
@@ -40,6 +39,7 @@ class UnpackExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
+        from kiln.exec.archives import archive_tree  # (not when a build only names the step)
         from kiln.reapi import re_pb2
 
         argv = list(command.arguments)
