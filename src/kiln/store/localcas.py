@@ -110,7 +110,7 @@ class LocalCAS:
         try:
             return os.stat(f"{self._root_text}/{hash_hex[:2]}/{hash_hex}").st_size == size
         except FileNotFoundError:
-            return self._metadata(hash_hex, size) is not None
+            return self._has_metadata(hash_hex, size)
 
     def _metadata(self, hash_hex: str, size: int) -> bytes | None:
         if self._conn is None:
@@ -119,6 +119,13 @@ class LocalCAS:
             "SELECT data FROM metadata_blobs WHERE hash = ? AND size = ?", (hash_hex, size)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def _has_metadata(self, hash_hex: str, size: int) -> bool:
+        """Whether a metadata blob is stored (its content is not read)."""
+        if self._conn is None:
+            return False
+        query = "SELECT 1 FROM metadata_blobs WHERE hash = ? AND size = ?"
+        return self._conn.execute(query, (hash_hex, size)).fetchone() is not None
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         seen: set[Digest] = set()

@@ -12,7 +12,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kiln.digest import Digest
@@ -20,20 +20,27 @@ from kiln.digest import Digest
 _POLL = 0.02
 
 
-def _acquire(fd: int, op: int, timeout: float | None) -> bool:
-    """flock ``fd``; poll if a timeout is given. False when it timed out."""
+def _take(lock: Callable[[bool], object], timeout: float | None) -> bool:
+    """Take a lock with ``lock(wait)``, which without ``wait`` raises
+    BlockingIOError (or PermissionError) if it is held; with a timeout,
+    poll until then. False when it timed out."""
     if timeout is None:
-        fcntl.flock(fd, op)
+        lock(True)
         return True
     deadline = time.monotonic() + timeout
     while True:
         try:
-            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            lock(False)
             return True
-        except BlockingIOError:
+        except (BlockingIOError, PermissionError):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(_POLL)
+
+
+def _acquire(fd: int, op: int, timeout: float | None) -> bool:
+    """flock ``fd``; poll if a timeout is given. False when it timed out."""
+    return _take(lambda wait: fcntl.flock(fd, op if wait else op | fcntl.LOCK_NB), timeout)
 
 
 def is_locked(path: Path) -> bool:
@@ -140,20 +147,15 @@ class KeyLocks:
         """Block until the key is ours; ``None`` if ``timeout`` ran out first."""
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         lock = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, int(key.hash[:15], 16), 1, 0)
+
+        def set_lock(wait: bool) -> None:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, lock)
+
         try:
-            if timeout is None:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, lock)
+            if _take(set_lock, timeout):
                 return KeyLease(fd)
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
-                    return KeyLease(fd)
-                except (BlockingIOError, PermissionError):
-                    if time.monotonic() >= deadline:
-                        os.close(fd)
-                        return None
-                    time.sleep(_POLL)
+            os.close(fd)
+            return None
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -63,13 +63,18 @@ class Materializer:
             self._write_dir(Digest.from_proto(d.digest), sub)
 
     def _write_file(self, digest: Digest, executable: bool, dest: Path) -> None:
-        if not self._cas.has(digest):
-            raise errors.digest_not_found(digest, f"blob of {dest}")
-        if not self._cas.path(digest).exists():  # a metadata row: nothing to link
-            dest.write_bytes(self._cas.get_bytes(digest) or b"")
+        try:
+            intact = os.stat(self._cas.path(digest)).st_size == digest.size
+        except FileNotFoundError:  # a metadata row, if anything: nothing to link
+            data = self._cas.get_bytes(digest)
+            if data is None:
+                raise errors.digest_not_found(digest, f"blob of {dest}") from None
+            dest.write_bytes(data)
             os.chmod(dest, 0o755 if executable else 0o644)
             self.copied += 1
             return
+        if not intact:
+            raise errors.digest_not_found(digest, f"blob of {dest}")
         source = self._cas.ensure_exec_twin(digest) if executable else self._cas.path(digest)
         if not self._copy:
             try:
