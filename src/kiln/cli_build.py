@@ -65,11 +65,9 @@ def build(
     store = _open_store(ctx)
     # The entry point (kiln.quick) may have just found this stamp stale.
     stale = quick.declined(store.home, root, key)
-    unchanged = None if stale else stamp.check(store.conn, root, key)
-    restored = stamp.restore(store.cas.root, root, unchanged) if unchanged is not None else None
-    if unchanged is not None and restored is not None:
-        stamp.record_answer(store.conn, root, key)
-        _report_unchanged(unchanged, restored, as_json, time.perf_counter() - started)
+    answer = None if stale else stamp.answer(store.conn, store.cas.root, root, key)
+    if answer is not None:
+        _report_unchanged(*answer, as_json, time.perf_counter() - started)
         return
 
     from kiln.engine.build import Build

@@ -81,17 +81,15 @@ def noop_build(argv: list[str]) -> int | None:
         return None  # the CLI reports it properly
     global _declined
     try:
-        unchanged = stamp.check(conn, root, key)
-        restored = stamp.restore(home / "cas", root, unchanged) if unchanged else None
-        if unchanged is None or restored is None:
-            _declined = (str(home), str(root), key)
-            return None
-        stamp.record_answer(conn, root, key)
+        answer = stamp.answer(conn, home / "cas", root, key)
     except (OSError, db.sqlite3.Error):
         return None
     finally:
         conn.close()
-    say_unchanged(unchanged, restored, time.perf_counter() - started)
+    if answer is None:
+        _declined = (str(home), str(root), key)
+        return None
+    say_unchanged(*answer, time.perf_counter() - started)
     return 0
 
 

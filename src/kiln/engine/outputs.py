@@ -12,8 +12,6 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.fsutil import remove_tree
-
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
@@ -57,6 +55,8 @@ def _replace(project: Path, target: str, digest: str, write: Callable[[Path], ob
     """Empty ``kiln-out/TARGET``, let ``write`` fill it (False from it: give
     up), make it read-only and mark it as ``digest``. The marker is dropped
     first, so a half-written folder is never taken as current."""
+    from kiln.fsutil import remove_tree  # (shutil: not on a no-op build's path)
+
     dest = output_dir(project, target)
     marker(project, target).unlink(missing_ok=True)
     remove_tree(dest)

@@ -144,7 +144,8 @@ class Scheduler:
 
     async def run(self, request: StepRequest) -> StepResult:
         """Run one step (or find its result); raises a ``KilnError`` if it fails."""
-        key = request.spec.key()  # nothing is written unless the step has to run
+        action, command = request.spec.action()
+        key = Digest.of_message(action)  # nothing is written unless the step has to run
         record = StepRecord(
             len(self.records), request.target, request.description, key, request.identity
         )
@@ -171,7 +172,7 @@ class Scheduler:
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
         self._inflight[key] = (future, record)
         try:
-            result = await self._execute(record, request)
+            result = await self._execute(record, request, action, command)
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # retrieved: waiters get it from their await
@@ -181,7 +182,10 @@ class Scheduler:
         future.set_result(result)
         return result
 
-    async def _execute(self, record: StepRecord, request: StepRequest) -> StepResult:
+    async def _execute(
+        self, record: StepRecord, request: StepRequest, action: re_pb2.Action,
+        command: re_pb2.Command,
+    ) -> StepResult:  # fmt: skip
         if self._slots is None:
             self._slots = asyncio.Queue()
             for slot in range(self.jobs):
@@ -199,8 +203,7 @@ class Scheduler:
             self._on_change(record)
             with self._store.writing():
                 write_blobs(self._store.cas, request.input_blobs)
-                self._store.put_action(request.spec)
-            action, command = request.spec.action()
+                self._store.put_messages(action, command)
             where = f"step {record.description!r} of target {record.target!r}"
             submitted = self._runner().submit(request.executor, record.key, action, command, where)
             outcome = await asyncio.wrap_future(submitted)

@@ -148,3 +148,17 @@ def record_answer(conn: sqlite3.Connection, root: Path, key: str) -> None:
         "VALUES (?, ?, ?, ?, 'unchanged')",
         (str(root), key, now, now),
     )
+
+
+def answer(
+    conn: sqlite3.Connection, cas_root: Path, root: Path, key: str
+) -> tuple[dict[str, Any], list[str]] | None:
+    """A build answered from its stamp: (the stamp, the targets put back),
+    filed in the history; None when the stamp cannot answer (``check``,
+    ``restore``) and the build must run."""
+    unchanged = check(conn, root, key)
+    restored = restore(cas_root, root, unchanged) if unchanged is not None else None
+    if unchanged is None or restored is None:
+        return None
+    record_answer(conn, root, key)
+    return unchanged, restored

@@ -156,7 +156,10 @@ class Store:
 
     def put_action(self, spec: ActionSpec) -> Digest:
         """Store an action's ``Action`` and ``Command`` blobs; returns its key."""
-        action, command = spec.action()
+        return self.put_messages(*spec.action())
+
+    def put_messages(self, action: re_pb2.Action, command: re_pb2.Command) -> Digest:
+        """``put_action`` for messages already built: returns the action's key."""
         with self.writing(), self.cas.batch(durable=False) as batch:
             batch.add_metadata(canonical_bytes(command))
             return batch.add_metadata(canonical_bytes(action))
