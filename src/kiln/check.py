@@ -49,6 +49,17 @@ class EngineCheck:
         return not self.differences
 
 
+def action_abi(action: re_pb2.Action) -> str:
+    """The contract an action runs under: its ``kiln-abi`` property."""
+    return next((p.value for p in action.platform.properties if p.name == "kiln-abi"), "")
+
+
+def is_wasm_action(store: Store, key: Digest) -> bool:
+    from kiln.exec.wasi.host import ABI_VERSION
+
+    return action_abi(load_action(store, key)[0]) == ABI_VERSION
+
+
 def load_action(store: Store, key: Digest) -> tuple[re_pb2.Action, re_pb2.Command]:
     """The stored ``Action`` and ``Command`` of an action key."""
     from google.protobuf.message import DecodeError
@@ -81,6 +92,7 @@ def check_engines(
 ) -> EngineCheck:
     """Run the wasm action ``key`` under Wasmtime and ``engine``; compare."""
     from kiln.exec.node import NodeWasmExecutor
+    from kiln.exec.wasi.host import ABI_VERSION
     from kiln.exec.wasm import WasmExecutor
 
     if engine not in ENGINES:
@@ -90,7 +102,7 @@ def check_engines(
             exit_code=errors.ExitCode.BAD_INPUT,
         )
     action, command = load_action(store, key)
-    if not any(p.name == "kiln-abi" for p in action.platform.properties):
+    if action_abi(action) != ABI_VERSION:
         raise errors.KilnError(
             f"action {key} is not a wasm action",
             hint="only wasm actions can run under a second engine",
@@ -221,7 +233,7 @@ def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[S
         if record.result is None:
             continue
         action, command = load_action(store, record.key)
-        abi = next((p.value for p in action.platform.properties if p.name == "kiln-abi"), "")
+        abi = action_abi(action)
         check = StepCheck(record.target, record.description, str(record.key))
         checks.append(check)
         if abi == FETCH_ABI:

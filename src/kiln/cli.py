@@ -433,7 +433,7 @@ def check(
     `kiln wasm run --json` prints it) runs again under the second engine
     with the same virtual WASI instead. Exits 1 if anything differs.
     """
-    from kiln.check import check_engines
+    from kiln.check import check_engines, is_wasm_action
 
     store = _open_store(ctx)
     keys = [i for i in items if _looks_like_key(i)]
@@ -452,7 +452,7 @@ def check(
         if engine is None:
             _report_rebuild(store, records, as_json)
             return
-        checks += [r.key for r in records if r.result is not None and _is_wasm(store, r.key)]
+        checks += [r.key for r in records if r.result is not None and is_wasm_action(store, r.key)]
     reports = []
     for key in checks:
         with _status(f"running {key} under {engine}"):
@@ -474,14 +474,6 @@ def check(
 def _looks_like_key(text: str) -> bool:
     digest_hash, sep, size = text.partition("/")
     return bool(sep) and len(digest_hash) == 64 and size.isdigit()
-
-
-def _is_wasm(store: Store, key: Any) -> bool:
-    from kiln.check import load_action
-    from kiln.exec.wasi.host import ABI_VERSION
-
-    action, _ = load_action(store, key)
-    return any(p.name == "kiln-abi" and p.value == ABI_VERSION for p in action.platform.properties)
 
 
 def _report_rebuild(store: Store, records: list[Any], as_json: bool) -> None:
