@@ -132,8 +132,8 @@ def _cgroups() -> Check:
             "run kiln where it may create cgroups (e.g. a systemd user slice with the pids "
             "controller delegated)",
         )  # fmt: skip
-    _remove_cgroup(group)
-    return Check("cgroups", OK, f"pids cgroups can be made under {group.parent}")
+    _remove_cgroup(group.path)
+    return Check("cgroups", OK, f"pids cgroups can be made under {group.path.parent}")
 
 
 def _node() -> Check:

@@ -125,9 +125,8 @@ class NativeExecutor:
         self._sandboxes.mkdir(exist_ok=True)
         # The cgroups this executor's sandboxes run in (one step at a time),
         # made on first use; a step's processes are all gone when it returns.
-        self._groups: dict[str, Path | None] = {}
+        self._groups: dict[str, _Cgroup | None] = {}
         self._resolved: dict[str, tuple[tuple[object, ...], list[Tool], str]] = {}
-        self._limits: dict[str, int] = {}
         self._zygotes: dict[tuple[object, ...], Zygote] = {}
         self._config = load_config()
 
@@ -147,17 +146,13 @@ class NativeExecutor:
         if kind not in self._groups:
             make = _pids_cgroup if kind == "pids" else _memory_cgroup
             group = self._groups[kind] = make(limit)
-            self._limits[kind] = limit
             if group is not None:
-                weakref.finalize(self, _remove_cgroup, group)
+                weakref.finalize(self, _remove_cgroup, group.path)
         group = self._groups[kind]
-        if group is not None and self._limits[kind] != limit:
-            name = "pids.max" if kind == "pids" else (
-                "memory.limit_in_bytes" if group.is_relative_to(MEMORY_CGROUP) else "memory.max"
-            )  # fmt: skip
-            (group / name).write_text(str(limit))
-            self._limits[kind] = limit
-        return group
+        if group is None:
+            return None
+        group.set_limit(limit)
+        return group.path
 
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
@@ -283,8 +278,7 @@ class NativeExecutor:
     def _cgroups_joiner(self, limits: NativeLimits) -> Callable[[], None]:
         """What the sandbox's first process runs before bubblewrap: join this
         executor's cgroups (or, where none can be made, set rlimits)."""
-        memory = limits.memory_mib << 20
-        pids = limits.pids + OVERHEAD_PIDS
+        pids, memory = _cgroup_limits(limits)
         groups = [self._cgroup("pids", pids), self._cgroup("memory", memory)]
         procs = [str(g / "cgroup.procs") for g in groups if g is not None]
         pids_group, memory_group = groups
@@ -305,8 +299,9 @@ class NativeExecutor:
         self, zygote: Zygote, step: str, cwd: str, env: dict[str, str], argv: list[str],
         limits: NativeLimits,
     ) -> tuple[int, bytes, bytes, str]:  # fmt: skip
-        self._cgroup("pids", limits.pids + OVERHEAD_PIDS)
-        memory_group = self._cgroup("memory", limits.memory_mib << 20)
+        pids, memory = _cgroup_limits(limits)
+        self._cgroup("pids", pids)
+        memory_group = self._cgroup("memory", memory)
         kills_before = _oom_kills(memory_group) if memory_group is not None else 0
         outcome = zygote.run(step, cwd, env, argv, self._timeout)
         code = outcome.exit_code if outcome.signal is None else 128 + outcome.signal
@@ -345,7 +340,26 @@ def _stat_signature(path: str) -> object:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, real.st_ino, real.st_mtime_ns)
 
 
-def _make_cgroup(bases: tuple[Path, ...], limit_file: str, limit: int) -> Path | None:
+def _cgroup_limits(limits: NativeLimits) -> tuple[int, int]:
+    """The pids and memory (bytes) limits of a step's cgroups, or rlimits."""
+    return limits.pids + OVERHEAD_PIDS, limits.memory_mib << 20
+
+
+@dataclass
+class _Cgroup:
+    """A cgroup this process made, and the limit it holds now."""
+
+    path: Path
+    limit_file: str
+    limit: int
+
+    def set_limit(self, limit: int) -> None:
+        if limit != self.limit:
+            (self.path / self.limit_file).write_text(str(limit))
+            self.limit = limit
+
+
+def _make_cgroup(bases: tuple[Path, ...], limit_file: str, limit: int) -> _Cgroup | None:
     """A fresh cgroup under the first of ``bases`` where we may make one, with
     ``limit_file`` set to ``limit``."""
     for base in bases:
@@ -355,19 +369,19 @@ def _make_cgroup(bases: tuple[Path, ...], limit_file: str, limit: int) -> Path |
         try:
             group.mkdir()
             (group / limit_file).write_text(str(limit))
-            return group
+            return _Cgroup(group, limit_file, limit)
         except OSError:
             with contextlib.suppress(OSError):
                 group.rmdir()
     return None
 
 
-def _pids_cgroup(limit: int) -> Path | None:
+def _pids_cgroup(limit: int) -> _Cgroup | None:
     """A fresh pids cgroup (v1 or v2) limited to ``limit``, if we may make one."""
     return _make_cgroup((PIDS_CGROUP, Path("/sys/fs/cgroup")), "pids.max", limit)
 
 
-def _memory_cgroup(limit: int) -> Path | None:
+def _memory_cgroup(limit: int) -> _Cgroup | None:
     """A fresh memory cgroup (v1, else v2) limited to ``limit`` bytes."""
     return _make_cgroup((MEMORY_CGROUP,), "memory.limit_in_bytes", limit) or _make_cgroup(
         (Path("/sys/fs/cgroup"),), "memory.max", limit
