@@ -152,12 +152,18 @@ class ProcessRunner:
         self._pool.shutdown(wait=True)
 
 
-def _unpack(reply: tuple[bytes | None, bool, int, str | None, str | None]) -> Outcome:
+# What a worker sends back: (result, cached, attempts, error message, hint,
+# the error's exit code). The error keeps its exit code, not just its text.
+Reply = tuple[bytes | None, bool, int, str | None, str | None, int]
+
+
+def _unpack(reply: Reply) -> Outcome:
     from kiln.reapi import re_pb2
 
-    data, cached, attempts, message, hint = reply
+    data, cached, attempts, message, hint, exit_code = reply
     if data is None:
-        return Outcome(None, False, attempts, TransientError(message or "", hint=hint))
+        error = KilnError(message or "", hint=hint, exit_code=exit_code)
+        return Outcome(None, False, attempts, error)
     return Outcome(re_pb2.ActionResult.FromString(data), cached, attempts)
 
 
@@ -179,9 +185,7 @@ def _worker_start(home: str) -> None:
     _worker["executors"] = {}
 
 
-def _worker_run(
-    kind: str, key: str, action: bytes, command: bytes, where: str
-) -> tuple[bytes | None, bool, int, str | None, str | None]:
+def _worker_run(kind: str, key: str, action: bytes, command: bytes, where: str) -> Reply:
     from kiln.digest import canonical_bytes
     from kiln.reapi import re_pb2
 
@@ -197,6 +201,7 @@ def _worker_run(
         where,
     )
     if outcome.error is not None:
-        return None, False, outcome.attempts, outcome.error.message, outcome.error.hint
+        e = outcome.error
+        return None, False, outcome.attempts, e.message, e.hint, e.exit_code
     assert outcome.result is not None
-    return canonical_bytes(outcome.result), outcome.cached, outcome.attempts, None, None
+    return canonical_bytes(outcome.result), outcome.cached, outcome.attempts, None, None, 0

@@ -364,8 +364,6 @@ class WasmExecutor:
     def _host_failure(error: BaseException) -> tuple[int, str]:
         if isinstance(error, ProcExit):
             return error.code, ""
-        if isinstance(error, WasiError):
-            return EXIT_TRAP, f"WASI error {error.errno}"
         raise error  # a bug in the host, not the guest's doing
 
     def _explain(self, trap: Any, store: Any, memory: Any, limits: WasmLimits) -> str:
