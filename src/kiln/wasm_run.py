@@ -9,7 +9,6 @@ back to the current folder at their declared paths, replacing what is there.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from kiln import errors
 from kiln.action import ActionSpec
 from kiln.digest import Digest
+from kiln.fsutil import FOLDER_FLAGS, NotAFolder, fd_path, open_folder_beneath, remove_entry_at
 
 if TYPE_CHECKING:
     from kiln.exec.wasm import WasmLimits
@@ -99,33 +99,60 @@ def run_wasm(
 
 
 def _copy_out(store: Store, result: re_pb2.ActionResult, cwd: Path, run: WasmRun) -> None:
+    """Write the outputs at their paths below ``cwd``, replacing what is
+    there. The guest made them, so nothing of theirs is followed: each
+    output's folders are opened one component at a time without following
+    symlinks (an earlier output that is a link cannot redirect a later one)."""
     from kiln.reapi import re_pb2
     from kiln.store.materialize import Materializer
 
     m = Materializer(store.cas, copy=True)
-    for f in result.output_files:
-        dest = cwd / f.path
-        _clear(dest)
-        d = Digest.from_proto(f.digest)
-        m.blob(d, dest, executable=f.is_executable)
-        run.outputs[f.path] = str(d)
-    for s in result.output_symlinks:
-        dest = cwd / s.path
-        _clear(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(s.target, dest)
-        run.outputs[s.path] = s.target
-    for d in result.output_directories:
-        tree = re_pb2.Tree.FromString(store.cas.get_bytes(Digest.from_proto(d.tree_digest)) or b"")
-        root = Digest.of_message(tree.root)
-        dest = cwd / d.path
-        _clear(dest)
-        m.tree(root, dest)
-        run.outputs[d.path] = str(root)
+    entries = [*result.output_files, *result.output_symlinks, *result.output_directories]
+    top = os.open(cwd, FOLDER_FLAGS)
+    try:
+        for entry in sorted(entries, key=lambda e: e.path):
+            folder, name = _output_folder(top, entry.path)
+            try:
+                remove_entry_at(folder, name)
+                dest = fd_path(folder) / name
+                if isinstance(entry, re_pb2.OutputFile):
+                    digest = Digest.from_proto(entry.digest)
+                    m.blob(digest, dest, executable=entry.is_executable)
+                    run.outputs[entry.path] = str(digest)
+                elif isinstance(entry, re_pb2.OutputSymlink):
+                    os.symlink(entry.target, name, dir_fd=folder)
+                    run.outputs[entry.path] = entry.target
+                else:
+                    root = _tree_root(store, Digest.from_proto(entry.tree_digest))
+                    m.tree(root, dest)
+                    run.outputs[entry.path] = str(root)
+            finally:
+                os.close(folder)
+    finally:
+        os.close(top)
 
 
-def _clear(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
+def _output_folder(top: int, path: str) -> tuple[int, str]:
+    """The open folder an output goes into (made if missing) and its name there."""
+    *parents, name = path.split("/")
+    try:
+        if name in ("", ".", ".."):
+            raise NotAFolder(path)
+        return open_folder_beneath(top, parents, create=True), name
+    except NotAFolder as e:
+        raise errors.KilnError(
+            f"output {path!r} cannot be written: {e}",
+            hint="declare outputs that do not lie inside another output that is a file or link",
+            exit_code=errors.ExitCode.FAILED,
+            output=path,
+        ) from None
+
+
+def _tree_root(store: Store, tree_digest: Digest) -> Digest:
+    """The root ``Directory`` digest of a stored output ``Tree``."""
+    from kiln.reapi import re_pb2
+
+    data = store.cas.get_bytes(tree_digest)
+    if data is None:
+        raise errors.digest_not_found(tree_digest, "output tree")
+    return Digest.of_message(re_pb2.Tree.FromString(data).root)

@@ -13,42 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from kiln.action import ActionSpec
 from kiln.digest import Digest
-from kiln.doctor import check_bubblewrap
 from kiln.exec.base import TransientError
-from kiln.exec.native import NativeExecutor, NativeLimits, bwrap_path
+from kiln.exec.native import NativeExecutor, NativeLimits
 from kiln.exec.tools import Dpkg, identity, resolve
+from native_helpers import needs_bubblewrap, run_native
 
-pytestmark = pytest.mark.skipif(
-    bwrap_path() is None or check_bubblewrap().status != "ok",
-    reason="bubblewrap cannot make sandboxes here (see `kiln doctor`)",
-)
+pytestmark = needs_bubblewrap
 
-
-def _run(
-    store, tmp_path: Path, script: str, tools=("sh",), outputs=(), limits=None, timeout=60,
-    executor=None,
-):  # fmt: skip
-    inputs = tmp_path / "in"
-    inputs.mkdir(exist_ok=True)
-    (inputs / "input.txt").write_text("an input\n")
-    dpkg = Dpkg()
-    names = sorted(tools)
-    spec = ActionSpec(
-        argv=("sh", "-c", script),
-        input_root=store.put(inputs).digest,
-        outputs=tuple(outputs),
-        platform=(limits or NativeLimits()).platform(
-            names, identity([resolve(n, dpkg) for n in names])
-        ),
-    )
-    key = store.put_action(spec)
-    executor = executor or NativeExecutor(store, timeout=timeout)
-    result = executor.execute(key, *spec.action())
-    out = store.cas.get_bytes(Digest.from_proto(result.stdout_digest)).decode()
-    err = store.cas.get_bytes(Digest.from_proto(result.stderr_digest)).decode()
-    return result, out, err
+_run = run_native
 
 
 def test_declared_outputs_are_collected_and_inputs_are_readable(store, tmp_path) -> None:

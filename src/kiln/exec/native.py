@@ -47,7 +47,7 @@ from kiln import errors
 from kiln.config import Secret, check_secret, load_config
 from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
-from kiln.exec.outputs import collect_host_outputs
+from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
 from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Zygote
 from kiln.fsutil import empty_folder, remove_tree
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from kiln.reapi import re_pb2
     from kiln.store.local import Store
 
-NATIVE_ABI = "kiln-native-bwrap-v2"
+NATIVE_ABI = "kiln-native-bwrap-v3"
 SANDBOX_UID = 1000
 FIXED_ENV = {
     "PATH": "/usr/bin:/bin",
@@ -180,7 +180,8 @@ class NativeExecutor:
         inputs.mkdir(exist_ok=True)
         work.mkdir(exist_ok=True)
         try:
-            self._store.get(Digest.from_proto(action.input_root_digest), inputs)
+            input_root = Digest.from_proto(action.input_root_digest)
+            self._store.get(input_root, inputs)
             _link_inputs(inputs, work)
             for path in command.output_paths:
                 (work / path).parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ class NativeExecutor:
             result = re_pb2.ActionResult(exit_code=code)
             with self._store.writing(), self._store.cas.batch(durable=False) as batch:
                 collect_host_outputs(
-                    batch, work, ("/kiln/inputs", inputs), list(command.output_paths), result
+                    batch, self._store.cas, work, input_root, list(command.output_paths), result
                 )
                 result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
                 result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())

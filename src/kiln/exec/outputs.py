@@ -1,13 +1,11 @@
-"""Storing what a step left at its declared output paths: trees built
-from any kind of folder (a guest's virtual one, a host one), and the host
-side of native steps."""
+"""Storing what a step left at its declared output paths as REAPI trees,
+built from any kind of folder (a guest's virtual one, a host one, an
+archive's members)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from kiln.digest import Digest, canonical_bytes
@@ -68,52 +66,3 @@ def store_tree(
     tree.root.CopyFrom(root)
     root_digest = batch.add_metadata(canonical_bytes(root))
     return StoredTree(batch.add_metadata(canonical_bytes(tree)), root_digest)
-
-
-def collect_host_outputs(
-    batch: Any,
-    work: Path,
-    inputs: tuple[str, Path],
-    paths: list[str],
-    result: re_pb2.ActionResult,
-) -> None:
-    """Store what a native step left at each of ``paths`` under ``work``.
-    ``inputs`` is (where the step saw its inputs, where they are on the
-    host): a symlink to an input is stored as the input itself."""
-    seen_at, host_inputs = inputs
-
-    def resolve(path: Path) -> Path | str:
-        """The host file behind an input link, else the link's target."""
-        target = os.readlink(path)
-        if target.startswith(seen_at + "/"):
-            return host_inputs / target[len(seen_at) + 1 :]
-        return target
-
-    def children(folder: Path) -> list[tuple[str, Child]]:
-        out: list[tuple[str, Child]] = []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            path = Path(entry.path)
-            real: Path | str = resolve(path) if entry.is_symlink() else path
-            if isinstance(real, str):
-                out.append((entry.name, real))
-            elif real.is_dir():
-                out.append((entry.name, TreeNode(real)))
-            elif real.is_file():
-                out.append((entry.name, (batch.add_file(real), os.access(real, os.X_OK))))
-        return out
-
-    for path in paths:
-        host = work / path
-        if not host.exists() and not host.is_symlink():
-            continue
-        real = resolve(host) if host.is_symlink() else host
-        if isinstance(real, str):
-            result.output_symlinks.add(path=path, target=real)
-        elif real.is_file():
-            digest = batch.add_file(real)
-            result.output_files.add(
-                path=path, digest=digest.to_proto(), is_executable=os.access(real, os.X_OK)
-            )
-        elif real.is_dir():
-            stored = store_tree(batch, real, children)
-            result.output_directories.add(path=path, tree_digest=stored.tree.to_proto())

@@ -354,10 +354,12 @@ class CasBatch:
         self._metadata.append((digest, data))
         return digest
 
-    def add_file(self, path: str | os.PathLike[str]) -> Digest:
-        """Stage a file's content. Hashes what was actually copied, so a file
-        changing underneath cannot produce a blob that mismatches its name."""
-        with open(path, "rb", buffering=0) as f:
+    def add_file(self, path: str | os.PathLike[str] | int) -> Digest:
+        """Stage a file's content, given by path or by an open descriptor
+        (read from its current offset, left open). Hashes what was actually
+        copied, so a file changing underneath cannot produce a blob that
+        mismatches its name."""
+        with open(path, "rb", buffering=0, closefd=not isinstance(path, int)) as f:
             size = os.fstat(f.fileno()).st_size
             if size <= SMALL_FILE:
                 return self.add_bytes(f.read())
