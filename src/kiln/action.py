@@ -30,12 +30,21 @@ def _pairs(value: Mapping[str, str] | Sequence[tuple[str, str]], what: str) -> P
     for k, v in items:
         if not isinstance(k, str) or not isinstance(v, str) or not k:
             raise ValueError(f"{what}: invalid entry {k!r}={v!r}")
+        _refuse_nul(f"{what} {k!r}", k + v)
         if what == "env" and "=" in k:
             raise ValueError(f"env: a variable name cannot contain '=': {k!r}")
     return tuple(sorted(items))  # type: ignore[arg-type]
 
 
+def _refuse_nul(what: str, text: str) -> None:
+    """A NUL byte cannot pass through a program's argv or environment (nor
+    REAPI strings meaningfully): refused rather than cut short or split."""
+    if "\0" in text:
+        raise ValueError(f"{what} contains a NUL byte: {text!r}")
+
+
 def _output_path(path: str) -> str:
+    _refuse_nul("output path", path)
     norm = posixpath.normpath(path)
     if not path or path.startswith("/") or norm == "." or norm.startswith("../") or norm == "..":
         raise ValueError(f"output path {path!r} must be relative and stay inside the action")
@@ -61,6 +70,9 @@ class ActionSpec:
         argv = tuple(self.argv)
         if not argv or not all(isinstance(a, str) for a in argv):
             raise ValueError("argv must be a non-empty sequence of strings")
+        for i, arg in enumerate(argv):
+            _refuse_nul(f"argv[{i}]", arg)
+        _refuse_nul("working directory", self.working_directory)
         object.__setattr__(self, "argv", argv)
         object.__setattr__(self, "env", _pairs(self.env, "env"))
         object.__setattr__(self, "platform", _pairs(self.platform, "platform"))

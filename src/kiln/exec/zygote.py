@@ -21,12 +21,14 @@ import platform
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.errors import KilnError
 from kiln.exec.base import TransientError
 
 SANDBOX_DIR = Path(__file__).parent / "sandbox"
@@ -117,8 +119,7 @@ class Zygote:
         self, step: str, cwd: str, env: dict[str, str], argv: list[str], timeout: float | None
     ) -> Outcome:
         """Run ``argv`` as step ``step``; a timeout ends the whole sandbox."""
-        fields = [step, cwd, *(f"e{k}={v}" for k, v in env.items()), *(f"a{a}" for a in argv)]
-        message = b"".join(f.encode() + b"\0" for f in fields)
+        message = encode_request(step, cwd, env, argv)
         out = os.memfd_create("stdout", os.MFD_CLOEXEC)
         err = os.memfd_create("stderr", os.MFD_CLOEXEC)
         try:
@@ -167,6 +168,23 @@ class Zygote:
         self.close()
         text = self._stderr.decode(errors="replace").strip()
         return text or f"bubblewrap exited with {self._proc.returncode}"
+
+
+def encode_request(step: str, cwd: str, env: dict[str, str], argv: list[str]) -> bytes:
+    """A request to the zygote: items framed by their lengths (see zygote.c).
+    A NUL byte in any of them is refused here, before the sandbox refuses it."""
+    items = [("s", step), ("c", cwd), *(("e", f"{k}={v}") for k, v in env.items())]
+    items += [("a", a) for a in argv]
+    out = []
+    for kind, text in items:
+        data = text.encode()
+        if b"\0" in data:
+            raise KilnError(
+                f"a native step's argument or variable holds a NUL byte: {text!r}",
+                hint="a program's arguments and environment cannot carry NUL bytes",
+            )
+        out.append(kind.encode() + struct.pack("=I", len(data)) + data)
+    return b"".join(out)
 
 
 def _read_all(fd: int) -> bytes:

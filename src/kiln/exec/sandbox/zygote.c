@@ -12,7 +12,8 @@
  *     mount, a System V shared memory segment, a process) reaches the next;
  *   - binds the step's input folder read-only at /kiln/inputs and its work
  *     folder at /work (and /kiln/host/secrets, if this sandbox was given
- *     secrets, read-only at /kiln/secrets), mounts a fresh /tmp, and covers
+ *     secrets, read-only at /kiln/secrets), mounts a fresh /tmp and
+ *     /dev/shm, makes the shared /dev read-only, and covers
  *     /kiln/host (the folders of all steps and this program) with an empty
  *     read-only tmpfs;
  *   - forks the step's init (pid 1 of the new pid namespace), which forks
@@ -23,9 +24,10 @@
  * Paths given after the socket (declared tools that live under /tmp) are
  * bound again, read-only, on top of each step's fresh /tmp.
  *
- * Request (one SOCK_SEQPACKET message): NUL-terminated fields
- *   step-name, working-folder, then 'e'NAME=VALUE and 'a'ARG items,
- * with two descriptors (stdout, stderr) as SCM_RIGHTS.
+ * Request (one SOCK_SEQPACKET message): items, each a kind byte, a length
+ * (uint32, host byte order) and that many bytes without NUL: 's' the step's
+ * name, 'c' its working folder, 'e' NAME=VALUE, 'a' an argument; with two
+ * descriptors (stdout, stderr) as SCM_RIGHTS.
  * Reply: "exit N", "signal N" or "error TEXT".
  *
  * The zygote is not dumpable, so a step cannot read its memory or reach its
@@ -37,6 +39,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +179,13 @@ static void run_init(struct request *r, int status_fd) {
         report(status_fd, 2, errno, "mount /tmp: %s", strerror(errno));
         _exit(1);
     }
+    /* /dev is shared by every step of the sandbox: read-only, with a
+     * /dev/shm of the step's own, so nothing passes through it. */
+    if (bind_path("/dev", "/dev", 1) < 0 ||
+        mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0) {
+        report(status_fd, 2, errno, "mount /dev: %s", strerror(errno));
+        _exit(1);
+    }
     if (show_kept_paths() < 0) {
         report(status_fd, 2, errno, "bind tools under /tmp: %s", strerror(errno));
         _exit(1);
@@ -269,35 +279,42 @@ failed:
     _exit(1);
 }
 
-static int parse(char *buf, size_t size, struct request *r) {
-    char *end = buf + size, *p = buf;
+/* Read the request's items (see the top of the file) into `strings`, each
+ * NUL-terminated there; an item holding a NUL byte is refused, so no
+ * argument can smuggle in another argument or a variable. */
+static int parse(const char *buf, size_t size, char *strings, struct request *r) {
+    const char *p = buf, *end = buf + size;
+    char *out = strings;
     int argc = 0, envc = 0;
-    char *fields[2];
-    for (int i = 0; i < 2; i++) {
-        char *nul = memchr(p, 0, end - p);
-        if (!nul)
-            return -1;
-        fields[i] = p;
-        p = nul + 1;
-    }
-    r->step = fields[0];
-    r->cwd = fields[1];
-    if (strchr(r->step, '/') || !r->step[0] || r->step[0] == '.')
-        return -1;
+    r->step = r->cwd = NULL;
     while (p < end) {
-        char *nul = memchr(p, 0, end - p);
-        if (!nul || argc >= MAX_ITEMS - 1 || envc >= MAX_ITEMS - 1)
+        uint32_t length;
+        if (end - p < 5)
             return -1;
-        if (*p == 'a')
-            r->argv[argc++] = p + 1;
-        else if (*p == 'e')
-            r->envp[envc++] = p + 1;
+        char kind = *p;
+        memcpy(&length, p + 1, sizeof length);
+        p += 5;
+        if (length > (size_t)(end - p) || memchr(p, 0, length))
+            return -1;
+        memcpy(out, p, length);
+        out[length] = 0;
+        if (kind == 's' && !r->step)
+            r->step = out;
+        else if (kind == 'c' && !r->cwd)
+            r->cwd = out;
+        else if (kind == 'a' && argc < MAX_ITEMS - 1)
+            r->argv[argc++] = out;
+        else if (kind == 'e' && envc < MAX_ITEMS - 1)
+            r->envp[envc++] = out;
         else
             return -1;
-        p = nul + 1;
+        out += length + 1;
+        p += length;
     }
     r->argv[argc] = NULL;
     r->envp[envc] = NULL;
+    if (!r->step || !r->cwd || !r->step[0] || r->step[0] == '.' || strchr(r->step, '/'))
+        return -1;
     return argc > 0 ? 0 : -1;
 }
 
@@ -326,7 +343,9 @@ int main(int argc, char **argv) {
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     fcntl(sock, F_SETFD, FD_CLOEXEC);
     char *buf = malloc(MAX_REQUEST);
-    if (!buf)
+    /* each item's bytes plus its NUL: never longer than the request */
+    char *strings = malloc(MAX_REQUEST);
+    if (!buf || !strings)
         return 1;
     for (;;) {
         char control[CMSG_SPACE(2 * sizeof(int))];
@@ -348,7 +367,7 @@ int main(int argc, char **argv) {
         }
         memcpy(&request.out, CMSG_DATA(c), sizeof(int));
         memcpy(&request.err, CMSG_DATA(c) + sizeof(int), sizeof(int));
-        if ((msg.msg_flags & MSG_TRUNC) || parse(buf, n, &request) < 0) {
+        if ((msg.msg_flags & MSG_TRUNC) || parse(buf, n, strings, &request) < 0) {
             reply(sock, "error malformed request");
             close(request.out);
             close(request.err);
@@ -377,7 +396,9 @@ int main(int argc, char **argv) {
         int status;
         while (waitpid(child, &status, 0) < 0 && errno == EINTR)
             ;
-        memset(buf, 0, n); /* no step's request stays in memory the next one forks */
+        /* no step's request stays in memory the next one forks */
+        memset(buf, 0, n);
+        memset(strings, 0, n);
         struct outcome o;
         ssize_t got = read(status_pipe[0], &o, sizeof o);
         close(status_pipe[0]);
