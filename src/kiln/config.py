@@ -12,7 +12,15 @@
     file = "~/keys/release.pem"
     feature = "signer"
 
-No file means no features, no secrets and one core per CPU.
+    # How far an archive (fetch ... unpack=True, unpack(), kiln prefetch
+    # --unpack) may unpack before it is refused; these are the defaults.
+    [archives]
+    max-unpacked-mib = 16384   # all members together
+    max-ratio = 200            # unpacked size / archive size (past 64 MiB)
+    max-members = 1000000      # files, folders and links
+
+No file means no features, no secrets, one core per CPU and the default
+archive limits.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from pathlib import Path
 from kiln import errors
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+DEFAULT_ARCHIVE_MAX_MIB = 16 << 10
+DEFAULT_ARCHIVE_MAX_RATIO = 200
+DEFAULT_ARCHIVE_MAX_MEMBERS = 1_000_000
+RATIO_FLOOR = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -38,11 +50,26 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class ArchiveLimits:
+    """How far an archive may unpack before Kiln refuses it. A setting of the
+    machine that unpacks, not of any action: a refused archive is an error,
+    never a result, and an accepted one unpacks to the same tree anywhere.
+    The ratio is checked only past ``RATIO_FLOOR`` bytes, so small archives
+    of very compressible data are fine."""
+
+    max_bytes: int = DEFAULT_ARCHIVE_MAX_MIB << 20
+    max_ratio: int = DEFAULT_ARCHIVE_MAX_RATIO
+    max_members: int = DEFAULT_ARCHIVE_MAX_MEMBERS
+    config: str = "the Kiln config file"  # where to raise them, for error hints
+
+
+@dataclass(frozen=True)
 class Config:
     features: frozenset[str] = frozenset()
     build_cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     secrets: dict[str, Secret] = field(default_factory=dict)
     path: Path | None = None
+    archives: ArchiveLimits = ArchiveLimits()
 
     def where(self) -> str:
         return str(self.path) if self.path else "the Kiln config file (none found)"
@@ -62,15 +89,15 @@ def load_config(path: Path | None = None) -> Config:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        return Config()
+        return Config(archives=ArchiveLimits(config=str(path)))
     except tomllib.TOMLDecodeError as e:
         raise _bad(path, str(e), "fix the TOML syntax") from None
     except OSError as e:
         raise _bad(path, f"cannot read it: {e.strerror}", "check its permissions") from None
-    unknown = set(data) - {"features", "build-cores", "secrets"}
+    unknown = set(data) - {"features", "build-cores", "secrets", "archives"}
     if unknown:
         raise _bad(path, f"unknown setting {sorted(unknown)[0]!r}",
-                   "known: features, build-cores, [secrets.NAME]")  # fmt: skip
+                   "known: features, build-cores, [secrets.NAME], [archives]")  # fmt: skip
     features = data.get("features", [])
     if not isinstance(features, list) or not all(
         isinstance(f, str) and NAME.fullmatch(f) for f in features
@@ -92,7 +119,28 @@ def load_config(path: Path | None = None) -> Config:
             )  # fmt: skip
         file = Path(os.path.expanduser(str(entry["file"])))
         secrets[name] = Secret(name, file, entry["feature"])
-    return Config(frozenset(features), cores, secrets, path)
+    return Config(frozenset(features), cores, secrets, path, _archive_limits(path, data))
+
+
+def _archive_limits(path: Path, data: dict[str, object]) -> ArchiveLimits:
+    """The ``[archives]`` table, checked; defaults for what it leaves out."""
+    table = data.get("archives", {})
+    if not isinstance(table, dict):
+        raise _bad(path, "[archives] must be a table")
+    known = ("max-unpacked-mib", "max-ratio", "max-members")
+    unknown = set(table) - set(known)
+    if unknown:
+        raise _bad(path, f"unknown setting {sorted(unknown)[0]!r} in [archives]",
+                   f"known: {', '.join(known)}")  # fmt: skip
+    for key, value in table.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _bad(path, f"[archives] {key} must be a positive whole number, not {value!r}")
+    return ArchiveLimits(
+        max_bytes=table.get("max-unpacked-mib", DEFAULT_ARCHIVE_MAX_MIB) << 20,
+        max_ratio=table.get("max-ratio", DEFAULT_ARCHIVE_MAX_RATIO),
+        max_members=table.get("max-members", DEFAULT_ARCHIVE_MAX_MEMBERS),
+        config=str(path),
+    )
 
 
 def _bad(path: Path, problem: str, hint: str | None = None) -> errors.KilnError:

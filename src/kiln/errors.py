@@ -138,3 +138,51 @@ def corrupt_blob(digest: object, actual: object) -> KilnError:
         exit_code=ExitCode.FAILED,
         digest=str(digest),
     )
+
+
+class UnsafeArchive(KilnError):
+    """An archive Kiln refuses to unpack: a member that would escape the
+    tree or is not a plain file, or more content than the limits allow."""
+
+
+def unsafe_archive(archive: str, problem: str) -> UnsafeArchive:
+    return UnsafeArchive(
+        f"{archive}: {problem}",
+        hint="an archive's members must stay inside it; do not use this archive unless you "
+        "trust it and can repack it",
+        exit_code=ExitCode.FAILED,
+        archive=archive,
+    )
+
+
+def archive_link_escapes(archive: str, path: str, target: str, reason: str) -> UnsafeArchive:
+    return UnsafeArchive(
+        f"{archive}: symlink {path!r} -> {target!r} points outside the tree ({reason})",
+        hint="symlinks in an archive must resolve inside it, through its own folders and links",
+        exit_code=ExitCode.FAILED,
+        archive=archive,
+        path=path,
+        target=target,
+    )
+
+
+def archive_over_limit(archive: str, problem: str, setting: str, config: str) -> UnsafeArchive:
+    """An archive past one of the unpacking limits (``setting`` in the
+    ``[archives]`` table of the config file ``config``)."""
+    return UnsafeArchive(
+        f"{archive}: {problem}; refused (a decompression bomb?)",
+        hint=f"if you trust it, raise `{setting}` in the [archives] table of {config}",
+        exit_code=ExitCode.FAILED,
+        archive=archive,
+        setting=setting,
+    )
+
+
+def unreadable_archive(archive: str, reason: str) -> KilnError:
+    return KilnError(
+        f"{archive}: cannot be unpacked ({reason})",
+        hint="Kiln unpacks tar (plain, gzip, bzip2, xz) and zip; fetch anything else as a file, "
+        "and check that the download is complete",
+        exit_code=ExitCode.FAILED,
+        archive=archive,
+    )

@@ -151,7 +151,7 @@ def test_an_unpinned_fetch_is_refused_without_the_flag(store, tmp_path, served) 
     ("members", "complaint"),
     [
         ({"../evil.txt": b"x"}, "climbs out of the tree with '..'"),
-        ({"escape": "/etc/passwd"}, "points at the absolute path '/etc/passwd'"),
+        ({"escape": "/etc/passwd"}, "'/etc/passwd' points outside the tree (an absolute path)"),
         ({"up": "../../outside"}, "points outside the tree"),
     ],
 )

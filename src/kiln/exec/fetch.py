@@ -32,9 +32,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln import errors
+from kiln.config import load_config
 from kiln.digest import Digest, canonical_bytes
 from kiln.exec.base import record_timing
 from kiln.exec.download import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Auth, Progress, check_url
@@ -216,8 +217,6 @@ class FetchExecutor:
     def prefetch(self, spec: FetchSpec) -> tuple[str, Digest, Digest | None]:
         """Download ``spec`` (unpinned) into the store: (the pin to write, the
         file's or root's digest, the Tree's digest for a tree)."""
-        from kiln.exec.archives import archive_tree
-
         with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._store.home) as tmp:
             if spec.kind == "git":
                 _, stored, _ = self._git(spec, Path(tmp))
@@ -229,7 +228,7 @@ class FetchExecutor:
                         blob = batch.add_file(path)
                     return f"sha256:{blob.hash}", blob, None
                 with self._store.writing(), self._store.cas.batch(durable=False) as batch:
-                    stored = archive_tree(batch, path, spec.strip, where=origin)
+                    stored = self._archive_tree(batch, path, spec.strip, origin)
                 return f"sha256:{stored.root.hash}", stored.root, stored.tree
             finally:
                 path.unlink(missing_ok=True)
@@ -289,8 +288,6 @@ class FetchExecutor:
         self, spec: FetchSpec, origin: str, path: Path
     ) -> tuple[Digest, Digest | None]:
         """Store what arrived if it matches the pin: (blob or root digest, tree)."""
-        from kiln.exec.archives import archive_tree
-
         try:
             if spec.mode == "file":
                 algorithm = spec.pin.split(":")[0] if spec.pin != UNPINNED else "sha256"
@@ -302,11 +299,19 @@ class FetchExecutor:
                 with self._store.writing(), self._store.cas.batch(durable=False) as batch:
                     return batch.add_file(path), None
             with self._store.writing(), self._store.cas.batch(durable=False) as batch:
-                stored = archive_tree(batch, path, spec.strip, where=origin)
+                stored = self._archive_tree(batch, path, spec.strip, origin)
             self._verify(spec, origin, f"sha256:{stored.root.hash}", path)
             return stored.root, stored.tree
         finally:
             path.unlink(missing_ok=True)
+
+    def _archive_tree(self, batch: Any, path: Path, strip: int, origin: str) -> StoredTree:
+        from kiln.exec.archives import archive_tree
+
+        return archive_tree(
+            batch, path, strip, where=origin,
+            limits=load_config().archives, scratch=self._store.session.staging,
+        )  # fmt: skip
 
     def _verify(self, spec: FetchSpec, origin: str, got: str, path: Path | None) -> None:
         if got == spec.pin:

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kiln import errors
+from kiln.config import load_config
 from kiln.digest import Digest
 from kiln.exec.base import record_timing
 from kiln.tree import Entry, lookup
@@ -52,7 +53,10 @@ class UnpackExecutor:
             raise errors.KilnError(f"unpack: {path} is not a file of the step's inputs")
         result = re_pb2.ActionResult(exit_code=0)
         with self._store.writing(), self._store.cas.batch(durable=False) as batch:
-            stored = archive_tree(batch, self._store.cas.path(entry.digest), strip, where=path)
+            stored = archive_tree(
+                batch, self._store.cas.path(entry.digest), strip, where=path,
+                limits=load_config().archives, scratch=self._store.session.staging,
+            )  # fmt: skip
             [output] = command.output_paths
             result.output_directories.add(path=output, tree_digest=stored.tree.to_proto())
             result.stdout_digest.CopyFrom(batch.add_bytes(b"").to_proto())
