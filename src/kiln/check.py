@@ -220,7 +220,7 @@ def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[S
     the recorded one. Fetches are not run again: their pin already checks
     them, and they would only download the same bytes."""
     from kiln.engine.build import default_executors
-    from kiln.exec.fetch import FETCH_ABI
+    from kiln.exec.base import close_executor
     from kiln.exec.native import NATIVE_ABI
     from kiln.exec.unpack import UNPACK_ABI
     from kiln.exec.wasi.host import ABI_VERSION
@@ -228,6 +228,19 @@ def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[S
     kinds = {ABI_VERSION: "wasm", NATIVE_ABI: "native", UNPACK_ABI: "unpack"}
     factories = default_executors(store)
     executors: dict[str, Any] = {}
+    try:
+        return _rebuild_each(store, steps, kinds, factories, executors, on_step)
+    finally:
+        for executor in executors.values():
+            close_executor(executor)
+
+
+def _rebuild_each(
+    store: Store, steps: list[Any], kinds: dict[str, str], factories: dict[str, Any],
+    executors: dict[str, Any], on_step: Any,
+) -> list[StepCheck]:  # fmt: skip
+    from kiln.exec.fetch import FETCH_ABI
+
     checks = []
     for record in steps:
         if record.result is None:

@@ -532,8 +532,10 @@ def gc_command(
 
     Without --max-size or --max-age, everything unreachable goes. Content
     in use by a running build (its session's temporary roots) is never
-    deleted, and GC waits for in-flight writes to finish.
+    deleted, and GC waits for in-flight writes to finish. Sandbox folders
+    and cgroups left by killed builds go too.
     """
+    from kiln.exec.native import reap_leftovers
     from kiln.store import GcPolicy
 
     policy = GcPolicy(
@@ -541,7 +543,10 @@ def gc_command(
         max_age=parse_age(max_age) if max_age else None,
         dry_run=dry_run,
     )
-    report = _open_store(ctx).gc(policy, timeout=timeout)
+    store = _open_store(ctx)
+    if not dry_run:
+        reap_leftovers(store.home)
+    report = store.gc(policy, timeout=timeout)
     if as_json:
         _emit_json(asdict(report))
         return

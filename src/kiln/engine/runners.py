@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
 from kiln.errors import KilnError
-from kiln.exec.base import TransientError
+from kiln.exec.base import TransientError, close_executor
 
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
@@ -112,6 +112,9 @@ class ThreadRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        for idle in self._idle.values():
+            while not idle.empty():
+                close_executor(idle.get_nowait())
 
 
 class ProcessRunner:
@@ -174,6 +177,7 @@ _worker: dict[str, Any] = {}
 
 def _worker_start(home: str) -> None:
     import atexit
+    import multiprocessing.util
 
     from kiln.engine.build import default_executors
     from kiln.store.local import Store
@@ -183,6 +187,13 @@ def _worker_start(home: str) -> None:
     _worker["store"] = store
     _worker["factories"] = default_executors(store)
     _worker["executors"] = {}
+    # A worker ends with os._exit: only multiprocessing's finalizers run.
+    multiprocessing.util.Finalize(None, _close_worker_executors, exitpriority=10)
+
+
+def _close_worker_executors() -> None:
+    for executor in _worker.pop("executors", {}).values():
+        close_executor(executor)
 
 
 def _worker_run(kind: str, key: str, action: bytes, command: bytes, where: str) -> Reply:

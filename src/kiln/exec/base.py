@@ -38,6 +38,15 @@ class Executor(Protocol):
         ...
 
 
+def close_executor(executor: Executor) -> None:
+    """Release what an executor holds beyond a step (resident sandboxes,
+    their folders and cgroups), if it holds anything: callers do this
+    explicitly, since a command ends with ``os._exit`` (no finalizers)."""
+    close = getattr(executor, "close", None)
+    if close is not None:
+        close()
+
+
 def record_timing(result: re_pb2.ActionResult, worker: str, started_ns: int) -> None:
     """Fill the result's execution metadata: who ran it, from when to now."""
     import time

@@ -73,6 +73,9 @@ MAX_ZYGOTES = 4  # resident sandboxes per executor (one per tool set and limits)
 EXIT_OUT_OF_MEMORY = 137
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
+# Sandbox folders and cgroups are named "kiln-<pid>-...", after the process
+# that made them, so that leftovers of a killed one can be found.
+LEFTOVER_PREFIX = "kiln-"
 
 
 def bwrap_path() -> str | None:
@@ -123,6 +126,10 @@ class NativeExecutor:
         self._dpkg = Dpkg(cache=self._roots)
         self._sandboxes = store.home / "sandboxes"
         self._sandboxes.mkdir(exist_ok=True)
+        reap_leftovers(store.home)
+        # Ending the sandboxes and removing the cgroups: at ``close``, or when
+        # the executor is collected (not on ``os._exit``: callers close).
+        self._cleanups: list[weakref.finalize] = []
         # The cgroups this executor's sandboxes run in (one step at a time),
         # made on first use; a step's processes are all gone when it returns.
         self._groups: dict[str, _Cgroup | None] = {}
@@ -147,12 +154,21 @@ class NativeExecutor:
             make = _pids_cgroup if kind == "pids" else _memory_cgroup
             group = self._groups[kind] = make(limit)
             if group is not None:
-                weakref.finalize(self, _remove_cgroup, group.path)
+                self._cleanups.append(weakref.finalize(self, _remove_cgroup, group.path))
         group = self._groups[kind]
         if group is None:
             return None
         group.set_limit(limit)
         return group.path
+
+    def close(self) -> None:
+        """End this executor's sandboxes and remove their folders and cgroups
+        (zygotes first: a cgroup can go only once its processes have)."""
+        for cleanup in reversed(self._cleanups):
+            cleanup()
+        self._cleanups.clear()
+        self._zygotes.clear()
+        self._groups.clear()
 
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
@@ -244,12 +260,14 @@ class NativeExecutor:
             _end_zygote(self._zygotes.pop(key))
         if len(self._zygotes) >= MAX_ZYGOTES:
             _end_zygote(self._zygotes.pop(next(iter(self._zygotes))))
-        host = Path(tempfile.mkdtemp(prefix="sandbox-", dir=self._sandboxes))
+        host = Path(
+            tempfile.mkdtemp(prefix=f"{LEFTOVER_PREFIX}{os.getpid()}-", dir=self._sandboxes)
+        )
         under_tmp = tuple(p for p in binds if p.startswith("/tmp/"))
         zygote = self._zygotes[key] = Zygote(
             self._bwrap_argv(root, binds, secrets), host, self._cgroups_joiner(limits), under_tmp
         )
-        weakref.finalize(self, _end_zygote, zygote)
+        self._cleanups.append(weakref.finalize(self, _end_zygote, zygote))
         return zygote
 
     def _bwrap_argv(
@@ -320,6 +338,38 @@ class NativeExecutor:
         return code, outcome.stdout, outcome.stderr, note
 
 
+def reap_leftovers(home: Path) -> int:
+    """Remove the sandbox folders (with the input links inside) and cgroups
+    that processes killed before closing their executors left behind: those
+    named after a process that no longer runs. Returns how many went."""
+    removed = 0
+    candidates = list((home / "sandboxes").glob(f"{LEFTOVER_PREFIX}*"))
+    for base in (PIDS_CGROUP, MEMORY_CGROUP, Path("/sys/fs/cgroup")):
+        with contextlib.suppress(OSError):
+            candidates += base.glob(f"{LEFTOVER_PREFIX}*")
+    for path in candidates:
+        owner = path.name[len(LEFTOVER_PREFIX) :].partition("-")[0]
+        if not owner.isdecimal() or _runs(int(owner)):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_relative_to("/sys/fs/cgroup"):
+                path.rmdir()  # refused while a process is in it
+            else:
+                remove_tree(path)
+            removed += 1
+    return removed
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _link_inputs(inputs: Path, work: Path) -> None:
     """Mirror the input tree in ``work``: folders as folders, every file or
     symlink as a symlink to its read-only place under /kiln/inputs."""
@@ -366,7 +416,7 @@ def _make_cgroup(bases: tuple[Path, ...], limit_file: str, limit: int) -> _Cgrou
     for base in bases:
         if not (base / "cgroup.procs").exists():
             continue
-        group = base / f"kiln-{os.getpid()}-{time.monotonic_ns()}"
+        group = base / f"{LEFTOVER_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
         try:
             group.mkdir()
             (group / limit_file).write_text(str(limit))
