@@ -50,11 +50,17 @@ def sample_tree(tmp_path: Path) -> Path:
 
 
 def run_kiln(
-    home: Path, *args: str, check: bool = False, env: dict[str, str] | None = None
+    home: Path,
+    *args: str,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the installed `kiln` console script against store ``home``."""
     full_env = {**os.environ, "KILN_HOME": str(home), **(env or {})}
-    proc = subprocess.run([KILN, *args], capture_output=True, text=True, env=full_env, timeout=300)
+    proc = subprocess.run(
+        [KILN, *args], capture_output=True, text=True, env=full_env, timeout=300, cwd=cwd
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"kiln {' '.join(args)} failed: {proc.stderr}")
     return proc

@@ -188,7 +188,7 @@ class BuildContext:
             return await t.fn()
         except (errors.KilnError, BuildStopped):
             raise
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() is no way to succeed
             raise user_code_error(e, t.file, f"target {t.name!r}") from None
 
     async def run_step(

@@ -62,7 +62,7 @@ def load(root: Path) -> Project:
         exec(code, namespace)
     except errors.KilnError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() is no way to succeed
         raise user_code_error(e, str(path), "loading the build file") from None
     finally:
         rules._defining = None
@@ -81,6 +81,12 @@ def user_code_error(exc: BaseException, build_file: str, what: str) -> errors.Ki
     frames = traceback.extract_tb(exc.__traceback__)
     line = next((f.lineno for f in reversed(frames) if f.filename == build_file), None)
     where = f"{build_file}:{line}" if line else build_file
+    if isinstance(exc, SystemExit):
+        return errors.KilnError(
+            f"{where}: {what} called sys.exit({exc.code!r}), which cannot end a build",
+            hint="raise an exception to fail the build, or return from the target",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
     return errors.KilnError(
         f"{where}: {what} raised {type(exc).__name__}: {exc}",
         hint="fix the build file",
