@@ -86,3 +86,14 @@ def test_the_sandbox_refuses_a_request_whose_item_holds_a_nul(store, tmp_path) -
         os.close(err)
     again, stdout, _ = run_native(store, tmp_path, "echo fine", executor=executor)
     assert again.exit_code == 0 and stdout == "fine\n"
+
+
+def test_the_resident_processes_command_lines_are_hidden(store, tmp_path) -> None:
+    """bubblewrap's command line names the store's and Kiln's host folders."""
+    result, out, err = run_native(
+        store, tmp_path,
+        "for p in /proc/[0-9]*; do cat $p/cmdline $p/environ 2>/dev/null | tr '\\0' ' '; done",
+        tools=("sh", "cat", "tr"),
+    )  # fmt: skip
+    assert result.exit_code == 0, err
+    assert "bwrap" not in out and str(store.home) not in out and "kiln-zygote" not in out

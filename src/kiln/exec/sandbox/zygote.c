@@ -14,8 +14,9 @@
  *     folder at /work (and /kiln/host/secrets, if this sandbox was given
  *     secrets, read-only at /kiln/secrets), mounts a fresh /tmp and
  *     /dev/shm, makes the shared /dev read-only, and covers
- *     /kiln/host (the folders of all steps and this program) with an empty
- *     read-only tmpfs;
+ *     /kiln/host (the folders of all steps and this program) and the /proc
+ *     entries of the sandbox's resident processes with an empty read-only
+ *     tmpfs;
  *   - forks the step's init (pid 1 of the new pid namespace), which forks
  *     the program in a new session with the requested environment and
  *     working folder, reaps every process, and reports how the program
@@ -34,6 +35,7 @@
  * mount namespace through /proc.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -150,6 +152,27 @@ static int show_kept_paths(void) {
     return 0;
 }
 
+/* Cover the /proc entries of the processes running now (bubblewrap's, this
+ * zygote's, this set-up's) with an empty read-only tmpfs: their command
+ * lines name host folders. The step's own processes come later. */
+static int hide_resident_processes(void) {
+    DIR *proc = opendir("/proc");
+    if (!proc)
+        return -1;
+    char path[64];
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(proc))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s", e->d_name);
+        rc = mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                   "mode=0555");
+    }
+    closedir(proc);
+    return rc;
+}
+
 /* The step's program: the last process of the chain. Never returns. */
 static void run_program(struct request *r) {
     int null = open("/dev/null", O_RDONLY);
@@ -260,6 +283,9 @@ static void run_step(struct request *r, int status_fd) {
     what = "host";
     if (mount("tmpfs", "/kiln/host", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
               "mode=0555") < 0)
+        goto failed;
+    what = "/proc";
+    if (hide_resident_processes() < 0)
         goto failed;
     pid_t init = fork();
     if (init < 0) {
