@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 
 from conftest import KILN
 from kiln import server_client
-from kiln.server import alive
+from server_helpers import Served, gone, serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the server is Linux-only")
 
@@ -34,58 +36,16 @@ async def slow():
 """
 
 
-class Served:
-    """A server for one store, and how to run `kiln` against it."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = {**os.environ, "KILN_HOME": str(home)}
-        self.env.pop("KILN_SERVER", None)
-
-    def kiln(self, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [KILN, *args], cwd=cwd, env={**self.env, **env}, capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
-
-    def status(self) -> dict | None:
-        return server_client.ask(self.home, {"op": "status"})
-
-    def wait_until(self, check, what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-
-
-def _gone(pid: int) -> bool:
-    return not alive(pid)
-
-
-def _start(served: Served, *options: str) -> dict:
-    started = served.kiln("server", "start", "--json", *options)
-    assert started.returncode == 0, started.stderr
-    return json.loads(started.stdout)
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    s = Served(tmp_path / "home")
-    yield s
-    status = s.status()
-    if status is not None:
-        s.kiln("server", "stop")
-        try:
-            s.wait_until(lambda: _gone(status["pid"]), "the server to exit", timeout=10)
-        finally:
-            if not _gone(status["pid"]):
-                os.kill(status["pid"], signal.SIGKILL)
+    with serving(tmp_path / "home") as s:
+        yield s
 
 
 def test_builds_run_in_the_server_with_the_clients_output_and_exit_code(
     served: Served, example: Path
 ) -> None:
-    status = _start(served)
+    status = served.start()
     assert status["served"] == 0 and status["store"] == str(served.home)
     first = served.kiln("build", "--json", "report", cwd=example)
     assert first.returncode == 0, first.stderr
@@ -104,9 +64,10 @@ def test_builds_run_in_the_server_with_the_clients_output_and_exit_code(
     # KILN_SERVER=off runs without the server.
     served.kiln("build", "--json", "report", cwd=example, KILN_SERVER="off")
     assert served.status()["served"] == 3
-    # The compiled wasm module the first build made is loaded by the server now.
-    assert served.status()["modules"]
-    again = _start(served)  # already running: the same server
+    # The server loads the compiled wasm module the first build made once it
+    # has reaped that build's process.
+    served.wait_until(lambda: served.status()["modules"], "the server to load the module")
+    again = served.start()  # already running: the same server
     assert again["pid"] == status["pid"]
 
 
@@ -129,20 +90,20 @@ def test_the_command_gets_the_clients_folder_environment_and_umask(
             return None
         """)
     )
-    _start(served)
+    served.start()
     command = (
         f"import os, sys; os.umask(0o027); os.chdir({str(project / 'sub')!r}); "
         f"os.execv({KILN!r}, [{KILN!r}, 'build', '--json'])"
     )
     env = {**served.env, "KILN_TEST_MARK": "from the client"}
     done = subprocess.run(
-        [sys.executable, "-c", command], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", command], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert served.status()["served"] == 1
     env["KILN_TEST_MARK"] = "changed"
     refused = subprocess.run(
-        [sys.executable, "-c", command], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", command], env=env, capture_output=True, text=True, timeout=120
     )
     assert refused.returncode != 0 and "the build saw" in refused.stderr
 
@@ -166,36 +127,37 @@ def _start_slow_build(served: Served, tmp_path: Path) -> tuple[subprocess.Popen,
 
 
 def test_ctrl_c_on_the_client_interrupts_the_build(served: Served, tmp_path: Path) -> None:
-    _start(served)
+    served.start()
     client, build_pid = _start_slow_build(served, tmp_path)
     assert build_pid != client.pid  # it runs in the server's child
     assert [c["pid"] for c in served.status()["commands"]] == [build_pid]
     client.send_signal(signal.SIGINT)
-    _, err = client.communicate(timeout=30)
+    _, err = client.communicate(timeout=60)
     assert client.returncode == 130, err
     assert "interrupted" in err
-    served.wait_until(lambda: _gone(build_pid), "the build to end")
-    assert served.status()["commands_running"] == 0
+    served.wait_until(lambda: gone(build_pid), "the build to end")
+    # Gone is a zombie too: the server may not have reaped it yet.
+    served.wait_until(lambda: served.status()["commands_running"] == 0, "the server to reap it")
 
 
 def test_a_build_whose_client_is_killed_is_stopped(served: Served, tmp_path: Path) -> None:
-    _start(served)
+    served.start()
     client, build_pid = _start_slow_build(served, tmp_path)
     client.kill()
-    client.wait(timeout=10)
-    served.wait_until(lambda: _gone(build_pid), "the orphaned build to be stopped")
+    client.wait(timeout=60)
+    served.wait_until(lambda: gone(build_pid), "the orphaned build to be stopped")
     served.wait_until(lambda: served.status()["commands_running"] == 0, "the server to reap it")
 
 
 def test_a_server_running_older_code_refuses_and_exits(
     served: Served, example: Path, monkeypatch
 ) -> None:
-    status = _start(served)
+    status = served.start()
     monkeypatch.chdir(example)
     monkeypatch.setattr(server_client, "code_fingerprint", lambda: "code edited since")
     monkeypatch.delenv("KILN_SERVER", raising=False)
     assert server_client.delegate(served.home, ["build", "report"]) is None  # run it yourself
-    served.wait_until(lambda: _gone(status["pid"]), "the stale server to exit")
+    served.wait_until(lambda: gone(status["pid"]), "the stale server to exit")
     assert "code changed" in (served.home / "server.log").read_text()
     direct = served.kiln("build", "report", cwd=example)  # no server: runs by itself
     assert direct.returncode == 0, direct.stderr
@@ -213,29 +175,47 @@ def test_the_fingerprint_follows_the_code(tmp_path: Path, monkeypatch) -> None:
     assert server_client.code_fingerprint() != before
 
 
+PROBE = """
+import os, socket, sys
+from kiln import server_client
+
+os.setgid(65534)
+os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+try:  # the server may refuse (close) before it reads: sending fails then
+    s.sendall(server_client.encode({"op": "status", "home": sys.argv[2]}))
+    print(repr(s.recv(4096)))
+except (BrokenPipeError, ConnectionResetError):
+    print("closed")
+"""
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_another_user_is_refused(served: Served) -> None:
-    _start(served)
-    probe = (
-        "import os, socket, sys; from pathlib import Path; from kiln import server_client; "
-        "name = server_client.address(Path(sys.argv[1])); "
-        "os.setgid(65534); os.setuid(65534); "
-        "s = socket.socket(socket.AF_UNIX); s.connect(name); "
-        "s.sendall(server_client.encode({'op': 'status'}))\n"
-        "try: print(repr(s.recv(4096)))\nexcept ConnectionResetError: print('reset')"
-    )
-    other = subprocess.run(
-        [sys.executable, "-c", probe, str(served.home)], capture_output=True, text=True,
-        timeout=30, env=served.env,
-    )  # fmt: skip
-    assert other.stdout.strip() in ("b''", "reset"), other.stderr  # closed unanswered
+    served.start()
+    where = server_client.place(served.home)
+    # Clients of other users cannot reach the socket in its private folder; a
+    # link to it elsewhere lets this one, so the server's own check stops it.
+    reachable = Path(tempfile.mkdtemp(prefix="kiln-probe-", dir="/tmp"))
+    try:
+        reachable.chmod(0o755)
+        os.link(where.socket, reachable / "server.sock")
+        (reachable / "server.sock").chmod(0o777)
+        other = subprocess.run(
+            [sys.executable, "-c", PROBE, str(reachable / "server.sock"), where.home],
+            capture_output=True, text=True, timeout=60, env=served.env,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(reachable)
+    assert other.stdout.strip() in ("b''", "closed"), other.stderr  # closed unanswered
     assert "another user" in (served.home / "server.log").read_text()
 
 
 def test_an_idle_server_exits_by_itself(served: Served) -> None:
-    status = _start(served, "--idle", "1s")
+    status = served.start("--idle", "1s")
     assert status["idle_timeout_s"] == 1
-    served.wait_until(lambda: _gone(status["pid"]), "the idle server to exit")
+    served.wait_until(lambda: gone(status["pid"]), "the idle server to exit")
     assert "idle" in (served.home / "server.log").read_text()
 
 
@@ -244,17 +224,17 @@ def test_status_and_stop_without_a_server(served: Served) -> None:
     assert none.returncode == 3 and "no server" in none.stderr
     assert json.loads(served.kiln("server", "status", "--json").stdout) == {"server": None}
     assert "no server" in served.kiln("server", "stop").stderr
-    status = _start(served)
+    status = served.start()
     text = served.kiln("server", "status")
     assert f"pid {status['pid']}" in text.stdout
     assert served.kiln("server", "stop").stdout.strip() == "kiln server: stopped"
-    assert _gone(status["pid"])
+    served.wait_until(lambda: gone(status["pid"]), "the server to exit")
 
 
 def test_a_client_with_another_import_path_runs_by_itself(
     served: Served, example: Path, tmp_path: Path
 ) -> None:
-    _start(served)
+    served.start()
     elsewhere = tmp_path / "modules"
     elsewhere.mkdir()
     done = served.kiln("build", "--json", "report", cwd=example, PYTHONPATH=str(elsewhere))
@@ -265,10 +245,63 @@ def test_a_client_with_another_import_path_runs_by_itself(
 
 
 def test_a_build_ends_with_its_server(served: Served, tmp_path: Path) -> None:
-    status = _start(served)
+    status = served.start()
     client, build_pid = _start_slow_build(served, tmp_path)
     os.kill(status["pid"], signal.SIGKILL)
-    _, err = client.communicate(timeout=30)
+    _, err = client.communicate(timeout=60)
     assert client.returncode == 1
     assert "the kiln server stopped during the command" in err
-    served.wait_until(lambda: _gone(build_pid), "the build to end with its server")
+    served.wait_until(lambda: gone(build_pid), "the build to end with its server")
+
+
+def test_the_socket_is_in_a_private_folder_of_the_store(served: Served) -> None:
+    status = served.start()
+    where = server_client.place(served.home)
+    assert where.folder == str(served.home.resolve() / f"server-{os.getuid()}")
+    folder = os.lstat(where.folder)
+    assert stat.S_ISDIR(folder.st_mode) and stat.S_IMODE(folder.st_mode) == 0o700
+    assert stat.S_ISSOCK(os.lstat(where.socket).st_mode)
+    assert Path(where.pid_file).read_text() == f"{status['pid']}\n"
+
+
+def test_a_killed_servers_socket_gives_way_to_the_next_server(
+    served: Served, example: Path
+) -> None:
+    killed = served.start()
+    os.kill(killed["pid"], signal.SIGKILL)
+    served.wait_until(lambda: gone(killed["pid"]), "the killed server to exit")
+    assert os.path.exists(server_client.place(served.home).socket)  # left behind
+    alone = served.kiln("build", "--json", "report", cwd=example)
+    assert alone.returncode == 0, alone.stderr
+    assert "warning" not in alone.stderr  # a dead server is no server, not an attack
+    assert served.start()["pid"] != killed["pid"]
+    assert served.kiln("build", "--json", "report", cwd=example).returncode == 0
+    assert served.status()["served"] == 1
+
+
+def test_servers_started_at_once_are_one(served: Served) -> None:
+    command = [KILN, "server", "start", "--json"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    starts = [subprocess.Popen(command, env=served.env, **pipes) for _ in range(3)]
+    answers = [start.communicate(timeout=120) for start in starts]
+    assert [start.returncode for start in starts] == [0, 0, 0], answers
+    assert len({json.loads(out)["pid"] for out, _ in answers}) == 1
+
+
+def test_a_store_too_deep_for_a_socket_path_is_served_from_a_short_private_folder(
+    tmp_path: Path, example: Path
+) -> None:
+    home = tmp_path.joinpath(*["deep-folder"] * 8, "home")
+    where = server_client.place(home)
+    assert where.folder == f"{server_client.SHORT_ROOT}/kiln-{os.getuid()}"
+    assert len(where.socket) <= server_client.SOCKET_PATH_LIMIT
+    try:
+        with serving(home) as served:
+            served.start()
+            done = served.kiln("build", "--json", "report", cwd=example)
+            assert done.returncode == 0, done.stderr
+            assert served.status()["served"] == 1
+        assert stat.S_IMODE(os.lstat(where.folder).st_mode) == 0o700
+    finally:  # (the folder is shared by every such store of this user)
+        for leftover in (where.pid_file, where.lock_file):
+            Path(leftover).unlink(missing_ok=True)

@@ -10,8 +10,14 @@ folder, environment and umask and runs the command as the client would
 have, so nothing is shared between two commands but what was loaded before
 the fork: no build state, no open store, no build file.
 
+The server listens on a socket in a folder only its user may enter
+(``server_client.Place``), holding a lock there for as long as it listens,
+so one server at a time owns a store's place and a dead one's socket file is
+replaced safely; it records its pid next to the socket, for clients to check.
+
 The server is one thread around a ``selectors`` loop (so forking is safe):
-it accepts connections from its own user only, forwards the client's
+it accepts connections from its own user only, refuses requests for any
+store but its own, forwards the client's
 signals to the child's process group, stops the child when its client goes
 away, and exits when asked, when its code changes under it (a stale server
 refuses commands, which then run without it), or after ``idle`` seconds
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
+import fcntl
 import importlib
 import io
 import json
@@ -30,7 +36,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import tempfile
 import time
@@ -42,11 +47,15 @@ from kiln.libc import libc
 from kiln.server_client import (
     FORWARDED_SIGNALS,
     REQUEST_LIMIT,
-    address,
+    Place,
+    Untrusted,
     ask,
+    check_private_folder,
     code_fingerprint,
     encode,
     import_path,
+    peer_credentials,
+    place,
 )
 
 DEFAULT_IDLE_S = 3 * 3600
@@ -55,6 +64,7 @@ REQUEST_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 60.0
 LOG_NAME = "server.log"
 PR_SET_PDEATHSIG = 1  # prctl(2)
+EXIT_ALREADY_SERVED = 3  # main(): another server holds the store's place
 
 # What a build imports; loaded once here instead of in every command.
 WARM_IMPORTS = (
@@ -64,6 +74,10 @@ WARM_IMPORTS = (
     "kiln.quick", "kiln.store.local", "kiln.store.actioncache", "kiln.store.materialize",
     "kiln.reapi", "rich.console", "rich.live", "rich.text",
 )  # fmt: skip
+
+
+class AlreadyServed(Exception):
+    """Another server holds the store's place (its lock)."""
 
 
 @dataclass
@@ -81,11 +95,13 @@ class Server:
     """Accepts commands for one store and runs each in a forked child."""
 
     def __init__(self, home: Path, idle: float = DEFAULT_IDLE_S) -> None:
+        """Listen at the store's place. Raises ``AlreadyServed``, or
+        ``Untrusted`` if the place is not private to this user."""
         self.home = home
         self.idle = idle
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(address(home))  # OSError EADDRINUSE: one is already running
-        self.listener.listen(64)
+        self.place = place(home)
+        self._lock: int | None = _claim(self.place)  # None once stopping
+        self.listener = _listen(self.place)
         self.fingerprint = code_fingerprint()
         self.started = time.time()
         self.served = 0
@@ -122,6 +138,9 @@ class Server:
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._reap)
         _log(f"serving {self.home} (pid {os.getpid()}, idle timeout {self.idle:g} s)")
+        # Idle from now, not from before warm(): a slow warm-up (a loaded
+        # machine) must not end the server before its first client is read.
+        self.last_active = time.monotonic()
         while not (self.stopping and not self.running):
             for key, _ in self.selector.select(self._timeout()):
                 key.data(key.fileobj)
@@ -147,6 +166,15 @@ class Server:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(self.listener)
             self.listener.close()  # new clients find no server and run by themselves
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.place.socket)
+            self._release_place()
+
+    def _release_place(self) -> None:
+        """Let a new server take the place (while this one's commands finish)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # ------------------------------------------------------------ requests
 
@@ -177,19 +205,26 @@ class Server:
 
     def _handle(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         op = request.get("op")
-        if op == "status":
-            conn.sendall(encode(self.status()))
-            conn.close()
+        if request.get("home") != self.place.home:
+            answer = self._other_store(request.get("home"))
+        elif op == "status":
+            answer = self.status()
         elif op == "stop":
             self.stop()
-            conn.sendall(encode({"stopping": True, "pid": os.getpid()}))
-            conn.close()
+            answer = {"stopping": True, "pid": os.getpid()}
         elif op == "run" and (refusal := self._refusal(request, fds)) is None:
             self._fork(conn, request, fds)
+            return
         else:
-            refusal = refusal if op == "run" else f"unknown request {op!r}"
-            conn.sendall(encode({"refused": refusal}))
-            conn.close()
+            answer = {"refused": refusal if op == "run" else f"unknown request {op!r}"}
+        conn.sendall(encode(answer))
+        conn.close()
+
+    def _other_store(self, home: object) -> dict[str, Any]:
+        """The refusal of a request for another store than this server's."""
+        warning = f"the kiln server at {self.place.socket} serves {self.place.home}, not {home}"
+        _log(f"refused a request: {warning}")
+        return {"refused": "store", "warning": warning}
 
     def _refusal(self, request: dict[str, Any], fds: list[int]) -> str | None:
         """Why a command is not run here (it then runs in its client), or None."""
@@ -258,6 +293,7 @@ class Server:
             fileobj.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self._release_place()  # (the lock is the server's, not the command's)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.environ.clear()
@@ -344,9 +380,39 @@ class Server:
                 run.kill_at = None
 
 
+def _claim(where: Place) -> int:
+    """Make the store's place (a folder only this user may enter) and lock
+    it; the lock's descriptor, held for as long as this server listens."""
+    os.makedirs(os.path.dirname(where.folder), exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(where.folder, 0o700)
+    check_private_folder(where.folder)
+    lock = os.open(where.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        raise AlreadyServed(where.socket) from None
+    return lock
+
+
+def _listen(where: Place) -> socket.socket:
+    """Record this process's pid, then listen on the place's socket (its
+    lock held: a socket file found there is a dead server's)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(where.socket)
+    staged = f"{where.pid_file}.{os.getpid()}"
+    with open(staged, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(staged, where.pid_file)  # the pid a client sees is whole
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(where.socket)
+    listener.listen(64)
+    return listener
+
+
 def _same_user(conn: socket.socket) -> bool:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    _pid, uid = peer_credentials(conn)
     return uid == os.getuid()
 
 
@@ -428,7 +494,8 @@ def start(home: Path, idle: float = DEFAULT_IDLE_S) -> dict[str, Any]:
         status = ask(home, {"op": "status"}, timeout=START_TIMEOUT_S)
         if status is not None and not status.get("stopping"):
             return status
-        if child.poll() is not None:
+        # A start that lost the race to another: wait for the winner to answer.
+        if child.poll() not in (None, EXIT_ALREADY_SERVED):
             break
         time.sleep(0.05)
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
@@ -467,11 +534,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         server = Server(args.home, args.idle)
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            _log("a server for this store is already running")
-            sys.exit(0)
-        raise
+    except AlreadyServed:
+        _log("a server for this store is already running")
+        sys.exit(EXIT_ALREADY_SERVED)
+    except Untrusted as e:
+        _log(f"cannot listen: {e}")
+        sys.exit(1)
     server.warm()
     server.serve()
 

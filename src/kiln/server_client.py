@@ -7,10 +7,18 @@ stdin, stdout and stderr as file descriptors, forwards the signals it gets
 runs other code than this installation, the command runs in this process
 as usual; ``KILN_SERVER=off`` never uses one.
 
+What a client sends (its environment, secrets included, and its terminal)
+goes only to a server it has verified first (``connect``): the socket is a
+file in a folder that belongs to the user and that no other user may enter
+(``Place``), its listener runs as the same user (``SO_PEERCRED``), and it is
+the process whose pid the server recorded next to the socket. Anything else
+gets nothing: the command runs here, after one warning naming the problem.
+
 Messages are JSON objects, one per line. A server belongs to one store and
-one installation of Kiln (its socket's name is derived from both), so two
-checkouts of Kiln sharing a store never run each other's code; the code's
-fingerprint (every source file's size and mtime) is checked on each request.
+one installation of Kiln (its socket's name is derived from both, and each
+request names the store it is for), so two checkouts of Kiln sharing a store
+never run each other's code; the code's fingerprint (every source file's
+size and mtime) is checked on each request.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import json
 import os
 import signal
 import socket
+import stat
+import struct
 import sys
 from pathlib import Path
 
@@ -34,6 +44,10 @@ SERVED = ("build", "check")
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 PACKAGE = Path(__file__).resolve().parent
 REQUEST_LIMIT = 1 << 22  # bytes; an environment is far smaller
+SOCKET_PATH_LIMIT = 107  # bytes in a socket's path (sockaddr_un.sun_path, less its NUL)
+# Where the server of a store whose path is too long for a socket listens
+# (in kiln-<uid>, held to the same checks as the store's own folder).
+SHORT_ROOT = "/tmp"
 
 
 class ServerGone(Exception):
@@ -45,12 +59,66 @@ def available() -> bool:
     return sys.platform == "linux" and os.environ.get("KILN_SERVER", "").lower() != "off"
 
 
-def address(home: Path) -> bytes:
-    """The server's socket for a store and this installation: a name in
-    Linux's abstract namespace (no file to leave behind, no path length
-    limit); the server checks that a client runs as its own user."""
-    who = f"{os.path.realpath(home)}\0{PACKAGE}\0{os.path.realpath(sys.executable)}"
-    return b"\0kiln-server-" + hashlib.sha256(who.encode()).hexdigest()[:32].encode()
+class Untrusted(Exception):
+    """Why a server's socket must not be sent anything."""
+
+
+class Place:
+    """Where the server of one store (``home``, its real path) and one
+    installation of Kiln listens: ``socket``, in ``folder``, which only its
+    user may enter; ``pid_file`` holds the listener's pid and ``lock_file``
+    is locked by it while it listens."""
+
+    __slots__ = ("folder", "home", "lock_file", "pid_file", "socket")
+
+    def __init__(self, home: str, folder: str, name: str) -> None:
+        self.home = home
+        self.folder = folder
+        self.socket = os.path.join(folder, f"{name}.sock")
+        self.pid_file = os.path.join(folder, f"{name}.pid")
+        self.lock_file = os.path.join(folder, f"{name}.lock")
+
+
+def place(home: Path) -> Place:
+    """The server's place for a store and this installation: a folder
+    ``server-<uid>`` in the store, or, when a socket path there would be
+    too long, ``kiln-<uid>`` in ``SHORT_ROOT``. Never Linux's abstract
+    namespace, where any user may take any name first."""
+    real = os.path.realpath(home)
+    who = f"{real}\0{PACKAGE}\0{os.path.realpath(sys.executable)}"
+    name = hashlib.sha256(who.encode()).hexdigest()[:16]
+    folder = os.path.join(real, f"server-{os.getuid()}")
+    if len(os.fsencode(os.path.join(folder, f"{name}.sock"))) > SOCKET_PATH_LIMIT:
+        folder = os.path.join(SHORT_ROOT, f"kiln-{os.getuid()}")
+    return Place(real, folder, name)
+
+
+def check_private_folder(folder: str) -> None:
+    """Raise ``Untrusted`` unless ``folder`` is a directory (not a link to
+    one) of this user that no other user may read, write or enter;
+    ``FileNotFoundError`` if there is none."""
+    st = os.lstat(folder)
+    _check_owner(folder, st, stat.S_IFDIR)
+    if st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        raise Untrusted(f"{folder} is open to other users (mode {mode:04o}, not 0700)")
+
+
+def _check_owner(path: str, st: os.stat_result, kind: int) -> None:
+    if stat.S_IFMT(st.st_mode) != kind:
+        raise Untrusted(f"{path} is not a {'folder' if kind == stat.S_IFDIR else 'socket'}")
+    if st.st_uid != os.getuid():
+        raise Untrusted(f"{path} belongs to uid {st.st_uid}, not to uid {os.getuid()}")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end of a Unix socket
+    (for a client: the server's, as of its ``listen``)."""
+    size = struct.calcsize("iII")
+    pid, uid, _gid = struct.unpack(
+        "iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+    )
+    return pid, uid
 
 
 def code_fingerprint() -> str:
@@ -77,16 +145,61 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def connect(home: Path, timeout: float | None = None) -> socket.socket | None:
-    """A connection to the store's server, or None when none is running."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+def connect(where: Place, timeout: float | None = None) -> socket.socket | None:
+    """A connection to the server at ``where``, verified before anything is
+    sent on it; None when no server runs there, or (after a warning) when
+    the socket or what listens on it cannot be trusted."""
     try:
-        sock.connect(address(home))
-    except OSError:
+        return _connect_verified(where, timeout)
+    except Untrusted as e:
+        warn(f"not using the kiln server: {e}")
+        return None
+
+
+def _connect_verified(where: Place, timeout: float | None) -> socket.socket | None:
+    try:
+        check_private_folder(where.folder)
+        _check_owner(where.socket, os.lstat(where.socket), stat.S_IFSOCK)
+    except OSError:  # no server made its place here (or none is left)
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(where.socket)
+        _check_listener(sock, where)
+    except OSError:  # nothing listens: a dead server's socket
         sock.close()
         return None
+    except Untrusted:
+        sock.close()
+        raise
     return sock
+
+
+def _check_listener(sock: socket.socket, where: Place) -> None:
+    pid, uid = peer_credentials(sock)
+    if uid != os.getuid():
+        raise Untrusted(f"{where.socket} is served by uid {uid}, not by uid {os.getuid()}")
+    try:
+        with open(where.pid_file, "rb") as f:
+            recorded = int(f.read(32))
+    except (OSError, ValueError):
+        recorded = None
+    if pid != recorded:
+        raise Untrusted(
+            f"{where.socket} is served by pid {pid}, not by the pid {where.pid_file} records"
+        )
+
+
+_warned = False
+
+
+def warn(message: str) -> None:
+    """Say on stderr why no server is used; once a process."""
+    global _warned
+    if not _warned:
+        _warned = True
+        sys.stderr.write(f"kiln: warning: {message}\n")
 
 
 class Lines:
@@ -103,16 +216,28 @@ class Lines:
 
 
 def ask(home: Path, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any] | None:
-    """One request and its answer (``status``, ``stop``); None without a server."""
-    sock = connect(home, timeout)
+    """One request and its answer (``status``, ``stop``); None without a
+    server for this store, or when it refuses."""
+    where = place(home)
+    sock = connect(where, timeout)
     if sock is None:
         return None
     with sock:
-        sock.sendall(encode(message))
         try:
-            return Lines(sock).next()
+            sock.sendall(encode({**message, "home": where.home}))
+            return _unless_refused(Lines(sock).next())
         except (ServerGone, OSError):
             return None
+
+
+def _unless_refused(answer: dict[str, Any]) -> dict[str, Any] | None:
+    """A server's answer, or None (after its warning, if it gives one) when
+    it is a refusal."""
+    if "refused" not in answer:
+        return answer
+    if "warning" in answer:
+        warn(str(answer["warning"]))
+    return None
 
 
 def delegate(
@@ -123,11 +248,12 @@ def delegate(
     the build stamp this process already found stale (see ``kiln.quick``)."""
     if not argv or argv[0] not in SERVED or not available():
         return None
-    sock = connect(home)
+    where = place(home)
+    sock = connect(where)
     if sock is None:
         return None
     request = {
-        "op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+        "op": "run", "home": where.home, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
         "umask": _umask(), "fingerprint": code_fingerprint(), "declined": declined,
         "path": import_path(),
     }  # fmt: skip
@@ -142,7 +268,7 @@ def delegate(
         finally:
             for fd in opened:
                 os.close(fd)
-        if "refused" in first:
+        if _unless_refused(first) is None:
             # Interrupted meanwhile: that is the answer; else run it here.
             return 128 + forwarding.received if forwarding.received else None
         if "exit" in first:  # (the command can be done before "started" is sent)
