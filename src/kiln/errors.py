@@ -178,6 +178,55 @@ def archive_over_limit(archive: str, problem: str, setting: str, config: str) ->
     )
 
 
+def blob_missing(digest: object, what: str = "blob") -> KilnError:
+    """A blob the store recorded (a result, a tree) is no longer there."""
+    return KilnError(
+        f"{what} {digest} is missing from the store",
+        hint="run the command again (the step that made it runs again); "
+        "if this keeps happening, run `kiln store verify`",
+        exit_code=ExitCode.NOT_FOUND,
+        digest=str(digest),
+    )
+
+
+# What each kind of database failure means, and what to do about it.
+_DATABASE_PROBLEMS = {
+    "corrupt": (
+        "is damaged",
+        "stop all kiln processes, then move {path}, {path}-wal and {path}-shm aside: Kiln "
+        "starts a new database (blobs are kept; cached results, roots and history are lost, "
+        "so rebuild your projects before the next `kiln gc`); `sqlite3 {path} .recover` "
+        "may save its rows",
+    ),
+    "io": ("cannot be read or written (disk I/O error)",
+           "check the disk (`dmesg`) and that it has free space (`df -h`)"),
+    "full": ("cannot grow: the disk is full",
+             "free space on that disk (`df -h`); `kiln gc` removes unused blobs"),
+    "locked": ("stayed locked by another kiln process for {timeout:.0f} s",
+               "wait for the other process to finish (`fuser {path}` names it), then retry"),
+    "read-only": ("cannot be written (read-only)",
+                  "check the permissions of the store folder and its file system"),
+    "cannot-open": ("cannot be opened", "check that the store folder exists and is writable"),
+    "other": ("failed", "retry; if it fails again, check the disk and the store folder"),
+}  # fmt: skip
+
+
+def database_failed(
+    path: str | os.PathLike[str], problem: str, detail: str, timeout: float = 0.0
+) -> KilnError:
+    """The store's SQLite database failed; ``problem`` is a key of
+    ``_DATABASE_PROBLEMS``, ``detail`` SQLite's own message."""
+    what, hint = _DATABASE_PROBLEMS[problem]
+    path = os.fspath(path)
+    return KilnError(
+        f"the store's database {path} {what.format(timeout=timeout)} ({detail})",
+        hint=hint.format(path=path),
+        exit_code=ExitCode.STORE,
+        path=path,
+        problem=problem,
+    )
+
+
 def unreadable_archive(archive: str, reason: str) -> KilnError:
     return KilnError(
         f"{archive}: cannot be unpacked ({reason})",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
+from kiln.store.db import transaction
 
 if TYPE_CHECKING:
     from kiln.engine.build import BuildReport
@@ -45,9 +46,7 @@ def record_build(
     store: Store, project: Path, targets: list[str], report: BuildReport, started: float
 ) -> int:
     """Write one build and its steps; returns the build's id."""
-    conn = store.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(store.conn) as conn:
         cur = conn.execute(
             "INSERT INTO builds(project, targets, started, finished, status) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -80,10 +79,6 @@ def record_build(
                 for s in report.steps
             ],
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return build_id
 
 

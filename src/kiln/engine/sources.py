@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from kiln import errors
 from kiln.digest import Digest
 from kiln.engine.values import File, Tree
+from kiln.store.db import transaction
 from kiln.store.ingest import RACY_WINDOW_NS
 
 if TYPE_CHECKING:
@@ -146,18 +147,12 @@ class Sources:
         """Remember what was hashed (at the end of a build, in one transaction)."""
         if not self._fresh:
             return
-        conn = self._store.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._store.conn) as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO source_files"
                 "(path, ino, size, mtime_ns, ctime_ns, mode, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 self._fresh,
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._fresh = []
 
 

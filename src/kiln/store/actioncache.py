@@ -8,7 +8,6 @@ failure is returned to the caller as a value but never cached.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from kiln.digest import Digest, canonical_bytes
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
     from kiln.store.cas import ContentStore
+    from kiln.store.db import Database
     from kiln.store.localcas import LocalCAS
 
 
@@ -73,18 +73,17 @@ def _result_hashes(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[t
                 yield d.hash, d.size_bytes
 
 
-def _complete(cas: LocalCAS, result: re_pb2.ActionResult) -> bool:
-    """Whether every blob of a result is in the store, at its size."""
-    return all(cas.has_hash(h, size) for h, size in set(_result_hashes(cas, result)))
-
-
 class LocalActionCache:
     """The action cache in the store's SQLite database."""
 
-    def __init__(self, conn: sqlite3.Connection, cas: LocalCAS, store_id: str) -> None:
+    def __init__(self, conn: Database, cas: LocalCAS, store_id: str) -> None:
         self._conn = conn
         self._cas = cas
         self._store_id = store_id
+
+    def complete(self, result: re_pb2.ActionResult) -> bool:
+        """Whether every blob of a result is in the store, at its size."""
+        return all(self._cas.has_hash(h, n) for h, n in set(_result_hashes(self._cas, result)))
 
     def lookup(self, key: Digest) -> CachedResult | None:
         from kiln.reapi import re_pb2
@@ -97,7 +96,7 @@ class LocalActionCache:
         if row is None:
             return None
         result = re_pb2.ActionResult.FromString(row[0])
-        if not _complete(self._cas, result):
+        if not self.complete(result):
             return None
         self._conn.execute(
             "UPDATE action_cache SET last_used = ? WHERE hash = ?", (time.time(), key.hash)

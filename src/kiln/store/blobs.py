@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.digest import HEX_LEN
+from kiln.store.db import transaction
 from kiln.store.localcas import EXEC_SUFFIX
 
 
@@ -49,6 +50,5 @@ def scan_metadata(conn: sqlite3.Connection) -> Iterator[BlobFile]:
 
 
 def delete_metadata(conn: sqlite3.Connection, hashes: list[str]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany("DELETE FROM metadata_blobs WHERE hash = ?", [(h,) for h in hashes])
-    conn.execute("COMMIT")
+    with transaction(conn):
+        conn.executemany("DELETE FROM metadata_blobs WHERE hash = ?", [(h,) for h in hashes])

@@ -19,12 +19,23 @@ Tables (schema version in ``PRAGMA user_version``):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
+from kiln import errors
+
+TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from typing import Any
+
 SCHEMA_VERSION = 4
+BUSY_TIMEOUT_S = 60.0
 
 
 def default_home() -> Path:
@@ -129,37 +140,223 @@ def connect(path: Path) -> sqlite3.Connection:
     lock_fd = os.open(f"{path}.open-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        return _connect(path)
+        conn = _open(path)
+        try:
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
     finally:
         os.close(lock_fd)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout=60000")
-    conn.execute("PRAGMA journal_mode=WAL")
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to an existing (or new) database: autocommit (each
+    statement its own transaction unless ``transaction`` opens one), waiting
+    up to ``BUSY_TIMEOUT_S`` for another writer."""
+    try:
+        conn = sqlite3.connect(
+            path,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,  # closed by the thread that closes the store
+            factory=Connection,
+        )
+    except sqlite3.Error as e:
+        _raise_mapped(path, e)
+        raise
     conn.execute("PRAGMA synchronous=NORMAL")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
-                import uuid
-
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)",
-                    (uuid.uuid4().hex,),
-                )
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    with transaction(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            import uuid
+
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('store_id', ?)",
+                (uuid.uuid4().hex,),
+            )
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run the statements of the ``with`` block as one write transaction.
+
+    ``BEGIN IMMEDIATE`` takes the write lock up front, waiting for it under
+    the busy timeout; a deferred transaction that read first could only fail
+    at its first write ("database is locked") when another process wrote
+    meanwhile. On an error, the transaction is rolled back if SQLite has not
+    already done so itself (as it does after an I/O error or a full disk),
+    so the error raised is always the first one, never "cannot rollback".
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error, errors.KilnError):
+                conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class Database:
+    """The store's database for all threads of a process: each thread gets
+    its own connection, made on first use.
+
+    SQLite transactions belong to a connection, so threads sharing one
+    connection would run their statements inside each other's transactions
+    (and a read still in progress on it would turn another thread's write
+    into an immediate "database is locked"). Separate connections are
+    isolated from each other exactly as separate processes are.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._remember(connect(path))
+
+    def _remember(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        self._local.conn = conn
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The calling thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        return conn if conn is not None else self._remember(_open(self.path))
+
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, rows)
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """``transaction`` on the calling thread's connection."""
+        return transaction(self.conn)
+
+    def close(self) -> None:
+        """Close every thread's connection (the threads must be done with them)."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+# ------------------------------------------------------------ errors
+
+# SQLite's primary result codes (the low byte of an extended code).
+_PROBLEMS = {
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+    sqlite3.SQLITE_IOERR: "io",
+    sqlite3.SQLITE_FULL: "full",
+    sqlite3.SQLITE_BUSY: "locked",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_CANTOPEN: "cannot-open",
+}
+
+
+def database_error(path: Path, e: sqlite3.Error) -> errors.KilnError | None:
+    """The one-line ``KilnError`` for a failure of the database itself (a
+    damaged file, a full disk, an I/O error, a lock held too long...); None
+    for any other error (a programming error such as a broken constraint)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    problem = _PROBLEMS.get(code & 0xFF) if code is not None else None
+    if problem is None and type(e) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        problem = "other"
+    if problem is None:
+        return None
+    return errors.database_failed(path, problem, str(e), BUSY_TIMEOUT_S)
+
+
+def _raise_mapped(path: Path, e: sqlite3.Error) -> None:
+    """Raise the ``database_error`` for ``e`` if it has one (else return)."""
+    mapped = database_error(path, e)
+    if mapped is not None:
+        raise mapped from e
+
+
+class Connection(sqlite3.Connection):
+    """A connection whose failures are ``database_error``s: every statement
+    goes through a ``Cursor`` that maps them."""
+
+    def __init__(self, database: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self.path = Path(database)
+
+    def cursor(self, factory: Any = None) -> sqlite3.Cursor:  # type: ignore[override]
+        return super().cursor(factory or Cursor)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        return self.cursor().executemany(sql, parameters)
+
+
+class Cursor(sqlite3.Cursor):
+    """Maps the failures of running a statement and of reading its rows."""
+
+    connection: Connection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as e:
+            _raise_mapped(self.connection.path, e)
+            raise
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.Error as e:
+            _raise_mapped(self.connection.path, e)
+            raise
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.Error as e:
+            _raise_mapped(self.connection.path, e)
+            raise
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        try:
+            return super().fetchmany(self.arraysize if size is None else size)
+        except sqlite3.Error as e:
+            _raise_mapped(self.connection.path, e)
+            raise
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.Error as e:
+            _raise_mapped(self.connection.path, e)
+            raise
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.Error as e:
+            _raise_mapped(self.connection.path, e)
+            raise
 
 
 def store_id(conn: sqlite3.Connection) -> str:

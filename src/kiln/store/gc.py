@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from kiln.digest import Digest
 from kiln.store.actioncache import result_blobs
 from kiln.store.blobs import BlobFile, delete_metadata, scan, scan_metadata
+from kiln.store.db import transaction
 from kiln.store.localcas import LocalCAS
 from kiln.tree import reachable
 
@@ -183,9 +184,8 @@ def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcRepo
         return report
 
     if evict:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("DELETE FROM action_cache WHERE hash = ?", [(h,) for h in evict])
-        conn.execute("COMMIT")
+        with transaction(conn):
+            conn.executemany("DELETE FROM action_cache WHERE hash = ?", [(h,) for h in evict])
     rows = []
     for h in delete:
         for f in by_hash[h]:

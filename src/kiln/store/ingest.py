@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from kiln import errors
 from kiln.digest import Digest, canonical_bytes
+from kiln.store.db import transaction
 from kiln.store.localcas import SMALL_FILE, CasBatch, LocalCAS
 
 RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
@@ -372,18 +373,13 @@ class Ingester:
         stale = [(d,) for d in self._cached if d not in self._visited]
         if not self._updates and not stale:
             return
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.executemany(
+        with transaction(self._conn) as conn:
+            conn.executemany(
                 "INSERT OR REPLACE INTO stat_cache(dir, listing, hash, size, subdirs, contents) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 self._updates,
             )
-            self._conn.executemany("DELETE FROM stat_cache WHERE dir = ?", stale)
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+            conn.executemany("DELETE FROM stat_cache WHERE dir = ?", stale)
         self._updates.clear()
 
 

@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -86,13 +87,14 @@ class Store:
             if not (cas_root / "ff").is_dir():
                 for i in range(256):
                     (cas_root / f"{i:02x}").mkdir(exist_ok=True)
-            self.conn = db.connect(self.home / "kiln.db")
+            self.db = db.Database(self.home / "kiln.db")
         except (OSError, sqlite3.Error) as e:
             raise errors.store_unusable(self.home, str(e)) from None
         self.store_id = db.store_id(self.conn)
         self._session: Session | None = None
+        self._session_lock = threading.Lock()
         self._action_cache: LocalActionCache | None = None
-        self.cas = LocalCAS(cas_root, self._staging_dir, self.conn)
+        self.cas = LocalCAS(cas_root, self._staging_dir, self.db)
         self.key_locks = KeyLocks(self.home / "locks" / "keys")
         self._write_lock = SharedExclusiveLock(self.home / "locks" / "write")
 
@@ -109,22 +111,28 @@ class Store:
             self._session.close()
             self._session = None
         self._write_lock.close()
-        self.conn.close()
+        self.db.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The database connection of the calling thread (see ``db.Database``)."""
+        return self.db.conn
 
     @property
     def action_cache(self) -> LocalActionCache:
         if self._action_cache is None:
             from kiln.store.actioncache import LocalActionCache
 
-            self._action_cache = LocalActionCache(self.conn, self.cas, self.store_id)
+            self._action_cache = LocalActionCache(self.db, self.cas, self.store_id)
         return self._action_cache
 
     @property
     def session(self) -> Session:
-        """This process's session (created on first use)."""
-        if self._session is None:
-            self._session = Session(self.home, self.conn)
-        return self._session
+        """This process's session (created on first use, by one thread)."""
+        with self._session_lock:
+            if self._session is None:
+                self._session = Session(self.home, self.db)
+            return self._session
 
     def _staging_dir(self) -> Path:
         return self.session.staging
@@ -268,6 +276,7 @@ class Store:
             )
 
     def remove_root(self, name: str) -> bool:
+        """Remove a named root; False if there was none of that name."""
         cur = self.conn.execute("DELETE FROM gc_roots WHERE name = ?", (name,))
         return cur.rowcount > 0
 

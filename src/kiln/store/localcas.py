@@ -17,16 +17,19 @@ import errno
 import itertools
 import os
 import shutil
-import sqlite3
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.digest import Digest, hash_stream
+
+if TYPE_CHECKING:
+    from kiln.store.db import Database
 
 BLOB_MODE = 0o444
 EXEC_MODE = 0o555
@@ -76,7 +79,7 @@ class LocalCAS:
         self,
         root: Path,
         staging_dir: Callable[[], Path],
-        conn: sqlite3.Connection | None = None,
+        conn: Database | None = None,
     ) -> None:
         self.root = root
         self._root_text = os.fspath(root)  # for stat calls on many blobs (no Path objects)

@@ -14,10 +14,13 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 from kiln.digest import Digest
+from kiln.errors import KilnError
+from kiln.store.db import Database
 from kiln.store.locks import is_locked
 
 _ABANDONED_AFTER = 3600.0
@@ -27,10 +30,12 @@ class Session:
     """Created locked: the lock file is locked under a temporary name and only
     then renamed into ``sessions/``, so a reaper never sees it unlocked."""
 
-    def __init__(self, home: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, home: Path, conn: Database) -> None:
         self.id = os.urandom(16).hex()
         self._home = home
         self._conn = conn
+        self._protected: set[tuple[str, str]] = set()  # (kind, hash) rows written
+        self._protected_lock = threading.Lock()
         sessions = home / "sessions"
         pending = sessions / f".{self.id}.new"
         self._fd: int | None = os.open(
@@ -44,16 +49,22 @@ class Session:
     def protect(self, digest: Digest, kind: str = "tree") -> None:
         """Keep ``digest`` (and, for trees and actions, all it reaches) from GC
         for as long as this session lives. Call it while holding the store's
-        write lock, right after the content was written."""
-        self._conn.execute(
-            "INSERT INTO temp_roots(session, kind, hash, size) VALUES (?, ?, ?, ?)",
-            (self.id, kind, digest.hash, digest.size),
-        )
+        write lock, right after the content was written or found: GC holds
+        that lock exclusively, so it either ran before (and the caller saw
+        what it left) or sees the protection. Protecting twice is a no-op."""
+        with self._protected_lock:
+            if (kind, digest.hash) in self._protected:
+                return
+            self._conn.execute(
+                "INSERT INTO temp_roots(session, kind, hash, size) VALUES (?, ?, ?, ?)",
+                (self.id, kind, digest.hash, digest.size),
+            )
+            self._protected.add((kind, digest.hash))
 
     def close(self) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, KilnError):  # reaped later if this fails
             self._conn.execute("DELETE FROM temp_roots WHERE session = ?", (self.id,))
         shutil.rmtree(self.staging, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
