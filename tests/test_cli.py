@@ -153,6 +153,16 @@ def test_help_lists_commands(kiln) -> None:
         assert word in out
 
 
+def test_a_known_hash_at_another_size_is_not_found(kiln, tmp_path: Path) -> None:
+    """The store has the hash, but not at that size: not found (3), not corrupt."""
+    (tmp_path / "f").write_bytes(b"some content\n")
+    hash_hex, _ = kiln("store", "put", str(tmp_path / "f"), check=True).stdout.strip().split("/")
+    for options in ((), ("--blob",)):
+        proc = kiln("store", "get", *options, f"{hash_hex}/7", str(tmp_path / "o"))
+        _one_line_error(proc, "is not in the store", 3)
+        assert "corrupt" not in proc.stderr
+
+
 def test_get_of_a_file_blob_as_tree_is_a_clear_error(kiln, tmp_path: Path) -> None:
     for content in (b"plain text that is not protobuf\n", b"\x0a\x03abc"):
         (tmp_path / "f").write_bytes(content)

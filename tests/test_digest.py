@@ -26,6 +26,9 @@ def test_printed_one_way_and_parsed_back() -> None:
         ("g" * 64 + "/1", "64 hex characters"),
         ("a" * 64 + "/-1", "non-negative integer"),
         ("a" * 64 + "/x", "non-negative integer"),
+        ("a" * 64 + "/\u0663", "non-negative integer"),  # an Arabic-Indic three
+        ("a" * 64 + "/1\u00b2", "non-negative integer"),  # a superscript two
+        ("a" * 64 + "/\uff11", "non-negative integer"),  # a fullwidth one
     ],
 )
 def test_malformed_digest_is_a_clear_error(text: str, fragment: str) -> None:

@@ -54,7 +54,7 @@ class Digest:
         hex_part = hex_part.lower()
         if len(hex_part) != HEX_LEN or not _HEX.issuperset(hex_part):
             raise errors.malformed_digest(text, "the hash must be 64 hex characters")
-        if not size_part.isdigit():
+        if not (size_part.isascii() and size_part.isdigit()):  # no '٣' or '²'
             raise errors.malformed_digest(text, "the size must be a non-negative integer")
         return cls(hex_part, int(size_part))
 

@@ -169,3 +169,18 @@ def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: 
     assert build_targets(["build", "a", "-k", "-j3", "--jobs", "1", "b"]) == ["a", "b"]
     for argv in (["build", "--json"], ["build", "-j0"], ["--store", "x", "build"], ["gc"]):
         assert build_targets(argv) is None, argv
+
+
+def test_an_output_cut_short_runs_its_step_again_once(store, example: Path) -> None:
+    """A blob cut short counts as missing: its step runs again, and the
+    whole blob replaces the short one, so later builds find it."""
+    first = build(store, example)
+    step = next(s for s in first.steps if s.description == "list chapters")
+    assert step.result is not None
+    blob = store.cas.path(Digest.from_proto(step.result.output_files[0].digest))
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:5])
+    again = build(store, example)
+    assert again.ok, again.errors
+    assert ran(again) == ["chapters: list chapters"]
+    assert ran(build(store, example)) == []

@@ -66,6 +66,21 @@ def test_corrupt_blob_is_detected_on_read(store) -> None:
         store.cas.get_bytes(d)
 
 
+def test_a_blob_cut_short_is_replaced_by_the_next_write(store) -> None:
+    """A blob cut short (written without sync before a power loss) counts as
+    missing, and the next write of it puts the whole blob in its place."""
+    data = b"the whole content\n" * 100
+    d = store.cas.put_bytes(data)
+    path = store.cas.path(d)
+    path.chmod(0o644)
+    path.write_bytes(data[:10])
+    path.chmod(0o444)
+    assert not store.cas.has(d) and store.cas.get_bytes(d) is None
+    assert store.cas.put_bytes(data) == d
+    assert path.read_bytes() == data and stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert store.cas.has(d) and store.cas.get_bytes(d) == data
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
 def test_store_sync_finds_syncfs_without_starting_a_process(store, monkeypatch) -> None:
     # ctypes.util.find_library would run `ldconfig -p`: milliseconds on every build.

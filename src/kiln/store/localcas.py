@@ -160,8 +160,13 @@ class LocalCAS:
             return None if row is None else bytes(row[0])
 
     def get_bytes(self, digest: Digest) -> bytes | None:
+        """The blob's content, re-checked against its digest; None if there is
+        no blob of that hash and size (as for ``has``: a hash stored at
+        another size is not this blob)."""
         try:
             with open(self.path(digest), "rb") as f:
+                if os.fstat(f.fileno()).st_size != digest.size:
+                    return None
                 data = f.read()
         except FileNotFoundError:
             found = self._metadata(digest.hash, digest.size)
@@ -292,18 +297,35 @@ class LocalCAS:
                 self._recent.popitem(last=False)
 
     def _install(self, staged: Path, digest: Digest) -> None:
-        """Move a durable staged file into place; an existing blob wins."""
+        """Move a durable staged file into place. An existing blob wins if it
+        is intact; one cut short (or, for a small blob, with other content)
+        is replaced, atomically, so it no longer stands for the blob."""
         final = self.path(digest)
         try:
             os.link(staged, final)
         except FileExistsError:
-            pass
+            if not _intact(final, digest):
+                os.replace(staged, final)
+                return
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 raise
             os.replace(staged, final)
             return
         os.unlink(staged)
+
+
+def _intact(path: Path, digest: Digest) -> bool:
+    """Whether the blob file at ``path`` has the digest's size and, if it is
+    small enough to read at once (``SMALL_FILE``), its content."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != digest.size:
+                return False
+            return size > SMALL_FILE or Digest.of_bytes(f.read()) == digest
+    except FileNotFoundError:
+        return False
 
 
 class CasBatch:

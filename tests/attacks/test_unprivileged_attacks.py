@@ -1,0 +1,79 @@
+"""The output attacks again with Kiln run by an unprivileged user (no
+cgroups to make, rlimits instead): nothing of the host may reach the store
+or the project's kiln-out/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import KILN
+from native_helpers import needs_bubblewrap
+
+NOBODY = 65534
+UP = "/kiln/inputs" + "/.." * 12
+
+can_switch_user = os.getuid() == 0 and shutil.which("setpriv") is not None
+pytestmark = [
+    needs_bubblewrap,
+    pytest.mark.skipif(not can_switch_user, reason="needs root to run Kiln as another user"),
+]
+
+KILNFILE = """
+from kiln.build import native, target
+
+@target
+async def steal():
+    return await native("sh", "-c", {script!r}, tools=["sh", "ln", "mkdir"],
+                        outputs=["out"], description="steal")
+"""
+
+
+@pytest.fixture
+def place() -> Iterator[Path]:
+    """A folder the unprivileged user owns (pytest's are closed to it)."""
+    folder = Path(tempfile.mkdtemp(prefix="kiln-nobody-"))
+    folder.chmod(0o755)
+    os.chown(folder, NOBODY, NOBODY)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def _as_nobody(place: Path, project: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "HOME": str(place), "KILN_HOME": str(place / "store"),
+           "KILN_SERVER": "off"}  # fmt: skip
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         KILN, "build"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "mkdir out; ln -s {up}{secret} out/token",
+        "mkdir -p out/d; ln -s {up}{folder} out/d/all",
+        "ln -s {up}{folder} out",
+    ],
+)
+def test_an_unprivileged_build_cannot_store_a_host_file(place: Path, script: str) -> None:
+    secret = place / "readable-by-nobody.txt"
+    secret.write_text("nobody-can-read-this\n")
+    project = place / "p"
+    project.mkdir()
+    code = script.format(up=UP, secret=secret, folder=place)
+    (project / "kilnfile.py").write_text(KILNFILE.format(script=code))
+    for path in (secret, project, project / "kilnfile.py"):
+        os.chown(path, NOBODY, NOBODY)
+    proc = _as_nobody(place, project)
+    assert proc.returncode != 0 and "refused" in proc.stderr, proc.stderr
+    stored = [p.read_bytes() for p in (place / "store" / "cas").rglob("*") if p.is_file()]
+    assert b"nobody-can-read-this\n" not in stored
+    assert not (project / "kiln-out" / "steal").exists()
