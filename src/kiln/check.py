@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kiln import errors
 from kiln.digest import Digest
 from kiln.exec.wasm import EXIT_TRAP
+from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 ENGINES = ("node",)
 _TRAP_NOTE = b"kiln: trap: "
+# The notes of wasmtime runs stopped by a limit the second engine does not enforce.
+LIMITS_NOT_COMPARED = ("out of fuel", "memory limit", "disk limit")
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,11 @@ def check_engines(
         wasmtime = WasmExecutor(store, timeout=timeout)
         run = store.execute_once(key, lambda: (wasmtime.execute(key, action, command), "wasm"))
         reference, was_cached = run.result, run.cached
-    stderr = store.cas.get_bytes(Digest.from_proto(reference.stderr_digest)) or b""
-    if b"kiln: out of fuel" in stderr or b"kiln: memory limit" in stderr:
+    stderr = read_blob(store.cas, Digest.from_proto(reference.stderr_digest), "stderr")
+    if any(f"kiln: {limit}".encode() in stderr for limit in LIMITS_NOT_COMPARED):
         raise errors.KilnError(
-            f"action {key} ran out of fuel or memory under wasmtime; "
-            "the second engine enforces neither limit, so there is nothing to compare",
+            f"action {key} ran out of fuel, memory or disk under wasmtime; "
+            "the second engine enforces none of these limits, so there is nothing to compare",
             hint="check an action that finishes within its limits",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
@@ -165,7 +168,7 @@ def compare_results(
 
 
 def _stderr(store: Store, result: re_pb2.ActionResult, drop_trap_note: bool) -> bytes:
-    data = store.cas.get_bytes(Digest.from_proto(result.stderr_digest)) or b""
+    data = read_blob(store.cas, Digest.from_proto(result.stderr_digest), "stderr")
     if drop_trap_note:
         head, sep, last = data.rstrip(b"\n").rpartition(b"\n")
         if last.startswith(_TRAP_NOTE):
@@ -190,7 +193,7 @@ def _outputs(store: Store, result: re_pb2.ActionResult) -> dict[str, str]:
     for s in result.output_symlinks:
         out[s.path] = describe(Entry(s.path, "symlink", target=s.target))
     for d in result.output_directories:
-        data = store.cas.get_bytes(Digest.from_proto(d.tree_digest)) or b""
+        data = read_blob(store.cas, Digest.from_proto(d.tree_digest), f"output tree {d.path!r}")
         root = Digest.of_message(re_pb2.Tree.FromString(data).root)
         out[d.path] = "directory"
         for path, entry in walk(store.cas, root, d.path + "/"):

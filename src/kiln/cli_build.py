@@ -259,7 +259,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
 @click.pass_context
 def log(ctx: click.Context, target: str) -> None:
     """Print the stdout and stderr of TARGET's steps in the last build."""
-    from kiln.digest import Digest
+    from kiln.digest import EMPTY, Digest
 
     store, rows = _last_steps(ctx, target)
     for r in rows:
@@ -268,10 +268,15 @@ def log(ctx: click.Context, target: str) -> None:
             click.echo(f"== {r.target}: {r.step} [{r.status}, never ran]")
             continue
         click.echo(f"== {r.target}: {r.step} [{r.status}, exit code {result.exit_code}]")
-        for name, digest in (("stdout", result.stdout_digest), ("stderr", result.stderr_digest)):
-            data = store.cas.get_bytes(Digest.from_proto(digest)) or b""
-            if data:
-                click.echo(f"-- {name}")
+        for name, proto in (("stdout", result.stdout_digest), ("stderr", result.stderr_digest)):
+            digest = Digest.from_proto(proto)
+            if digest == EMPTY:
+                continue
+            data = store.cas.get_bytes(digest)
+            click.echo(f"-- {name}")
+            if data is None:  # history outlives blobs: a GC may have collected it
+                click.echo(f"(not in the store any more: {digest} was collected since)")
+            else:
                 click.echo(data.decode(errors="replace").rstrip("\n"))
 
 

@@ -335,3 +335,19 @@ async def all():
     with Store(tmp_path / "other") as other:
         threads = build(other, root, jobs=2)
     assert threads.targets[0].digest == with_processes.targets[0].digest
+
+
+def test_a_missing_output_is_an_error_naming_its_blob(store) -> None:
+    """Never empty bytes (a JSON output read after its blob was lost was a
+    JSON parse error blamed on the build file); the empty blob is always there."""
+    from kiln.digest import EMPTY
+    from kiln.engine.values import File, StepResult
+
+    gone = Digest.of_bytes(b'{"never": "stored"}')
+    result = StepResult(gone, "make json", {"o.json": File("o.json", gone)}, EMPTY, EMPTY, False,
+                        store)  # fmt: skip
+    with pytest.raises(KilnError) as caught:
+        result.json("o.json")
+    assert f"output 'o.json' of make json {gone} is missing" in caught.value.message
+    assert "kiln store verify" in (caught.value.hint or "")
+    assert result.stdout == b"" and result.stderr == b""

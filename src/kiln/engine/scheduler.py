@@ -31,6 +31,7 @@ from kiln.digest import Digest
 from kiln.engine.inputs import write_blobs
 from kiln.engine.runners import ProcessRunner, ThreadRunner
 from kiln.engine.values import StepResult, outputs_of
+from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
     from kiln.action import ActionSpec
@@ -217,8 +218,8 @@ class Scheduler:
         record.result = outcome.result
         if outcome.result.exit_code != 0:
             self._fail(record)
-            stderr = self._store.cas.get_bytes(Digest.from_proto(outcome.result.stderr_digest))
-            raise step_failed(record, list(command.arguments), stderr or b"")
+            stderr = read_blob(self._store.cas, Digest.from_proto(outcome.result.stderr_digest))
+            raise step_failed(record, list(command.arguments), stderr)
         self._change(record, StepStatus.CACHED if outcome.cached else StepStatus.EXECUTED)
         return self._step_result(record, cached=outcome.cached)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
+from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
@@ -72,7 +73,8 @@ class StepResult:
         return value
 
     def read_bytes(self, path: str) -> bytes:
-        return self._store.cas.get_bytes(self.file(path).digest) or b""
+        what = f"output {path!r} of {self.description}"
+        return read_blob(self._store.cas, self.file(path).digest, what)
 
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode()
@@ -82,11 +84,11 @@ class StepResult:
 
     @property
     def stdout(self) -> bytes:
-        return self._store.cas.get_bytes(self.stdout_digest) or b""
+        return read_blob(self._store.cas, self.stdout_digest, f"stdout of {self.description}")
 
     @property
     def stderr(self) -> bytes:
-        return self._store.cas.get_bytes(self.stderr_digest) or b""
+        return read_blob(self._store.cas, self.stderr_digest, f"stderr of {self.description}")
 
     def _output(self, path: str) -> Value:
         try:
@@ -106,7 +108,7 @@ def outputs_of(store: Store, result: re_pb2.ActionResult) -> dict[str, Value]:
     for f in result.output_files:
         out[f.path] = File(f.path, Digest.from_proto(f.digest), f.is_executable)
     for d in result.output_directories:
-        data = store.cas.get_bytes(Digest.from_proto(d.tree_digest)) or b""
+        data = read_blob(store.cas, Digest.from_proto(d.tree_digest), f"output tree {d.path!r}")
         root = Digest.of_message(re_pb2.Tree.FromString(data).root)
         out[d.path] = Tree(d.path, root)
     return out
