@@ -102,6 +102,11 @@ def test_the_command_gets_the_clients_folder_environment_and_umask(
     assert done.returncode == 0, done.stderr
     assert served.status()["served"] == 1
     env["KILN_TEST_MARK"] = "changed"
+    # Edited, the build file is read again: not answered by the build stamp
+    # (which a slow first build makes trusted, its sources older than the
+    # racy window; a fast one does not).
+    with open(project / "kilnfile.py", "a") as f:
+        f.write("# edited\n")
     refused = subprocess.run(
         [sys.executable, "-c", command], env=env, capture_output=True, text=True, timeout=120
     )
