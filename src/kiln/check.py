@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 ENGINES = ("node",)
 _TRAP_NOTE = b"kiln: trap: "
+# The notes of wasmtime runs stopped by a limit the second engine does not enforce.
+LIMITS_NOT_COMPARED = ("out of fuel", "memory limit", "disk limit")
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,10 @@ def check_engines(
         run = store.execute_once(key, lambda: (wasmtime.execute(key, action, command), "wasm"))
         reference, was_cached = run.result, run.cached
     stderr = read_blob(store.cas, Digest.from_proto(reference.stderr_digest), "stderr")
-    if b"kiln: out of fuel" in stderr or b"kiln: memory limit" in stderr:
+    if any(f"kiln: {limit}".encode() in stderr for limit in LIMITS_NOT_COMPARED):
         raise errors.KilnError(
-            f"action {key} ran out of fuel or memory under wasmtime; "
-            "the second engine enforces neither limit, so there is nothing to compare",
+            f"action {key} ran out of fuel, memory or disk under wasmtime; "
+            "the second engine enforces none of these limits, so there is nothing to compare",
             hint="check an action that finishes within its limits",
             exit_code=errors.ExitCode.BAD_INPUT,
         )

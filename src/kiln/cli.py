@@ -334,6 +334,14 @@ def wasm() -> None:
     help="Memory limit (default 1024).",
 )
 @click.option(
+    "--disk",
+    "disk_mib",
+    type=int,
+    default=None,
+    metavar="MIB",
+    help="What the guest's files (outputs, /tmp) may hold at once (default 16384).",
+)
+@click.option(
     "--timeout", type=float, default=None, metavar="SECONDS", help="Wall-clock safety limit."
 )
 @json_option
@@ -347,6 +355,7 @@ def wasm_run(
     env_pairs: tuple[str, ...],
     fuel: int | None,
     memory_mib: int | None,
+    disk_mib: int | None,
     timeout: float | None,
     as_json: bool,
 ) -> None:
@@ -357,7 +366,7 @@ def wasm_run(
     copied back here. The same module, inputs, arguments and limits run once:
     later runs replay the recorded result. Exits with the guest's exit code.
     """
-    from kiln.exec.wasm import DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
+    from kiln.exec.wasm import DEFAULT_DISK_MIB, DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
     from kiln.wasm_run import run_wasm
 
     env = {}
@@ -366,7 +375,9 @@ def wasm_run(
         if not sep or not name:
             raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--env")
         env[name] = value
-    limits = WasmLimits(fuel or DEFAULT_FUEL, memory_mib or DEFAULT_MEMORY_MIB)
+    limits = WasmLimits(
+        fuel or DEFAULT_FUEL, memory_mib or DEFAULT_MEMORY_MIB, disk_mib or DEFAULT_DISK_MIB
+    )
     store = _open_store(ctx)
     run = run_wasm(
         store,

@@ -143,5 +143,5 @@ def test_out_of_fuel_is_not_comparable(store, tmp_path: Path, guest) -> None:
         platform=WasmLimits(fuel=100_000).platform(),
     )
     key = store.put_action(spec)
-    with pytest.raises(KilnError, match="ran out of fuel or memory"):
+    with pytest.raises(KilnError, match="ran out of fuel, memory or disk"):
         check_engines(store, key)

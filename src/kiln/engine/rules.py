@@ -129,6 +129,7 @@ def wasm(
     env: Mapping[str, str] | None = None,
     fuel: int | None = None,
     memory_mib: int | None = None,
+    disk_mib: int | None = None,
     requires: Iterable[str] = (),
     description: str | None = None,
 ) -> Coroutine[Any, Any, StepResult]:
@@ -137,11 +138,13 @@ def wasm(
     ``inputs`` are placed in the step's (read-only) tree at their paths, or
     at the keys of a mapping; ``tool`` is placed at its own path and is
     argv[0]. The step may create the ``outputs`` paths (folders it makes
-    itself). ``requires`` names system features an executor must offer
-    (see ``kiln.config``). Await the call for its ``StepResult``; a failure
+    itself). ``fuel``, ``memory_mib`` and ``disk_mib`` (what its files, the
+    outputs and /tmp, may hold at once) are its limits, part of its key.
+    ``requires`` names system features an executor must offer (see
+    ``kiln.config``). Await the call for its ``StepResult``; a failure
     raises.
     """
-    from kiln.exec.wasm import DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
+    from kiln.exec.wasm import DEFAULT_DISK_MIB, DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
 
     ctx = _context("wasm()")
     where = _where()
@@ -159,7 +162,9 @@ def wasm(
             f"{where}: inputs must be File or Tree values, got {type(bad).__name__}",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
-    limits = WasmLimits(fuel or DEFAULT_FUEL, memory_mib or DEFAULT_MEMORY_MIB)
+    limits = WasmLimits(
+        fuel or DEFAULT_FUEL, memory_mib or DEFAULT_MEMORY_MIB, disk_mib or DEFAULT_DISK_MIB
+    )
     return ctx.run_step(
         owner,
         where,
@@ -181,6 +186,7 @@ def native(
     env: Mapping[str, str] | None = None,
     memory_mib: int | None = None,
     pids: int | None = None,
+    disk_mib: int | None = None,
     requires: Iterable[str] = (),
     secrets: Iterable[str] = (),
     description: str | None = None,
@@ -191,12 +197,14 @@ def native(
     them, unless it is an input); the sandbox holds only those and the
     Debian packages they need, and their identity is part of the step's key.
     ``inputs``, ``outputs`` and ``env`` are as for ``wasm``; the working
-    folder holds the inputs (read-only) and the outputs the step creates.
+    folder holds the inputs (read-only) and the outputs the step creates,
+    at most ``disk_mib`` MiB of them (with ``memory_mib`` and ``pids``, the
+    step's limits).
     ``requires`` names system features an executor must offer; ``secrets``
     names secrets of those features, readable at ``/kiln/secrets/NAME``
     (their names, never their contents, are in the key).
     """
-    from kiln.exec.native import DEFAULT_MEMORY_MIB, DEFAULT_PIDS, NativeLimits
+    from kiln.exec.native import DEFAULT_DISK_MIB, DEFAULT_MEMORY_MIB, DEFAULT_PIDS, NativeLimits
 
     ctx = _context("native()")
     where = _where()
@@ -207,7 +215,9 @@ def native(
         )
     declared = sorted(set(tools))
     placed = [v.at(p) for p, v in inputs.items()] if isinstance(inputs, Mapping) else list(inputs)
-    limits = NativeLimits(memory_mib or DEFAULT_MEMORY_MIB, pids or DEFAULT_PIDS)
+    limits = NativeLimits(
+        memory_mib or DEFAULT_MEMORY_MIB, pids or DEFAULT_PIDS, disk_mib or DEFAULT_DISK_MIB
+    )
     return ctx.run_step(
         owner,
         where,

@@ -22,7 +22,9 @@ step sees:
 
 Limits: a wall-clock timeout, a memory limit (a memory cgroup, whose
 out-of-memory kills are reported as such; ``RLIMIT_AS`` where no cgroup can
-be made) and a process limit (a pids cgroup, else ``RLIMIT_NPROC``). Every
+be made), a process limit (a pids cgroup, else ``RLIMIT_NPROC``) and a disk
+limit for the work folder (``RLIMIT_FSIZE`` and a watchdog, see
+``kiln.exec.disk_guard``; going past it is a failed result). Every
 process of the step dies with it (the step's pid namespace ends with its
 first process). A timeout is a ``TransientError``, never a result, and ends
 the resident sandbox too.
@@ -35,6 +37,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import tempfile
 import time
 import weakref
@@ -47,9 +50,10 @@ from kiln import errors
 from kiln.config import Secret, check_secret, load_config
 from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
+from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
-from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Zygote
+from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Outcome, Zygote
 from kiln.fsutil import empty_folder, remove_tree
 
 if TYPE_CHECKING:
@@ -67,10 +71,12 @@ FIXED_ENV = {
 }
 DEFAULT_MEMORY_MIB = 4096
 DEFAULT_PIDS = 256
+DEFAULT_DISK_MIB = 16 << 10
 DEFAULT_TIMEOUT = 600.0
 CORES_VARIABLE = "KILN_BUILD_CORES"
 MAX_ZYGOTES = 4  # resident sandboxes per executor (one per tool set and limits)
 EXIT_OUT_OF_MEMORY = 137
+EXIT_DISK_LIMIT = 128 + signal.SIGXFSZ  # as when RLIMIT_FSIZE ends a step
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
 # Sandbox folders and cgroups are named "kiln-<pid>-...", after the process
@@ -96,9 +102,11 @@ class NativeLimits:
 
     memory_mib: int = DEFAULT_MEMORY_MIB
     pids: int = DEFAULT_PIDS
+    disk_mib: int = DEFAULT_DISK_MIB
 
     def platform(self, tool_names: list[str], tools_identity: str) -> tuple[tuple[str, str], ...]:
         return (
+            ("disk-mib", str(self.disk_mib)),
             ("isa", platform.machine()),
             ("kiln-abi", NATIVE_ABI),
             ("memory-mib", str(self.memory_mib)),
@@ -186,7 +194,8 @@ class NativeExecutor:
             )
         root = tool_root(tools, self._dpkg, self._roots)
         limits = NativeLimits(int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
-                              int(props.get("pids", DEFAULT_PIDS)))  # fmt: skip
+                              int(props.get("pids", DEFAULT_PIDS)),
+                              int(props.get("disk-mib", DEFAULT_DISK_MIB)))  # fmt: skip
         secrets = self._secrets(props)
         zygote = self._zygote(root, tools, limits, secrets)
         # One step at a time per sandbox: its folders are made once and
@@ -208,7 +217,7 @@ class NativeExecutor:
             cwd = "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")
             started = time.time_ns()
             code, stdout, stderr, note = self._run(
-                zygote, step, cwd, env, list(command.arguments), limits
+                zygote, step, cwd, env, list(command.arguments), limits, work
             )
             if note:
                 stderr += f"kiln: {note}\n".encode()
@@ -301,12 +310,14 @@ class NativeExecutor:
         groups = [self._cgroup("pids", pids), self._cgroup("memory", memory)]
         procs = [str(g / "cgroup.procs") for g in groups if g is not None]
         pids_group, memory_group = groups
+        disk = limits.disk_mib << 20
 
         def join() -> None:  # in the child, before bwrap starts: keep it short
             for path in procs:
                 fd = os.open(path, os.O_WRONLY)
                 os.write(fd, b"0")  # "0": the writing process itself
                 os.close(fd)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (disk, disk))  # no file past the limit
             if memory_group is None:
                 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             if pids_group is None:
@@ -316,16 +327,27 @@ class NativeExecutor:
 
     def _run(
         self, zygote: Zygote, step: str, cwd: str, env: dict[str, str], argv: list[str],
-        limits: NativeLimits,
+        limits: NativeLimits, work: Path,
     ) -> tuple[int, bytes, bytes, str]:  # fmt: skip
         pids, memory = _cgroup_limits(limits)
         self._cgroup("pids", pids)
         memory_group = self._cgroup("memory", memory)
         kills_before = _oom_kills(memory_group) if memory_group is not None else 0
-        outcome = zygote.run(step, cwd, env, argv, self._timeout)
+        with DiskGuard(work, limits.disk_mib << 20, zygote.close) as guard:
+            try:
+                outcome = zygote.run(step, cwd, env, argv, self._timeout)
+            except TransientError:
+                if guard.tripped is None:
+                    raise
+                outcome = Outcome(None, signal.SIGKILL, b"", b"")  # the guard ended it
         code = outcome.exit_code if outcome.signal is None else 128 + outcome.signal
         note = ""
-        if memory_group is not None and _oom_kills(memory_group) > kills_before:
+        over_disk = guard.verdict(code, (outcome.stdout, outcome.stderr))
+        if over_disk is not None:
+            empty_folder(work)  # nothing of it is collected
+            code = EXIT_DISK_LIMIT if code in (0, 128 + signal.SIGKILL) else code
+            note = f"{over_disk}; raise it with native(..., disk_mib=N)"
+        elif memory_group is not None and _oom_kills(memory_group) > kills_before:
             code = EXIT_OUT_OF_MEMORY if code == 0 else code
             note = f"out of memory: killed at the step's limit of {limits.memory_mib} MiB"
         elif outcome.signal is not None:

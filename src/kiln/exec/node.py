@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
-from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink
+from kiln.exec.wasi.vfs import Dir, FileSystem, Node, Symlink
 from kiln.exec.wasm import WasmLimits
 from kiln.exec.wasm_files import collect_outputs, directory_entries
 
@@ -155,7 +155,7 @@ def _rebuild(
     """A vfs node from node_host.mjs's description of an output."""
     kind = description["kind"]
     if kind == "file":
-        return File(fs.new_ino(), writable=True, data=bytearray(chunk(description["data"])))
+        return fs.new_file(chunk(description["data"]))
     if kind == "symlink":
         return Symlink(fs.new_ino(), writable=True, target=description["target"])
     d = Dir(fs.new_ino(), writable=True, parent=parent, entries={})

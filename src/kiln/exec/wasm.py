@@ -7,12 +7,15 @@ and nothing about the host is:
 
     kiln-abi     kiln-wasi-p1-v1 (see ``kiln.exec.wasi.host``)
     isa          wasm32
+    disk-mib     what the guest's files (outputs and /tmp) may hold at once,
+                 in MiB (default 16384; see ``kiln.exec.wasi.disk``)
     fuel         instructions the guest may execute (default 10**10)
     memory-mib   linear memory limit in MiB (default 1024)
 
-Running out of fuel or memory is a deterministic failed result with a
+Running out of fuel, memory or disk is a deterministic failed result with a
 clear message in stderr; a wall-clock timeout exists for safety only and is
-a ``TransientError``, never cached.
+a ``TransientError``, never cached. Large files a guest writes are kept in
+scratch files under the store's staging folder, not in Kiln's memory.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import functools
 import hashlib
 import math
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
+from kiln.exec.wasi.disk import Disk, DiskLimit
 from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
 from kiln.exec.wasm_files import collect_outputs, directory_entries
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
 
 DEFAULT_FUEL = 10**10
 DEFAULT_MEMORY_MIB = 1024
+DEFAULT_DISK_MIB = 16 << 10
 EXIT_TRAP = 134  # the exit code recorded for a guest that trapped
 WASM_PAGE = 65536
 LARGE_MODULE = 1 << 20  # compiling one this big shows progress (it can take seconds)
@@ -54,9 +60,11 @@ class WasmLimits:
 
     fuel: int = DEFAULT_FUEL
     memory_mib: int = DEFAULT_MEMORY_MIB
+    disk_mib: int = DEFAULT_DISK_MIB
 
     def platform(self) -> tuple[tuple[str, str], ...]:
         return (
+            ("disk-mib", str(self.disk_mib)),
             ("fuel", str(self.fuel)),
             ("isa", "wasm32"),
             ("kiln-abi", ABI_VERSION),
@@ -72,7 +80,9 @@ class WasmLimits:
                 hint="build the action with this version of kiln",
             )
         return cls(
-            int(props.get("fuel", DEFAULT_FUEL)), int(props.get("memory-mib", DEFAULT_MEMORY_MIB))
+            int(props.get("fuel", DEFAULT_FUEL)),
+            int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
+            int(props.get("disk-mib", DEFAULT_DISK_MIB)),
         )
 
 
@@ -288,12 +298,23 @@ class WasmExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.reapi import re_pb2
-
         props = {p.name: p.value for p in action.platform.properties}
         limits = WasmLimits.from_platform(props)
+        with tempfile.TemporaryDirectory(prefix="wasm-", dir=self._store.session.staging) as tmp:
+            disk = Disk(limits.disk_mib << 20, Path(tmp))
+            try:
+                return self._execute(key, action, command, limits, disk)
+            finally:
+                disk.close()
+
+    def _execute(
+        self, key: Digest, action: re_pb2.Action, command: re_pb2.Command, limits: WasmLimits,
+        disk: Disk,
+    ) -> re_pb2.ActionResult:  # fmt: skip
+        from kiln.reapi import re_pb2
+
         input_root = Digest.from_proto(action.input_root_digest)
-        fs = FileSystem(input_root, self._load_dir, self._load_blob)
+        fs = FileSystem(input_root, self._load_dir, self._load_blob, disk)
         argv = list(command.arguments)
         module_digest = self._find_module(fs, argv[0] if argv else "")
         for path in command.output_paths:
@@ -364,6 +385,8 @@ class WasmExecutor:
     def _host_failure(error: BaseException) -> tuple[int, str]:
         if isinstance(error, ProcExit):
             return error.code, ""
+        if isinstance(error, DiskLimit):
+            return EXIT_TRAP, disk_limit_note(error)
         raise error  # a bug in the host, not the guest's doing
 
     def _explain(self, trap: Any, store: Any, memory: Any, limits: WasmLimits) -> str:
@@ -412,6 +435,15 @@ def _cause(message: str) -> str:
     """The line of a Wasmtime error that says what happened (not the backtrace)."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     return next((ln for ln in lines if "wasm trap:" in ln), lines[-1] if lines else "")
+
+
+def disk_limit_note(error: DiskLimit) -> str:
+    """What stderr says when a guest's files outgrew its disk limit."""
+    return (
+        f"disk limit of {error.limit >> 20} MiB reached: the guest's files (outputs and /tmp) "
+        f"would hold {error.wanted} bytes; raise it with disk_mib= (wasm(...)) or --disk "
+        "(kiln wasm run)"
+    )
 
 
 class InvalidModule(Exception):

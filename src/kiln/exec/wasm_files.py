@@ -45,7 +45,7 @@ def collect_outputs(
         except WasiError:
             continue
         if isinstance(node, File):
-            digest = batch.add_bytes(bytes(fs.content(node)))
+            digest = _store_file(batch, node)
             result.output_files.add(path=path, digest=digest.to_proto())
         elif isinstance(node, Symlink):
             result.output_symlinks.add(path=path, target=node.target)
@@ -61,7 +61,7 @@ def _store_tree(fs: FileSystem, batch: Any, top: Dir) -> Digest:
         out: list[tuple[str, Child]] = []
         for name, node in sorted(fs.entries(d).items()):
             if isinstance(node, File):
-                out.append((name, (batch.add_bytes(bytes(fs.content(node))), False)))
+                out.append((name, (_store_file(batch, node), False)))
             elif isinstance(node, Symlink):
                 out.append((name, node.target))
             elif isinstance(node, Dir):
@@ -69,3 +69,11 @@ def _store_tree(fs: FileSystem, batch: Any, top: Dir) -> Digest:
         return out
 
     return store_tree(batch, top, children).tree
+
+
+def _store_file(batch: Any, f: File) -> Digest:
+    """Store a guest file: a written one from its ``Content``, an input
+    moved or left at an output path as its blob (already in the store)."""
+    if f.body is not None:
+        return f.body.store(batch)
+    return f.blob  # type: ignore[return-value]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.exec.wasi import abi
+from kiln.exec.wasi.disk import Content
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink, WasiError, filetype
 
 ABI_VERSION = "kiln-wasi-p1-v1"
@@ -319,16 +320,30 @@ class WasiHost:
     def fd_close(self, fd: int) -> None:
         if fd in (0, 1, 2):
             return  # the standard streams stay usable (and captured)
-        self._fd(fd)
+        node = self._fd(fd).node
         del self.fds[fd]
+        self._release_if_unused(node)
+
+    def _unlink(self, node: Node) -> None:
+        """``node`` left the tree: its bytes go once no descriptor holds it."""
+        if isinstance(node, File):
+            node.linked = False
+            self._release_if_unused(node)
+
+    def _release_if_unused(self, node: Node) -> None:
+        if not isinstance(node, File) or node.linked or node.body is None:
+            return
+        if not any(of is not None and of.node is node for of in self.fds.values()):
+            node.body.release()
 
     def fd_renumber(self, fd: int, to: int) -> None:
         if fd <= 2 or to <= 2:
             raise WasiError(abi.ENOTSUP)  # the standard streams are fixed
         of = self._fd(fd)
-        self._fd(to)
+        replaced = self._fd(to).node
         self.fds[to] = of
         del self.fds[fd]
+        self._release_if_unused(replaced)
 
     def fd_datasync(self, fd: int) -> None:
         if fd > 2:
@@ -340,10 +355,9 @@ class WasiHost:
         self._fd(fd)
 
     def fd_allocate(self, fd: int, offset: int, length: int) -> None:
-        f = self._writable_file(fd)
-        data = self.fs.content(f)
-        if offset + length > len(data):
-            data.extend(bytes(offset + length - len(data)))
+        body = self._writable_file(fd)
+        if offset + length > body.size:
+            body.resize(offset + length)
 
     def _file(self, fd: int) -> tuple[OpenFile, File]:
         of = self._fd(fd)
@@ -351,11 +365,11 @@ class WasiHost:
             raise WasiError(abi.EISDIR)
         return of, of.node  # type: ignore[return-value]
 
-    def _writable_file(self, fd: int) -> File:
+    def _writable_file(self, fd: int) -> Content:
         _, f = self._file(fd)
-        if not f.writable:
+        if f.body is None:
             raise WasiError(abi.EBADF)
-        return f
+        return f.body
 
     def _stat(self, node: Node) -> bytes:
         if isinstance(node, File):
@@ -373,12 +387,7 @@ class WasiHost:
         self._write(ptr, self._stat(self._fd(fd).node))
 
     def fd_filestat_set_size(self, fd: int, size: int) -> None:
-        f = self._writable_file(fd)
-        data = self.fs.content(f)
-        if size < len(data):
-            del data[size:]
-        else:
-            data.extend(bytes(size - len(data)))
+        self._writable_file(fd).resize(size)
 
     def fd_filestat_set_times(self, fd: int, _atim: int, _mtim: int, _flags: int) -> None:
         self._fd(fd)  # timestamps are fixed: accepted and ignored
@@ -400,10 +409,9 @@ class WasiHost:
         self._u32(nread_ptr, self._pread(f, iovs, count, offset))
 
     def _pread(self, f: File, iovs: int, count: int, offset: int) -> int:
-        data = self.fs.content(f)
         total = 0
         for ptr, length in self._iovecs(iovs, count):
-            chunk = bytes(data[offset + total : offset + total + length])
+            chunk = self.fs.read(f, offset + total, length)
             self._write(ptr, chunk)
             total += len(chunk)
             if len(chunk) < length:
@@ -416,25 +424,17 @@ class WasiHost:
             (self.stdout if fd == 1 else self.stderr).write(chunks)
         else:
             of = self._fd(fd)
-            f = self._writable_file(fd)
-            data = self.fs.content(f)
+            body = self._writable_file(fd)
             if of.append:
-                of.offset = len(data)
-            self._put(data, of.offset, chunks)
+                of.offset = body.size
+            body.write(of.offset, chunks)
             of.offset += len(chunks)
         self._u32(nwritten_ptr, len(chunks))
 
     def fd_pwrite(self, fd: int, iovs: int, count: int, offset: int, nwritten_ptr: int) -> None:
         chunks = b"".join(self._read(p, n) for p, n in self._iovecs(iovs, count))
-        f = self._writable_file(fd)
-        self._put(self.fs.content(f), offset, chunks)
+        self._writable_file(fd).write(offset, chunks)
         self._u32(nwritten_ptr, len(chunks))
-
-    @staticmethod
-    def _put(data: bytearray, offset: int, chunk: bytes) -> None:
-        if offset > len(data):
-            data.extend(bytes(offset - len(data)))
-        data[offset : offset + len(chunk)] = chunk
 
     def fd_seek(self, fd: int, offset: int, whence: int, new_ptr: int) -> None:
         if fd in (0, 1, 2):
@@ -501,7 +501,7 @@ class WasiHost:
                 raise WasiError(abi.ENOENT)
             if not parent.may_change(name):
                 raise WasiError(abi.EROFS)
-            node = File(self.fs.new_ino(), writable=True, data=bytearray())
+            node = self.fs.new_file()
             self.fs.entries(parent)[name] = node
         elif oflags & abi.OFLAGS_EXCL and oflags & abi.OFLAGS_CREAT:
             raise WasiError(abi.EEXIST)
@@ -510,9 +510,9 @@ class WasiHost:
         if oflags & abi.OFLAGS_TRUNC:
             if not isinstance(node, File):
                 raise WasiError(abi.EISDIR)
-            if not node.writable:
+            if node.body is None:
                 raise WasiError(abi.EROFS)
-            node.data = bytearray()
+            node.body.resize(0)
         new_fd = max(self.fds) + 1
         self.fds[new_fd] = OpenFile(node, append=bool(fdflags & abi.FDFLAGS_APPEND))
         self._u32(fd_ptr, new_fd)
@@ -559,6 +559,7 @@ class WasiHost:
         if not parent.may_change(name):
             raise WasiError(abi.EROFS)
         del self.fs.entries(parent)[name]
+        self._unlink(node)
 
     def path_remove_directory(self, fd: int, ptr: int, length: int) -> None:
         self._remove(fd, ptr, length, want_dir=True)
@@ -581,6 +582,8 @@ class WasiHost:
         self.fs.entries(dst_parent)[dst_name] = node
         if isinstance(node, Dir):
             node.parent = dst_parent
+        if existing is not None and existing is not node:
+            self._unlink(existing)
 
     def path_symlink(self, old: int, old_len: int, fd: int, new: int, new_len: int) -> None:
         target = self._str(old, old_len)

@@ -5,7 +5,8 @@ Invariants:
   are expanded from their ``Directory`` blobs on first use, file contents
   are read from their blobs when opened. Nothing is staged.
 - Writable nodes exist only at or below a declared output path and under
-  ``/tmp``; their contents live in memory.
+  ``/tmp``; their contents are ``Content`` (in memory while small, else in
+  scratch files) and together stay within the ``Disk``'s limit.
 - Everything the guest can observe is deterministic: listings are sorted by
   name, inode numbers are handed out in order of first lookup, and every
   timestamp is the contract's fixed epoch.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from kiln.digest import Digest
 from kiln.exec.wasi import abi
+from kiln.exec.wasi.disk import Content, Disk
 
 MAX_SYMLINK_HOPS = 40
 
@@ -39,11 +41,17 @@ class Node:
 
 @dataclass(eq=False)
 class File(Node):
-    data: bytearray | None = None  # writable or already loaded
-    blob: Digest | None = None  # read-only input content, loaded on demand
+    """An input file (``blob``, read from the store on first use into
+    ``loaded``) or a writable one (``body``). ``linked``: in the tree (a
+    removed file lives on while a descriptor refers to it)."""
+
+    blob: Digest | None = None
+    loaded: bytes | None = None
+    body: Content | None = None
+    linked: bool = True
 
     def size(self) -> int:
-        return len(self.data) if self.data is not None else self.blob.size  # type: ignore[union-attr]
+        return self.body.size if self.body is not None else self.blob.size  # type: ignore[union-attr]
 
 
 @dataclass(eq=False)
@@ -75,10 +83,12 @@ class FileSystem:
         input_root: Digest | None,
         load_dir: Callable[[Digest], list[tuple[str, str, object]]],
         load_blob: Callable[[Digest], bytes],
+        disk: Disk | None = None,
     ) -> None:
         self._inos = itertools.count(1)
         self._load_dir = load_dir
         self._load_blob = load_blob
+        self.disk = disk or Disk()
         self.root = Dir(next(self._inos), writable=False, source=input_root)
         if input_root is None:
             self.root.entries = {}
@@ -98,10 +108,17 @@ class FileSystem:
                 d.entries[name] = node
         return d.entries
 
-    def content(self, f: File) -> bytearray:
-        if f.data is None:
-            f.data = bytearray(self._load_blob(f.blob))  # type: ignore[arg-type]
-        return f.data
+    def read(self, f: File, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of ``f`` at ``offset``."""
+        if f.body is not None:
+            return f.body.read(offset, length)
+        if f.loaded is None:
+            f.loaded = self._load_blob(f.blob)  # type: ignore[arg-type]
+        return f.loaded[offset : offset + length]
+
+    def new_file(self, data: bytes = b"") -> File:
+        """A writable file holding ``data``, not yet in the tree."""
+        return File(next(self._inos), writable=True, body=Content(self.disk, data))
 
     def _dir_at(self, parts: list[str]) -> Dir:
         """The directory at ``parts``, created (read-only, empty) if absent."""
