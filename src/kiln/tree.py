@@ -147,12 +147,13 @@ def tree_message(cas: ContentStore, root: Digest) -> re_pb2.Tree:
 
 
 def _directories(
-    cas: ContentStore, root: Digest, skip_missing: bool
+    cas: ContentStore, root: Digest, skip_missing: bool, seen: set[Digest] | None = None
 ) -> Iterator[tuple[Digest, re_pb2.Directory | None]]:
-    """Every directory of a tree once, root first; ``None`` for one that is
-    missing or corrupt when ``skip_missing`` (else ``KilnError``)."""
+    """Every directory of a tree once, root first, but none in ``seen`` (to
+    which those yielded are added); ``None`` for one that is missing or
+    corrupt when ``skip_missing`` (else ``KilnError``)."""
     stack = [root]
-    seen: set[Digest] = set()
+    seen = set() if seen is None else seen
     while stack:
         digest = stack.pop()
         if digest in seen:
@@ -169,11 +170,15 @@ def _directories(
         stack.extend(Digest.from_proto(d.digest) for d in directory.directories)
 
 
-def reachable(cas: ContentStore, root: Digest, skip_missing: bool = False) -> Iterator[Digest]:
+def reachable(
+    cas: ContentStore, root: Digest, skip_missing: bool = False, seen: set[Digest] | None = None
+) -> Iterator[Digest]:
     """Every blob a tree needs: its Directory blobs and its file blobs, each
     once. With ``skip_missing``, a missing or corrupt Directory blob hides
-    only what is below it instead of raising ``KilnError``."""
-    for digest, directory in _directories(cas, root, skip_missing):
+    only what is below it instead of raising ``KilnError``. Directories in
+    ``seen`` are skipped with all below them, and those walked are added:
+    walks of many trees sharing subtrees (GC's roots) read each once."""
+    for digest, directory in _directories(cas, root, skip_missing, seen):
         yield digest
         if directory is not None:
             for f in directory.files:

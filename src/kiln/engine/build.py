@@ -320,12 +320,16 @@ class Build:
     def _materialize(self, t: rules.Target, value: Any) -> Digest:
         values = _flatten(value, t)
         where = f"{t.where} (value of target {t.name!r})"
-        digest = input_root(self.store.cas, values, where)
-        if not self._synced:
-            self.store.cas.sync()  # what the build wrote becomes durable before its roots
-            self._synced = True
+        # One hold of the write lock from writing the value's directories to
+        # naming them: no GC in between. Kept by this build too, in case
+        # another build names a different value under the same root meanwhile.
         with self.store.writing():
+            digest = input_root(self.store.cas, values, where)
+            if not self._synced:
+                self.store.cas.sync()  # what the build wrote becomes durable before its roots
+                self._synced = True
             self.store.add_root(f"build:{self.project.root}:{t.name}", digest, "tree")
+            self.store.session.protect(digest, "tree")
         outputs.place(self.store.cas, self.project.root, t.name, digest)
         return digest
 

@@ -11,7 +11,10 @@ same way (``execute_with_retries``).
   that has Kiln and Wasmtime already imported; each opens the store itself
   and keeps its executors (and compiled modules) for the whole build. Steps
   really run in parallel; starting costs a fraction of a second, so builds
-  use it only when there are many steps to run.
+  use it only when there are many steps to run. A worker's session keeps
+  the results it returns from GC; the build's own session takes over as
+  each result arrives, while the worker (which lives as long as the pool)
+  still keeps it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import queue
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln.digest import Digest
@@ -120,14 +122,18 @@ class ThreadRunner:
 class ProcessRunner:
     """Executes in ``jobs`` worker processes with the default executors."""
 
-    def __init__(self, home: Path, jobs: int) -> None:
+    def __init__(self, store: Store, jobs: int) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["wasmtime", "kiln.exec.wasm", "kiln.engine.runners"])
+        self._store = store
         self._pool = ProcessPoolExecutor(
-            max_workers=jobs, mp_context=context, initializer=_worker_start, initargs=(str(home),)
+            max_workers=jobs,
+            mp_context=context,
+            initializer=_worker_start,
+            initargs=(str(store.home),),
         )
 
     def submit(
@@ -142,7 +148,7 @@ class ProcessRunner:
 
         def unpack(done: Future[Any]) -> None:
             try:
-                outcome.set_result(_unpack(done.result()))
+                outcome.set_result(self._kept(key, _unpack(done.result()), where))
             except BaseException as e:  # a worker died: the pool is broken
                 outcome.set_result(
                     Outcome(None, False, 1, TransientError(f"{where}: worker process lost: {e}"))
@@ -150,6 +156,13 @@ class ProcessRunner:
 
         sent.add_done_callback(unpack)
         return outcome
+
+    def _kept(self, key: Digest, outcome: Outcome, where: str) -> Outcome:
+        """The outcome, its result now kept by the build's own session."""
+        if outcome.result is None or self._store.keep_result(key, outcome.result):
+            return outcome
+        lost = TransientError(f"{where}: its outputs were collected before the build kept them")
+        return Outcome(None, False, outcome.attempts, lost)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -9,12 +9,17 @@ A step's lifecycle (``StepStatus``):
                                        --(non-zero exit)-----> FAILED
                                        --(transient error, after runners.RETRIES retries)--> FAILED
 
-Cache hits return without taking a slot or a thread, and write nothing. At
-most ``jobs`` executions run at once, on threads (or, when the build asks
+Cache hits return without taking a slot or a thread. At most ``jobs``
+executions run at once, on threads (or, when the build asks
 for it, in worker processes after the first ``PROCESSES_AFTER``; see
 ``runners.py``), always under the store's cross-process "execute once"
 lock, so other kiln processes sharing the store never run the same key at
 the same time.
+
+Everything a step uses or yields is kept from GC until the build ends (the
+store's session): a hit as it is looked up (a result a GC has taken apart
+meanwhile is a miss, and runs again), a step's input tree, Action and
+Command as they are written, and its result as it is recorded.
 """
 
 from __future__ import annotations
@@ -135,7 +140,7 @@ class Scheduler:
         self._executions += 1
         if self._use_processes and self._executions > PROCESSES_AFTER:
             if self._processes is None:
-                self._processes = ProcessRunner(self._store.home, self.jobs)
+                self._processes = ProcessRunner(self._store, self.jobs)
             return self._processes
         return self._threads
 
@@ -152,7 +157,7 @@ class Scheduler:
         )
         self.records.append(record)
         self._on_change(record)
-        hit = self._store.lookup(key)
+        hit = self._store.lookup(key, keep=True)
         if hit is not None:
             record.result = hit.result
             record.started = record.finished = time.time()
@@ -205,6 +210,8 @@ class Scheduler:
             with self._store.writing():
                 write_blobs(self._store.cas, request.input_blobs)
                 self._store.put_messages(action, command)
+                self._store.session.protect(request.spec.input_root, "tree")
+                self._store.session.protect(record.key, "action")
             where = f"step {record.description!r} of target {record.target!r}"
             submitted = self._runner().submit(request.executor, record.key, action, command, where)
             outcome = await asyncio.wrap_future(submitted)

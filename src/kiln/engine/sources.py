@@ -4,6 +4,10 @@ A file whose inode, size, mtime, ctime and mode are what they were when it
 was last hashed is not read again. A file modified within the racy window
 (``KILN_RACY_WINDOW_MS``) before it was hashed is not remembered, since a
 second change within one timestamp tick would look the same.
+
+Every source a build uses is kept from GC until the build ends (the
+store's session): found in the store or put there, and protected, under
+one hold of the store's write lock.
 """
 
 from __future__ import annotations
@@ -87,17 +91,17 @@ class Sources:
         racy = max(st.st_mtime_ns, st.st_ctime_ns) >= self.started_ns - self.racy_ns
         self.stampable &= not racy
         cached = self._cache().get(full)
-        digest = None
-        if cached is not None and cached[:5] == signature:
-            digest = Digest(cached[5], st.st_size)
-            if not self._store.cas.has(digest):
-                digest = None  # collected meanwhile: read it again
-        if digest is None:
-            with self._store.writing(), self._store.cas.batch(durable=False) as batch:
-                digest = batch.add_file(full)  # synced at the end of the build
-            self.files_hashed += 1
-            if not racy:
-                self._fresh.append((full, *signature, digest.hash))
+        known = Digest(cached[5], st.st_size) if cached and cached[:5] == signature else None
+        with self._store.writing():
+            if known is not None and self._store.cas.has(known):
+                digest = known
+            else:  # never hashed, changed, or collected meanwhile: read it (again)
+                with self._store.cas.batch(durable=False) as batch:
+                    digest = batch.add_file(full)  # synced at the end of the build
+                self.files_hashed += 1
+                if not racy:
+                    self._fresh.append((full, *signature, digest.hash))
+            self._store.session.protect(digest, "blob")
         value = File(rel, digest, bool(st.st_mode & stat.S_IXUSR))
         self._files[rel] = value
         return value
@@ -115,7 +119,7 @@ class Sources:
                 exit_code=errors.ExitCode.BAD_INPUT,
             )
         self.stampable = False  # a folder's contents are not tracked file by file
-        value = Tree(rel if rel != "." else "", self._store.put(full).digest)
+        value = Tree(rel if rel != "." else "", self._store.put(full, keep=True).digest)
         self._trees[rel] = value
         return value
 

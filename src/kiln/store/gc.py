@@ -54,12 +54,19 @@ class GcReport:
 
 def _action_blobs(cas: LocalCAS, key: str, result_bytes: bytes) -> set[str]:
     """The blobs a cache entry keeps: its outputs, its Action and Command."""
+    from kiln.reapi import re_pb2
+
+    result = re_pb2.ActionResult.FromString(result_bytes)
+    return {d.hash for d in result_blobs(cas, result)} | _action_and_command(cas, key)
+
+
+def _action_and_command(cas: LocalCAS, key: str) -> set[str]:
+    """The hashes of an Action blob and of the Command it names (if stored)."""
     from google.protobuf.message import DecodeError
 
     from kiln.reapi import re_pb2
 
-    result = re_pb2.ActionResult.FromString(result_bytes)
-    blobs = {d.hash for d in result_blobs(cas, result)} | {key}
+    blobs = {key}
     with contextlib.suppress(FileNotFoundError, DecodeError, ValueError):
         data = cas.get_bytes_by_hash(key)
         if data is not None:
@@ -69,19 +76,26 @@ def _action_blobs(cas: LocalCAS, key: str, result_bytes: bytes) -> set[str]:
 
 
 def _mark_root(
-    cas: LocalCAS, conn: sqlite3.Connection, kind: str, digest: Digest, marked: set[str]
+    cas: LocalCAS,
+    conn: sqlite3.Connection,
+    kind: str,
+    digest: Digest,
+    marked: set[str],
+    walked: set[Digest],
 ) -> None:
-    """Mark everything one root keeps."""
+    """Mark everything one root keeps (``walked``: the directories marked
+    with all below them so far, each walked once for all roots)."""
     if kind == "blob":
         marked.add(digest.hash)
     elif kind == "tree":
-        marked.update(d.hash for d in reachable(cas, digest, skip_missing=True))
-    else:
-        marked.add(digest.hash)
+        marked.update(d.hash for d in reachable(cas, digest, skip_missing=True, seen=walked))
+    else:  # an action: itself, its command and, once recorded, its result
         row = conn.execute(
             "SELECT result FROM action_cache WHERE hash = ?", (digest.hash,)
         ).fetchone()
-        if row is not None:
+        if row is None:
+            marked.update(_action_and_command(cas, digest.hash))
+        else:
             marked.update(_action_blobs(cas, digest.hash, row[0]))
 
 
@@ -90,6 +104,7 @@ def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcRepo
     now = time.time()
     report = GcReport(dry_run=policy.dry_run)
     marked: set[str] = set()
+    walked: set[Digest] = set()
     rooted_actions: set[str] = set()
     roots = conn.execute("SELECT name, kind, hash, size FROM gc_roots").fetchall()
     temps = conn.execute("SELECT kind, hash, size FROM temp_roots").fetchall()
@@ -98,11 +113,11 @@ def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcRepo
         digest = Digest(h, size)
         if kind != "action" and not cas.has(digest):
             report.dangling_roots.append(name)
-        _mark_root(cas, conn, kind, digest, marked)
+        _mark_root(cas, conn, kind, digest, marked, walked)
         if kind == "action":
             rooted_actions.add(h)
     for kind, h, size in temps:
-        _mark_root(cas, conn, kind, Digest(h, size), marked)
+        _mark_root(cas, conn, kind, Digest(h, size), marked, walked)
         if kind == "action":
             rooted_actions.add(h)
 

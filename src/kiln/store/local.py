@@ -150,9 +150,12 @@ class Store:
         path: str | os.PathLike[str],
         root: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        keep: bool = False,
     ) -> PutResult:
         """Store a folder as a tree (or a file as a blob); optionally name a GC
-        root. ``progress(files, bytes)`` hears about files that had to be read."""
+        root, or with ``keep`` protect it for as long as this process's
+        session lives. ``progress(files, bytes)`` hears about files that had
+        to be read."""
         from kiln.store.ingest import Ingester
 
         with self.writing():
@@ -160,6 +163,8 @@ class Store:
             digest, kind = ingester.put(path)
             if root is not None:
                 self.add_root(root, digest, kind)
+            if keep:
+                self.session.protect(digest, kind)
         return PutResult(digest, kind, ingester.files_hashed, ingester.dirs_rebuilt)
 
     def put_action(self, spec: ActionSpec) -> Digest:
@@ -205,8 +210,11 @@ class Store:
         time; the others wait and then reuse the recorded result. ``execute``
         returns (result, executor name); failed results are not recorded, so
         a waiter runs the action itself after a failure.
+
+        The result returned, reused or made here, is kept from GC for as long
+        as this process's session lives (``lookup(keep=True)``, ``_record``).
         """
-        hit = self.action_cache.lookup(key)
+        hit = self.lookup(key, keep=True)
         if hit is not None:
             return Execution(hit.result, cached=True)
         lease = self.key_locks.acquire(key, timeout)
@@ -230,7 +238,7 @@ class Store:
         block the event loop."""
         import asyncio
 
-        hit = self.action_cache.lookup(key)
+        hit = self.lookup(key, keep=True)
         if hit is not None:
             return Execution(hit.result, cached=True)
         lease = await asyncio.to_thread(self.key_locks.acquire, key, timeout)
@@ -244,19 +252,52 @@ class Store:
 
     def _hit_after_wait(self, key: Digest) -> Execution | None:
         """Holding the key: did another process record it while we waited?"""
-        hit = self.action_cache.lookup(key)
+        hit = self.lookup(key, keep=True)
         return None if hit is None else Execution(hit.result, cached=True, waited=True)
 
     def _record(
         self, key: Digest, result: re_pb2.ActionResult, executor: str, start: float
     ) -> Execution:
+        """Record a successful result; keep any result from GC (the caller
+        holds the write lock, so no GC ran since its blobs were written)."""
         if result.exit_code == 0:
             took = time.monotonic() - start
             self.action_cache.record(key, result, executor=executor, duration=took)
+        self._protect_result(key, result)
         return Execution(result, cached=False)
 
-    def lookup(self, key: Digest) -> CachedResult | None:
-        return self.action_cache.lookup(key)
+    def lookup(self, key: Digest, keep: bool = False) -> CachedResult | None:
+        """The cache entry of ``key``; None on a miss, which includes an entry
+        some of whose blobs are gone. With ``keep``, a hit is kept from GC
+        for as long as this process's session lives: the lookup and the
+        protection happen under the write lock, so a GC either ran before
+        (and a result it took apart is a miss, to be run again) or will see
+        the protection."""
+        if not keep:
+            return self.action_cache.lookup(key)
+        with self.writing():
+            hit = self.action_cache.lookup(key)
+            if hit is not None:
+                self.session.protect(key, "action")
+        return hit
+
+    def keep_result(self, key: Digest, result: re_pb2.ActionResult) -> bool:
+        """Keep the blobs of ``key``'s ``result`` from GC for as long as this
+        process's session lives; False if some of them are gone already. A
+        recorded (successful) result is kept through its cache entry; a
+        failure's output and error logs are kept as blobs."""
+        with self.writing():
+            if not self.action_cache.complete(result):
+                return False
+            self._protect_result(key, result)
+        return True
+
+    def _protect_result(self, key: Digest, result: re_pb2.ActionResult) -> None:
+        self.session.protect(key, "action")
+        if result.exit_code != 0:
+            for log in (result.stdout_digest, result.stderr_digest):
+                if log.size_bytes:
+                    self.session.protect(Digest.from_proto(log), "blob")
 
     # --------------------------------------------------------------- roots
 
