@@ -1,16 +1,26 @@
 """The project's output folder: ``kiln-out/TARGET`` holds a target's value,
 read-only, and ``kiln-out/.kiln/TARGET.digest`` the digest it was made from.
 
+An output folder is replaced in one rename: the new one is written under
+``kiln-out/.kiln/tmp/`` and then moved into place, so no reader ever sees a
+half-written folder and builds of one project running at once never write
+into each other's (each ends with a complete folder; the last one stays).
+A folder being written is claimed (``kiln/claims.py``) by its writer; one
+left by a killed build is removed by the next build that places an output.
+
 Kept light to import: a no-op build puts back removed outputs from a
 manifest (``manifest``, filed with the build stamp) by hard-linking store
 blobs, without loading the engine or protobuf."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from kiln import claims
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
@@ -23,6 +33,7 @@ if TYPE_CHECKING:
 Entry = tuple
 
 OUTPUT_DIR = "kiln-out"
+_PLACE_ATTEMPTS = 20  # other builds replacing the same folder at the same moment
 
 
 def output_dir(project: Path, target: str) -> Path:
@@ -34,11 +45,13 @@ def marker(project: Path, target: str) -> Path:
 
 
 def is_current(project: Path, target: str, digest: str) -> bool:
-    """Whether ``kiln-out/TARGET`` is the tree ``digest`` as Kiln left it."""
+    """Whether ``kiln-out/TARGET`` is the tree ``digest`` as Kiln left it:
+    the marker names the digest and the folder that was placed for it (its
+    inode, so a folder another build placed after the marker was written is
+    not taken for it)."""
     try:
-        return (
-            marker(project, target).read_text() == digest and output_dir(project, target).is_dir()
-        )
+        placed = str(os.stat(output_dir(project, target)).st_ino)
+        return marker(project, target).read_text().split() == [digest, placed]
     except OSError:
         return False
 
@@ -52,20 +65,47 @@ def place(cas: LocalCAS, project: Path, target: str, digest: Digest) -> None:
 
 
 def _replace(project: Path, target: str, digest: str, write: Callable[[Path], object]) -> bool:
-    """Empty ``kiln-out/TARGET``, let ``write`` fill it (False from it: give
-    up), make it read-only and mark it as ``digest``. The marker is dropped
-    first, so a half-written folder is never taken as current."""
-    from kiln.fsutil import remove_tree  # (shutil: not on a no-op build's path)
-
-    dest = output_dir(project, target)
-    marker(project, target).unlink(missing_ok=True)
-    remove_tree(dest)
-    if write(dest) is False:
-        return False
-    _make_read_only(dest)
-    marker(project, target).parent.mkdir(parents=True, exist_ok=True)
-    marker(project, target).write_text(digest)
+    """Let ``write`` fill a new folder (False from it: give up, leaving the
+    output as it was), make it read-only, move it to ``kiln-out/TARGET`` in
+    place of what is there, and mark it as ``digest``."""
+    staging_root = project / OUTPUT_DIR / ".kiln" / "tmp"
+    claims.reap(staging_root)  # what killed builds left
+    staging = claims.Claim(staging_root)
+    try:
+        if write(staging.path) is False:
+            return False
+        if is_current(project, target, digest):
+            return True  # another build placed the same folder meanwhile
+        _make_read_only(staging.path)
+        placed = os.stat(staging.path).st_ino
+        dest = output_dir(project, target)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _move_into_place(staging, dest)
+        # Written whole, by rename: a reader never sees half a marker.
+        staged_marker = staging.sibling("marker")
+        staged_marker.write_text(f"{digest} {placed}")
+        os.replace(staged_marker, marker(project, target))
+    finally:
+        staging.release()
     return True
+
+
+def _move_into_place(staging: claims.Claim, dest: Path) -> None:
+    """Rename the finished folder to ``dest``; whatever is there (another
+    build's folder, placed a moment ago, or an old one) is moved aside first,
+    to be removed with the staging claim."""
+    for attempt in range(_PLACE_ATTEMPTS):
+        try:
+            os.rename(staging.path, dest)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+        try:
+            os.rename(dest, staging.sibling(f"old{attempt}"))
+        except FileNotFoundError:
+            continue  # another build moved it aside first
+    raise OSError(errno.EBUSY, "other builds kept replacing it at the same moment", str(dest))
 
 
 def manifest(cas: LocalCAS, digest: Digest) -> list[Entry]:
