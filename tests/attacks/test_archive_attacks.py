@@ -238,6 +238,12 @@ def test_a_large_member_is_streamed_not_held_in_memory(store, tmp_path, kind) ->
     assert peak < 8 << 20, f"unpacking held {peak >> 20} MiB in memory"
 
 
+def test_a_member_nested_too_deep_is_refused(store, tmp_path) -> None:
+    deep = make_tar(tmp_path / "deep.tar.gz", {"/".join(["d"] * 3000) + "/f": b"x"})
+    with pytest.raises(UnsafeArchive, match="is more than 256 folders deep"):
+        unpack(store, deep)
+
+
 def test_a_truncated_archive_is_a_clear_error(store, tmp_path) -> None:
     whole = zeros_tar(tmp_path / "whole.tar.gz", 1 << 20, "gz").read_bytes()
     cut = tmp_path / "cut.tar.gz"

@@ -9,12 +9,15 @@ guest files never sit in Kiln's memory."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from conftest import KILN
 from kiln.action import ActionSpec
 from kiln.digest import Digest
 from kiln.exec.native import EXIT_DISK_LIMIT, NativeLimits
@@ -63,6 +66,18 @@ def test_a_guest_writing_past_its_disk_limit_fails_deterministically(
         assert err.startswith("kiln: disk limit of 8 MiB reached: the guest's files")
         assert "raise it with disk_mib=" in err
     assert runs[0][0].stderr_digest == runs[1][0].stderr_digest
+
+
+def test_kiln_wasm_run_takes_a_disk_limit(home, tmp_path, guest) -> None:
+    shutil.copy(guest("fill"), tmp_path / "fill.wasm")
+    run = [KILN, "wasm", "run", "fill.wasm", "--out", "out", "--disk", "8", "--", "write", "out"]
+    env = {**os.environ, "KILN_HOME": str(home)}
+    over = subprocess.run([*run, "9"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert over.returncode == EXIT_TRAP and "kiln: disk limit of 8 MiB reached" in over.stderr
+    assert (tmp_path / "out").stat().st_size <= 8 << 20  # what it wrote before the limit
+    within = subprocess.run([*run, "7"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert within.returncode == 0, within.stderr
+    assert (tmp_path / "out").stat().st_size == 7 << 20
 
 
 def test_the_disk_limit_is_part_of_the_key(store) -> None:

@@ -43,6 +43,7 @@ from kiln.exec.tree_links import Folder, escaping_links
 # streamed through a scratch file.
 IN_MEMORY = 1 << 20
 MAX_LINK_TARGET = 4095  # bytes (Linux's PATH_MAX, less the NUL)
+MAX_DEPTH = 256  # folders a member may sit in (trees are stored recursively)
 # tarfile holds a member's headers (pax records, GNU long names) in memory
 # while it reads them: one member's may take this many bytes.
 MAX_HEADERS = 16 << 20
@@ -157,6 +158,10 @@ def _member_path(name: str, strip: int, label: str) -> str | None:
 
 def _place(root: Folder, path: str, node: Any, label: str) -> None:
     *parents, name = path.split("/")
+    if len(parents) > MAX_DEPTH:
+        raise errors.unsafe_archive(
+            label, f"{path[:200]!r}... is more than {MAX_DEPTH} folders deep"
+        )
     folder = root
     for i, part in enumerate(parents):
         sub = folder.setdefault(part, {})
