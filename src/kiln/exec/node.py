@@ -7,9 +7,10 @@ input tree's listings and the paths of its blobs in the CAS), runs it under
 Wasmtime executor would. Equal results from the two are the evidence that an
 action's outputs depend on the action and not on the engine or host.
 
-What this engine does not do: fuel and memory limits (V8 has no fuel
-metering), NaN canonicalization. It is for checking, not for building:
-compare only runs that finished within their limits under Wasmtime.
+What this engine does not do: fuel, memory and disk limits (V8 has no fuel
+metering; its guest files are held in memory), NaN canonicalization. It is
+for checking, not for building: compare only runs that finished within
+their limits under Wasmtime.
 """
 
 from __future__ import annotations
