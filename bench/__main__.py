@@ -1,7 +1,8 @@
 """Run every benchmark: `./dev bench [NAME...] [--json FILE]`.
 
 Each benchmark measures Kiln and a peer tool side by side in the same run
-and prints the ratio, since the machines are noisy.
+and prints the ratio, since the machines are noisy; `stress` instead counts
+what goes wrong when builds, GCs and kills meet on one store (goal: none).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from bench import (
     hash_file,
     native_step,
     native_vs_nix,
+    stress,
     tree_put,
     wasm_action,
     wasm_compute,
@@ -31,6 +33,7 @@ BENCHMARKS = {
     "native": native_step.main,
     "nix": native_vs_nix.main,
     "c-wasm": c_wasm.main,
+    "stress": stress.main,
 }
 
 
