@@ -23,7 +23,8 @@ from kiln.digest import Digest
 from kiln.exec.native import EXIT_DISK_LIMIT, NativeLimits
 from kiln.exec.wasi import disk
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
-from kiln.tree import lookup
+from kiln.reapi import re_pb2
+from kiln.tree import walk
 from native_helpers import needs_bubblewrap, run_native
 
 
@@ -109,24 +110,29 @@ def test_files_removed_give_their_room_back(store, tmp_path, guest) -> None:
     assert out == "churn done\n"
 
 
-def test_large_outputs_are_spooled_to_disk_not_memory(store, tmp_path, guest, monkeypatch) -> None:
-    """24 files of 2 MiB (more than the scratch files kept open), within the
-    limit: stored whole, while Kiln's own memory stays small."""
+@pytest.mark.parametrize("args", [("write", "out", "24"), ("spread", "out", "12", "2")],
+                         ids=["one-file", "many-files"])  # fmt: skip
+def test_large_outputs_are_spooled_to_disk_not_memory(
+    store, tmp_path, guest, monkeypatch, args
+) -> None:
+    """24 MiB in one file, or in 12 files (more than the scratch files kept
+    open, and past the memory budget): stored whole, while Kiln's own
+    memory stays small."""
     monkeypatch.setattr(disk, "OPEN_FILES", 4)
+    monkeypatch.setattr(disk, "MEMORY_BUDGET", 4 << 20)
     tracemalloc.start()
     try:
-        result, _, err = run_fill(store, tmp_path, guest, "spread", "out", "24", "2", disk_mib=64)
+        result, _, err = run_fill(store, tmp_path, guest, *args, disk_mib=64)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert result.exit_code == 0, err
-    [folder] = result.output_directories
-    tree = store.cas.get_bytes(Digest.from_proto(folder.tree_digest))
-    from kiln.reapi import re_pb2
-
-    root = Digest.of_message(re_pb2.Tree.FromString(tree).root)
-    for i in (0, 23):
-        assert lookup(store.cas, root, f"f{i:03d}").digest.size == 2 << 20
+    sizes = [f.digest.size_bytes for f in result.output_files]
+    for folder in result.output_directories:
+        tree = re_pb2.Tree.FromString(store.cas.get_bytes(Digest.from_proto(folder.tree_digest)))
+        root = Digest.of_message(tree.root)
+        sizes += [e.digest.size for _, e in walk(store.cas, root) if e is not None]
+    assert sum(sizes) == 24 << 20
     assert peak < 16 << 20, f"running the guest held {peak >> 20} MiB in memory"
 
 

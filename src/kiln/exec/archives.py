@@ -41,7 +41,7 @@ from kiln.exec.tree_links import Folder, escaping_links
 
 # Members up to this size are read into memory whole; larger ones are
 # streamed through a scratch file.
-IN_MEMORY = 1 << 20
+IN_MEMORY = 16 << 20
 MAX_LINK_TARGET = 4095  # bytes (Linux's PATH_MAX, less the NUL)
 MAX_DEPTH = 256  # folders a member may sit in (trees are stored recursively)
 # tarfile holds a member's headers (pax records, GNU long names) in memory

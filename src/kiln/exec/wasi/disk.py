@@ -7,10 +7,12 @@ Invariants:
   changes. Sizes are apparent sizes: a hole counts, as it would be stored.
 - The accounting depends only on what the guest did, so running out is as
   deterministic as running out of fuel.
-- A file's bytes live in memory up to ``SPILL_AT``; past that they move to a
-  scratch file on the store's disk, so a guest writing gigabytes does not
-  make Kiln hold gigabytes. At most ``OPEN_FILES`` scratch files are open at
-  once; the others are reopened by path when used.
+- A file's bytes live in memory while it is at most ``SPILL_AT`` bytes and
+  all files in memory together at most ``MEMORY_BUDGET``; past either they
+  move to a scratch file on the store's disk, so a guest writing gigabytes
+  (in one file or in many) does not make Kiln hold gigabytes. At most
+  ``OPEN_FILES`` scratch files are open at once; the others are reopened by
+  path when used.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 from kiln.digest import Digest
 
-SPILL_AT = 1 << 20
+SPILL_AT = 4 << 20
+MEMORY_BUDGET = 64 << 20
 OPEN_FILES = 64
 
 
@@ -45,6 +48,7 @@ class Disk:
     def __init__(self, limit: int | None = None, scratch: Path | None = None) -> None:
         self.limit = limit
         self.used = 0
+        self.in_memory = 0  # bytes of the files not spilled
         self._scratch = scratch
         self._open: OrderedDict[Content, int] = OrderedDict()  # least recently used first
 
@@ -129,6 +133,8 @@ class Content:
             self._grow_to(size)
         else:
             self._disk.charge(size - self.size)
+            if self._memory is not None:
+                self._disk.in_memory -= self.size - size
             self.size = size
         if self._memory is not None:
             del self._memory[size:]
@@ -139,14 +145,19 @@ class Content:
     def _grow_to(self, end: int) -> None:
         if end <= self.size:
             return
-        self._disk.charge(end - self.size)
+        disk, growth = self._disk, end - self.size
+        disk.charge(growth)
         self.size = end
-        if self._memory is not None and end > SPILL_AT and self._disk.can_spill():
+        if self._memory is None:
+            return
+        disk.in_memory += growth
+        if disk.can_spill() and (end > SPILL_AT or disk.in_memory > MEMORY_BUDGET):
             self._spill()
 
     def _spill(self) -> None:
         self.path = self._disk.new_scratch_file()
         data, self._memory = self._memory, None
+        self._disk.in_memory -= self.size
         fd = self._disk.fd(self)
         _pwrite_all(fd, data, 0)  # type: ignore[arg-type]
         os.ftruncate(fd, self.size)
@@ -154,6 +165,8 @@ class Content:
     def release(self) -> None:
         """Give the bytes back: the file is gone and no descriptor refers to it."""
         self._disk.charge(-self.size)
+        if self._memory is not None:
+            self._disk.in_memory -= self.size
         self.size = 0
         self._memory = bytearray()
         if self.path is not None:
