@@ -81,6 +81,27 @@ def test_kiln_wasm_run_takes_a_disk_limit(home, tmp_path, guest) -> None:
     assert (tmp_path / "out").stat().st_size == 7 << 20
 
 
+def test_a_build_step_past_its_disk_limit_fails_naming_it(store, tmp_path, guest) -> None:
+    from kiln.engine.build import Build
+    from kiln.engine.loader import load
+
+    root = tmp_path / "project"
+    (root / "tools").mkdir(parents=True)
+    shutil.copy(guest("fill"), root / "tools" / "fill.wasm")
+    (root / "kilnfile.py").write_text(
+        "from kiln.build import source, target, wasm\n\n"
+        "@target\n"
+        "async def big():\n"
+        "    step = await wasm(source('tools/fill.wasm'), 'write', 'out', '9',\n"
+        "                      outputs=['out'], disk_mib=8)\n"
+        "    return step.file('out')\n"
+    )
+    report = Build(store, load(root)).run(["big"])
+    assert not report.ok
+    message = report.errors[0].render()
+    assert "kiln: disk limit of 8 MiB reached" in message and "exit code 134" in message
+
+
 def test_the_disk_limit_is_part_of_the_key(store) -> None:
     platform = dict(WasmLimits(disk_mib=8).platform())
     assert platform["disk-mib"] == "8"
