@@ -272,3 +272,13 @@ def test_a_request_for_another_store_is_refused(
 def _with_home(where: server_client.Place, home: str) -> server_client.Place:
     """``where``, as if it were the place of store ``home``."""
     return server_client.Place(home, where.folder, Path(where.socket).stem)
+
+
+def test_a_server_does_not_listen_in_a_folder_others_may_enter(victim: Served) -> None:
+    where = _private_folder(victim)
+    os.chmod(where.folder, 0o733)
+    refused = victim.kiln("server", "start")
+    assert refused.returncode == 1
+    assert "the kiln server did not start" in refused.stderr
+    assert f"{where.folder} is open to other users" in refused.stderr
+    assert not os.path.exists(where.socket)
