@@ -5,25 +5,67 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
 
 def remove_tree(root: Path) -> None:
-    """Remove ``root`` (a file, link or folder), whatever the modes inside."""
+    """Remove ``root`` (a file, link or folder), whatever the modes inside
+    and however deep it goes, following no symlink."""
     if root.is_symlink() or root.is_file():
         root.unlink()
         return
     if not root.exists():
         return
-    pending = [str(root)]
-    while pending:  # folders made unreadable or unwritable must open up first
-        folder = pending.pop()
-        os.chmod(folder, stat.S_IRWXU)
-        pending += [e.path for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
-    shutil.rmtree(root)
+    os.chmod(root, stat.S_IRWXU)
+    top = os.open(root, FOLDER_FLAGS)
+    try:
+        _remove_contents(top)
+    finally:
+        os.close(top)
+    root.rmdir()
+
+
+def _remove_contents(top: int) -> None:
+    """Empty the open folder ``top``, depth first and without recursion
+    (``shutil.rmtree`` recurses on Python 3.11; a step may nest folders
+    thousands deep), holding one descriptor: down into a subfolder, back up
+    through its ``..`` (checked to be the folder it came from)."""
+    fd = os.dup(top)
+    below: list[tuple[str, tuple[int, int]]] = []  # (subfolder entered, the folder it is in)
+    try:
+        while True:
+            with os.scandir(fd) as entries:
+                sub = None
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=fd)
+            if sub is not None:  # a folder made unreadable or unwritable opens up first
+                os.chmod(sub, stat.S_IRWXU, dir_fd=fd)
+                here = os.fstat(fd)
+                fd = _replace_fd(fd, os.open(sub, FOLDER_FLAGS, dir_fd=fd))
+                below.append((sub, (here.st_dev, here.st_ino)))
+                continue
+            if not below:
+                return
+            name, parent = below.pop()
+            fd = _replace_fd(fd, os.open("..", FOLDER_FLAGS, dir_fd=fd))
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != parent:
+                raise OSError(errno.ESTALE, "a folder moved while it was being removed")
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_fd(old: int, new: int) -> int:
+    os.close(old)
+    return new
 
 
 def empty_folder(folder: Path) -> None:
@@ -35,9 +77,6 @@ def empty_folder(folder: Path) -> None:
                 remove_tree(path)
             else:
                 path.unlink()
-
-
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class NotAFolder(Exception):
@@ -95,10 +134,16 @@ def remove_entry_at(folder: int, name: str) -> None:
         st = os.stat(name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=folder)
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=folder)
+        return
+    os.chmod(name, stat.S_IRWXU, dir_fd=folder)
+    fd = os.open(name, FOLDER_FLAGS, dir_fd=folder)
+    try:
+        _remove_contents(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=folder)
 
 
 def fd_path(fd: int) -> Path:

@@ -18,6 +18,7 @@ import pytest
 from conftest import KILN
 from kiln.digest import Digest
 from kiln.errors import KilnError
+from kiln.exec.native import NativeExecutor
 from native_helpers import needs_bubblewrap, run_native
 
 UP = "/kiln/inputs" + "/.." * 12  # far above any host folder
@@ -196,3 +197,19 @@ def test_wasm_run_keeps_a_guest_link_as_a_link(home, tmp_path, guest, victim) ->
     assert proc.returncode == 0, proc.stderr
     assert os.readlink(cwd / "a") == link
     assert _host_state(folder) == {"sub/keep.txt": b"keep me\n"}
+
+
+@needs_bubblewrap
+def test_folders_nested_thousands_deep_are_refused_or_cleaned_up(store, tmp_path) -> None:
+    deep = "d/" * 3000
+    nest = f"mkdir -p out/{'d/' * 300} && mkdir -p stray/{deep}"
+    executor = NativeExecutor(store)
+    with pytest.raises(KilnError, match="nests more than 256 folders deep"):
+        run_native(store, tmp_path, nest, tools=("sh", "mkdir"), outputs=("out",),
+                   executor=executor)  # fmt: skip
+    result, _, err = run_native(store, tmp_path, nest, tools=("sh", "mkdir"),
+                                outputs=("out.txt",), executor=executor)  # fmt: skip
+    assert result.exit_code == 0 and not result.output_directories, err[-300:]
+    shallow, _, _ = run_native(store, tmp_path, f"mkdir -p out/{'d/' * 200}", tools=("sh", "mkdir"),
+                               outputs=("out",), executor=executor)  # fmt: skip
+    assert len(shallow.output_directories) == 1

@@ -36,14 +36,13 @@ from typing import IO, Any
 from kiln import errors
 from kiln.config import RATIO_FLOOR, ArchiveLimits
 from kiln.digest import Digest
-from kiln.exec.outputs import Child, StoredTree, TreeNode, store_tree
+from kiln.exec.outputs import MAX_TREE_DEPTH, Child, StoredTree, TreeNode, store_tree
 from kiln.exec.tree_links import Folder, escaping_links
 
 # Members up to this size are read into memory whole; larger ones are
 # streamed through a scratch file.
 IN_MEMORY = 16 << 20
 MAX_LINK_TARGET = 4095  # bytes (Linux's PATH_MAX, less the NUL)
-MAX_DEPTH = 256  # folders a member may sit in (trees are stored recursively)
 # tarfile holds a member's headers (pax records, GNU long names) in memory
 # while it reads them: one member's may take this many bytes.
 MAX_HEADERS = 16 << 20
@@ -158,9 +157,9 @@ def _member_path(name: str, strip: int, label: str) -> str | None:
 
 def _place(root: Folder, path: str, node: Any, label: str) -> None:
     *parents, name = path.split("/")
-    if len(parents) > MAX_DEPTH:
+    if len(parents) > MAX_TREE_DEPTH:
         raise errors.unsafe_archive(
-            label, f"{path[:200]!r}... is more than {MAX_DEPTH} folders deep"
+            label, f"{path[:200]!r}... is more than {MAX_TREE_DEPTH} folders deep"
         )
     folder = root
     for i, part in enumerate(parents):

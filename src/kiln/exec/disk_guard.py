@@ -153,10 +153,10 @@ class DiskGuard:
             took = time.monotonic() - started
             gap = min(MAX_SAMPLE_GAP_S, max(FIRST_SAMPLE_S, SAMPLING_SHARE * took))
 
-    def verdict(self, exit_code: int, streams: tuple[bytes, ...]) -> str | None:
+    def verdict(self, exit_code: int, streams: tuple[int, ...]) -> str | None:
         """After the step (``exit_code``: 128 + the signal that ended it, if
-        one did; ``streams``: its stdout and stderr): how it went past the
-        limit, or None."""
+        one did; ``streams``: the bytes it wrote to stdout and stderr): how
+        it went past the limit, or None."""
         mib = self._limit >> 20
         if self.tripped is not None:
             held = self.tripped.total / (1 << 20)
@@ -166,7 +166,7 @@ class DiskGuard:
         # 128 + SIGXFSZ: what a writer ended by RLIMIT_FSIZE exits with (also
         # as reported by a shell that ran it).
         filled = usage is not None and usage.largest >= self._limit
-        if exit_code == 128 + signal.SIGXFSZ or filled or max(map(len, streams)) >= self._limit:
+        if exit_code == 128 + signal.SIGXFSZ or filled or max(streams) >= self._limit:
             return (f"disk limit of {mib} MiB reached: a file the step wrote grew to it "
                     "(a write past it fails, and SIGXFSZ ends the writer)")  # fmt: skip
         if usage is not None and usage.total > self._limit:

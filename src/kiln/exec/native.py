@@ -342,7 +342,7 @@ class NativeExecutor:
                 outcome = Outcome(None, signal.SIGKILL, b"", b"")  # the guard ended it
         code = outcome.exit_code if outcome.signal is None else 128 + outcome.signal
         note = ""
-        over_disk = guard.verdict(code, (outcome.stdout, outcome.stderr))
+        over_disk = guard.verdict(code, outcome.written)
         if over_disk is not None:
             empty_folder(work)  # nothing of it is collected
             code = EXIT_DISK_LIMIT if code in (0, 128 + signal.SIGKILL) else code
@@ -357,6 +357,7 @@ class NativeExecutor:
                     f" (memory is limited here by RLIMIT_AS, {limits.memory_mib} MiB, under"
                     " which running out shows as a failed allocation or a crash)"
                 )
+        note = "; ".join([*outcome.cut_streams(), *([note] if note else [])])
         return code, outcome.stdout, outcome.stderr, note
 
 

@@ -5,15 +5,16 @@ archive's members)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, NamedTuple, TypeVar
 
+from kiln import errors
 from kiln.digest import Digest, canonical_bytes
 
-if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
-
 Node = TypeVar("Node")
+# Folders a stored tree may nest (reading trees back, materializing them and
+# comparing them recurse once per level).
+MAX_TREE_DEPTH = 256
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,17 @@ class TreeNode(Generic[Node]):
 
 # A child: a file (digest, executable), a symlink (its target) or a folder.
 Child = tuple[Digest, bool] | str | TreeNode[Any]
+
+
+@dataclass
+class _Frame:
+    """A folder ``store_tree`` is in the middle of."""
+
+    listing: list[tuple[str, Child]]
+    next: int = 0
+    files: list[tuple[str, Digest, bool]] = field(default_factory=list)
+    dirs: list[tuple[str, Digest]] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)
 
 
 class StoredTree(NamedTuple):
@@ -45,24 +57,41 @@ def store_tree(
 
     tree = re_pb2.Tree()
     seen: set[Digest] = set()
-
-    def directory(folder: Node) -> re_pb2.Directory:
-        files, dirs, links = [], [], []
-        for name, child in children(folder):
+    # Depth first without recursion (a step may nest folders thousands
+    # deep): a frame per open folder, its listing, where it is in it, and
+    # its entries so far. A folder's Directory is made once its last entry
+    # is, and goes into the Tree after its subfolders (the order every
+    # engine uses).
+    stack = [_Frame(children(top))]
+    while True:
+        frame = stack[-1]
+        if frame.next < len(frame.listing):
+            name, child = frame.listing[frame.next]
+            frame.next += 1
             if isinstance(child, tuple):
-                files.append((name, *child))
+                frame.files.append((name, *child))
             elif isinstance(child, str):
-                links.append((name, child))
+                frame.links.append((name, child))
             else:
-                sub = directory(child.node)
-                digest = batch.add_metadata(canonical_bytes(sub))
-                if digest not in seen:
-                    seen.add(digest)
-                    tree.children.append(sub)
-                dirs.append((name, digest))
-        return make_directory(files, dirs, links)
-
-    root = directory(top)
+                if len(stack) > MAX_TREE_DEPTH:  # the top and MAX_TREE_DEPTH below it
+                    raise errors.KilnError(
+                        f"an output folder nests more than {MAX_TREE_DEPTH} folders deep",
+                        hint="flatten the step's output folders",
+                        exit_code=errors.ExitCode.FAILED,
+                    )
+                stack.append(_Frame(children(child.node)))
+            continue
+        directory = make_directory(frame.files, frame.dirs, frame.links)
+        stack.pop()
+        if not stack:
+            break
+        digest = batch.add_metadata(canonical_bytes(directory))
+        if digest not in seen:
+            seen.add(digest)
+            tree.children.append(directory)
+        parent = stack[-1]
+        parent.dirs.append((parent.listing[parent.next - 1][0], digest))
+    root = directory
     tree.root.CopyFrom(root)
     root_digest = batch.add_metadata(canonical_bytes(root))
     return StoredTree(batch.add_metadata(canonical_bytes(tree)), root_digest)

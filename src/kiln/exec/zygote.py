@@ -38,6 +38,7 @@ HOST_DIR = "/kiln/host"
 # Processes a step's pids limit must allow beyond its own: bubblewrap's two,
 # the zygote, the step's set-up process and its init.
 OVERHEAD_PIDS = 5
+STREAM_CAP = 64 << 20  # bytes of a step's stdout and of its stderr kept (as for wasm)
 
 
 def binary_name(arch: str) -> str:
@@ -67,12 +68,23 @@ def binary() -> Path | None:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a step's program ended: ``exit_code`` or ``signal`` is set."""
+    """How a step's program ended: ``exit_code`` or ``signal`` is set.
+    ``stdout`` and ``stderr`` keep at most ``STREAM_CAP`` bytes each of the
+    ``written`` ones."""
 
     exit_code: int | None
     signal: int | None
     stdout: bytes
     stderr: bytes
+    written: tuple[int, int] = (0, 0)
+
+    def cut_streams(self) -> list[str]:
+        """The streams that were cut at ``STREAM_CAP``, as notes."""
+        return [
+            f"{name} cut at {STREAM_CAP >> 20} MiB of {size / (1 << 20):.1f} MiB written"
+            for name, size in zip(("stdout", "stderr"), self.written, strict=True)
+            if size > STREAM_CAP
+        ]
 
 
 class Zygote:
@@ -143,8 +155,9 @@ class Zygote:
             return Outcome(
                 int(value) if kind == "exit" else None,
                 int(value) if kind == "signal" else None,
-                _read_all(out),
-                _read_all(err),
+                _read_capped(out),
+                _read_capped(err),
+                (os.fstat(out).st_size, os.fstat(err).st_size),
             )
         finally:
             os.close(out)
@@ -187,11 +200,14 @@ def encode_request(step: str, cwd: str, env: dict[str, str], argv: list[str]) ->
     return b"".join(out)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_capped(fd: int) -> bytes:
+    """The first ``STREAM_CAP`` bytes a step wrote to a stream: what a step
+    prints is not held whole in Kiln's memory."""
     os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
+    chunks, left = [], STREAM_CAP
+    while left and (chunk := os.read(fd, min(left, 1 << 20))):
         chunks.append(chunk)
+        left -= len(chunk)
     return b"".join(chunks)
 
 
