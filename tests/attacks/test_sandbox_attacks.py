@@ -100,9 +100,7 @@ def test_the_resident_processes_command_lines_are_hidden(store, tmp_path) -> Non
 
 
 def test_a_flood_on_stdout_is_cut_not_held_whole(store, tmp_path) -> None:
-    result, out, err = run_native(
-        store, tmp_path, "head -c 100M /dev/zero", tools=("sh", "head")
-    )
+    result, out, err = run_native(store, tmp_path, "head -c 100M /dev/zero", tools=("sh", "head"))
     assert result.exit_code == 0
     assert len(out) == 64 << 20
     assert "kiln: stdout cut at 64 MiB of 100.0 MiB written" in err
