@@ -14,7 +14,7 @@ from kiln.action import ActionSpec
 from kiln.digest import EMPTY, Digest
 from kiln.errors import KilnError
 from kiln.reapi import ActionResult, Directory, FileNode, OutputFile
-from kiln.store import GcPolicy
+from kiln.store import GcPolicy, Store
 from kiln.tree import reachable
 
 
@@ -163,3 +163,25 @@ def test_root_with_a_missing_subtree_keeps_everything_else(store, sample_tree: P
     kept = _blobs(store)
     util = Digest.of_file(sample_tree / "src/lib/util.c").hash
     assert everything - {lib.hash, util} <= kept
+
+
+def test_a_kept_hit_survives_gc_and_is_marked_used_when_its_session_ends(home: Path) -> None:
+    """A hit a session keeps stays through any GC while the session lives;
+    its last use is written once, as the session ends (not at every hit)."""
+    with Store(home) as builder:
+        key = builder.put_action(ActionSpec(argv=("t",), input_root=EMPTY))
+        out = builder.cas.put_bytes(b"output")
+        result = ActionResult(output_files=[OutputFile(path="o", digest=out.to_proto())])
+        builder.action_cache.record(key, result, executor="t", duration=0)
+        past = time.time() - 10 * 86400
+        builder.conn.execute("UPDATE action_cache SET last_used = ?", (past,))
+        assert builder.lookup(key, keep=True) is not None
+        with Store(home) as other:  # another session, as another process would have
+            assert other.gc().evicted_actions == 0 and other.cas.has(out)
+        used = builder.conn.execute("SELECT last_used FROM action_cache").fetchone()[0]
+        assert used == past
+    with Store(home) as later:
+        used = later.conn.execute("SELECT last_used FROM action_cache").fetchone()[0]
+        assert used > past + 86400
+        assert later.gc(GcPolicy(max_age=86400)).evicted_actions == 0
+        assert later.gc().evicted_actions == 1 and not later.cas.has(out)

@@ -68,9 +68,23 @@ class Sources:
 
     def file(self, path: str, where: str) -> File:
         """The source file at ``path`` (relative to the project root)."""
-        rel = self._relative(path, where)
-        if (known := self._files.get(rel)) is not None:
-            return known
+        return self.files([path], where)[0]
+
+    def files(self, paths: list[str], where: str) -> list[File]:
+        """``file`` for many paths: found or put, then kept from GC, under
+        one hold of the store's write lock (one write for all). A path this
+        build already has is answered from memory."""
+        rels = [self._relative(path, where) for path in paths]
+        if all(rel in self._files for rel in rels):
+            return [self._files[rel] for rel in rels]
+        with self._store.writing():
+            values = [self._files.get(rel) or self._file(rel, where) for rel in rels]
+            self._store.session.protect_many([v.digest for v in values], "blob")
+        return values
+
+    def _file(self, rel: str, where: str) -> File:
+        """The source at ``rel`` (normalized), stored; the caller holds the
+        write lock and keeps it from GC."""
         full = str(self.root / rel)
         try:
             st = os.stat(full)
@@ -92,16 +106,14 @@ class Sources:
         self.stampable &= not racy
         cached = self._cache().get(full)
         known = Digest(cached[5], st.st_size) if cached and cached[:5] == signature else None
-        with self._store.writing():
-            if known is not None and self._store.cas.has(known):
-                digest = known
-            else:  # never hashed, changed, or collected meanwhile: read it (again)
-                with self._store.cas.batch(durable=False) as batch:
-                    digest = batch.add_file(full)  # synced at the end of the build
-                self.files_hashed += 1
-                if not racy:
-                    self._fresh.append((full, *signature, digest.hash))
-            self._store.session.protect(digest, "blob")
+        if known is not None and self._store.cas.has(known):
+            digest = known
+        else:  # never hashed, changed, or collected meanwhile: read it (again)
+            with self._store.cas.batch(durable=False) as batch:
+                digest = batch.add_file(full)  # synced at the end of the build
+            self.files_hashed += 1
+            if not racy:
+                self._fresh.append((full, *signature, digest.hash))
         value = File(rel, digest, bool(st.st_mode & stat.S_IXUSR))
         self._files[rel] = value
         return value
@@ -134,7 +146,7 @@ class Sources:
                 hint=f"patterns are relative to {self.root}",
                 exit_code=errors.ExitCode.BAD_INPUT,
             )
-        return [self.file(m, where) for m in matches]
+        return self.files(matches, where)
 
     def _cache(self) -> dict[str, tuple[int, int, int, int, int, str]]:
         if self._known is None:

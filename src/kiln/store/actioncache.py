@@ -85,7 +85,10 @@ class LocalActionCache:
         """Whether every blob of a result is in the store, at its size."""
         return all(self._cas.has_hash(h, n) for h, n in set(_result_hashes(self._cas, result)))
 
-    def lookup(self, key: Digest) -> CachedResult | None:
+    def lookup(self, key: Digest, touch: bool = True) -> CachedResult | None:
+        """The entry of ``key`` if all its blobs are there; ``touch`` marks
+        it used now (the GC's age), else the caller's session does so when
+        it ends (``session.release``)."""
         from kiln.reapi import re_pb2
 
         row = self._conn.execute(
@@ -98,9 +101,10 @@ class LocalActionCache:
         result = re_pb2.ActionResult.FromString(row[0])
         if not self.complete(result):
             return None
-        self._conn.execute(
-            "UPDATE action_cache SET last_used = ? WHERE hash = ?", (time.time(), key.hash)
-        )
+        if touch:
+            self._conn.execute(
+                "UPDATE action_cache SET last_used = ? WHERE hash = ?", (time.time(), key.hash)
+            )
         return CachedResult(key, result, row[1], row[2], row[3], row[4])
 
     def record(

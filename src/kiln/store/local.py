@@ -276,7 +276,7 @@ class Store:
         if not keep:
             return self.action_cache.lookup(key)
         with self.writing():
-            hit = self.action_cache.lookup(key)
+            hit = self.action_cache.lookup(key, touch=False)  # marked used as the session ends
             if hit is not None:
                 self.session.protect(key, "action")
         return hit

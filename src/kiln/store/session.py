@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kiln.digest import Digest
 from kiln.errors import KilnError
-from kiln.store.db import Database
+from kiln.store.db import Database, transaction
 from kiln.store.locks import is_locked
 
 _ABANDONED_AFTER = 3600.0
@@ -52,20 +52,29 @@ class Session:
         write lock, right after the content was written or found: GC holds
         that lock exclusively, so it either ran before (and the caller saw
         what it left) or sees the protection. Protecting twice is a no-op."""
+        self.protect_many([digest], kind)
+
+    def protect_many(self, digests: list[Digest], kind: str) -> None:
+        """``protect`` for many digests of one kind, in one transaction."""
         with self._protected_lock:
-            if (kind, digest.hash) in self._protected:
+            fresh = {d.hash: d for d in digests if (kind, d.hash) not in self._protected}
+            if not fresh:
                 return
-            self._conn.execute(
-                "INSERT INTO temp_roots(session, kind, hash, size) VALUES (?, ?, ?, ?)",
-                (self.id, kind, digest.hash, digest.size),
-            )
-            self._protected.add((kind, digest.hash))
+            rows = [(self.id, kind, d.hash, d.size) for d in fresh.values()]
+            insert = "INSERT INTO temp_roots(session, kind, hash, size) VALUES (?, ?, ?, ?)"
+            if len(rows) == 1:
+                self._conn.execute(insert, rows[0])
+            else:
+                with self._conn.transaction() as conn:
+                    conn.executemany(insert, rows)
+            self._protected.update((kind, h) for h in fresh)
 
     def close(self) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(sqlite3.Error, KilnError):  # reaped later if this fails
-            self._conn.execute("DELETE FROM temp_roots WHERE session = ?", (self.id,))
+        if self._protected:
+            with contextlib.suppress(sqlite3.Error, KilnError):  # reaped later if this fails
+                release(self._conn.conn, [self.id])
         shutil.rmtree(self.staging, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._home / "sessions" / self.id)
@@ -97,7 +106,21 @@ def reap_dead_sessions(home: Path, conn: sqlite3.Connection) -> int:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lock)
     rows = conn.execute("SELECT DISTINCT session FROM temp_roots").fetchall()
-    dead = [(s,) for (s,) in rows if not is_locked(sessions / s)]
+    dead = [s for (s,) in rows if not is_locked(sessions / s)]
     if dead:
-        conn.executemany("DELETE FROM temp_roots WHERE session = ?", dead)
+        release(conn, dead)
     return removed
+
+
+def release(conn: sqlite3.Connection, sessions: list[str]) -> None:
+    """Drop the temp roots of sessions that ended. The cache entries they
+    kept are marked used now, all at once: a hit a session keeps is not
+    marked used as it is looked up (that would be a second write per hit)."""
+    now = time.time()
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE action_cache SET last_used = ? WHERE hash IN "
+            "(SELECT hash FROM temp_roots WHERE session = ? AND kind = 'action')",
+            [(now, s) for s in sessions],
+        )
+        conn.executemany("DELETE FROM temp_roots WHERE session = ?", [(s,) for s in sessions])
