@@ -20,7 +20,7 @@ from kiln.build import native, target
 
 @target
 async def wait():
-    return await native("sh", "-c", "{script}", tools=["sh", "sleep"], outputs=["out.txt"],
+    return await native("sh", "-c", "{script}", tools=["sh", "sleep", "touch"], outputs=["out.txt"],
                         description="wait")
 """
 
@@ -60,12 +60,12 @@ def test_a_finished_build_leaves_no_sandbox_or_cgroup(home, tmp_path) -> None:
 
 
 def test_a_killed_build_leaves_nothing_after_the_next_gc(home, tmp_path) -> None:
-    project = _project(tmp_path / "p", "sleep 60; echo > out.txt")
+    project = _project(tmp_path / "p", "touch started; sleep 60; echo > out.txt")
     proc = _build(home, project, "-j", "1")
     deadline = time.monotonic() + 60
-    while not any((home / "sandboxes").glob("kiln-*/work/step")) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the step's work folder is made: it is about to run
-    time.sleep(0.5)
+    while not any((home / "sandboxes").glob("kiln-*/work/step/started")):
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert _leftovers(home, proc.pid), "the killed build left nothing to reap (test is void)"
