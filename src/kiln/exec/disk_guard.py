@@ -30,12 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from kiln.fsutil import FOLDER_FLAGS
+
 FOLDER_BYTES = 4096
 LINK_BYTES = 256
 FIRST_SAMPLE_S = 0.2
 MAX_SAMPLE_GAP_S = 2.0
 SAMPLING_SHARE = 10  # wait at least this many times as long as a measurement took
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Usage(NamedTuple):
@@ -49,7 +50,7 @@ def folder_usage(folder: Path) -> Usage | None:
     """Measure ``folder``; None if it is gone, or if a folder moved while it
     was measured (a running step renaming things) so the walk lost its place."""
     try:
-        fd = os.open(folder, _DIR_FLAGS)
+        fd = os.open(folder, FOLDER_FLAGS)
     except OSError:
         return None
     total, largest, seen = 0, 0, set[tuple[int, int]]()
@@ -115,7 +116,7 @@ def _open_next(fd: int, names: list[str]) -> int | None:
 
 def _reopen(fd: int, name: str) -> int:
     """The folder ``name`` relative to ``fd``; ``fd`` is closed once it opens."""
-    new = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    new = os.open(name, FOLDER_FLAGS, dir_fd=fd)
     os.close(fd)
     return new
 
