@@ -26,7 +26,6 @@ import functools
 import hashlib
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -300,12 +299,11 @@ class WasmExecutor:
     ) -> re_pb2.ActionResult:
         props = {p.name: p.value for p in action.platform.properties}
         limits = WasmLimits.from_platform(props)
-        with tempfile.TemporaryDirectory(prefix="wasm-", dir=self._store.session.staging) as tmp:
-            disk = Disk(limits.disk_mib << 20, Path(tmp))
-            try:
-                return self._execute(key, action, command, limits, disk)
-            finally:
-                disk.close()
+        disk = Disk(limits.disk_mib << 20, self._store.session.staging)
+        try:
+            return self._execute(key, action, command, limits, disk)
+        finally:
+            disk.close()
 
     def _execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command, limits: WasmLimits,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.digest import Digest
+from kiln.fsutil import remove_tree
 
 SPILL_AT = 4 << 20
 MEMORY_BUDGET = 64 << 20
@@ -42,14 +43,16 @@ class DiskLimit(Exception):
 
 class Disk:
     """What a guest's writable files share: the limit (None: none), the
-    bytes in use, and the folder where large files spill (None: none, they
-    stay in memory)."""
+    bytes in use, and where large files spill: a folder made in
+    ``scratch_in`` when the first one does (None: nowhere, they stay in
+    memory). ``close`` removes it."""
 
-    def __init__(self, limit: int | None = None, scratch: Path | None = None) -> None:
+    def __init__(self, limit: int | None = None, scratch_in: Path | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.in_memory = 0  # bytes of the files not spilled
-        self._scratch = scratch
+        self._scratch_in = scratch_in
+        self._scratch: Path | None = None  # made on first use: most runs never spill
         self._open: OrderedDict[Content, int] = OrderedDict()  # least recently used first
 
     def charge(self, delta: int) -> None:
@@ -59,9 +62,11 @@ class Disk:
         self.used += delta
 
     def can_spill(self) -> bool:
-        return self._scratch is not None
+        return self._scratch_in is not None
 
     def new_scratch_file(self) -> str:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="wasm-", dir=self._scratch_in))
         fd, path = tempfile.mkstemp(prefix="guest-", dir=self._scratch)
         os.close(fd)
         return path
@@ -85,10 +90,13 @@ class Disk:
             os.close(fd)
 
     def close(self) -> None:
-        """Close every scratch file (the folder is removed by its owner)."""
+        """Close and remove every scratch file."""
         for fd in self._open.values():
             os.close(fd)
         self._open.clear()
+        if self._scratch is not None:
+            remove_tree(self._scratch)
+            self._scratch = None
 
 
 class Content:
