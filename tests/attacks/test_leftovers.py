@@ -63,7 +63,7 @@ def test_a_killed_build_leaves_nothing_after_the_next_gc(home, tmp_path) -> None
     project = _project(tmp_path / "p", "touch started; sleep 60; echo > out.txt")
     proc = _build(home, project, "-j", "1")
     deadline = time.monotonic() + 60
-    while not any((home / "sandboxes").glob("kiln-*/work/step/started")):
+    while not any((home / "sandboxes").glob("*/work/step/started")):
         assert time.monotonic() < deadline, "the step never started"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)

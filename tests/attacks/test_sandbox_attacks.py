@@ -70,7 +70,8 @@ def test_the_sandbox_refuses_a_request_whose_item_holds_a_nul(store, tmp_path) -
     item, whoever wrote the request."""
     executor = NativeExecutor(store)
     run_native(store, tmp_path, "true", executor=executor)  # starts the resident sandbox
-    [zygote] = executor._zygotes.values()
+    [sandbox] = executor._zygotes.values()
+    zygote = sandbox.zygote
 
     def item(kind: bytes, data: bytes) -> bytes:
         return kind + struct.pack("=I", len(data)) + data

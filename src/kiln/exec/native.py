@@ -38,7 +38,6 @@ import platform
 import resource
 import shutil
 import signal
-import tempfile
 import time
 import weakref
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln import errors
+from kiln import claims, errors
 from kiln.config import Secret, check_secret, load_config
 from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
@@ -54,7 +53,7 @@ from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
 from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Outcome, Zygote
-from kiln.fsutil import empty_folder, remove_tree
+from kiln.fsutil import empty_folder
 
 if TYPE_CHECKING:
     from kiln.reapi import re_pb2
@@ -79,8 +78,8 @@ EXIT_OUT_OF_MEMORY = 137
 EXIT_DISK_LIMIT = 128 + signal.SIGXFSZ  # as when RLIMIT_FSIZE ends a step
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
-# Sandbox folders and cgroups are named "kiln-<pid>-...", after the process
-# that made them, so that leftovers of a killed one can be found.
+# Cgroups are named "kiln-<pid>-...", after the process that made them, so
+# that leftovers of a killed one can be found (sandbox folders are claims).
 LEFTOVER_PREFIX = "kiln-"
 
 
@@ -142,7 +141,7 @@ class NativeExecutor:
         # made on first use; a step's processes are all gone when it returns.
         self._groups: dict[str, _Cgroup | None] = {}
         self._resolved: dict[str, tuple[tuple[object, ...], list[Tool], str]] = {}
-        self._zygotes: dict[tuple[object, ...], Zygote] = {}
+        self._zygotes: dict[tuple[object, ...], _Sandbox] = {}
         self._config = load_config()
 
     def _tools(self, names: str) -> tuple[list[Tool], str]:
@@ -262,21 +261,27 @@ class NativeExecutor:
             if not canonical(path).startswith(("/usr/", "/etc/"))
         )
         key = (root, binds, limits, secrets)
-        zygote = self._zygotes.get(key)
-        if zygote is not None and zygote.alive:
-            return zygote
-        if zygote is not None:
-            _end_zygote(self._zygotes.pop(key))
+        sandbox = self._zygotes.get(key)
+        if sandbox is not None and sandbox.zygote.alive:
+            return sandbox.zygote
+        if sandbox is not None:
+            self._zygotes.pop(key).end()
         if len(self._zygotes) >= MAX_ZYGOTES:
-            _end_zygote(self._zygotes.pop(next(iter(self._zygotes))))
-        host = Path(
-            tempfile.mkdtemp(prefix=f"{LEFTOVER_PREFIX}{os.getpid()}-", dir=self._sandboxes)
-        )
+            self._zygotes.pop(next(iter(self._zygotes))).end()
+        # Its folder is claimed: one a killed process left is reaped (by lock).
+        claim = claims.Claim(self._sandboxes, prefix="sandbox-")
+        claim.path.mkdir()
         under_tmp = tuple(p for p in binds if p.startswith("/tmp/"))
-        zygote = self._zygotes[key] = Zygote(
-            self._bwrap_argv(root, binds, secrets), host, self._cgroups_joiner(limits), under_tmp
-        )
-        self._cleanups.append(weakref.finalize(self, _end_zygote, zygote))
+        try:
+            zygote = Zygote(
+                self._bwrap_argv(root, binds, secrets), claim.path, self._cgroups_joiner(limits),
+                under_tmp,
+            )  # fmt: skip
+        except BaseException:
+            claim.release()
+            raise
+        sandbox = self._zygotes[key] = _Sandbox(zygote, claim)
+        self._cleanups.append(weakref.finalize(self, sandbox.end))
         return zygote
 
     def _bwrap_argv(
@@ -363,23 +368,18 @@ class NativeExecutor:
 
 def reap_leftovers(home: Path) -> int:
     """Remove the sandbox folders (with the input links inside) and cgroups
-    that processes killed before closing their executors left behind: those
-    named after a process that no longer runs. Returns how many went."""
-    removed = 0
-    candidates = list((home / "sandboxes").glob(f"{LEFTOVER_PREFIX}*"))
+    that processes killed before closing their executors left behind: the
+    folders whose claim no live process holds, the cgroups named after a
+    process that no longer runs. Returns how many went."""
+    removed = claims.reap(home / "sandboxes")
     for base in (PIDS_CGROUP, MEMORY_CGROUP, Path("/sys/fs/cgroup")):
         with contextlib.suppress(OSError):
-            candidates += base.glob(f"{LEFTOVER_PREFIX}*")
-    for path in candidates:
-        owner = path.name[len(LEFTOVER_PREFIX) :].partition("-")[0]
-        if not owner.isdecimal() or _runs(int(owner)):
-            continue
-        with contextlib.suppress(OSError):
-            if path.is_relative_to("/sys/fs/cgroup"):
-                path.rmdir()  # refused while a process is in it
-            else:
-                remove_tree(path)
-            removed += 1
+            for group in base.glob(f"{LEFTOVER_PREFIX}*"):
+                owner = group.name[len(LEFTOVER_PREFIX) :].partition("-")[0]
+                if owner.isdecimal() and not _runs(int(owner)):
+                    with contextlib.suppress(OSError):
+                        group.rmdir()  # refused while a process is in it
+                        removed += 1
     return removed
 
 
@@ -473,9 +473,16 @@ def _oom_kills(group: Path) -> int:
     return 0
 
 
-def _end_zygote(zygote: Zygote) -> None:
-    zygote.close()
-    remove_tree(zygote.host)
+@dataclass(frozen=True)
+class _Sandbox:
+    """A resident sandbox and the claim on its folder."""
+
+    zygote: Zygote
+    claim: claims.Claim
+
+    def end(self) -> None:
+        self.zygote.close()
+        self.claim.release()  # removes the folder
 
 
 def _remove_cgroup(group: Path) -> None:
