@@ -48,13 +48,13 @@ def _remove_contents(top: int) -> None:
             if sub is not None:  # a folder made unreadable or unwritable opens up first
                 os.chmod(sub, stat.S_IRWXU, dir_fd=fd)
                 here = os.fstat(fd)
-                fd = _replace_fd(fd, os.open(sub, FOLDER_FLAGS, dir_fd=fd))
+                fd = reopen_folder(fd, sub)
                 below.append((sub, (here.st_dev, here.st_ino)))
                 continue
             if not below:
                 return
             name, parent = below.pop()
-            fd = _replace_fd(fd, os.open("..", FOLDER_FLAGS, dir_fd=fd))
+            fd = reopen_folder(fd, "..")
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != parent:
                 raise OSError(errno.ESTALE, "a folder moved while it was being removed")
@@ -63,8 +63,11 @@ def _remove_contents(top: int) -> None:
         os.close(fd)
 
 
-def _replace_fd(old: int, new: int) -> int:
-    os.close(old)
+def reopen_folder(fd: int, name: str) -> int:
+    """The folder ``name`` (a subfolder, or ``..``) relative to the open
+    folder ``fd``, without following a symlink; ``fd`` is closed once it opens."""
+    new = os.open(name, FOLDER_FLAGS, dir_fd=fd)
+    os.close(fd)
     return new
 
 

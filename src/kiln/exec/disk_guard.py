@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from kiln.fsutil import FOLDER_FLAGS
+from kiln.fsutil import FOLDER_FLAGS, reopen_folder
 
 FOLDER_BYTES = 4096
 LINK_BYTES = 256
@@ -67,7 +67,7 @@ def folder_usage(folder: Path) -> Usage | None:
                 path.pop()
                 if not path:
                     return Usage(total, largest)
-                fd = _reopen(fd, "..")
+                fd = reopen_folder(fd, "..")
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) != path[-1][0]:
                     return None
@@ -108,17 +108,10 @@ def _open_next(fd: int, names: list[str]) -> int | None:
     closed), or None when none is left."""
     while names:
         try:
-            return _reopen(fd, names.pop())
+            return reopen_folder(fd, names.pop())
         except OSError:
             continue  # removed or replaced meanwhile
     return None
-
-
-def _reopen(fd: int, name: str) -> int:
-    """The folder ``name`` relative to ``fd``; ``fd`` is closed once it opens."""
-    new = os.open(name, FOLDER_FLAGS, dir_fd=fd)
-    os.close(fd)
-    return new
 
 
 class DiskGuard:
