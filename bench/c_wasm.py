@@ -33,10 +33,10 @@ import uuid
 from pathlib import Path
 
 from bench.common import KILN, real_binary, report, run, run_json
-from kiln.digest import Digest
-from kiln.server_client import ask
+from kiln.model.digest import Digest
+from kiln.rules.toolchains import default_cache
+from kiln.server.client import ask
 from kiln.store.local import Store
-from kiln.toolchains import default_cache
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tally"
 

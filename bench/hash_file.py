@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.common import report
-from kiln.digest import Digest
+from kiln.model.digest import Digest
 
 SIZE = int(os.environ.get("BENCH_HASH_BYTES", str(1 << 30)))
 BLOCK = 64 << 20

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from bench.common import report, time_fresh_action
-from kiln.action import ActionSpec
 from kiln.exec.native import NativeExecutor, NativeLimits
 from kiln.exec.tools import Dpkg, identity, resolve
+from kiln.model.action import ActionSpec
 from kiln.store import Store
 
 ROUNDS = 100

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from bench.common import report, time_fresh_action
-from kiln.action import ActionSpec
 from kiln.exec.wasm import WasmExecutor, WasmLimits
+from kiln.model.action import ActionSpec
 from kiln.store import Store
 
 ROUNDS = 300

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 from bench.common import real_binary, report
-from kiln.action import ActionSpec
-from kiln.digest import Digest
 from kiln.exec.wasm import WasmExecutor, WasmLimits
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
 from kiln.store import Store
 
 SOURCE = Path(__file__).parent / "guests" / "compute.c"

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from bench.common import real_binary, report
-from kiln.action import ActionSpec
 from kiln.exec.wasm import WasmExecutor, WasmLimits
+from kiln.model.action import ActionSpec
+from kiln.rules.toolchains import yowasp_clang
 from kiln.store import Store
-from kiln.toolchains import yowasp_clang
 
 ROUNDS = 20
 

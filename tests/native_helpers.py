@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from kiln.action import ActionSpec
-from kiln.digest import Digest
-from kiln.doctor import check_bubblewrap
+from kiln.cli.doctor import check_bubblewrap
 from kiln.exec.native import NativeExecutor, NativeLimits, bwrap_path
 from kiln.exec.tools import Dpkg, identity, resolve
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
 
 needs_bubblewrap = pytest.mark.skipif(
     bwrap_path() is None or check_bubblewrap().status != "ok",

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from conftest import KILN
-from kiln import server_client
-from kiln.server import alive
+from kiln.server import client as server_client
+from kiln.server.daemon import alive
 
 WAIT_S = 60.0  # a deadline for what takes milliseconds on an idle machine
 

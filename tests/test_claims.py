@@ -8,13 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-from kiln.claims import Claim, reap
+from kiln.system.claims import Claim, reap
 
 OWNER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from kiln.claims import Claim
+    from kiln.system.claims import Claim
     claim = Claim(Path(sys.argv[1]))
     claim.path.mkdir()
     (claim.path / "file").write_text("x")

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kiln import digest as digest_mod
-from kiln.digest import EMPTY, Digest, hash_stream
 from kiln.errors import ExitCode, KilnError
+from kiln.model import digest as digest_mod
+from kiln.model.digest import EMPTY, Digest, hash_stream
 
 
 def test_printed_one_way_and_parsed_back() -> None:
@@ -62,7 +62,7 @@ def test_large_file_uses_pipelined_reader_and_agrees(tmp_path: Path, monkeypatch
 
 
 def test_message_digest_is_of_canonical_bytes() -> None:
-    from kiln.reapi import Directory, FileNode
+    from kiln.model.reapi import Directory, FileNode
 
     msg = Directory(files=[FileNode(name="a", digest=EMPTY.to_proto())])
     assert Digest.of_message(msg) == Digest.of_bytes(msg.SerializeToString(deterministic=True))

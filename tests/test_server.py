@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KILN
-from kiln import server_client
+from kiln.server import client as server_client
 from server_helpers import Served, gone, serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the server is Linux-only")
@@ -182,7 +182,7 @@ def test_the_fingerprint_follows_the_code(tmp_path: Path, monkeypatch) -> None:
 
 PROBE = """
 import os, socket, sys
-from kiln import server_client
+from kiln.server import client as server_client
 
 os.setgid(65534)
 os.setuid(65534)

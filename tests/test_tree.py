@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.digest import Digest
 from kiln.errors import KilnError
-from kiln.reapi import Directory, FileNode, SymlinkNode
-from kiln.tree import check_canonical, diff, make_directory, walk
+from kiln.model.digest import Digest
+from kiln.model.reapi import Directory, FileNode, SymlinkNode
+from kiln.model.tree import check_canonical, diff, make_directory, walk
 
 
 def _varint(n: int) -> bytes:

@@ -19,14 +19,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from kiln.digest import Digest
     from kiln.errors import KilnError
+    from kiln.model.digest import Digest
     from kiln.store import Store
 
 
 def __getattr__(name: str) -> object:
     if name == "Digest":
-        from kiln.digest import Digest
+        from kiln.model.digest import Digest
 
         return Digest
     if name == "KilnError":

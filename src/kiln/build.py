@@ -11,8 +11,6 @@
 See README.md, "Build files", for the whole API.
 """
 
-from kiln.engine import c_rules as c
-from kiln.engine import fetching as fetch
 from kiln.engine.rules import (
     Target,
     gather,
@@ -27,6 +25,7 @@ from kiln.engine.rules import (
     wasm,
 )
 from kiln.engine.values import File, StepResult, Tree
+from kiln.rules import c, fetch
 
 __all__ = [
     "File",

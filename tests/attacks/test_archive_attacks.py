@@ -28,7 +28,7 @@ from kiln.config import ArchiveLimits
 from kiln.errors import KilnError, UnsafeArchive
 from kiln.exec import archives
 from kiln.exec.archives import archive_tree
-from kiln.tree import lookup
+from kiln.model.tree import lookup
 
 # A member is a file (bytes) or a symlink (str: its target); folders are implied.
 Members = dict[str, bytes | str]

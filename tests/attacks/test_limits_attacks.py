@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from conftest import KILN
-from kiln.action import ActionSpec
-from kiln.digest import Digest
 from kiln.exec.native import EXIT_DISK_LIMIT, NativeLimits
 from kiln.exec.wasi import disk
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
-from kiln.reapi import re_pb2
-from kiln.tree import walk
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
+from kiln.model.tree import walk
 from native_helpers import needs_bubblewrap, run_native
 
 
@@ -82,7 +82,7 @@ def test_kiln_wasm_run_takes_a_disk_limit(home, tmp_path, guest) -> None:
 
 
 def test_a_build_step_past_its_disk_limit_fails_naming_it(store, tmp_path, guest) -> None:
-    from kiln.engine.build import Build
+    from kiln.engine.evaluation import Build
     from kiln.engine.loader import load
 
     root = tmp_path / "project"
@@ -111,7 +111,7 @@ def test_the_disk_limit_is_part_of_the_key(store) -> None:
 def test_a_run_stopped_by_its_disk_limit_is_not_compared_across_engines(
     store, tmp_path, guest
 ) -> None:
-    from kiln.check import check_engines
+    from kiln.engine.check import check_engines
     from kiln.errors import KilnError
 
     inputs = tmp_path / "in"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import KILN
-from kiln.digest import Digest
 from kiln.errors import KilnError
 from kiln.exec.native import NativeExecutor
+from kiln.model.digest import Digest
 from native_helpers import needs_bubblewrap, run_native
 
 UP = "/kiln/inputs" + "/.." * 12  # far above any host folder
@@ -78,7 +78,7 @@ def test_a_linked_host_folder_inside_an_output_folder_is_not_copied(
 
 @needs_bubblewrap
 def test_links_a_step_makes_are_kept_as_links_never_followed(store, tmp_path, secret) -> None:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     result, _, _ = run_native(
         store, tmp_path,

@@ -10,10 +10,10 @@ import struct
 
 import pytest
 
-from kiln.action import ActionSpec
-from kiln.digest import Digest
 from kiln.errors import KilnError
 from kiln.exec.native import NativeExecutor
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
 from native_helpers import needs_bubblewrap, run_native
 
 pytestmark = needs_bubblewrap

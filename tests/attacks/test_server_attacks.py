@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln import server_client
+from kiln.server import client as server_client
 from server_helpers import Served, serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the server is Linux-only")

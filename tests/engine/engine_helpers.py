@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from kiln.engine.build import Build, BuildReport
+from kiln.engine.evaluation import Build, BuildReport
 from kiln.engine.loader import load
 from kiln.engine.scheduler import StepStatus
 

@@ -3,9 +3,9 @@ step sees: a superset of what clang could open, never less."""
 
 from __future__ import annotations
 
-from kiln.digest import Digest
-from kiln.engine.c_includes import IncludeScanner, parse_directives, search_dirs
 from kiln.engine.values import File
+from kiln.model.digest import Digest
+from kiln.rules.c_includes import IncludeScanner, parse_directives, search_dirs
 
 
 def files(tree: dict[str, str]) -> dict[str, File]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from engine_helpers import build, ran, write_project
 
-from kiln.digest import Digest
+from kiln.model.digest import Digest
+from kiln.rules.toolchains import default_cache
 from kiln.store import Store
-from kiln.toolchains import default_cache
 
 KILNFILE = """
 from kiln.build import c, glob, target, wasm

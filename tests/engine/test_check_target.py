@@ -12,7 +12,7 @@ import pytest
 from engine_helpers import write_project
 
 from conftest import KILN
-from kiln.doctor import check_bubblewrap
+from kiln.cli.doctor import check_bubblewrap
 from kiln.exec.native import bwrap_path
 
 

@@ -10,12 +10,12 @@ import shutil
 import pytest
 from engine_helpers import build, ran, write_project
 
-from kiln.digest import Digest
 from kiln.engine.loader import load
 from kiln.engine.scheduler import StepStatus
 from kiln.errors import KilnError
 from kiln.exec.base import TransientError
 from kiln.exec.wasm import WasmExecutor
+from kiln.model.digest import Digest
 
 HEADER = """
 from kiln.build import gather, glob, source, target, wasm
@@ -340,8 +340,8 @@ async def all():
 def test_a_missing_output_is_an_error_naming_its_blob(store) -> None:
     """Never empty bytes (a JSON output read after its blob was lost was a
     JSON parse error blamed on the build file); the empty blob is always there."""
-    from kiln.digest import EMPTY
     from kiln.engine.values import File, StepResult
+    from kiln.model.digest import EMPTY
 
     gone = Digest.of_bytes(b'{"never": "stored"}')
     result = StepResult(gone, "make json", {"o.json": File("o.json", gone)}, EMPTY, EMPTY, False,

@@ -12,7 +12,7 @@ from pathlib import Path
 from engine_helpers import build, ran
 
 from conftest import EXAMPLE
-from kiln.digest import Digest
+from kiln.model.digest import Digest
 
 ALL_STEPS = [
     "chapters: list chapters",
@@ -140,7 +140,7 @@ def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: 
     without importing the CLI, the engine or protobuf."""
     import shutil
 
-    from kiln.quick import build_targets
+    from kiln.cli.entry import build_targets
 
     env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
     kiln = str(Path(sys.executable).parent / "kiln")
@@ -150,9 +150,10 @@ def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: 
     os.chmod(example / "kiln-out" / "report", 0o755)
     shutil.rmtree(example / "kiln-out")
     probe = (
-        "import sys\nfrom kiln.quick import noop_build\n"
+        "import sys\nfrom kiln.cli.entry import noop_build\n"
         "code = noop_build(['build', '-j', '2', 'report'])\n"
-        "heavy = ('click', 'google.protobuf', 'kiln.cli', 'kiln.engine.build', 'kiln.digest')\n"
+        "heavy = ('click', 'google.protobuf', 'kiln.cli.app', 'kiln.engine.evaluation',"
+        " 'kiln.model.digest')\n"
         "print(code, [m for m in heavy if m in sys.modules])\n"
     )
     answered = subprocess.run(

@@ -18,7 +18,7 @@ from fetch_servers import (
     tarball,
 )
 
-from kiln.doctor import check_bubblewrap
+from kiln.cli.doctor import check_bubblewrap
 from kiln.exec.native import bwrap_path
 
 

@@ -13,7 +13,7 @@ from engine_helpers import build, ran, write_project
 from fetch_servers import Served, http_server
 
 from conftest import KILN
-from kiln.doctor import check_bubblewrap
+from kiln.cli.doctor import check_bubblewrap
 from kiln.exec.native import bwrap_path
 from kiln.store import Store
 

@@ -10,7 +10,7 @@ import pytest
 from engine_helpers import build, ran, write_project
 
 from conftest import copy_example
-from kiln.doctor import check_bubblewrap
+from kiln.cli.doctor import check_bubblewrap
 from kiln.exec.native import bwrap_path
 
 pytestmark = pytest.mark.skipif(

@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 import time
 
-from kiln.digest import Digest
 from kiln.engine.progress import BuildProgress
 from kiln.engine.scheduler import StepRecord, StepStatus
+from kiln.model.digest import Digest
 
 
 def _record(seq: int, description: str) -> StepRecord:

@@ -11,10 +11,10 @@ import pytest
 from engine_helpers import build, ran
 
 from conftest import copy_example
-from kiln.check import check_engines
+from kiln.engine.check import check_engines
 from kiln.exec.node import find_node
+from kiln.rules.toolchains import default_cache
 from kiln.store import Store
-from kiln.toolchains import default_cache
 
 SHARED_STORE = default_cache() / "test-stores" / "c-wasm"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.digest import Digest
 from kiln.exec.base import TransientError
 from kiln.exec.native import NativeExecutor, NativeLimits
 from kiln.exec.tools import Dpkg, identity, resolve
+from kiln.model.digest import Digest
 from native_helpers import needs_bubblewrap, run_native
 
 pytestmark = needs_bubblewrap
@@ -215,7 +215,7 @@ def test_nothing_passes_from_one_step_to_the_next(store, tmp_path) -> None:
 
 
 def test_an_output_folder_keeps_inputs_it_links_as_their_content(store, tmp_path) -> None:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     result, _, _ = _run(
         store, tmp_path,

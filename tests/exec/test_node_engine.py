@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kiln.action import ActionSpec
-from kiln.check import check_engines, compare_results
-from kiln.digest import Digest
+from kiln.engine.check import check_engines, compare_results
 from kiln.exec.node import NodeWasmExecutor, find_node
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
 
 pytestmark = pytest.mark.skipif(find_node() is None, reason="Node.js is not installed")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from kiln.action import ActionSpec
-from kiln.digest import Digest
 from kiln.exec.base import TransientError
 from kiln.exec.wasi.host import ABI_VERSION, REALTIME_EPOCH_NS
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
 
 
 def _inputs(tmp_path: Path, module: Path) -> Path:
@@ -100,7 +100,7 @@ def test_outputs_are_collected_as_trees(store, observe_root, tmp_path: Path) -> 
     _, result = _run(store, observe_root, "a", "b")
     (out,) = result.output_directories
     assert out.path == "out"
-    from kiln.reapi import Tree
+    from kiln.model.reapi import Tree
 
     tree = Tree.FromString(store.cas.get_bytes(Digest.from_proto(out.tree_digest)))
     (report,) = tree.root.files

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.action import ActionSpec
-from kiln.digest import Digest
 from kiln.exec.wasm import WasmExecutor, WasmLimits, shared_engine
-from kiln.toolchains import yowasp_clang
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
+from kiln.rules.toolchains import yowasp_clang
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import wasmtime
 
-from kiln.action import ActionSpec
-from kiln.digest import Digest
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
 
 # Stores 16 bytes computed by $compute at address 64, writes them to stdout.
 TEMPLATE = """

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.action import ActionSpec
-from kiln.digest import EMPTY, Digest
-from kiln.reapi import ActionResult, OutputFile
+from kiln.model.action import ActionSpec
+from kiln.model.digest import EMPTY, Digest
+from kiln.model.reapi import ActionResult, OutputFile
 
 
 def _result(store, content: bytes, exit_code: int = 0) -> ActionResult:
@@ -94,8 +94,8 @@ WORKER = textwrap.dedent(
     """
     import sys, time
     from kiln.store import Store
-    from kiln.digest import Digest
-    from kiln.reapi import ActionResult, OutputFile
+    from kiln.model.digest import Digest
+    from kiln.model.reapi import ActionResult, OutputFile
 
     home, key, counter = sys.argv[1], Digest.parse(sys.argv[2]), sys.argv[3]
     with Store(home) as store:

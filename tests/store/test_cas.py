@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln.digest import Digest
 from kiln.errors import KilnError
-from kiln.libc import libc
+from kiln.model.digest import Digest
 from kiln.store import localcas
+from kiln.system.libc import libc
 
 
 def test_put_get_has(store) -> None:

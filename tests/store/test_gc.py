@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import make_sample_tree
-from kiln.action import ActionSpec
-from kiln.digest import EMPTY, Digest
 from kiln.errors import KilnError
-from kiln.reapi import ActionResult, Directory, FileNode, OutputFile
+from kiln.model.action import ActionSpec
+from kiln.model.digest import EMPTY, Digest
+from kiln.model.reapi import ActionResult, Directory, FileNode, OutputFile
+from kiln.model.tree import reachable
 from kiln.store import GcPolicy, Store
-from kiln.tree import reachable
 
 
 def _blobs(store) -> set[str]:
@@ -89,7 +89,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from kiln.store import Store
-    from kiln.digest import Digest
+    from kiln.model.digest import Digest
     store = Store(sys.argv[1])
     with store.writing():
         d = store.cas.put_bytes(b"in flight")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import snapshot
-from kiln.digest import Digest
 from kiln.errors import ExitCode, KilnError
+from kiln.model.digest import Digest
 
 
 def test_round_trip_bit_for_bit(store, sample_tree: Path, tmp_path: Path) -> None:

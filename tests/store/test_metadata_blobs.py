@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.digest import Digest
 from kiln.engine.inputs import input_root
 from kiln.engine.values import File
+from kiln.model.digest import Digest
 
 
 def _tree(store, text: bytes) -> tuple[Digest, Digest]:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from kiln.digest import Digest
+from kiln.model.digest import Digest
 
 
 def test_corrupted_blob_is_named_quarantined_and_exits_1(

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.digest import Digest, canonical_bytes
+from kiln.model.digest import Digest, canonical_bytes
 from kiln.store.db import transaction
 
 if TYPE_CHECKING:
-    from kiln.engine.build import BuildReport
-    from kiln.reapi import re_pb2
+    from kiln.engine.evaluation import BuildReport
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 
@@ -37,7 +37,7 @@ class StepRow:
     result: bytes | None
 
     def action_result(self) -> re_pb2.ActionResult | None:
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         return None if self.result is None else re_pb2.ActionResult.FromString(self.result)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.digest import Digest, canonical_bytes
 from kiln.engine.values import File, Tree, Value
+from kiln.model.digest import Digest, canonical_bytes
 
 if TYPE_CHECKING:
     from kiln.store.localcas import LocalCAS
@@ -74,7 +74,7 @@ def write_blobs(cas: LocalCAS, blobs: list[tuple[Digest, bytes]]) -> None:
 
 
 def _compose(d: _Dir, blobs: list[tuple[Digest, bytes]]) -> Digest:
-    from kiln.tree import make_directory
+    from kiln.model.tree import make_directory
 
     files, dirs = [], []
     for name, entry in sorted(d.items()):

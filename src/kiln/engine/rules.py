@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.digest import Digest
 from kiln.engine.values import File, StepResult, Tree, Value
+from kiln.model.digest import Digest
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
-    from kiln.engine.build import BuildContext
+    from kiln.engine.evaluation import BuildContext
 
 gather = asyncio.gather
 
@@ -266,7 +266,7 @@ async def unpack(archive: File, *, strip: int = 0, name: str | None = None) -> T
 def pick(tree: Tree, path: str) -> File | Tree:
     """The file or folder at ``path`` inside ``tree``, placed at its own
     name (use ``.at()`` to move it)."""
-    from kiln.tree import Entry, lookup
+    from kiln.model.tree import Entry, lookup
 
     where = _where()
     found = lookup(_context("pick()").store.cas, tree.digest, path)

@@ -25,13 +25,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kiln.digest import Digest
 from kiln.errors import KilnError
 from kiln.exec.base import TransientError, close_executor
+from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 RETRIES = 2  # extra attempts after a transient (infrastructure) error
@@ -139,7 +139,7 @@ class ProcessRunner:
     def submit(
         self, kind: str, key: Digest, action: re_pb2.Action, command: re_pb2.Command, where: str
     ) -> Future[Outcome]:
-        from kiln.digest import canonical_bytes
+        from kiln.model.digest import canonical_bytes
 
         sent = self._pool.submit(
             _worker_run, kind, str(key), canonical_bytes(action), canonical_bytes(command), where
@@ -174,7 +174,7 @@ Reply = tuple[bytes | None, bool, int, str | None, str | None, int]
 
 
 def _unpack(reply: Reply) -> Outcome:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     data, cached, attempts, message, hint, exit_code = reply
     if data is None:
@@ -192,7 +192,7 @@ def _worker_start(home: str) -> None:
     import atexit
     import multiprocessing.util
 
-    from kiln.engine.build import default_executors
+    from kiln.engine.evaluation import default_executors
     from kiln.store.local import Store
 
     store = Store(home)
@@ -210,8 +210,8 @@ def _close_worker_executors() -> None:
 
 
 def _worker_run(kind: str, key: str, action: bytes, command: bytes, where: str) -> Reply:
-    from kiln.digest import canonical_bytes
-    from kiln.reapi import re_pb2
+    from kiln.model.digest import canonical_bytes
+    from kiln.model.reapi import re_pb2
 
     executors = _worker["executors"]
     if kind not in executors:

@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.digest import Digest
 from kiln.engine.inputs import write_blobs
 from kiln.engine.runners import ProcessRunner, ThreadRunner
 from kiln.engine.values import StepResult, outputs_of
+from kiln.model.digest import Digest
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
-    from kiln.action import ActionSpec
     from kiln.exec.base import Executor
-    from kiln.reapi import re_pb2
+    from kiln.model.action import ActionSpec
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 PROCESSES_AFTER = 8  # executions run on threads before worker processes start

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.digest import Digest
 from kiln.engine.values import File, Tree
+from kiln.model.digest import Digest
 from kiln.store.db import transaction
 from kiln.store.ingest import RACY_WINDOW_NS
 

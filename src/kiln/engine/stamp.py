@@ -33,7 +33,7 @@ TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 if TYPE_CHECKING:
     from typing import Any
 
-    from kiln.engine.build import BuildReport
+    from kiln.engine.evaluation import BuildReport
     from kiln.engine.loader import Project
     from kiln.engine.sources import Sources
     from kiln.store.local import Store
@@ -57,8 +57,8 @@ def _signature(path: str, dir_fd: int | None = None) -> Signature | None:
 
 def record(store: Store, project: Project, key: str, sources: Sources, report: BuildReport) -> bool:
     """File the stamp of a finished build (or drop a stale one); True if filed."""
-    from kiln.digest import Digest
-    from kiln.engine import outputs
+    from kiln.engine import kiln_out
+    from kiln.model.digest import Digest
 
     seen: dict[str, Signature | None] = {
         **{path: _signature(path) for path in project.code_files},
@@ -85,7 +85,7 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
         "files": dict(by_folder),
         "targets": {t.name: (t.output, t.digest) for t in report.targets},
         "manifests": {
-            t.name: outputs.manifest(store.cas, Digest.parse(t.digest))
+            t.name: kiln_out.manifest(store.cas, Digest.parse(t.digest))
             for t in report.targets
             if t.digest is not None
         },
@@ -127,14 +127,14 @@ def restore(cas_root: Path, root: Path, stamp: dict[str, Any]) -> list[str] | No
     (sources unchanged, so the values are too), linking blobs out of the
     store at ``cas_root``: the targets restored, or None if one of them
     cannot be (a full build then makes it)."""
-    from kiln.engine import outputs
+    from kiln.engine import kiln_out
 
     restored = []
     for name, (_, digest) in sorted(stamp["targets"].items()):
-        if outputs.is_current(root, name, digest):
+        if kiln_out.is_current(root, name, digest):
             continue
         entries = stamp["manifests"].get(name)
-        if entries is None or not outputs.restore(cas_root, root, name, digest, entries):
+        if entries is None or not kiln_out.restore(cas_root, root, name, digest, entries):
             return None
         restored.append(name)
     return restored

@@ -8,11 +8,11 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kiln.digest import Digest
+from kiln.model.digest import Digest
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 
@@ -102,7 +102,7 @@ class StepResult:
 
 def outputs_of(store: Store, result: re_pb2.ActionResult) -> dict[str, Value]:
     """The outputs of an ``ActionResult`` as handles at their declared paths."""
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     out: dict[str, Value] = {}
     for f in result.output_files:

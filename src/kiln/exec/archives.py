@@ -35,9 +35,9 @@ from typing import IO, Any
 
 from kiln import errors
 from kiln.config import RATIO_FLOOR, ArchiveLimits
-from kiln.digest import Digest
-from kiln.exec.outputs import MAX_TREE_DEPTH, Child, StoredTree, TreeNode, store_tree
+from kiln.exec.output_trees import MAX_TREE_DEPTH, Child, StoredTree, TreeNode, store_tree
 from kiln.exec.tree_links import Folder, escaping_links
+from kiln.model.digest import Digest
 
 # Members up to this size are read into memory whole; larger ones are
 # streamed through a scratch file.

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 from kiln.errors import ExitCode, KilnError
 
 if TYPE_CHECKING:
-    from kiln.digest import Digest
-    from kiln.reapi import re_pb2
+    from kiln.model.digest import Digest
+    from kiln.model.reapi import re_pb2
 
 
 class TransientError(KilnError):

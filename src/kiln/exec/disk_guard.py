@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from kiln.fsutil import FOLDER_FLAGS, reopen_folder
+from kiln.system.fsutil import FOLDER_FLAGS, reopen_folder
 
 FOLDER_BYTES = 4096
 LINK_BYTES = 256

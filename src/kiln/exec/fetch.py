@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.config import load_config
-from kiln.digest import Digest, canonical_bytes
 from kiln.exec.base import record_timing
 from kiln.exec.download import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Auth, Progress, check_url
-from kiln.exec.outputs import StoredTree
+from kiln.exec.output_trees import StoredTree
+from kiln.model.digest import Digest, canonical_bytes
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 FETCH_ABI = "kiln-fetch-v1"
@@ -185,7 +185,7 @@ class FetchExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         spec = FetchSpec.from_argv(list(command.arguments))
         started = time.time_ns()
@@ -236,7 +236,7 @@ class FetchExecutor:
     def _in_store(self, spec: FetchSpec) -> tuple[Digest, Digest | None] | None:
         """The pinned content if the store already holds all of it (e.g. from
         ``kiln prefetch`` or a fetch of the same thing from another URL)."""
-        from kiln.tree import tree_message
+        from kiln.model.tree import tree_message
 
         algorithm, _, hash_hex = spec.pin.partition(":")
         if algorithm != "sha256":

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.digest import Digest
-from kiln.exec.outputs import Child, TreeNode, store_tree
-from kiln.fsutil import FOLDER_FLAGS, NotAFolder, open_folder_beneath
-from kiln.tree import Entry, load_directory, lookup
+from kiln.exec.output_trees import Child, TreeNode, store_tree
+from kiln.model.digest import Digest
+from kiln.model.tree import Entry, load_directory, lookup
+from kiln.system.fsutil import FOLDER_FLAGS, NotAFolder, open_folder_beneath
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.cas import ContentStore
 
 INPUTS_SEEN_AT = "/kiln/inputs"

@@ -45,18 +45,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiln import claims, errors
+from kiln import errors
 from kiln.config import Secret, check_secret, load_config
-from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
 from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
 from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Outcome, Zygote
-from kiln.fsutil import empty_folder
+from kiln.model.digest import Digest
+from kiln.system import claims
+from kiln.system.fsutil import empty_folder
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 NATIVE_ABI = "kiln-native-bwrap-v3"
@@ -180,7 +181,7 @@ class NativeExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         props = {p.name: p.value for p in action.platform.properties}
         if props.get("kiln-abi") != NATIVE_ABI:

@@ -24,14 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
 from kiln.exec.wasi.vfs import Dir, FileSystem, Node, Symlink
 from kiln.exec.wasm import WasmLimits
 from kiln.exec.wasm_files import collect_outputs, directory_entries
+from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 HOST_SCRIPT = Path(__file__).with_name("wasi") / "node_host.mjs"
@@ -64,7 +64,7 @@ class NodeWasmExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         props = {p.name: p.value for p in action.platform.properties}
         WasmLimits.from_platform(props)  # refuses another contract version

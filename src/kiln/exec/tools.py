@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import errors
-from kiln.digest import Digest
+from kiln.model.digest import Digest
 
 DPKG = Path("/var/lib/dpkg")
 _DEP_NAME = re.compile(r"^\s*([a-z0-9][a-z0-9+.-]*)")

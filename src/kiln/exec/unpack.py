@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.config import load_config
-from kiln.digest import Digest
 from kiln.exec.base import record_timing
-from kiln.tree import Entry, lookup
+from kiln.model.digest import Digest
+from kiln.model.tree import Entry, lookup
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 UNPACK_ABI = "kiln-unpack-v1"
@@ -41,7 +41,7 @@ class UnpackExecutor:
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
         from kiln.exec.archives import archive_tree  # (not when a build only names the step)
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         argv = list(command.arguments)
         if argv[:1] != [PROGRAM] or len(argv) != 4 or not argv[1].startswith("--strip="):

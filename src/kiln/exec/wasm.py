@@ -34,15 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.digest import Digest
 from kiln.exec.base import TransientError, record_timing
 from kiln.exec.wasi.disk import Disk, DiskLimit
 from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
 from kiln.exec.wasm_files import collect_outputs, directory_entries
+from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 DEFAULT_FUEL = 10**10
@@ -127,7 +127,7 @@ class SharedEngine:
 
         self.engine = wasmtime.Engine(engine_config())
         self.modules: dict[Digest, Any] = {}
-        self.preloaded: dict[str, Any] = {}  # compiled-module file name -> module (kiln.server)
+        self.preloaded: dict[str, Any] = {}  # compiled-module file -> module (the server)
         self.running = threading.local()  # .host: the WasiHost of this thread's guest
         self._linker = make_linker(self.engine, self._current_host)
         self._trap_linkers: dict[Digest, Any] = {}
@@ -309,7 +309,7 @@ class WasmExecutor:
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command, limits: WasmLimits,
         disk: Disk,
     ) -> re_pb2.ActionResult:  # fmt: skip
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         input_root = Digest.from_proto(action.input_root_digest)
         fs = FileSystem(input_root, self._load_dir, self._load_blob, disk)

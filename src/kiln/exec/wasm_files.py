@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kiln.digest import Digest
-from kiln.exec.outputs import Child, TreeNode, store_tree
+from kiln.exec.output_trees import Child, TreeNode, store_tree
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Symlink, WasiError
+from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.cas import ContentStore
 
 Listing = list[tuple[str, str, object]]
@@ -21,8 +21,8 @@ def directory_entries(cas: ContentStore, digest: Digest) -> Listing:
     """(name, kind, payload) of a stored ``Directory``: files (payload: blob
     digest), then symlinks (target), then subdirectories (digest), each in
     name order. Inode numbers follow this order, so every engine uses it."""
-    from kiln.reapi import re_pb2
-    from kiln.tree import load_directory
+    from kiln.model.reapi import re_pb2
+    from kiln.model.tree import load_directory
 
     recent = getattr(cas, "recent", None)  # just written by this process: no file read
     data = recent(digest) if recent is not None else None

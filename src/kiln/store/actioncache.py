@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from kiln.digest import Digest, canonical_bytes
+from kiln.model.digest import Digest, canonical_bytes
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.cas import ContentStore
     from kiln.store.db import Database
     from kiln.store.localcas import LocalCAS
@@ -53,7 +53,7 @@ def result_blobs(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[Dig
 
 def _result_hashes(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[tuple[str, int]]:
     """``result_blobs`` as (hash, size) pairs, unchecked."""
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     for f in result.output_files:
         yield f.digest.hash, f.digest.size_bytes
@@ -89,7 +89,7 @@ class LocalActionCache:
         """The entry of ``key`` if all its blobs are there; ``touch`` marks
         it used now (the GC's age), else the caller's session does so when
         it ends (``session.release``)."""
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         row = self._conn.execute(
             "SELECT result, executor, duration, producer, created FROM action_cache "

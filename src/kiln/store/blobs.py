@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.digest import HEX_LEN
+from kiln.model.digest import HEX_LEN
 from kiln.store.db import transaction
 from kiln.store.localcas import EXEC_SUFFIX
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from kiln import errors
-from kiln.digest import EMPTY, Digest
+from kiln.model.digest import EMPTY, Digest
 
 
 class ContentStore(Protocol):

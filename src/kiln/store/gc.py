@@ -23,12 +23,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kiln.digest import Digest
+from kiln.model.digest import Digest
+from kiln.model.tree import reachable
 from kiln.store.actioncache import result_blobs
 from kiln.store.blobs import BlobFile, delete_metadata, scan, scan_metadata
 from kiln.store.db import transaction
 from kiln.store.localcas import LocalCAS
-from kiln.tree import reachable
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class GcReport:
 
 def _action_blobs(cas: LocalCAS, key: str, result_bytes: bytes) -> set[str]:
     """The blobs a cache entry keeps: its outputs, its Action and Command."""
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     result = re_pb2.ActionResult.FromString(result_bytes)
     return {d.hash for d in result_blobs(cas, result)} | _action_and_command(cas, key)
@@ -64,7 +64,7 @@ def _action_and_command(cas: LocalCAS, key: str) -> set[str]:
     """The hashes of an Action blob and of the Command it names (if stored)."""
     from google.protobuf.message import DecodeError
 
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     blobs = {key}
     with contextlib.suppress(FileNotFoundError, DecodeError, ValueError):

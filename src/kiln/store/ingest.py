@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from kiln import errors
-from kiln.digest import Digest, canonical_bytes
+from kiln.model.digest import Digest, canonical_bytes
 from kiln.store.db import transaction
 from kiln.store.localcas import SMALL_FILE, CasBatch, LocalCAS
 
@@ -283,7 +283,7 @@ class Ingester:
         subdir_digests: dict[str, Digest],
         cached: _Cached | None,
     ) -> Digest:
-        from kiln.tree import make_directory
+        from kiln.model.tree import make_directory
 
         old_listing: dict[str, tuple] = {}
         old_contents: dict[str, tuple[str, int]] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.digest import Digest, canonical_bytes
+from kiln.model.digest import Digest, canonical_bytes
 from kiln.store import db
 from kiln.store.db import default_home
 from kiln.store.localcas import LocalCAS
@@ -34,8 +34,8 @@ from kiln.store.session import Session
 
 # Modules only some commands need are imported where used (start-up time).
 if TYPE_CHECKING:
-    from kiln.action import ActionSpec
-    from kiln.reapi import re_pb2
+    from kiln.model.action import ActionSpec
+    from kiln.model.reapi import re_pb2
     from kiln.store.actioncache import CachedResult, LocalActionCache
     from kiln.store.gc import GcPolicy, GcReport
     from kiln.store.materialize import Materializer

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.digest import Digest, hash_stream
+from kiln.model.digest import Digest, hash_stream
 
 if TYPE_CHECKING:
     from kiln.store.db import Database
@@ -53,7 +53,7 @@ def _load_syncfs() -> Callable[[int], int] | None:
         return None
     import ctypes
 
-    from kiln.libc import libc
+    from kiln.system.libc import libc
 
     try:
         fn = libc().syncfs

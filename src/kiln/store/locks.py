@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kiln.digest import Digest
+from kiln.model.digest import Digest
 
 _POLL = 0.02
 

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 from kiln import errors
-from kiln.digest import Digest
+from kiln.model.digest import Digest
+from kiln.model.tree import load_directory
 from kiln.store.localcas import LocalCAS
-from kiln.tree import load_directory
 
 _LINK_FALLBACK = (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES, errno.ENOTSUP)
 

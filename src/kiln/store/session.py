@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from kiln.digest import Digest
 from kiln.errors import KilnError
+from kiln.model.digest import Digest
 from kiln.store.db import Database, transaction
 from kiln.store.locks import is_locked
 

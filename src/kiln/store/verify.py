@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.digest import hash_stream
+from kiln.model.digest import hash_stream
 from kiln.store.blobs import BlobFile, scan
 
 

@@ -23,8 +23,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from kiln.digest import Digest
-from kiln.fsutil import remove_tree
+from kiln.model.digest import Digest
+from kiln.system.fsutil import remove_tree
 
 SPILL_AT = 4 << 20
 MEMORY_BUDGET = 64 << 20

@@ -18,9 +18,9 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kiln.digest import Digest
 from kiln.exec.wasi import abi
 from kiln.exec.wasi.disk import Content, Disk
+from kiln.model.digest import Digest
 
 MAX_SYMLINK_HOPS = 40
 

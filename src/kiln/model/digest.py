@@ -16,7 +16,7 @@ from kiln import errors
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
 HASH_NAME = "sha256"
 HEX_LEN = 64
@@ -74,7 +74,7 @@ class Digest:
             return hash_stream(f)
 
     def to_proto(self) -> re_pb2.Digest:
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         return re_pb2.Digest(hash=self.hash, size_bytes=self.size)
 

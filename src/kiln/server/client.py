@@ -1,4 +1,4 @@
-"""Talking to the resident server (``kiln.server``), standard library only.
+"""Talking to the resident server (``kiln.server.daemon``), standard library only.
 
 A ``kiln build`` that finds a server for its store hands the command over:
 it sends its arguments, working folder, environment and umask, passes its
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # Commands a server may run (the ones whose start-up time matters).
 SERVED = ("build", "check")
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent  # the kiln package
 REQUEST_LIMIT = 1 << 22  # bytes; an environment is far smaller
 SOCKET_PATH_LIMIT = 107  # bytes in a socket's path (sockaddr_un.sun_path, less its NUL)
 # Where the server of a store whose path is too long for a socket listens
@@ -245,7 +245,7 @@ def delegate(
 ) -> int | None:
     """Run ``kiln ARGV`` in the store's server: its exit code, or None when
     no server takes it (the caller then runs it itself). ``declined`` is
-    the build stamp this process already found stale (see ``kiln.quick``)."""
+    the build stamp this process already found stale (see ``kiln.cli.entry``)."""
     if not argv or argv[0] not in SERVED or not available():
         return None
     where = place(home)

@@ -94,7 +94,7 @@ def _remove_named(lock: Path) -> None:
 def _remove(path: Path) -> None:
     """Remove a file or a folder tree, whatever the modes inside."""
     if path.is_dir() and not path.is_symlink():
-        from kiln.fsutil import remove_tree  # (shutil: not on a no-op build's path)
+        from kiln.system.fsutil import remove_tree  # (shutil: not on a no-op build's path)
 
         remove_tree(path)
     else:

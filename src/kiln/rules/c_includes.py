@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from kiln.digest import Digest
 from kiln.engine.values import File
+from kiln.model.digest import Digest
 
 __all__ = ["IncludeScanner", "search_dirs"]
 

@@ -18,7 +18,7 @@ unit is a ``clang -c`` step and the link is a ``wasm-ld`` step.
 
 Header dependencies are discovered, not declared per unit: before a unit's
 compile step, its ``#include`` lines (and those of the headers they reach)
-are read (``kiln.engine.c_includes``), and the step gets exactly the
+are read (``kiln.rules.c_includes``), and the step gets exactly the
 project headers the unit may include. Changing a header therefore
 recompiles only the units that include it; a change that leaves an object
 file identical stops there (early cutoff).
@@ -31,11 +31,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kiln import errors
-from kiln.engine import fetching
-from kiln.engine.c_includes import IncludeScanner
 from kiln.engine.rules import pick, read_bytes, unpack, wasm
 from kiln.engine.values import File, Tree
-from kiln.toolchains import YOWASP_CLANG
+from kiln.rules import fetch as fetching
+from kiln.rules.c_includes import IncludeScanner
+from kiln.rules.toolchains import YOWASP_CLANG
 
 __all__ = ["Toolchain", "clang", "program"]
 

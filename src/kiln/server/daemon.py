@@ -4,7 +4,7 @@ Most of a small rebuild's time goes to starting Python, importing Kiln and
 its dependencies, and loading (and first touching) compiled WebAssembly
 modules such as clang. ``kiln server start`` keeps one process per store
 that has done all of that once; a ``kiln build`` or ``kiln check`` that
-finds it hands its command over (``kiln.server_client``), and the server
+finds it hands its command over (``kiln.server.client``), and the server
 forks a fresh child for it. The child takes the client's descriptors,
 folder, environment and umask and runs the command as the client would
 have, so nothing is shared between two commands but what was loaded before
@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.libc import libc
-from kiln.server_client import (
+from kiln.server.client import (
     FORWARDED_SIGNALS,
     REQUEST_LIMIT,
     Place,
@@ -57,6 +56,7 @@ from kiln.server_client import (
     peer_credentials,
     place,
 )
+from kiln.system.libc import libc
 
 DEFAULT_IDLE_S = 3 * 3600
 KILL_GRACE_S = 5.0  # after a client is gone: SIGTERM, then SIGKILL this much later
@@ -68,11 +68,11 @@ EXIT_ALREADY_SERVED = 3  # main(): another server holds the store's place
 
 # What a build imports; loaded once here instead of in every command.
 WARM_IMPORTS = (
-    "kiln.cli", "kiln.check", "kiln.build", "kiln.engine.build", "kiln.engine.c_rules",
+    "kiln.cli.app", "kiln.engine.check", "kiln.build", "kiln.engine.evaluation", "kiln.rules.c",
     "kiln.engine.progress", "kiln.exec.wasm", "kiln.exec.fetch", "kiln.exec.unpack",
     "kiln.exec.native", "kiln.exec.wasi.capi", "kiln.engine.history", "kiln.engine.stamp",
-    "kiln.quick", "kiln.store.local", "kiln.store.actioncache", "kiln.store.materialize",
-    "kiln.reapi", "rich.console", "rich.live", "rich.text",
+    "kiln.cli.entry", "kiln.store.local", "kiln.store.actioncache", "kiln.store.materialize",
+    "kiln.model.reapi", "rich.console", "rich.live", "rich.text",
 )  # fmt: skip
 
 
@@ -308,8 +308,8 @@ class Server:
         os.umask(int(request["umask"]))
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["kiln", *argv]
-        from kiln import quick
-        from kiln.cli import run
+        from kiln.cli import entry as quick
+        from kiln.cli.app import run
 
         declined = request.get("declined")
         quick.mark_declined(tuple(declined) if declined else None)
@@ -486,7 +486,8 @@ def start(home: Path, idle: float = DEFAULT_IDLE_S) -> dict[str, Any]:
     with open(log, "wb") as out:
         child = subprocess.Popen(
             # -P: no folder of its own on sys.path (see import_path)
-            [sys.executable, "-P", "-m", "kiln.server", "--home", str(home), "--idle", str(idle)],
+            [sys.executable, "-P", "-m", "kiln.server.daemon", "--home", str(home),
+             "--idle", str(idle)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -527,8 +528,8 @@ def alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kiln.server --home STORE``: what ``kiln server start`` runs."""
-    parser = argparse.ArgumentParser(prog="kiln.server")
+    """``python -m kiln.server.daemon --home STORE``: what ``kiln server start`` runs."""
+    parser = argparse.ArgumentParser(prog="kiln.server.daemon")
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--idle", type=float, default=DEFAULT_IDLE_S)
     args = parser.parse_args(argv)

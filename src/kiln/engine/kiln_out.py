@@ -20,12 +20,12 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln import claims
+from kiln.system import claims
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
-    from kiln.digest import Digest
+    from kiln.model.digest import Digest
     from kiln.store.localcas import LocalCAS
 
 # A manifest entry: ("d", path), ("f", path, blob hash, size, executable)
@@ -110,8 +110,8 @@ def _move_into_place(staging: claims.Claim, dest: Path) -> None:
 
 def manifest(cas: LocalCAS, digest: Digest) -> list[Entry]:
     """The entries of the stored tree ``digest``, for ``restore``."""
-    from kiln.digest import Digest
-    from kiln.tree import load_directory
+    from kiln.model.digest import Digest
+    from kiln.model.tree import load_directory
 
     entries: list[Entry] = []
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kiln.digest import Digest, canonical_bytes
+from kiln.model.digest import Digest, canonical_bytes
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -80,7 +80,7 @@ class ActionSpec:
         object.__setattr__(self, "outputs", tuple(outputs))
 
     def command(self) -> re_pb2.Command:
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         return re_pb2.Command(
             arguments=self.argv,
@@ -92,7 +92,7 @@ class ActionSpec:
         )
 
     def action(self) -> tuple[re_pb2.Action, re_pb2.Command]:
-        from kiln.reapi import re_pb2
+        from kiln.model.reapi import re_pb2
 
         command = self.command()
         action = re_pb2.Action(

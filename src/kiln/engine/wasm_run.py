@@ -16,13 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.action import ActionSpec
-from kiln.digest import Digest
-from kiln.fsutil import FOLDER_FLAGS, NotAFolder, fd_path, open_folder_beneath, remove_entry_at
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
+from kiln.system.fsutil import (
+    FOLDER_FLAGS,
+    NotAFolder,
+    fd_path,
+    open_folder_beneath,
+    remove_entry_at,
+)
 
 if TYPE_CHECKING:
     from kiln.exec.wasm import WasmLimits
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 
@@ -61,7 +67,7 @@ def run_wasm(
 ) -> WasmRun:
     """Run ``module`` with ``args`` as a memoized wasm action; copy outputs out."""
     from kiln.exec.wasm import WasmExecutor, WasmLimits
-    from kiln.tree import graft, lookup
+    from kiln.model.tree import graft, lookup
 
     cwd = cwd or Path.cwd()
     module_path = Path(module)
@@ -103,7 +109,7 @@ def _copy_out(store: Store, result: re_pb2.ActionResult, cwd: Path, run: WasmRun
     there. The guest made them, so nothing of theirs is followed: each
     output's folders are opened one component at a time without following
     symlinks (an earlier output that is a link cannot redirect a later one)."""
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.materialize import Materializer
 
     m = Materializer(store.cas, copy=True)
@@ -150,7 +156,7 @@ def _output_folder(top: int, path: str) -> tuple[int, str]:
 
 def _tree_root(store: Store, tree_digest: Digest) -> Digest:
     """The root ``Directory`` digest of a stored output ``Tree``."""
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     data = store.cas.get_bytes(tree_digest)
     if data is None:

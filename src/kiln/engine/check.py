@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.digest import Digest
 from kiln.exec.wasm import EXIT_TRAP
+from kiln.model.digest import Digest
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 ENGINES = ("node",)
@@ -67,7 +67,7 @@ def load_action(store: Store, key: Digest) -> tuple[re_pb2.Action, re_pb2.Comman
     """The stored ``Action`` and ``Command`` of an action key."""
     from google.protobuf.message import DecodeError
 
-    from kiln.reapi import re_pb2
+    from kiln.model.reapi import re_pb2
 
     data = store.cas.get_bytes(key)
     if data is None:
@@ -179,8 +179,8 @@ def _stderr(store: Store, result: re_pb2.ActionResult, drop_trap_note: bool) -> 
 def _outputs(store: Store, result: re_pb2.ActionResult) -> dict[str, str]:
     """Every output path, inside output directories too, described by kind
     and digest (or symlink target)."""
-    from kiln.reapi import re_pb2
-    from kiln.tree import Entry, walk
+    from kiln.model.reapi import re_pb2
+    from kiln.model.tree import Entry, walk
 
     def describe(entry: Entry) -> str:
         if entry.kind == "symlink":
@@ -222,7 +222,7 @@ def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[S
     without reading or writing the action cache, and compare its result with
     the recorded one. Fetches are not run again: their pin already checks
     them, and they would only download the same bytes."""
-    from kiln.engine.build import default_executors
+    from kiln.engine.evaluation import default_executors
     from kiln.exec.base import close_executor
     from kiln.exec.native import NATIVE_ABI
     from kiln.exec.unpack import UNPACK_ABI

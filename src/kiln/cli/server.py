@@ -1,4 +1,4 @@
-"""`kiln server start|stop|status`: the resident server (``kiln.server``)."""
+"""`kiln server start|stop|status`: the resident server (``kiln.server.daemon``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kiln.cli import _emit_json, cli, json_option, parse_age
+from kiln.cli.common import emit_json, json_option, parse_age
 from kiln.errors import ExitCode
 
 
@@ -19,7 +19,7 @@ def _home(ctx: click.Context) -> Path:
     return Path(store) if store else db.default_home()
 
 
-@cli.group()
+@click.group()
 def server() -> None:
     """A resident server that makes builds start warm.
 
@@ -41,7 +41,7 @@ def server() -> None:
 @click.pass_context
 def server_start(ctx: click.Context, idle: str, as_json: bool) -> None:
     """Start the server for the store (nothing to do if it runs)."""
-    from kiln import server as resident
+    from kiln.server import daemon as resident
 
     status = resident.start(_home(ctx), parse_age(idle))
     _show(status, as_json)
@@ -52,11 +52,11 @@ def server_start(ctx: click.Context, idle: str, as_json: bool) -> None:
 @click.pass_context
 def server_stop(ctx: click.Context, as_json: bool) -> None:
     """Stop the server once the commands it runs have finished."""
-    from kiln import server as resident
+    from kiln.server import daemon as resident
 
     answer = resident.stop(_home(ctx))
     if as_json:
-        _emit_json({"stopped": answer is not None})
+        emit_json({"stopped": answer is not None})
     elif answer is None:
         click.echo("kiln: no server runs for this store", err=True)
     else:
@@ -68,12 +68,12 @@ def server_stop(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def server_status(ctx: click.Context, as_json: bool) -> None:
     """Show the server of the store; exit code 3 when none runs."""
-    from kiln.server_client import ask
+    from kiln.server.client import ask
 
     status = ask(_home(ctx), {"op": "status"})
     if status is None:
         if as_json:
-            _emit_json({"server": None})
+            emit_json({"server": None})
         else:
             click.echo("kiln: no server runs for this store", err=True)
         raise SystemExit(ExitCode.NOT_FOUND)
@@ -82,7 +82,7 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
 
 def _show(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _emit_json(status)
+        emit_json(status)
         return
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
     click.echo(f"kiln server: pid {status['pid']}, store {status['store']}, up since {since}")

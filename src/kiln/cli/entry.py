@@ -5,7 +5,7 @@ there is nothing to do. When the build stamp (``engine/stamp.py``) shows
 that no file the last build read has changed, this module answers from
 the stamp alone (putting back any output removed since), importing only
 the standard library's sqlite3 and a few small Kiln modules. Anything
-else, or any doubt, goes to the full CLI (``kiln.cli``), which checks the
+else, or any doubt, goes to the full CLI (``kiln.cli.app``), which checks the
 same stamp the same way and then builds.
 """
 
@@ -117,17 +117,17 @@ def say_unchanged(stamp: dict[str, Any], restored: list[str], seconds: float) ->
 
 def main() -> None:
     """``kiln``: a no-op build answered here; a build or check handed to the
-    store's resident server if one runs (``kiln.server``); everything else,
-    and all of it without a server, by ``kiln.cli``."""
+    store's resident server if one runs (``kiln.server.daemon``); everything else,
+    and all of it without a server, by ``kiln.cli.app``."""
     argv = sys.argv[1:]
     code = noop_build(argv)
     if code is None:
-        from kiln import server_client
+        from kiln.server import client as server_client
         from kiln.store import db
 
         code = server_client.delegate(db.default_home(), argv, _declined)
     if code is None:
-        from kiln.cli import main as cli_main
+        from kiln.cli.app import main as cli_main
 
         cli_main()
     sys.stdout.flush()

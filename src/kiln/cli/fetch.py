@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from kiln.cli import _emit_json, _open_store, cli, json_option
+from kiln.cli.common import emit_json, json_option, open_store
 
 
-@cli.command("prefetch")
+@click.command("prefetch")
 @click.argument("url")
 @click.option("--unpack", is_flag=True, help="Pin the unpacked tree (tar, tgz, zip) instead.")
 @click.option(
@@ -39,13 +39,13 @@ def prefetch(
         "url", "tree" if unpack else "file", UNPINNED, name, (url,), strip=strip, auth=auth
     )
     spec.check("kiln prefetch")
-    store = _open_store(ctx)
+    store = open_store(ctx)
     with _DownloadBar(quiet=as_json) as bar:
         pin, digest, _ = FetchExecutor(store, progress=bar.update).prefetch(spec)
     with store.writing():
         store.add_root(f"prefetch:{spec.mode}:{url}", digest, "tree" if unpack else "blob")
     if as_json:
-        _emit_json({"url": url, "mode": spec.mode, "digest": pin, "stored": str(digest)})
+        emit_json({"url": url, "mode": spec.mode, "digest": pin, "stored": str(digest)})
         return
     click.echo(pin)
     click.echo(f'kiln: pin it: fetch.url("{url}"{", unpack=True" if unpack else ""}'

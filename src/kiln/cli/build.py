@@ -1,6 +1,6 @@
 """The ``kiln`` commands about builds: ``build``, ``targets``, ``why``,
 ``show``, ``log`` and ``trace``. They parse arguments and call
-``kiln.engine``; registered on the main group by ``kiln.cli``."""
+``kiln.engine``; registered on the main group by ``kiln.cli.app``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kiln.cli import _emit_json, _open_store, asdict, cli, json_option
+from kiln.cli.common import asdict, emit_json, json_option, open_store
 
 if TYPE_CHECKING:
     from kiln.engine.loader import Project
@@ -26,7 +26,7 @@ def _project() -> Project:
     return load(find_root(Path.cwd()))
 
 
-@cli.command("build")
+@click.command("build")
 @click.argument("targets", nargs=-1)
 @click.option(
     "-j", "--jobs", type=click.IntRange(min=1), help="Steps run at once (default: CPU cores)."
@@ -55,22 +55,22 @@ def build(
     project root and is kept from garbage collection. Steps whose result is
     in the store do not run again. Exits 1 if a step or target failed.
     """
-    from kiln import quick
+    from kiln.cli import entry as quick
     from kiln.engine import stamp
     from kiln.engine.root import find_root
 
     started = time.perf_counter()
     root = find_root(Path.cwd())
     key = stamp.stamp_key(list(targets) or None)
-    store = _open_store(ctx)
-    # The entry point (kiln.quick) may have just found this stamp stale.
+    store = open_store(ctx)
+    # The entry point (kiln.cli.entry) may have just found this stamp stale.
     stale = quick.declined(store.home, root, key)
     answer = None if stale else stamp.answer(store.conn, store.cas.root, root, key)
     if answer is not None:
         _report_unchanged(*answer, as_json, time.perf_counter() - started)
         return
 
-    from kiln.engine.build import Build
+    from kiln.engine.evaluation import Build
     from kiln.engine.progress import BuildProgress
     from kiln.engine.scheduler import StepStatus
 
@@ -86,7 +86,7 @@ def build(
     for error in report.errors:
         click.echo(f"kiln: error: {error.render()}", err=True)
     if as_json:
-        _emit_json(report.summary())
+        emit_json(report.summary())
     else:
         for t in report.targets:
             if t.output is not None:
@@ -106,7 +106,7 @@ def build(
 def build_for_check(store: Store, targets: list[str]) -> list[Any]:
     """Build ``targets`` for `kiln check` and return their step records;
     a failed build is an error (there is nothing sound to compare)."""
-    from kiln.engine.build import Build
+    from kiln.engine.evaluation import Build
     from kiln.engine.progress import BuildProgress
 
     project = _project()
@@ -124,7 +124,7 @@ def _report_unchanged(
 ) -> None:
     """What `kiln build` says when the stamp shows nothing changed."""
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "ok": True, "executed": 0, "cached": stamp["steps"], "failed": 0, "skipped": 0,
                 "executed_keys": [], "files_hashed": 0, "seconds": round(seconds, 3),
@@ -136,12 +136,12 @@ def _report_unchanged(
             }
         )  # fmt: skip
         return
-    from kiln.quick import say_unchanged
+    from kiln.cli.entry import say_unchanged
 
     say_unchanged(stamp, restored, seconds)
 
 
-@cli.command("targets")
+@click.command("targets")
 @json_option
 def targets_command(as_json: bool) -> None:
     """List the targets of the project's kilnfile.py with their docstrings."""
@@ -151,7 +151,7 @@ def targets_command(as_json: bool) -> None:
         for t in sorted(project.targets.values(), key=lambda t: t.name)
     ]
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:
@@ -169,12 +169,12 @@ def _last_steps(
     project = _project()
     if target is not None:
         project.target(target)
-    store = _open_store(ctx)
+    store = open_store(ctx)
     build_id = history.last_build(store, project.root, with_steps)
     return store, history.steps(store, build_id, target)
 
 
-@cli.command("why")
+@click.command("why")
 @click.argument("target", required=False)
 @json_option
 @click.pass_context
@@ -195,7 +195,7 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
         for r in ran
     ]  # fmt: skip
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     if not report:
         click.echo("nothing ran in the last build: every step was a cache hit")
@@ -205,15 +205,15 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
             click.echo(f"  {reason}")
 
 
-@cli.command("show")
+@click.command("show")
 @click.argument("target")
 @json_option
 @click.pass_context
 def show(ctx: click.Context, target: str, as_json: bool) -> None:
     """List TARGET's steps in the last build: keys, inputs, outputs, status."""
-    from kiln.action import shareable
-    from kiln.digest import Digest
     from kiln.engine.values import outputs_of
+    from kiln.model.action import shareable
+    from kiln.model.digest import Digest
 
     store, rows = _last_steps(ctx, target)
     items = []
@@ -239,7 +239,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
             }
         )
     if as_json:
-        _emit_json(items)
+        emit_json(items)
         return
     for item in items:
         click.echo(f"{item['step']}  [{item['status']}]  key {item['key']}")
@@ -254,12 +254,12 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
             )
 
 
-@cli.command("log")
+@click.command("log")
 @click.argument("target")
 @click.pass_context
 def log(ctx: click.Context, target: str) -> None:
     """Print the stdout and stderr of TARGET's steps in the last build."""
-    from kiln.digest import EMPTY, Digest
+    from kiln.model.digest import EMPTY, Digest
 
     store, rows = _last_steps(ctx, target)
     for r in rows:
@@ -280,7 +280,7 @@ def log(ctx: click.Context, target: str) -> None:
                 click.echo(data.decode(errors="replace").rstrip("\n"))
 
 
-@cli.command("trace")
+@click.command("trace")
 @click.option(
     "-o",
     "--output",
@@ -300,7 +300,7 @@ def trace(ctx: click.Context, output: str) -> None:
     from kiln.engine import history
 
     project = _project()
-    store = _open_store(ctx)
+    store = open_store(ctx)
     build_id = history.last_build(store, project.root, with_steps=True)
     rows = history.steps(store, build_id)
     data = history.chrome_trace(rows, history.build_started(store, build_id))
@@ -308,7 +308,7 @@ def trace(ctx: click.Context, output: str) -> None:
     click.echo(f"wrote {output}: {len(rows)} steps of build {build_id}")
 
 
-@cli.command("doctor")
+@click.command("doctor")
 @json_option
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool) -> None:
@@ -316,13 +316,13 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
 
     Exits 1 if something Kiln needs is missing (warnings do not count).
     """
-    from kiln.doctor import FAIL, run_checks
+    from kiln.cli.doctor import FAIL, run_checks
     from kiln.store.local import default_home
 
     home = Path(ctx.obj.get("store") or default_home())
     checks = run_checks(home)
     if as_json:
-        _emit_json([asdict(c) for c in checks])
+        emit_json([asdict(c) for c in checks])
     else:
         for c in checks:
             click.echo(f"{c.status:>4}  {c.name}: {c.detail}")

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.action import ActionSpec
 from kiln.config import Config, check_secret, load_config
-from kiln.digest import Digest
-from kiln.engine import outputs, rules
+from kiln.engine import kiln_out, rules
 from kiln.engine.inputs import input_root, input_tree
 from kiln.engine.loader import Project, user_code_error
 from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest, StepStatus
 from kiln.engine.sources import Sources
 from kiln.engine.values import File, StepResult, Tree, Value
+from kiln.model.action import ActionSpec
+from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
@@ -315,7 +315,7 @@ class Build:
     # ---------------------------------------------------------- outputs
 
     def output_dir(self, name: str) -> Path:
-        return outputs.output_dir(self.project.root, name)
+        return kiln_out.output_dir(self.project.root, name)
 
     def _materialize(self, t: rules.Target, value: Any) -> Digest:
         values = _flatten(value, t)
@@ -330,7 +330,7 @@ class Build:
                 self._synced = True
             self.store.add_root(f"build:{self.project.root}:{t.name}", digest, "tree")
             self.store.session.protect(digest, "tree")
-        outputs.place(self.store.cas, self.project.root, t.name, digest)
+        kiln_out.place(self.store.cas, self.project.root, t.name, digest)
         return digest
 
 

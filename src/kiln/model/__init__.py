@@ -1,0 +1,1 @@
+"""Kiln's data model, REAPI's: digests, Merkle trees of directories, actions."""

@@ -1,0 +1,1 @@
+"""The resident server that makes commands start warm, and its client."""

@@ -1,0 +1,1 @@
+"""Operating-system helpers: descriptor-relative file access, libc calls, claims."""
