@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.common import report, time_fresh_action
+from kiln.exec.kinds import local_context
 from kiln.exec.native import NativeExecutor, NativeLimits
 from kiln.exec.tools import Dpkg, identity, resolve
 from kiln.model.action import ActionSpec
@@ -34,7 +35,7 @@ def main() -> list[dict]:
             root = store.put(src).digest
             tools = [resolve("true", Dpkg())]
             platform = NativeLimits().platform(["true"], identity(tools))
-            executor = NativeExecutor(store)
+            executor = NativeExecutor(local_context(store))
 
             def one(i: int) -> float:
                 spec = ActionSpec(argv=("true", str(i)), input_root=root, platform=platform)

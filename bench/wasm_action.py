@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.common import report, time_fresh_action
+from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
 from kiln.store import Store
@@ -45,7 +46,7 @@ def main() -> list[dict]:
         (src / "tool.wasm").write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
         with Store(Path(tmp) / "home") as store:
             root = store.put(src).digest
-            executor = WasmExecutor(store)
+            executor = WasmExecutor(local_context(store))
             platform = WasmLimits().platform()
 
             def one(i: int) -> float:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import real_binary, report
+from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
@@ -58,7 +59,7 @@ def main() -> list[dict]:
         wasm, native = _build(tmp)
         with Store(tmp / "home") as store:
             root = store.put(wasm.parent).digest
-            executor = WasmExecutor(store)
+            executor = WasmExecutor(local_context(store))
             platform = WasmLimits(fuel=FUEL).platform()
             spec = ActionSpec(argv=(wasm.name, str(ROUNDS)), input_root=root, platform=platform)
             key = store.put_action(spec)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import real_binary, report
+from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
 from kiln.rules.toolchains import yowasp_clang
@@ -44,7 +45,7 @@ def main() -> list[dict]:
 
             def one() -> float:
                 start = time.perf_counter()
-                executor = WasmExecutor(store)
+                executor = WasmExecutor(local_context(store))
                 result = executor.execute(key, action, command)
                 took = time.perf_counter() - start
                 assert result.exit_code == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kiln.cli.doctor import check_bubblewrap
+from kiln.exec.kinds import local_context
 from kiln.exec.native import NativeExecutor, NativeLimits, bwrap_path
 from kiln.exec.tools import Dpkg, identity, resolve
 from kiln.model.action import ActionSpec
@@ -38,7 +39,7 @@ def run_native(
         ),
     )
     key = store.put_action(spec)
-    executor = executor or NativeExecutor(store, timeout=timeout)
+    executor = executor or NativeExecutor(local_context(store), timeout=timeout)
     result = executor.execute(key, *spec.action())
     out = store.cas.get_bytes(Digest.from_proto(result.stdout_digest)).decode()
     err = store.cas.get_bytes(Digest.from_proto(result.stderr_digest)).decode()

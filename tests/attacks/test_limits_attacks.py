@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import KILN
+from kiln.exec.kinds import local_context
 from kiln.exec.native import EXIT_DISK_LIMIT, NativeLimits
 from kiln.exec.wasi import disk
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
@@ -41,7 +42,7 @@ def run_fill(store, tmp_path: Path, guest, *args: str, disk_mib: int, outputs=("
         platform=WasmLimits(disk_mib=disk_mib).platform(),
     )
     key = store.put_action(spec)
-    result = WasmExecutor(store).execute(key, *spec.action())
+    result = WasmExecutor(local_context(store)).execute(key, *spec.action())
     out, err = (store.cas.get_bytes(Digest.from_proto(d)).decode()
                 for d in (result.stdout_digest, result.stderr_digest))  # fmt: skip
     return result, out, err
@@ -82,8 +83,7 @@ def test_kiln_wasm_run_takes_a_disk_limit(home, tmp_path, guest) -> None:
 
 
 def test_a_build_step_past_its_disk_limit_fails_naming_it(store, tmp_path, guest) -> None:
-    from kiln.engine.evaluation import Build
-    from kiln.engine.loader import load
+    from kiln import api
 
     root = tmp_path / "project"
     (root / "tools").mkdir(parents=True)
@@ -96,7 +96,7 @@ def test_a_build_step_past_its_disk_limit_fails_naming_it(store, tmp_path, guest
         "                      outputs=['out'], disk_mib=8)\n"
         "    return step.file('out')\n"
     )
-    report = Build(store, load(root)).run(["big"])
+    report = api.build(api.BuildRequest(["big"], cwd=root, store=store.home), store=store)
     assert not report.ok
     message = report.errors[0].render()
     assert "kiln: disk limit of 8 MiB reached" in message and "exit code 134" in message

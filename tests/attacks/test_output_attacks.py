@@ -17,6 +17,7 @@ import pytest
 
 from conftest import KILN
 from kiln.errors import KilnError
+from kiln.exec.kinds import local_context
 from kiln.exec.native import NativeExecutor
 from kiln.model.digest import Digest
 from native_helpers import needs_bubblewrap, run_native
@@ -203,7 +204,7 @@ def test_wasm_run_keeps_a_guest_link_as_a_link(home, tmp_path, guest, victim) ->
 def test_folders_nested_thousands_deep_are_refused_or_cleaned_up(store, tmp_path) -> None:
     deep = "d/" * 3000
     nest = f"mkdir -p out/{'d/' * 300} && mkdir -p stray/{deep}"
-    executor = NativeExecutor(store)
+    executor = NativeExecutor(local_context(store))
     with pytest.raises(KilnError, match="nests more than 256 folders deep"):
         run_native(store, tmp_path, nest, tools=("sh", "mkdir"), outputs=("out",),
                    executor=executor)  # fmt: skip

@@ -11,6 +11,7 @@ import struct
 import pytest
 
 from kiln.errors import KilnError
+from kiln.exec.kinds import local_context
 from kiln.exec.native import NativeExecutor
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
@@ -20,7 +21,7 @@ pytestmark = needs_bubblewrap
 
 
 def test_dev_and_dev_shm_carry_nothing_to_the_next_step(store, tmp_path) -> None:
-    executor = NativeExecutor(store)
+    executor = NativeExecutor(local_context(store))
     tools = ("sh", "cat", "touch", "ls")
     first, out, err = run_native(
         store, tmp_path,
@@ -53,7 +54,7 @@ def test_a_nul_byte_in_a_stored_command_never_reaches_the_sandbox(store, tmp_pat
     command.arguments.append("name\0INJECTED=1")
     command.environment_variables.add(name="B", value="2\0INJECTED=2")
     with pytest.raises(KilnError, match="NUL byte"):
-        NativeExecutor(store).execute(spec.key(), action, command)
+        NativeExecutor(local_context(store)).execute(spec.key(), action, command)
 
 
 def _platform() -> tuple[tuple[str, str], ...]:
@@ -68,7 +69,7 @@ def _platform() -> tuple[tuple[str, str], ...]:
 def test_the_sandbox_refuses_a_request_whose_item_holds_a_nul(store, tmp_path) -> None:
     """The zygote's protocol is framed by lengths and refuses NUL inside an
     item, whoever wrote the request."""
-    executor = NativeExecutor(store)
+    executor = NativeExecutor(local_context(store))
     run_native(store, tmp_path, "true", executor=executor)  # starts the resident sandbox
     [sandbox] = executor._zygotes.values()
     zygote = sandbox.zygote

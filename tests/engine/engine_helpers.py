@@ -6,9 +6,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from kiln.engine.evaluation import Build, BuildReport
-from kiln.engine.loader import load
-from kiln.engine.scheduler import StepStatus
+from kiln import api
+from kiln.api import BuildReport, BuildRequest, StepStatus
 
 
 def write_project(root: Path, kilnfile: str, files: dict[str, str | bytes] | None = None) -> Path:
@@ -24,10 +23,13 @@ def write_project(root: Path, kilnfile: str, files: dict[str, str | bytes] | Non
     return root
 
 
-def build(store, root: Path, *targets: str, stamp_as: str | None = None, **options) -> BuildReport:
-    project = load(root)
-    names = list(targets) or sorted(project.targets)
-    return Build(store, project, **options).run(names, stamp_as=stamp_as)
+def build(
+    store, root: Path, *targets: str, executors=None, observer=None, **options
+) -> BuildReport:
+    """Build through the engine's entry, never answered from the stamp
+    (each call evaluates), in ``store``."""
+    request = BuildRequest(targets, cwd=root, store=store.home, from_stamp=False, **options)
+    return api.build(request, observer, store=store, executors=executors)
 
 
 def ran(report: BuildReport) -> list[str]:

@@ -14,6 +14,7 @@ from kiln.engine.loader import load
 from kiln.engine.scheduler import StepStatus
 from kiln.errors import KilnError
 from kiln.exec.base import TransientError
+from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor
 from kiln.model.digest import Digest
 
@@ -161,12 +162,12 @@ def test_transient_errors_are_retried(store, tmp_path, tools) -> None:
                 raise TransientError("worker lost")
             return super().execute(key, action, command)
 
-    report = build(store, root, executors={"wasm": lambda: Flaky(store)})
+    report = build(store, root, executors={"wasm": lambda: Flaky(local_context(store))})
     assert report.ok and report.steps[0].attempts == 3
 
     failures[0] = 10  # more than the retries allow
     (root / "kilnfile.py").write_text((root / "kilnfile.py").read_text().replace('"o"', '"p"'))
-    report = build(store, root, executors={"wasm": lambda: Flaky(store)})
+    report = build(store, root, executors={"wasm": lambda: Flaky(local_context(store))})
     assert not report.ok and "worker lost" in report.errors[0].message
 
 
@@ -259,15 +260,15 @@ def test_the_build_stamp_answers_only_while_nothing_changed(
     monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
     key = stamp.stamp_key(None)
-    report = build(store, root, stamp_as=key)
+    report = build(store, root)
     assert report.stamped and stamp.check(store.conn, root, key) is not None
     (root / "src" / "b.txt").write_text("b")  # a new match for the glob
     assert stamp.check(store.conn, root, key) is None
-    build(store, root, stamp_as=key)
+    build(store, root)
     assert stamp.check(store.conn, root, key) is not None
     (root / "kilnfile.py").write_text(GLOBBING + "\n# edited\n")  # the build file itself
     assert stamp.check(store.conn, root, key) is None
-    build(store, root, stamp_as=key)
+    build(store, root)
     before = (root / "kiln-out" / "cat" / "all").read_text()
     os.chmod(root / "kiln-out" / "cat", 0o755)
     shutil.rmtree(root / "kiln-out")  # the outputs are gone, the sources are not
@@ -287,7 +288,7 @@ def test_a_removed_output_the_store_lost_is_built_again(
     monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
     key = stamp.stamp_key(None)
-    assert build(store, root, stamp_as=key).stamped
+    assert build(store, root).stamped
     os.chmod(root / "kiln-out" / "cat", 0o755)
     shutil.rmtree(root / "kiln-out")
     blob = store.cas.path(Digest.of_bytes(b"a"))  # the output file's content, lost
@@ -295,7 +296,7 @@ def test_a_removed_output_the_store_lost_is_built_again(
     blob.unlink()
     unchanged = stamp.check(store.conn, root, key)
     assert unchanged is not None and stamp.restore(store.cas.root, root, unchanged) is None
-    report = build(store, root, stamp_as=key)
+    report = build(store, root)
     assert report.ok and (root / "kiln-out" / "cat" / "all").read_text() == "a"
 
 

@@ -140,7 +140,7 @@ def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: 
     without importing the CLI, the engine or protobuf."""
     import shutil
 
-    from kiln.cli.entry import build_targets
+    from kiln.cli.build_options import parse
 
     env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
     kiln = str(Path(sys.executable).parent / "kiln")
@@ -150,26 +150,33 @@ def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: 
     os.chmod(example / "kiln-out" / "report", 0o755)
     shutil.rmtree(example / "kiln-out")
     probe = (
-        "import sys\nfrom kiln.cli.entry import noop_build\n"
-        "code = noop_build(['build', '-j', '2', 'report'])\n"
+        "import sys\nfrom kiln.api import answer_from_stamp\n"
+        "from kiln.cli.build_options import parse\nfrom kiln.cli.report import show_report\n"
+        "request, as_json = parse(['build', '-j', '2', 'report'])\n"
+        "report = answer_from_stamp(request)\nshow_report(report, as_json)\n"
         "heavy = ('click', 'google.protobuf', 'kiln.cli.app', 'kiln.engine.evaluation',"
-        " 'kiln.model.digest')\n"
-        "print(code, [m for m in heavy if m in sys.modules])\n"
+        " 'kiln.model.digest', 'dataclasses', 'typing')\n"
+        "print(report.unchanged, [m for m in heavy if m in sys.modules])\n"
     )
     answered = subprocess.run(
         [sys.executable, "-c", probe], cwd=example, env=env, capture_output=True, text=True
     )
-    assert answered.stdout.splitlines() == ["report: kiln-out/report", "0 []"], answered.stderr
+    assert answered.stdout.splitlines() == ["report: kiln-out/report", "True []"], answered.stderr
     assert "nothing to do: no source changed since the last build; restored report" in (
         answered.stderr
     )
     out = example / "kiln-out" / "report"
     assert (out / "report.txt").read_bytes() == report
     assert not os.stat(out).st_mode & stat.S_IWUSR
-    # What the quick path does not answer goes to the CLI.
-    assert build_targets(["build", "a", "-k", "-j3", "--jobs", "1", "b"]) == ["a", "b"]
-    for argv in (["build", "--json"], ["build", "-j0"], ["--store", "x", "build"], ["gc"]):
-        assert build_targets(argv) is None, argv
+    # The quick path reads `kiln build`'s options from their one table...
+    request, as_json = parse(["build", "a", "-k", "-j3", "--jobs", "1", "b", "--json"])
+    assert (request.targets, request.jobs, request.keep_going) == (("a", "b"), 1, True)
+    assert as_json
+    assert parse(["build", "--jobs=4", "-j", "2"])[0].jobs == 2
+    # ...and leaves the rest to the CLI, which reports what is wrong.
+    rest = (["build", "-j0"], ["build", "-x"], ["build", "--json=1"], ["--store", "x", "build"])
+    for argv in (*rest, ["gc"]):
+        assert parse(argv) is None, argv
 
 
 def test_an_output_cut_short_runs_its_step_again_once(store, example: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kiln.exec.base import TransientError
+from kiln.exec.kinds import local_context
 from kiln.exec.native import NativeExecutor, NativeLimits
 from kiln.exec.tools import Dpkg, identity, resolve
 from kiln.model.digest import Digest
@@ -182,7 +183,7 @@ def test_out_of_memory_is_reported_as_such(store, tmp_path) -> None:
 
 
 def test_the_resident_sandbox_processes_are_out_of_reach(store, tmp_path) -> None:
-    executor = NativeExecutor(store)
+    executor = NativeExecutor(local_context(store))
     result, out, err = _run(
         store, tmp_path,
         "ls -A /kiln/host; touch /kiln/host/x; "
@@ -201,7 +202,7 @@ def test_the_resident_sandbox_processes_are_out_of_reach(store, tmp_path) -> Non
 
 
 def test_nothing_passes_from_one_step_to_the_next(store, tmp_path) -> None:
-    executor = NativeExecutor(store)
+    executor = NativeExecutor(local_context(store))
     tools = ("sh", "ls", "ipcmk", "ipcs", "touch", "grep")
     first, out, _ = _run(
         store, tmp_path, "touch /tmp/left-behind stray.txt; ipcmk -M 4096; ipcs -m | grep -c 0x",

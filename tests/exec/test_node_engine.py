@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kiln.engine.check import check_engines, compare_results
+from kiln.exec.kinds import local_context
 from kiln.exec.node import NodeWasmExecutor, find_node
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
@@ -39,8 +40,8 @@ def _action(store, tmp_path: Path, module: Path, outputs=("out",)):
 
 
 def _both(store, key, action, command):
-    first = WasmExecutor(store).execute(key, action, command)
-    second = NodeWasmExecutor(store).execute(key, action, command)
+    first = WasmExecutor(local_context(store)).execute(key, action, command)
+    second = NodeWasmExecutor(local_context(store)).execute(key, action, command)
     return first, second
 
 
@@ -94,9 +95,9 @@ def test_a_trap_agrees_apart_from_the_engines_wording(store, tmp_path: Path, gue
 def test_a_real_difference_is_reported(store, tmp_path: Path, guest) -> None:
     """compare_results can fail: results of two different actions differ."""
     key, action, command = _action(store, tmp_path, guest("observe"))
-    first = WasmExecutor(store).execute(key, action, command)
+    first = WasmExecutor(local_context(store)).execute(key, action, command)
     command.arguments.append("extra")
-    second = NodeWasmExecutor(store).execute(key, action, command)
+    second = NodeWasmExecutor(local_context(store)).execute(key, action, command)
     whats = {d.what for d in compare_results(store, first, second)}
     assert whats == {"stdout", "output out/report.txt"}
 

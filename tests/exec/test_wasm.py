@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln.exec.base import TransientError
+from kiln.exec.kinds import local_context
 from kiln.exec.wasi.host import ABI_VERSION, REALTIME_EPOCH_NS
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
@@ -35,7 +36,7 @@ def _run(store, root: Digest, *args: str, limits=None, outputs=("out",), env=Non
     )
     key = store.put_action(spec)
     action, command = spec.action()
-    ex = executor or WasmExecutor(store)
+    ex = executor or WasmExecutor(local_context(store))
     return key, ex.execute(key, action, command)
 
 
@@ -155,7 +156,8 @@ def test_module_needing_more_memory_than_allowed_fails_clearly(store, tmp_path, 
 def test_wall_clock_timeout_is_transient(store, tmp_path: Path, guest) -> None:
     root = store.put(_inputs(tmp_path, guest("spin"))).digest
     with pytest.raises(TransientError, match="wall-clock timeout"):
-        _run(store, root, limits=WasmLimits(fuel=10**15), executor=WasmExecutor(store, timeout=0.3))
+        executor = WasmExecutor(local_context(store), timeout=0.3)
+        _run(store, root, limits=WasmLimits(fuel=10**15), executor=executor)
 
 
 def test_a_timeout_stops_only_its_own_run(store, tmp_path: Path, guest) -> None:
@@ -169,7 +171,7 @@ def test_a_timeout_stops_only_its_own_run(store, tmp_path: Path, guest) -> None:
     def timed() -> None:
         try:
             _run(store, root, limits=WasmLimits(fuel=10**15),
-                 executor=WasmExecutor(store, timeout=0.05))  # fmt: skip
+                 executor=WasmExecutor(local_context(store), timeout=0.05))  # fmt: skip
         except TransientError as e:
             errors.append(e)
 
@@ -207,16 +209,16 @@ def test_compiled_module_is_cached_on_disk_and_shared_in_memory(store, observe_r
     from kiln.exec.wasm import shared_engine
 
     shared_engine().modules.clear()  # as in a new process
-    first = WasmExecutor(store)
+    first = WasmExecutor(local_context(store))
     _run(store, observe_root, executor=first)
     assert first.compiled == 1
     shared_engine().modules.clear()  # a new process has only the disk cache
-    second = WasmExecutor(store)
+    second = WasmExecutor(local_context(store))
     _run(store, observe_root, executor=second)
     assert second.compiled == 0
     for cached in (store.home / "wasm-modules").glob("*.cwasm"):
         cached.unlink()
-    third = WasmExecutor(store)  # another thread of the same process
+    third = WasmExecutor(local_context(store))  # another thread of the same process
     _run(store, observe_root, executor=third)
     assert third.compiled == 0  # the loaded module is shared, not read again
 

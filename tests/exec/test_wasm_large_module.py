@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from kiln.exec.base import ExecHooks
+from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor, WasmLimits, shared_engine
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
@@ -45,7 +47,7 @@ def test_large_module_compiles_once_then_comes_from_the_cache(
         return contextlib.nullcontext()
 
     shared_engine().modules.clear()  # as in a new process
-    first = WasmExecutor(store, progress=progress)
+    first = WasmExecutor(local_context(store), ExecHooks(on_slow=progress))
     result = first.execute(key, action, command)
     assert first.compiled == 1
     assert len(shown) == 1 and "compiling a 72.0 MiB WebAssembly module" in shown[0]
@@ -54,7 +56,8 @@ def test_large_module_compiles_once_then_comes_from_the_cache(
     assert "Target: wasm32-unknown-wasip1" in stdout
 
     shared_engine().modules.clear()
-    again = WasmExecutor(store, progress=progress)  # as a new process would
+    # as a new process would:
+    again = WasmExecutor(local_context(store), ExecHooks(on_slow=progress))
     second = again.execute(key, action, command)
     assert again.compiled == 0 and len(shown) == 1  # loaded, not compiled: no progress
     assert second.stdout_digest == result.stdout_digest

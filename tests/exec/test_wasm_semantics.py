@@ -9,6 +9,7 @@ from pathlib import Path
 
 import wasmtime
 
+from kiln.exec.kinds import local_context
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
@@ -37,7 +38,7 @@ def _run(store, tmp_path: Path, compute: str, memory: str = "", extra: str = "")
         argv=("m.wasm",), input_root=store.put(root).digest, platform=WasmLimits().platform()
     )
     key = store.put_action(spec)
-    result = WasmExecutor(store).execute(key, *spec.action())
+    result = WasmExecutor(local_context(store)).execute(key, *spec.action())
     stdout = store.cas.get_bytes(Digest.from_proto(result.stdout_digest))
     stderr = store.cas.get_bytes(Digest.from_proto(result.stderr_digest)).decode()
     return result.exit_code, stdout, stderr

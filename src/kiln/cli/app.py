@@ -7,7 +7,6 @@ User errors print one line (and a hint), never a traceback.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -45,7 +44,6 @@ def cli(ctx: click.Context, store: str | None) -> None:
     ctx.obj["store"] = store
 
 
-
 for command in (
     store.store, store.root, store.gc_command, wasm.wasm, check.check,
     build.build, build.targets_command, build.why, build.show, build.log, build.trace,
@@ -53,24 +51,15 @@ for command in (
 ):  # fmt: skip
     cli.add_command(command)
 
-from kiln.cli import build, fetch, server  # noqa: E402
 
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning user errors into one-line messages."""
-    code = run(argv)
-    # The command has finished and closed the store; skip interpreter
-    # teardown (freeing every object one by one costs several ms on large
-    # trees). Only flushed output matters from here.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def run(argv: list[str] | None) -> int:
-    """Run one command; its exit code."""
+def run(argv: list[str] | None, stamp_checked: bool = False) -> int:
+    """Run one command; its exit code. ``stamp_checked``: the caller has
+    just found that the build stamp of this ``kiln build`` cannot answer."""
     try:
-        cli.main(args=argv, prog_name="kiln", standalone_mode=False)
+        cli.main(
+            args=argv, prog_name="kiln", standalone_mode=False,
+            obj={"stamp_checked": stamp_checked},
+        )  # fmt: skip
     except KilnError as e:
         click.echo(f"kiln: error: {e.render()}", err=True)
         return e.exit_code
@@ -92,4 +81,4 @@ def run(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(sys.argv[1:]))

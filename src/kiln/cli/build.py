@@ -4,15 +4,18 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from kiln.cli.common import asdict, emit_json, json_option, open_store
+from kiln import api
+from kiln.api import BuildReport, BuildRequest
+from kiln.cli.build_options import BUILD_OPTIONS
+from kiln.cli.common import asdict, json_option, open_store
+from kiln.cli.report import show_report, write_json
 
 if TYPE_CHECKING:
     from kiln.engine.loader import Project
@@ -26,20 +29,20 @@ def _project() -> Project:
     return load(find_root(Path.cwd()))
 
 
+def _build_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The click options of ``kiln build``, from its one table of options."""
+    for option in reversed(BUILD_OPTIONS):
+        if option.takes_count:
+            kind: dict[str, Any] = {"type": click.IntRange(min=1)}
+        else:
+            kind = {"is_flag": True}
+        command = click.option(*option.flags, option.field, help=option.help, **kind)(command)
+    return command
+
+
 @click.command("build")
 @click.argument("targets", nargs=-1)
-@click.option(
-    "-j", "--jobs", type=click.IntRange(min=1), help="Steps run at once (default: CPU cores)."
-)
-@click.option(
-    "-k", "--keep-going", is_flag=True, help="After a failure, still run what does not need it."
-)
-@click.option(
-    "--allow-unpinned",
-    is_flag=True,
-    help="Let fetches without a digest download, then fail showing the digest to pin.",
-)
-@json_option
+@_build_options
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -55,90 +58,33 @@ def build(
     project root and is kept from garbage collection. Steps whose result is
     in the store do not run again. Exits 1 if a step or target failed.
     """
-    from kiln.cli import entry as quick
-    from kiln.engine import stamp
-    from kiln.engine.root import find_root
-
-    started = time.perf_counter()
-    root = find_root(Path.cwd())
-    key = stamp.stamp_key(list(targets) or None)
-    store = open_store(ctx)
-    # The entry point (kiln.cli.entry) may have just found this stamp stale.
-    stale = quick.declined(store.home, root, key)
-    answer = None if stale else stamp.answer(store.conn, store.cas.root, root, key)
-    if answer is not None:
-        _report_unchanged(*answer, as_json, time.perf_counter() - started)
-        return
-
-    from kiln.engine.evaluation import Build
-    from kiln.engine.progress import BuildProgress
-    from kiln.engine.scheduler import StepStatus
-
-    project = _project()
-    names = list(targets) or sorted(project.targets)
-    for name in names:
-        project.target(name)  # unknown names fail before anything runs
-    with BuildProgress() as progress:
-        report = Build(
-            store, project, jobs=jobs, keep_going=keep_going, on_change=progress.on_change,
-            allow_unpinned=allow_unpinned, on_download=progress.on_download,
-        ).run(names, stamp_as=key)  # fmt: skip
-    for error in report.errors:
-        click.echo(f"kiln: error: {error.render()}", err=True)
-    if as_json:
-        emit_json(report.summary())
-    else:
-        for t in report.targets:
-            if t.output is not None:
-                click.echo(f"{t.name}: {os.path.relpath(t.output)}")
-        executed = report.count(StepStatus.EXECUTED)
-        cached = report.count(StepStatus.CACHED)
-        failed = report.count(StepStatus.FAILED)
-        if report.ok and executed == 0:
-            verdict = f"nothing to do: all {cached} steps were cached"
-        else:
-            verdict = f"{executed} steps ran, {cached} cached, {failed} failed"
-        click.echo(f"kiln: {verdict} ({report.seconds:.2f} s)", err=True)
+    request = BuildRequest(
+        targets, store=ctx.obj.get("store"), jobs=jobs, keep_going=keep_going,
+        allow_unpinned=allow_unpinned, stamp_checked=ctx.obj.get("stamp_checked", False),
+    )  # fmt: skip
+    report = build_with_progress(request)
+    show_report(report, as_json)
     if report.errors:
-        sys.exit(max(e.exit_code for e in report.errors))
+        sys.exit(report.exit_code)
+
+
+def build_with_progress(request: BuildRequest, store: Store | None = None) -> BuildReport:
+    """``kiln.api.build`` with the build's progress shown on stderr."""
+    from kiln.engine.progress import BuildProgress
+
+    with BuildProgress() as progress:
+        return api.build(request, progress, store=store)
 
 
 def build_for_check(store: Store, targets: list[str]) -> list[Any]:
-    """Build ``targets`` for `kiln check` and return their step records;
-    a failed build is an error (there is nothing sound to compare)."""
-    from kiln.engine.evaluation import Build
-    from kiln.engine.progress import BuildProgress
-
-    project = _project()
-    for name in targets:
-        project.target(name)
-    with BuildProgress() as progress:
-        report = Build(store, project, on_change=progress.on_change).run(targets)
+    """Build ``targets`` for `kiln check` (never answered from the stamp:
+    it needs the steps) and return their step records; a failed build is an
+    error (there is nothing sound to compare)."""
+    request = BuildRequest(targets, store=store.home, from_stamp=False)
+    report = build_with_progress(request, store)
     if report.errors:
         raise report.errors[0]
     return list(report.steps)
-
-
-def _report_unchanged(
-    stamp: dict[str, Any], restored: list[str], as_json: bool, seconds: float
-) -> None:
-    """What `kiln build` says when the stamp shows nothing changed."""
-    if as_json:
-        emit_json(
-            {
-                "ok": True, "executed": 0, "cached": stamp["steps"], "failed": 0, "skipped": 0,
-                "executed_keys": [], "files_hashed": 0, "seconds": round(seconds, 3),
-                "build_id": None, "unchanged": True, "restored": restored,
-                "targets": {
-                    name: {"output": output, "digest": digest, "error": None}
-                    for name, (output, digest) in stamp["targets"].items()
-                },
-            }
-        )  # fmt: skip
-        return
-    from kiln.cli.entry import say_unchanged
-
-    say_unchanged(stamp, restored, seconds)
 
 
 @click.command("targets")
@@ -151,7 +97,7 @@ def targets_command(as_json: bool) -> None:
         for t in sorted(project.targets.values(), key=lambda t: t.name)
     ]
     if as_json:
-        emit_json(rows)
+        write_json(rows)
         return
     width = max((len(r["name"]) for r in rows), default=0)
     for r in rows:
@@ -195,7 +141,7 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
         for r in ran
     ]  # fmt: skip
     if as_json:
-        emit_json(report)
+        write_json(report)
         return
     if not report:
         click.echo("nothing ran in the last build: every step was a cache hit")
@@ -239,7 +185,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
             }
         )
     if as_json:
-        emit_json(items)
+        write_json(items)
         return
     for item in items:
         click.echo(f"{item['step']}  [{item['status']}]  key {item['key']}")
@@ -322,7 +268,7 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     home = Path(ctx.obj.get("store") or default_home())
     checks = run_checks(home)
     if as_json:
-        emit_json([asdict(c) for c in checks])
+        write_json([asdict(c) for c in checks])
     else:
         for c in checks:
             click.echo(f"{c.status:>4}  {c.name}: {c.detail}")

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kiln.cli.common import asdict, digest_arg, emit_json, json_option, open_store, status
+from kiln.cli.common import asdict, digest_arg, json_option, open_store, status
+from kiln.cli.report import write_json
 from kiln.errors import ExitCode, KilnError
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def check(
         with status(f"running {key} under {engine}"):
             reports.append(check_engines(store, key, engine or "node", timeout))
     if as_json:
-        emit_json([{**asdict(r), "identical": r.identical} for r in reports])
+        write_json([{**asdict(r), "identical": r.identical} for r in reports])
     else:
         for r in reports:
             if r.identical:
@@ -96,7 +97,7 @@ def _report_rebuild(store: Store, records: list[Any], as_json: bool) -> None:
         checks = rebuild_steps(store, records, lambda d: on_step and on_step(f"running {d}"))
     differing = [c for c in checks if not c.identical]
     if as_json:
-        emit_json([{**asdict(c), "identical": c.identical} for c in checks])
+        write_json([{**asdict(c), "identical": c.identical} for c in checks])
     else:
         for c in differing:
             click.echo(f"{c.target}: {c.step}: DIFFERS when run again (key {c.key})")

@@ -15,12 +15,6 @@ _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def emit_json(obj: object) -> None:
-    import json
-
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
 def open_store(ctx: click.Context) -> Store:
     from kiln.store import Store
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from kiln.cli.common import emit_json, json_option, open_store
+from kiln.cli.common import json_option, open_store
+from kiln.cli.report import write_json
 
 
 @click.command("prefetch")
@@ -31,8 +32,10 @@ def prefetch(
     """Download URL into the store and print its digest, to pin in a build
     file as fetch.url(URL, digest=...). The content stays in the store (GC
     root prefetch:URL), so the build that pins it does not download again."""
+    from kiln.exec.base import ExecHooks
     from kiln.exec.download import url_file_name
     from kiln.exec.fetch import UNPINNED, FetchExecutor, FetchSpec
+    from kiln.exec.kinds import local_context
 
     name = url_file_name(url) or "download"
     spec = FetchSpec(
@@ -41,11 +44,12 @@ def prefetch(
     spec.check("kiln prefetch")
     store = open_store(ctx)
     with _DownloadBar(quiet=as_json) as bar:
-        pin, digest, _ = FetchExecutor(store, progress=bar.update).prefetch(spec)
+        fetcher = FetchExecutor(local_context(store), ExecHooks(on_download=bar.update))
+        pin, digest, _ = fetcher.prefetch(spec)
     with store.writing():
         store.add_root(f"prefetch:{spec.mode}:{url}", digest, "tree" if unpack else "blob")
     if as_json:
-        emit_json({"url": url, "mode": spec.mode, "digest": pin, "stored": str(digest)})
+        write_json({"url": url, "mode": spec.mode, "digest": pin, "stored": str(digest)})
         return
     click.echo(pin)
     click.echo(f'kiln: pin it: fetch.url("{url}"{", unpack=True" if unpack else ""}'

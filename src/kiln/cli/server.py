@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from kiln.cli.common import emit_json, json_option, parse_age
+from kiln.cli.common import json_option, parse_age
+from kiln.cli.report import write_json
 from kiln.errors import ExitCode
 
 
@@ -56,7 +57,7 @@ def server_stop(ctx: click.Context, as_json: bool) -> None:
 
     answer = resident.stop(_home(ctx))
     if as_json:
-        emit_json({"stopped": answer is not None})
+        write_json({"stopped": answer is not None})
     elif answer is None:
         click.echo("kiln: no server runs for this store", err=True)
     else:
@@ -73,7 +74,7 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
     status = ask(_home(ctx), {"op": "status"})
     if status is None:
         if as_json:
-            emit_json({"server": None})
+            write_json({"server": None})
         else:
             click.echo("kiln: no server runs for this store", err=True)
         raise SystemExit(ExitCode.NOT_FOUND)
@@ -82,7 +83,7 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
 
 def _show(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        emit_json(status)
+        write_json(status)
         return
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["started"]))
     click.echo(f"kiln server: pid {status['pid']}, store {status['store']}, up since {since}")

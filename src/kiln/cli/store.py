@@ -11,12 +11,12 @@ from kiln.cli.common import (
     HashingProgress,
     asdict,
     digest_arg,
-    emit_json,
     json_option,
     open_store,
     parse_age,
     parse_size,
 )
+from kiln.cli.report import write_json
 from kiln.errors import ExitCode, KilnError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def store_put(ctx: click.Context, path: str, root_name: str | None, as_json: boo
     with HashingProgress() as progress:
         result = open_store(ctx).put(path, root=root_name, progress=progress)
     if as_json:
-        emit_json(
+        write_json(
             {
                 "digest": str(result.digest),
                 "hash": result.digest.hash,
@@ -79,7 +79,7 @@ def store_get(
     d = digest_arg(digest)
     m = open_store(ctx).get(d, dest, blob=blob, copy=copy)
     if as_json:
-        emit_json({"digest": str(d), "dest": dest, "linked": m.linked, "copied": m.copied})
+        write_json({"digest": str(d), "dest": dest, "linked": m.linked, "copied": m.copied})
 
 
 @store.command("verify")
@@ -89,7 +89,7 @@ def store_verify(ctx: click.Context, as_json: bool) -> None:
     """Re-hash every blob; move corrupt ones to quarantine/ and exit 1."""
     report = open_store(ctx).verify()
     if as_json:
-        emit_json({"ok": report.ok, **asdict(report)})
+        write_json({"ok": report.ok, **asdict(report)})
     else:
         for c in report.corrupt:
             click.echo(
@@ -109,7 +109,7 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
     """Show what the store holds."""
     stats = open_store(ctx).stats()
     if as_json:
-        emit_json(asdict(stats))
+        write_json(asdict(stats))
         return
     from rich.console import Console
     from rich.table import Table
@@ -131,7 +131,7 @@ def store_diff(ctx: click.Context, old: str, new: str, as_json: bool) -> None:
 
     result = diff(open_store(ctx).cas, digest_arg(old), digest_arg(new))
     if as_json:
-        emit_json(asdict(result))
+        write_json(asdict(result))
         return
     for mark, paths in (("+", result.added), ("-", result.removed), ("~", result.changed)):
         for p in paths:
@@ -178,7 +178,7 @@ def root_list(ctx: click.Context, as_json: bool) -> None:
     """List the named roots."""
     roots = open_store(ctx).roots()
     if as_json:
-        emit_json([{"name": n, "kind": k, "digest": str(d), "created": c} for n, k, d, c in roots])
+        write_json([{"name": n, "kind": k, "digest": str(d), "created": c} for n, k, d, c in roots])
         return
     for n, k, d, _ in roots:
         click.echo(f"{n}\t{k}\t{d}")
@@ -235,7 +235,7 @@ def gc_command(
         reap_leftovers(store.home)
     report = store.gc(policy, timeout=timeout)
     if as_json:
-        emit_json(asdict(report))
+        write_json(asdict(report))
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(

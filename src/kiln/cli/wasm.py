@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from kiln.cli.common import emit_json, json_option, open_store, status
+from kiln.cli.common import json_option, open_store, status
+from kiln.cli.report import write_json
 
 if TYPE_CHECKING:
     pass
@@ -108,7 +109,7 @@ def wasm_run(
     stdout = read_blob(store.cas, Digest.from_proto(result.stdout_digest), "stdout")
     stderr = read_blob(store.cas, Digest.from_proto(result.stderr_digest), "stderr")
     if as_json:
-        emit_json(
+        write_json(
             {
                 "key": str(run.key),
                 "cached": run.cached,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
+from kiln.exec import kinds
 from kiln.exec.wasm import EXIT_TRAP
 from kiln.model.digest import Digest
 from kiln.store.cas import read_blob
@@ -58,9 +59,7 @@ def action_abi(action: re_pb2.Action) -> str:
 
 
 def is_wasm_action(store: Store, key: Digest) -> bool:
-    from kiln.exec.wasi.host import ABI_VERSION
-
-    return action_abi(load_action(store, key)[0]) == ABI_VERSION
+    return action_abi(load_action(store, key)[0]) == kinds.WASM_ABI
 
 
 def load_action(store: Store, key: Digest) -> tuple[re_pb2.Action, re_pb2.Command]:
@@ -95,7 +94,6 @@ def check_engines(
 ) -> EngineCheck:
     """Run the wasm action ``key`` under Wasmtime and ``engine``; compare."""
     from kiln.exec.node import NodeWasmExecutor
-    from kiln.exec.wasi.host import ABI_VERSION
     from kiln.exec.wasm import WasmExecutor
 
     if engine not in ENGINES:
@@ -105,18 +103,21 @@ def check_engines(
             exit_code=errors.ExitCode.BAD_INPUT,
         )
     action, command = load_action(store, key)
-    if action_abi(action) != ABI_VERSION:
+    if action_abi(action) != kinds.WASM_ABI:
         raise errors.KilnError(
             f"action {key} is not a wasm action",
             hint="only wasm actions can run under a second engine",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
+    ctx = kinds.local_context(store)
     cached = store.lookup(key)
-    if cached is not None and cached.executor == "wasm":
+    if cached is not None and cached.executor == WasmExecutor.name:
         reference, was_cached = cached.result, True
     else:
-        wasmtime = WasmExecutor(store, timeout=timeout)
-        run = store.execute_once(key, lambda: (wasmtime.execute(key, action, command), "wasm"))
+        wasmtime = WasmExecutor(ctx, timeout=timeout)
+        run = store.execute_once(
+            key, lambda: (wasmtime.execute(key, action, command), wasmtime.name)
+        )
         reference, was_cached = run.result, run.cached
     stderr = read_blob(store.cas, Digest.from_proto(reference.stderr_digest), "stderr")
     if any(f"kiln: {limit}".encode() in stderr for limit in LIMITS_NOT_COMPARED):
@@ -126,7 +127,7 @@ def check_engines(
             hint="check an action that finishes within its limits",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
-    other = NodeWasmExecutor(store, timeout=timeout).execute(key, action, command)
+    other = NodeWasmExecutor(ctx, timeout=timeout).execute(key, action, command)
     return EngineCheck(
         key=str(key),
         reference_engine="wasmtime",
@@ -220,30 +221,23 @@ class StepCheck:
 def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[StepCheck]:
     """Run each of ``steps`` (records of a build) again with a fresh executor,
     without reading or writing the action cache, and compare its result with
-    the recorded one. Fetches are not run again: their pin already checks
-    them, and they would only download the same bytes."""
-    from kiln.engine.evaluation import default_executors
+    the recorded one. Steps of kinds that say so are not run again (a
+    pinned fetch: its pin already checks it)."""
     from kiln.exec.base import close_executor
-    from kiln.exec.native import NATIVE_ABI
-    from kiln.exec.unpack import UNPACK_ABI
-    from kiln.exec.wasi.host import ABI_VERSION
 
-    kinds = {ABI_VERSION: "wasm", NATIVE_ABI: "native", UNPACK_ABI: "unpack"}
-    factories = default_executors(store)
+    factories = kinds.factories(kinds.local_context(store))
     executors: dict[str, Any] = {}
     try:
-        return _rebuild_each(store, steps, kinds, factories, executors, on_step)
+        return _rebuild_each(store, steps, factories, executors, on_step)
     finally:
         for executor in executors.values():
             close_executor(executor)
 
 
 def _rebuild_each(
-    store: Store, steps: list[Any], kinds: dict[str, str], factories: dict[str, Any],
-    executors: dict[str, Any], on_step: Any,
+    store: Store, steps: list[Any], factories: dict[str, Any], executors: dict[str, Any],
+    on_step: Any,
 ) -> list[StepCheck]:  # fmt: skip
-    from kiln.exec.fetch import FETCH_ABI
-
     checks = []
     for record in steps:
         if record.result is None:
@@ -252,16 +246,17 @@ def _rebuild_each(
         abi = action_abi(action)
         check = StepCheck(record.target, record.description, str(record.key))
         checks.append(check)
-        if abi == FETCH_ABI:
-            check.skipped = "a fetch: checked against its pin when it ran"
-            continue
-        kind = kinds.get(abi)
+        kind = kinds.by_abi(abi)
         if kind is None:
             check.skipped = f"no executor here for {abi!r}"
             continue
+        if kind.not_rechecked:
+            check.skipped = f"a {kind.name}: {kind.not_rechecked}"
+            continue
         if on_step is not None:
             on_step(record.description)
-        executor = executors.get(kind) or executors.setdefault(kind, factories[kind]())
-        again = executor.execute(record.key, action, command)
+        if kind.name not in executors:
+            executors[kind.name] = factories[kind.name]()
+        again = executors[kind.name].execute(record.key, action, command)
         check.differences = compare_results(store, record.result, again)
     return checks

@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,8 @@ from kiln.config import Config, check_secret, load_config
 from kiln.engine import kiln_out, rules
 from kiln.engine.inputs import input_root, input_tree
 from kiln.engine.loader import Project, user_code_error
-from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest, StepStatus
+from kiln.engine.report import BuildReport, TargetOutcome
+from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest
 from kiln.engine.sources import Sources
 from kiln.engine.values import File, StepResult, Tree, Value
 from kiln.model.action import ActionSpec
@@ -33,55 +33,6 @@ from kiln.model.digest import Digest
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
     from kiln.store.local import Store
-
-
-@dataclass
-class TargetOutcome:
-    name: str
-    output: str | None = None  # folder holding its value
-    digest: str | None = None  # the value as a tree
-    error: errors.KilnError | None = None
-
-
-@dataclass
-class BuildReport:
-    targets: list[TargetOutcome]
-    steps: list[StepRecord]
-    seconds: float
-    build_id: int | None = None
-    files_hashed: int = 0
-    errors: list[errors.KilnError] = field(default_factory=list)
-    stamped: bool = False  # a later no-op build can be answered from its stamp
-
-    def count(self, status: StepStatus) -> int:
-        return sum(1 for s in self.steps if s.status is status)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def summary(self) -> dict[str, Any]:
-        """The machine-readable report of ``kiln build --json``."""
-        return {
-            "ok": self.ok,
-            "executed": self.count(StepStatus.EXECUTED),
-            "cached": self.count(StepStatus.CACHED),
-            "failed": self.count(StepStatus.FAILED),
-            "skipped": self.count(StepStatus.SKIPPED),
-            "executed_keys": [str(s.key) for s in self.steps if s.status is StepStatus.EXECUTED],
-            "targets": {
-                t.name: {
-                    "output": t.output,
-                    "digest": t.digest,
-                    "error": t.error and t.error.render(),
-                }
-                for t in self.targets
-            },
-            "files_hashed": self.files_hashed,
-            "seconds": round(self.seconds, 3),
-            "build_id": self.build_id,
-            "unchanged": False,  # True: answered from the build stamp, nothing evaluated
-        }
 
 
 class BuildContext:
@@ -135,12 +86,10 @@ class BuildContext:
         """The identity of host tools (resolved once per build)."""
         key = tuple(names)
         if key not in self._tools:
-            from kiln.exec.tools import Dpkg, identity, resolve
+            from kiln.exec.tools import Dpkg, identity, resolve, tool_roots_folder
 
             if self._dpkg is None:
-                cache = self.store.home / "tool-roots"
-                cache.mkdir(exist_ok=True)
-                self._dpkg = Dpkg(cache=cache)
+                self._dpkg = Dpkg(cache=tool_roots_folder(self.store.home))
             try:
                 self._tools[key] = identity([resolve(n, self._dpkg) for n in names])
             except errors.KilnError as e:
@@ -234,30 +183,30 @@ class Build:
         self,
         store: Store,
         project: Project,
+        executors: Mapping[str, Callable[[], Executor]],
         *,
-        jobs: int | None = None,
+        jobs: int = 1,
         keep_going: bool = False,
-        on_change: Callable[[StepRecord], None] | None = None,
-        executors: dict[str, Callable[[], Executor]] | None = None,
         allow_unpinned: bool = False,
-        on_download: Callable[[str, int, int | None], None] | None = None,
+        on_change: Callable[[StepRecord], None] | None = None,
+        worker_processes: bool = False,
     ) -> None:
+        """``executors``: a maker per step kind. ``worker_processes``: the
+        makers are the table's (``kiln.exec.kinds``), so steps may also run
+        in worker processes, which make their own (see ``runners.py``)."""
         self.store = store
         self.project = project
         self.allow_unpinned = allow_unpinned
-        self.jobs = jobs or os.cpu_count() or 1
+        self.jobs = jobs
         self.keep_going = keep_going
         self._on_change = on_change
         self._synced = False
-        # Worker processes can only use the default executors.
-        self._processes = executors is None
-        self._executors = executors or default_executors(store, on_download)
+        self._processes = worker_processes
+        self._executors = dict(executors)
+        self.sources: Sources | None = None  # what the last run read (for its stamp)
 
-    def run(self, names: list[str], stamp_as: str | None = None) -> BuildReport:
-        """Build ``names``; the stamp of a successful build is filed under
-        ``stamp_as`` (default: these names; see ``engine/stamp.py``)."""
-        from kiln.engine import stamp
-
+    def run(self, names: list[str]) -> BuildReport:
+        """Build ``names``: evaluate them, run their steps, place their values."""
         targets = [self.project.target(n) for n in names]
         self._synced = False
         scheduler = Scheduler(
@@ -274,7 +223,8 @@ class Build:
             values = asyncio.run(self._evaluate(ctx, targets))
         finally:
             scheduler.close()
-        report = BuildReport([], scheduler.records, 0.0, files_hashed=ctx.sources.files_hashed)
+        report = BuildReport([], scheduler.records)
+        report.files_hashed = ctx.sources.files_hashed
         for t, value in zip(targets, values, strict=True):
             outcome = TargetOutcome(t.name)
             report.targets.append(outcome)
@@ -291,12 +241,8 @@ class Build:
             if value not in report.errors:  # one failed step can fail several targets
                 report.errors.append(value)
         ctx.sources.save()
+        self.sources = ctx.sources
         report.seconds = time.time() - started
-        from kiln.engine.history import record_build
-
-        report.build_id = record_build(self.store, self.project.root, names, report, started)
-        key = stamp_as or stamp.stamp_key(names)
-        report.stamped = stamp.record(self.store, self.project, key, ctx.sources, report)
         return report
 
     async def _evaluate(self, ctx: BuildContext, targets: list[rules.Target]) -> list[Any]:
@@ -332,35 +278,6 @@ class Build:
             self.store.session.protect(digest, "tree")
         kiln_out.place(self.store.cas, self.project.root, t.name, digest)
         return digest
-
-
-def default_executors(
-    store: Store, on_download: Callable[[str, int, int | None], None] | None = None
-) -> dict[str, Callable[[], Executor]]:
-    """A factory per step kind; each imports its executor when first used
-    (a build that runs only wasm steps never loads the others)."""
-
-    def wasm() -> Executor:
-        from kiln.exec.wasm import WasmExecutor
-
-        return WasmExecutor(store)
-
-    def native() -> Executor:
-        from kiln.exec.native import NativeExecutor
-
-        return NativeExecutor(store)
-
-    def fetch() -> Executor:
-        from kiln.exec.fetch import FetchExecutor
-
-        return FetchExecutor(store, progress=on_download)
-
-    def unpack() -> Executor:
-        from kiln.exec.unpack import UnpackExecutor
-
-        return UnpackExecutor(store)
-
-    return {"wasm": wasm, "native": native, "fetch": fetch, "unpack": unpack}
 
 
 def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:

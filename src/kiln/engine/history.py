@@ -15,7 +15,7 @@ from kiln.model.digest import Digest, canonical_bytes
 from kiln.store.db import transaction
 
 if TYPE_CHECKING:
-    from kiln.engine.evaluation import BuildReport
+    from kiln.engine.report import BuildReport
     from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 

@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from kiln.engine.scheduler import StepRecord, StepStatus
+from kiln.engine.report import StepStatus
+from kiln.engine.scheduler import StepRecord
 
 MAX_SHOWN = 4  # running steps named in the live line
 LARGE_DOWNLOAD = 16 << 20  # without a terminal, report downloads from this size
+
+
+class BuildObserver(Protocol):
+    """What hears a build as it goes (``kiln.api.build``'s observer)."""
+
+    def on_change(self, record: StepRecord) -> None:
+        """A step was requested, started, or finished (``record.status``)."""
+        ...
+
+    def on_download(self, url: str, done: int, total: int | None) -> None:
+        """A fetch step's download progressed (called from worker threads)."""
+        ...
 
 
 class BuildProgress:

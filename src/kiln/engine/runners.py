@@ -20,7 +20,7 @@ same way (``execute_with_retries``).
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -82,7 +82,7 @@ class ThreadRunner:
     """Executes on ``jobs`` threads, one executor per thread."""
 
     def __init__(
-        self, store: Store, factories: dict[str, Callable[[], Executor]], jobs: int
+        self, store: Store, factories: Mapping[str, Callable[[], Executor]], jobs: int
     ) -> None:
         self._store = store
         self._factories = factories
@@ -192,13 +192,13 @@ def _worker_start(home: str) -> None:
     import atexit
     import multiprocessing.util
 
-    from kiln.engine.evaluation import default_executors
+    from kiln.exec import kinds
     from kiln.store.local import Store
 
     store = Store(home)
     atexit.register(store.close)
     _worker["store"] = store
-    _worker["factories"] = default_executors(store)
+    _worker["factories"] = kinds.factories(kinds.local_context(store))
     _worker["executors"] = {}
     # A worker ends with os._exit: only multiprocessing's finalizers run.
     multiprocessing.util.Finalize(None, _close_worker_executors, exitpriority=10)

@@ -25,14 +25,14 @@ Command as they are written, and its result as it is recorded.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.engine.inputs import write_blobs
+from kiln.engine.report import StepStatus
 from kiln.engine.runners import ProcessRunner, ThreadRunner
 from kiln.engine.values import StepResult, outputs_of
 from kiln.model.digest import Digest
@@ -46,14 +46,6 @@ if TYPE_CHECKING:
 
 PROCESSES_AFTER = 8  # executions run on threads before worker processes start
 STDERR_TAIL = 10  # lines of a failed step's stderr shown in its error
-
-
-class StepStatus(enum.Enum):
-    PENDING = "pending"  # requested, not finished yet
-    CACHED = "cached"  # the action cache (or an identical in-flight step) had it
-    EXECUTED = "executed"  # ran here and succeeded
-    FAILED = "failed"  # ran (or could not be run) and failed
-    SKIPPED = "skipped"  # not started: the build was stopping after a failure
 
 
 @dataclass
@@ -110,7 +102,7 @@ class Scheduler:
     def __init__(
         self,
         store: Store,
-        executors: dict[str, Callable[[], Executor]],
+        executors: Mapping[str, Callable[[], Executor]],
         jobs: int,
         keep_going: bool = False,
         on_change: Callable[[StepRecord], None] | None = None,

@@ -33,8 +33,8 @@ TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 if TYPE_CHECKING:
     from typing import Any
 
-    from kiln.engine.evaluation import BuildReport
     from kiln.engine.loader import Project
+    from kiln.engine.report import BuildReport
     from kiln.engine.sources import Sources
     from kiln.store.local import Store
 

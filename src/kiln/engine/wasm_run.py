@@ -66,6 +66,8 @@ def run_wasm(
     progress: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> WasmRun:
     """Run ``module`` with ``args`` as a memoized wasm action; copy outputs out."""
+    from kiln.exec.base import ExecHooks
+    from kiln.exec.kinds import local_context
     from kiln.exec.wasm import WasmExecutor, WasmLimits
     from kiln.model.tree import graft, lookup
 
@@ -97,8 +99,10 @@ def run_wasm(
     )
     key = store.put_action(spec)
     action, command = spec.action()
-    executor = WasmExecutor(store, timeout=timeout, progress=progress)
-    execution = store.execute_once(key, lambda: (executor.execute(key, action, command), "wasm"))
+    executor = WasmExecutor(local_context(store), ExecHooks(on_slow=progress), timeout=timeout)
+    execution = store.execute_once(
+        key, lambda: (executor.execute(key, action, command), executor.name)
+    )
     run = WasmRun(key, execution.cached, execution.result)
     _copy_out(store, execution.result, cwd, run)
     return run

@@ -1,21 +1,63 @@
-"""The executor interface and the two kinds of failure.
+"""The executor interface, what an executor is given, and the two kinds
+of failure.
 
-An executor turns one action into an ``ActionResult``. A step's own failure
-(non-zero exit, a trap, exhausted fuel) is a *result*: deterministic, a
-value the caller may show or, later, cache. Everything else, the executor
-not managing to run the step as described (sandbox set-up, a wall-clock
-timeout, a lost worker), is a ``TransientError``: never cached, maybe retried.
+An executor turns one action into an ``ActionResult``. It is given an
+``ExecContext``: the content store and the action cache as protocols
+(``kiln.store.cas.ContentStore``, ``kiln.store.actioncache.ActionCache``),
+a scratch folder and a folder for its caches, never the local ``Store``
+itself, so that remote services can stand in for the local ones.
+
+A step's own failure (non-zero exit, a trap, exhausted fuel) is a *result*:
+deterministic, a value the caller may show or, later, cache. Everything
+else, the executor not managing to run the step as described (sandbox
+set-up, a wall-clock timeout, a lost worker), is a ``TransientError``:
+never cached, maybe retried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from kiln.errors import ExitCode, KilnError
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from kiln.model.digest import Digest
     from kiln.model.reapi import re_pb2
+    from kiln.store.actioncache import ActionCache
+    from kiln.store.cas import ContentStore
+
+
+@dataclass(frozen=True)
+class ExecContext:
+    """Where an executor reads and writes.
+
+    ``cas`` holds inputs and receives outputs (written in batches, which
+    the local store keeps safe from a concurrent GC); ``actions`` is the
+    action cache, for executors that memoize work inside a step;
+    ``scratch()`` is a private folder on the store's disk for temporary
+    files (made on first use, removed when the process's session ends);
+    ``state`` is a folder for what an executor keeps between steps and
+    runs (compiled modules, sandboxes, tool roots, partial downloads)."""
+
+    cas: ContentStore
+    actions: ActionCache
+    scratch: Callable[[], Path]
+    state: Path
+
+
+@dataclass(frozen=True)
+class ExecHooks:
+    """What a caller hears from executors while they work: a download's
+    progress (name, bytes so far, total if known), and a context entered
+    while something slow happens (a large module compiling)."""
+
+    on_download: Callable[[str, int, int | None], None] | None = None
+    on_slow: Callable[[str], AbstractContextManager[object]] | None = None
 
 
 class TransientError(KilnError):

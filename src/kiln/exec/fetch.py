@@ -36,16 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.config import load_config
-from kiln.exec.base import record_timing
-from kiln.exec.download import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Auth, Progress, check_url
+from kiln.exec.base import ExecContext, ExecHooks, record_timing
+from kiln.exec.download import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Auth, check_url
+from kiln.exec.kinds import FETCH_ABI
 from kiln.exec.output_trees import StoredTree
 from kiln.model.digest import Digest, canonical_bytes
 
 if TYPE_CHECKING:
     from kiln.model.reapi import re_pb2
-    from kiln.store.local import Store
-
-FETCH_ABI = "kiln-fetch-v1"
 PROGRAM = "kiln-fetch"
 KINDS = ("url", "npm", "pypi", "git")
 MODES = ("file", "tree")
@@ -167,20 +165,22 @@ class FetchExecutor:
 
     def __init__(
         self,
-        store: Store,
+        ctx: ExecContext,
+        hooks: ExecHooks | None = None,
         *,
         timeout: float | None = None,
         attempts: int | None = None,
-        progress: Progress | None = None,
     ) -> None:
-        self._store = store
+        """``hooks.on_download`` hears how each download progresses."""
+        self._cas = ctx.cas
+        self._scratch = ctx.scratch
         env_timeout = os.environ.get("KILN_FETCH_TIMEOUT")
         self._timeout = timeout or (float(env_timeout) if env_timeout else DEFAULT_TIMEOUT)
         env_attempts = os.environ.get("KILN_FETCH_ATTEMPTS")
         self._attempts = attempts or (int(env_attempts) if env_attempts else DEFAULT_ATTEMPTS)
-        self._progress = progress
-        self._partial = store.home / "fetch-partial"
-        self._rejected = store.home / "fetch-rejected"
+        self._progress = hooks.on_download if hooks is not None else None
+        self._partial = ctx.state / "fetch-partial"
+        self._rejected = ctx.state / "fetch-rejected"
 
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
@@ -195,7 +195,7 @@ class FetchExecutor:
         if known is not None:
             (digest, tree), origin = known, "the store (already there)"
         else:
-            with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._store.home) as tmp:
+            with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._scratch()) as tmp:
                 if spec.kind == "git":
                     origin, stored, checkout = self._git(spec, Path(tmp))
                     shutil.rmtree(checkout / ".git", ignore_errors=True)
@@ -208,7 +208,7 @@ class FetchExecutor:
             result.output_files.add(path=spec.name, digest=digest.to_proto())
         else:
             result.output_directories.add(path=spec.name, tree_digest=tree.to_proto())
-        with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+        with self._cas.batch(durable=False) as batch:
             result.stdout_digest.CopyFrom(batch.add_bytes(f"from {origin}\n".encode()).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(b"").to_proto())
         record_timing(result, "kiln-fetch", started)
@@ -217,17 +217,17 @@ class FetchExecutor:
     def prefetch(self, spec: FetchSpec) -> tuple[str, Digest, Digest | None]:
         """Download ``spec`` (unpinned) into the store: (the pin to write, the
         file's or root's digest, the Tree's digest for a tree)."""
-        with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._store.home) as tmp:
+        with tempfile.TemporaryDirectory(prefix="fetch-", dir=self._scratch()) as tmp:
             if spec.kind == "git":
                 _, stored, _ = self._git(spec, Path(tmp))
                 return f"sha256:{stored.root.hash}", stored.root, stored.tree
             origin, path = self._download(spec, [Auth(a) for a in spec.auth])
             try:
                 if spec.mode == "file":
-                    with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                    with self._cas.batch(durable=False) as batch:
                         blob = batch.add_file(path)
                     return f"sha256:{blob.hash}", blob, None
-                with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                with self._cas.batch(durable=False) as batch:
                     stored = self._archive_tree(batch, path, spec.strip, origin)
                 return f"sha256:{stored.root.hash}", stored.root, stored.tree
             finally:
@@ -241,7 +241,7 @@ class FetchExecutor:
         algorithm, _, hash_hex = spec.pin.partition(":")
         if algorithm != "sha256":
             return None
-        cas = self._store.cas
+        cas = self._cas
         if spec.mode == "file":
             try:
                 digest = Digest(hash_hex, cas.path_for_hash(hash_hex).stat().st_size)
@@ -259,7 +259,7 @@ class FetchExecutor:
         files = [Digest.from_proto(f.digest) for d in (tree.root, *tree.children) for f in d.files]
         if cas.find_missing(files):
             return None
-        with self._store.writing(), cas.batch(durable=False) as batch:
+        with cas.batch(durable=False) as batch:
             return root, batch.add_metadata(canonical_bytes(tree))
 
     # ------------------------------------------------------------ download
@@ -293,12 +293,12 @@ class FetchExecutor:
                 algorithm = spec.pin.split(":")[0] if spec.pin != UNPINNED else "sha256"
                 got = f"{algorithm}:{file_hash(path, algorithm)}"
                 if spec.pin == UNPINNED:  # kept, so the build that pins it needs no download
-                    with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                    with self._cas.batch(durable=False) as batch:
                         batch.add_file(path)
                 self._verify(spec, origin, got, path)
-                with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+                with self._cas.batch(durable=False) as batch:
                     return batch.add_file(path), None
-            with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+            with self._cas.batch(durable=False) as batch:
                 stored = self._archive_tree(batch, path, spec.strip, origin)
             self._verify(spec, origin, f"sha256:{stored.root.hash}", path)
             return stored.root, stored.tree
@@ -310,7 +310,7 @@ class FetchExecutor:
 
         return archive_tree(
             batch, path, strip, where=origin,
-            limits=load_config().archives, scratch=self._store.session.staging,
+            limits=load_config().archives, scratch=self._scratch(),
         )  # fmt: skip
 
     def _verify(self, spec: FetchSpec, origin: str, got: str, path: Path | None) -> None:
@@ -374,7 +374,7 @@ class FetchExecutor:
                     hint="check the repository URL and that the revision exists",
                     exit_code=errors.ExitCode.FAILED,
                 )
-        with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+        with self._cas.batch(durable=False) as batch:
             stored = folder_tree(batch, checkout, skip=frozenset({".git"}))
         return f"{repo} at {spec.rev}", stored, checkout
 

@@ -47,10 +47,19 @@ from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.config import Secret, check_secret, load_config
-from kiln.exec.base import TransientError, record_timing
+from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
 from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
-from kiln.exec.tools import Dpkg, Tool, canonical, identity, resolve, tool_root
+from kiln.exec.kinds import NATIVE_ABI
+from kiln.exec.tools import (
+    Dpkg,
+    Tool,
+    canonical,
+    identity,
+    resolve,
+    tool_root,
+    tool_roots_folder,
+)
 from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Outcome, Zygote
 from kiln.model.digest import Digest
 from kiln.system import claims
@@ -58,9 +67,8 @@ from kiln.system.fsutil import empty_folder
 
 if TYPE_CHECKING:
     from kiln.model.reapi import re_pb2
-    from kiln.store.local import Store
 
-NATIVE_ABI = "kiln-native-bwrap-v3"
+__all__ = ["NATIVE_ABI", "NativeExecutor", "NativeLimits", "reap_leftovers"]
 SANDBOX_UID = 1000
 FIXED_ENV = {
     "PATH": "/usr/bin:/bin",
@@ -122,19 +130,23 @@ class NativeExecutor:
 
     name = "native"
 
-    def __init__(self, store: Store, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        ctx: ExecContext,
+        hooks: ExecHooks | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> None:
         bwrap = bwrap_path()
         if bwrap is None:
             raise missing_bwrap()
         self._bwrap = bwrap
-        self._store = store
+        self._cas = ctx.cas
         self._timeout = timeout
-        self._roots = store.home / "tool-roots"
-        self._roots.mkdir(exist_ok=True)
+        self._roots = tool_roots_folder(ctx.state)
         self._dpkg = Dpkg(cache=self._roots)
-        self._sandboxes = store.home / "sandboxes"
+        self._sandboxes = ctx.state / "sandboxes"
         self._sandboxes.mkdir(exist_ok=True)
-        reap_leftovers(store.home)
+        reap_leftovers(ctx.state)
         # Ending the sandboxes and removing the cgroups: at ``close``, or when
         # the executor is collected (not on ``os._exit``: callers close).
         self._cleanups: list[weakref.finalize] = []
@@ -206,7 +218,7 @@ class NativeExecutor:
         work.mkdir(exist_ok=True)
         try:
             input_root = Digest.from_proto(action.input_root_digest)
-            self._store.get(input_root, inputs)
+            self._cas.materialize_tree(input_root, inputs)
             _link_inputs(inputs, work)
             for path in command.output_paths:
                 (work / path).parent.mkdir(parents=True, exist_ok=True)
@@ -222,9 +234,9 @@ class NativeExecutor:
             if note:
                 stderr += f"kiln: {note}\n".encode()
             result = re_pb2.ActionResult(exit_code=code)
-            with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+            with self._cas.batch(durable=False) as batch:
                 collect_host_outputs(
-                    batch, self._store.cas, work, input_root, list(command.output_paths), result
+                    batch, self._cas, work, input_root, list(command.output_paths), result
                 )
                 result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
                 result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
@@ -367,12 +379,12 @@ class NativeExecutor:
         return code, outcome.stdout, outcome.stderr, note
 
 
-def reap_leftovers(home: Path) -> int:
+def reap_leftovers(state: Path) -> int:
     """Remove the sandbox folders (with the input links inside) and cgroups
-    that processes killed before closing their executors left behind: the
-    folders whose claim no live process holds, the cgroups named after a
-    process that no longer runs. Returns how many went."""
-    removed = claims.reap(home / "sandboxes")
+    that processes killed before closing their executors left behind in a
+    state folder: the folders whose claim no live process holds, the
+    cgroups named after a process that no longer runs. Returns how many went."""
+    removed = claims.reap(state / "sandboxes")
     for base in (PIDS_CGROUP, MEMORY_CGROUP, Path("/sys/fs/cgroup")):
         with contextlib.suppress(OSError):
             for group in base.glob(f"{LEFTOVER_PREFIX}*"):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.exec.base import TransientError, record_timing
+from kiln.exec.base import ExecContext, TransientError, record_timing
 from kiln.exec.wasi.vfs import Dir, FileSystem, Node, Symlink
 from kiln.exec.wasm import WasmLimits
 from kiln.exec.wasm_files import collect_outputs, directory_entries
@@ -32,7 +32,6 @@ from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
     from kiln.model.reapi import re_pb2
-    from kiln.store.local import Store
 
 HOST_SCRIPT = Path(__file__).with_name("wasi") / "node_host.mjs"
 EXIT_UNRUNNABLE = 3  # node_host.mjs: the request itself cannot be run
@@ -49,7 +48,7 @@ class NodeWasmExecutor:
     name = "wasm-node"
 
     def __init__(
-        self, store: Store, timeout: float | None = 600.0, node: str | None = None
+        self, ctx: ExecContext, timeout: float | None = 600.0, node: str | None = None
     ) -> None:
         found = node or find_node()
         if found is None:
@@ -58,7 +57,7 @@ class NodeWasmExecutor:
                 hint="install Node.js 18 or later (Debian: apt install nodejs)",
             )
         self._node = found
-        self._store = store
+        self._cas = ctx.cas
         self._timeout = timeout
 
     def execute(
@@ -95,7 +94,7 @@ class NodeWasmExecutor:
             parent, name, _ = fs.resolve(fs.root, path, follow=False)
             fs.entries(parent)[name] = _rebuild(fs, description, parent, chunk)
         result = re_pb2.ActionResult(exit_code=report["exit_code"])
-        with self._store.writing(), self._store.cas.batch() as batch:
+        with self._cas.batch() as batch:
             collect_outputs(fs, batch, list(command.output_paths), result)
             result.stdout_digest.CopyFrom(batch.add_bytes(chunk(report["stdout"])).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(chunk(report["stderr"])).to_proto())
@@ -112,13 +111,13 @@ class NodeWasmExecutor:
             digest = pending.pop()
             if str(digest) in dirs:
                 continue
-            entries = directory_entries(self._store.cas, digest)
+            entries = directory_entries(self._cas, digest)
             dirs[str(digest)] = [[n, kind, str(p)] for n, kind, p in entries]
             for _, kind, payload in entries:
                 if kind == "dir":
                     pending.append(payload)  # type: ignore[arg-type]
                 elif kind == "file":
-                    blobs[str(payload)] = str(self._store.cas.path(payload))  # type: ignore[arg-type]
+                    blobs[str(payload)] = str(self._cas.blob_file(payload))  # type: ignore[arg-type]
         return {"dirs": dirs, "blobs": blobs}
 
     def _run_node(self, request: Path, result_dir: Path) -> None:

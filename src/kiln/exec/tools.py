@@ -58,6 +58,14 @@ class _Package:
     needs: tuple[str, ...]  # alternatives groups flattened to their first installed choice
 
 
+def tool_roots_folder(state: Path) -> Path:
+    """Where the file trees of host tools are kept, in a state folder (made
+    if missing): shared by the native executor and rules naming tools."""
+    folder = state / "tool-roots"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 class Dpkg:
     """The installed packages, read from dpkg's status file and file lists."""
 

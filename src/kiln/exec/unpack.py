@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.config import load_config
-from kiln.exec.base import record_timing
+from kiln.exec.base import ExecContext, ExecHooks, record_timing
+from kiln.exec.kinds import UNPACK_ABI
 from kiln.model.digest import Digest
 from kiln.model.tree import Entry, lookup
 
 if TYPE_CHECKING:
     from kiln.model.reapi import re_pb2
-    from kiln.store.local import Store
 
-UNPACK_ABI = "kiln-unpack-v1"
+__all__ = ["UNPACK_ABI", "UnpackExecutor", "unpack_argv"]
 PROGRAM = "kiln-unpack"
 
 
@@ -34,8 +34,9 @@ class UnpackExecutor:
 
     name = "unpack"
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, ctx: ExecContext, hooks: ExecHooks | None = None) -> None:
+        self._cas = ctx.cas
+        self._scratch = ctx.scratch
 
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
@@ -48,14 +49,14 @@ class UnpackExecutor:
             raise errors.KilnError(f"not an unpack command: {argv[:4]}")
         strip, path = int(argv[1].split("=", 1)[1]), argv[3]
         started = time.time_ns()
-        entry = lookup(self._store.cas, Digest.from_proto(action.input_root_digest), path)
+        entry = lookup(self._cas, Digest.from_proto(action.input_root_digest), path)
         if not isinstance(entry, Entry) or entry.digest is None:
             raise errors.KilnError(f"unpack: {path} is not a file of the step's inputs")
         result = re_pb2.ActionResult(exit_code=0)
-        with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+        with self._cas.batch(durable=False) as batch:
             stored = archive_tree(
-                batch, self._store.cas.path(entry.digest), strip, where=path,
-                limits=load_config().archives, scratch=self._store.session.staging,
+                batch, self._cas.blob_file(entry.digest), strip, where=path,
+                limits=load_config().archives, scratch=self._scratch(),
             )  # fmt: skip
             [output] = command.output_paths
             result.output_directories.add(path=output, tree_digest=stored.tree.to_proto())

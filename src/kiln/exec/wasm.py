@@ -28,13 +28,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.exec.base import TransientError, record_timing
+from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
 from kiln.exec.wasi.disk import Disk, DiskLimit
 from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
@@ -43,7 +41,6 @@ from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
     from kiln.model.reapi import re_pb2
-    from kiln.store.local import Store
 
 DEFAULT_FUEL = 10**10
 DEFAULT_MEMORY_MIB = 1024
@@ -196,6 +193,17 @@ class SharedEngine:
         self.loading = threading.Lock()
 
 
+def modules_folder(state: Path) -> Path:
+    """Where compiled modules are cached, in an executor state folder."""
+    return state / "wasm-modules"
+
+
+def preload_modules(state: Path) -> list[str]:
+    """Load the newest compiled modules of a state folder into this
+    process's engine (what the resident server does before it forks)."""
+    return shared_engine().preload(modules_folder(state))
+
+
 _shared: SharedEngine | None = None
 _shared_lock = threading.Lock()
 
@@ -227,18 +235,16 @@ class WasmExecutor:
     name = "wasm"
 
     def __init__(
-        self,
-        store: Store,
-        timeout: float | None = None,
-        progress: Callable[[str], AbstractContextManager[object]] | None = None,
+        self, ctx: ExecContext, hooks: ExecHooks | None = None, timeout: float | None = None
     ) -> None:
-        """``progress(message)`` is entered while a large module compiles."""
-        self._store = store
+        """``hooks.on_slow(message)`` is entered while a large module compiles."""
+        self._cas = ctx.cas
+        self._scratch = ctx.scratch
         self._timeout = timeout
-        self._progress = progress
+        self._progress = hooks.on_slow if hooks is not None else None
         self._shared = shared_engine()
         self._engine = self._shared.engine
-        self._cache_dir = store.home / "wasm-modules"
+        self._cache_dir = modules_folder(ctx.state)
         self._cache_dir.mkdir(exist_ok=True)
         self.compiled = 0  # modules compiled (not loaded from the cache) by this executor
 
@@ -274,7 +280,7 @@ class WasmExecutor:
         if path.exists():
             module = wasmtime.Module.deserialize_file(self._engine, str(path))
         else:
-            data = self._store.cas.get_bytes(digest)
+            data = self._cas.get_bytes(digest)
             if data is None:
                 raise TransientError(f"module blob {digest} is not in the store")
             message = (
@@ -299,7 +305,7 @@ class WasmExecutor:
     ) -> re_pb2.ActionResult:
         props = {p.name: p.value for p in action.platform.properties}
         limits = WasmLimits.from_platform(props)
-        disk = Disk(limits.disk_mib << 20, self._store.session.staging)
+        disk = Disk(limits.disk_mib << 20, self._scratch())
         try:
             return self._execute(key, action, command, limits, disk)
         finally:
@@ -332,7 +338,7 @@ class WasmExecutor:
         result = re_pb2.ActionResult(exit_code=exit_code)
         # Not synced: a result whose blobs a power loss cut short is a cache
         # miss (lookups check sizes); a build syncs once before its GC roots.
-        with self._store.writing(), self._store.cas.batch(durable=False) as batch:
+        with self._cas.batch(durable=False) as batch:
             collect_outputs(fs, batch, list(command.output_paths), result)
             result.stdout_digest.CopyFrom(batch.add_bytes(bytes(host.stdout.data)).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())
@@ -411,10 +417,10 @@ class WasmExecutor:
     # ---------------------------------------------------------- files
 
     def _load_dir(self, digest: Digest) -> list[tuple[str, str, object]]:
-        return directory_entries(self._store.cas, digest)
+        return directory_entries(self._cas, digest)
 
     def _load_blob(self, digest: Digest) -> bytes:
-        data = self._store.cas.get_bytes(digest)
+        data = self._cas.get_bytes(digest)
         if data is None:
             raise TransientError(f"input blob {digest} is missing from the store")
         return data

@@ -240,12 +240,10 @@ def _unless_refused(answer: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def delegate(
-    home: Path, argv: list[str], declined: tuple[str, str, str] | None = None
-) -> int | None:
+def delegate(home: Path, argv: list[str], stamp_checked: bool = False) -> int | None:
     """Run ``kiln ARGV`` in the store's server: its exit code, or None when
-    no server takes it (the caller then runs it itself). ``declined`` is
-    the build stamp this process already found stale (see ``kiln.cli.entry``)."""
+    no server takes it (the caller then runs it itself). ``stamp_checked``:
+    this process found that the build stamp cannot answer (``kiln.api``)."""
     if not argv or argv[0] not in SERVED or not available():
         return None
     where = place(home)
@@ -254,7 +252,7 @@ def delegate(
         return None
     request = {
         "op": "run", "home": where.home, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-        "umask": _umask(), "fingerprint": code_fingerprint(), "declined": declined,
+        "umask": _umask(), "fingerprint": code_fingerprint(), "stamp_checked": stamp_checked,
         "path": import_path(),
     }  # fmt: skip
     with sock, _Forwarding(sock) as forwarding:

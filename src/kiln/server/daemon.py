@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.exec.kinds import KINDS
 from kiln.server.client import (
     FORWARDED_SIGNALS,
     REQUEST_LIMIT,
@@ -66,11 +67,11 @@ LOG_NAME = "server.log"
 PR_SET_PDEATHSIG = 1  # prctl(2)
 EXIT_ALREADY_SERVED = 3  # main(): another server holds the store's place
 
-# What a build imports; loaded once here instead of in every command.
+# What a build imports (with each executor kind's own, from the table of
+# kinds); loaded once here instead of in every command.
 WARM_IMPORTS = (
-    "kiln.cli.app", "kiln.engine.check", "kiln.build", "kiln.engine.evaluation", "kiln.rules.c",
-    "kiln.engine.progress", "kiln.exec.wasm", "kiln.exec.fetch", "kiln.exec.unpack",
-    "kiln.exec.native", "kiln.exec.wasi.capi", "kiln.engine.history", "kiln.engine.stamp",
+    "kiln.cli.app", "kiln.api", "kiln.engine.check", "kiln.build", "kiln.engine.evaluation",
+    "kiln.rules.c", "kiln.engine.progress", "kiln.engine.history", "kiln.engine.stamp",
     "kiln.cli.entry", "kiln.store.local", "kiln.store.actioncache", "kiln.store.materialize",
     "kiln.model.reapi", "rich.console", "rich.live", "rich.text",
 )  # fmt: skip
@@ -118,15 +119,17 @@ class Server:
 
     def warm(self) -> None:
         """Import what commands use and load the store's compiled modules."""
-        for name in WARM_IMPORTS:
+        for name in (*WARM_IMPORTS, *(m for kind in KINDS.values() for m in kind.warm)):
             importlib.import_module(name)
         libc()
         self._load_modules()
 
     def _load_modules(self) -> None:
-        from kiln.exec.wasm import shared_engine
-
-        self.modules += shared_engine().preload(self.home / "wasm-modules")
+        """Let each executor kind load what it keeps ready (compiled modules)."""
+        for kind in KINDS.values():
+            if kind.preload is not None:
+                preload = getattr(importlib.import_module(kind.module), kind.preload)
+                self.modules += preload(self.home)
 
     def serve(self) -> None:
         """Run until stopped; returns when the server has shut down."""
@@ -308,12 +311,9 @@ class Server:
         os.umask(int(request["umask"]))
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["kiln", *argv]
-        from kiln.cli import entry as quick
         from kiln.cli.app import run
 
-        declined = request.get("declined")
-        quick.mark_declined(tuple(declined) if declined else None)
-        code = run(argv)
+        code = run(argv, stamp_checked=bool(request.get("stamp_checked")))
         sys.stdout.flush()
         sys.stderr.flush()
         # The client learns the exit code now, not once this process has

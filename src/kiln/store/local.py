@@ -94,9 +94,9 @@ class Store:
         self._session: Session | None = None
         self._session_lock = threading.Lock()
         self._action_cache: LocalActionCache | None = None
-        self.cas = LocalCAS(cas_root, self._staging_dir, self.db)
-        self.key_locks = KeyLocks(self.home / "locks" / "keys")
         self._write_lock = SharedExclusiveLock(self.home / "locks" / "write")
+        self.cas = LocalCAS(cas_root, self._staging_dir, self.db, guard=self._write_lock.shared)
+        self.key_locks = KeyLocks(self.home / "locks" / "keys")
 
     # ------------------------------------------------------------ lifecycle
 

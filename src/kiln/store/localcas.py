@@ -22,6 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,8 +81,12 @@ class LocalCAS:
         root: Path,
         staging_dir: Callable[[], Path],
         conn: Database | None = None,
+        guard: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
+        """``guard()`` is held by every batch from its first write to its
+        commit: the store's shared write lock, which GC takes exclusively."""
         self.root = root
+        self.guard = guard
         self._root_text = os.fspath(root)  # for stat calls on many blobs (no Path objects)
         self._conn = conn
         self._staging_dir = staging_dir
@@ -194,6 +199,26 @@ class LocalCAS:
     def sync(self) -> None:
         """Make everything written to the store so far durable (one syncfs)."""
         self._sync_all([], force_syncfs=True)
+
+    def blob_file(self, digest: Digest) -> Path:
+        """The blob's own read-only file (a metadata row is written out to
+        one first: rare, only a message read as a file)."""
+        path = self.path(digest)
+        if _intact(path, digest):
+            return path
+        data = self.get_bytes(digest)
+        if data is None:
+            raise errors.digest_not_found(digest)
+        with self.batch() as batch:
+            batch.add_bytes(data, digest)
+        return path
+
+    def materialize_tree(self, digest: Digest, dest: Path) -> None:
+        """Write a tree into ``dest``, files hard-linked to the blobs."""
+        from kiln.store.materialize import Materializer
+
+        with self.guard():  # executable twins are written into the store
+            Materializer(self).tree(digest, dest)
 
     def ensure_exec_twin(self, digest: Digest) -> Path:
         """Path of an executable (0555) copy of the blob, created if needed."""
@@ -344,15 +369,23 @@ class CasBatch:
         self._staged: list[tuple[Path, Digest]] = []
         self._pending: set[Digest] = set()
         self._bytes = 0
+        self._guard: AbstractContextManager[object] | None = None
 
     def __enter__(self) -> CasBatch:
+        self._guard = self._cas.guard()
+        self._guard.__enter__()
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
+        try:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.discard()
+        finally:
+            if self._guard is not None:
+                self._guard.__exit__(None, None, None)
+                self._guard = None
 
     def _present(self, digest: Digest) -> bool:
         return digest in self._pending or self._cas.touch(digest)

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kiln.exec.kinds import WASM_ABI
 from kiln.exec.wasi import abi
 from kiln.exec.wasi.disk import Content
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink, WasiError, filetype
 
-ABI_VERSION = "kiln-wasi-p1-v1"
+ABI_VERSION = WASM_ABI  # (named in the table of executor kinds)
 REALTIME_EPOCH_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
 MONOTONIC_STEP_NS = 1_000
 OUTPUT_CAP = 64 << 20  # stdout and stderr each keep at most this many bytes

@@ -1,0 +1,72 @@
+"""The options of ``kiln build``, defined once.
+
+The fast path (``kiln.cli.entry``) parses a plain ``kiln build`` command
+line with ``parse`` (standard library only), and the click command is made
+from the same table (``kiln.cli.build``), so the two cannot disagree on
+what an option means.
+"""
+
+from __future__ import annotations
+
+from kiln.api import BuildRequest
+
+
+class Option:
+    """One option: its flags, the field of ``BuildRequest`` it sets (or
+    ``as_json``), its help, and whether it takes a count (``-j 4``)."""
+
+    __slots__ = ("field", "flags", "help", "takes_count")
+
+    def __init__(self, flags: tuple[str, ...], field: str, help: str, takes_count: bool = False):
+        self.flags = flags
+        self.field = field
+        self.help = help
+        self.takes_count = takes_count
+
+
+BUILD_OPTIONS = (
+    Option(
+        ("-j", "--jobs"), "jobs", "Steps run at once (default: CPU cores).", takes_count=True
+    ),
+    Option(
+        ("-k", "--keep-going"), "keep_going", "After a failure, still run what does not need it."
+    ),
+    Option(
+        ("--allow-unpinned",), "allow_unpinned",
+        "Let fetches without a digest download, then fail showing the digest to pin.",
+    ),
+    Option(("--json",), "as_json", "Print a JSON report."),
+)  # fmt: skip
+_BY_FLAG = {flag: option for option in BUILD_OPTIONS for flag in option.flags}
+
+
+def parse(argv: list[str]) -> tuple[BuildRequest, bool] | None:
+    """A plain ``kiln build ...`` command line as (its request, whether
+    ``--json`` was given); None for anything else: another command, a
+    global option, an option not in the table, a bad count (the full
+    command line tool then parses it, and reports what is wrong)."""
+    if not argv or argv[0] != "build":
+        return None
+    fields: dict[str, object] = {}
+    targets: list[str] = []
+    args = iter(argv[1:])
+    for arg in args:
+        flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg.startswith("-j") and arg not in _BY_FLAG:  # -j4
+            flag, eq, inline = "-j", "=", arg[2:]
+        option = _BY_FLAG.get(flag)
+        if option is None:
+            if arg.startswith("-"):
+                return None
+            targets.append(arg)
+        elif option.takes_count:
+            count = inline if eq else next(args, "")
+            if not (count.isdigit() and int(count) >= 1):
+                return None
+            fields[option.field] = int(count)
+        elif eq:
+            return None  # a flag given a value
+        else:
+            fields[option.field] = True
+    as_json = bool(fields.pop("as_json", False))
+    return BuildRequest(targets, **fields), as_json

@@ -1,0 +1,50 @@
+"""What ``kiln build`` prints: the targets' folders on stdout, errors and a
+one-line verdict on stderr, or with ``--json`` the report's summary.
+Standard library only: the fast path prints with it too."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from kiln.engine.report import BuildReport, StepStatus
+
+
+def write_json(obj: object) -> None:
+    """``obj`` as indented JSON on stdout (what every ``--json`` prints)."""
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def show_report(report: BuildReport, as_json: bool) -> None:
+    """Print a build's report."""
+    for error in report.errors:
+        sys.stderr.write(f"kiln: error: {error.render()}\n")
+    if as_json:
+        write_json(report.summary())
+        return
+    for t in report.targets:
+        if t.output is not None:
+            sys.stdout.write(f"{t.name}: {os.path.relpath(t.output)}\n")
+    sys.stdout.flush()
+    sys.stderr.write(f"kiln: {_verdict(report)}\n")
+
+
+def _verdict(report: BuildReport) -> str:
+    cached = report.count(StepStatus.CACHED)
+    if report.unchanged:
+        put_back = (
+            f"; restored {', '.join(report.restored)} from the store" if report.restored else ""
+        )
+        return (
+            f"nothing to do: no source changed since the last build{put_back} "
+            f"({cached} steps, {report.seconds:.3f} s)"
+        )
+    executed = report.count(StepStatus.EXECUTED)
+    if report.ok and executed == 0:
+        verdict = f"nothing to do: all {cached} steps were cached"
+    else:
+        failed = report.count(StepStatus.FAILED)
+        verdict = f"{executed} steps ran, {cached} cached, {failed} failed"
+    return f"{verdict} ({report.seconds:.2f} s)"
