@@ -8,7 +8,7 @@
         tool = source("tools/hello.wasm")
         return await wasm(tool, "world", outputs=["hello.txt"])
 
-See README.md, "Build files", for the whole API.
+See docs/build-files.md for the whole API.
 """
 
 from kiln.engine.rules import (

@@ -12,7 +12,7 @@ import os
 
 
 class ExitCode:
-    """Exit codes of the ``kiln`` command (documented in README.md)."""
+    """Exit codes of the ``kiln`` command (documented in docs/cli.md)."""
 
     OK = 0
     FAILED = 1  # the command ran and found a problem (e.g. corrupt blobs)

@@ -7,13 +7,13 @@ User errors print one line (and a hint), never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
 from kiln import __version__
-from kiln.cli import build, check, fetch, server, store, wasm
 from kiln.errors import ExitCode, KilnError
 
 if TYPE_CHECKING:
@@ -22,7 +22,43 @@ if TYPE_CHECKING:
 
 
 
+# Each command's module and function; a module is imported only when one of
+# its commands runs (or `--help` lists them), so `kiln store put` does not
+# load the build engine.
+COMMANDS = {
+    "build": ("kiln.cli.build", "build"),
+    "check": ("kiln.cli.check", "check"),
+    "doctor": ("kiln.cli.doctor", "doctor"),
+    "gc": ("kiln.cli.store", "gc_command"),
+    "log": ("kiln.cli.build", "log"),
+    "prefetch": ("kiln.cli.fetch", "prefetch"),
+    "root": ("kiln.cli.store", "root"),
+    "server": ("kiln.cli.server", "server"),
+    "show": ("kiln.cli.build", "show"),
+    "store": ("kiln.cli.store", "store"),
+    "targets": ("kiln.cli.build", "targets_command"),
+    "trace": ("kiln.cli.build", "trace"),
+    "wasm": ("kiln.cli.wasm", "wasm"),
+    "why": ("kiln.cli.build", "why"),
+}
+
+
+class _Commands(click.Group):
+    """The command group, loading each command from ``COMMANDS`` on demand."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        where = COMMANDS.get(name)
+        if where is None:
+            return None
+        module, function = where
+        return getattr(importlib.import_module(module), function)
+
+
 @click.group(
+    cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 ok, 1 problem found, 2 bad usage or input, "
     "3 not in the store, 4 store unusable.",
@@ -44,12 +80,6 @@ def cli(ctx: click.Context, store: str | None) -> None:
     ctx.obj["store"] = store
 
 
-for command in (
-    store.store, store.root, store.gc_command, wasm.wasm, check.check,
-    build.build, build.targets_command, build.why, build.show, build.log, build.trace,
-    build.doctor, fetch.prefetch, server.server,
-):  # fmt: skip
-    cli.add_command(command)
 
 
 def run(argv: list[str] | None, stamp_checked: bool = False) -> int:

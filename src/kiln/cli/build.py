@@ -14,7 +14,7 @@ import click
 from kiln import api
 from kiln.api import BuildReport, BuildRequest
 from kiln.cli.build_options import BUILD_OPTIONS
-from kiln.cli.common import asdict, json_option, open_store
+from kiln.cli.common import json_option, open_store
 from kiln.cli.report import show_report, write_json
 
 if TYPE_CHECKING:
@@ -252,27 +252,3 @@ def trace(ctx: click.Context, output: str) -> None:
     data = history.chrome_trace(rows, history.build_started(store, build_id))
     Path(output).write_text(json.dumps(data))
     click.echo(f"wrote {output}: {len(rows)} steps of build {build_id}")
-
-
-@click.command("doctor")
-@json_option
-@click.pass_context
-def doctor(ctx: click.Context, as_json: bool) -> None:
-    """Check what this machine offers Kiln, with fixes for what is missing.
-
-    Exits 1 if something Kiln needs is missing (warnings do not count).
-    """
-    from kiln.cli.doctor import FAIL, run_checks
-    from kiln.store.local import default_home
-
-    home = Path(ctx.obj.get("store") or default_home())
-    checks = run_checks(home)
-    if as_json:
-        write_json([asdict(c) for c in checks])
-    else:
-        for c in checks:
-            click.echo(f"{c.status:>4}  {c.name}: {c.detail}")
-            if c.fix and c.status != "ok":
-                click.echo(f"      fix: {c.fix}")
-    if any(c.status == FAIL for c in checks):
-        sys.exit(1)

@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import click
+
+from kiln.cli.common import asdict, json_option
+from kiln.cli.report import write_json
+from kiln.store.db import default_home
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -187,3 +194,24 @@ def _filesystem(path: Path) -> str:
             if inside and len(point) > len(best):
                 best, kind = point, parts[2]
     return kind
+
+
+@click.command("doctor")
+@json_option
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check what this machine offers Kiln, with fixes for what is missing.
+
+    Exits 1 if something Kiln needs is missing (warnings do not count).
+    """
+    home = Path(ctx.obj.get("store") or default_home())
+    checks = run_checks(home)
+    if as_json:
+        write_json([asdict(c) for c in checks])
+    else:
+        for c in checks:
+            click.echo(f"{c.status:>4}  {c.name}: {c.detail}")
+            if c.fix and c.status != "ok":
+                click.echo(f"      fix: {c.fix}")
+    if any(c.status == FAIL for c in checks):
+        sys.exit(1)

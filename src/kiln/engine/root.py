@@ -18,6 +18,6 @@ def find_root(start: Path) -> Path:
             return folder
     raise errors.KilnError(
         f"no {BUILD_FILE} in {start} or any folder above it",
-        hint=f"run kiln inside a project, or create {BUILD_FILE} (see README: Build files)",
+        hint=f"run kiln inside a project, or create {BUILD_FILE} (see docs/build-files.md)",
         exit_code=errors.ExitCode.BAD_INPUT,
     )

@@ -10,7 +10,7 @@ nothing to do, and neither the build file nor any rule runs; an output
 folder removed since (``rm -rf kiln-out``) is put back from the store.
 
 Sound because rules are deterministic functions of the files they read
-(see README, "Build files") and because no stamp is recorded when a file
+(see docs/build-files.md) and because no stamp is recorded when a file
 or listed folder was modified within the racy window before the build, when
 a source folder was used (its files are not tracked one by one), or when
 the build failed. This module imports little: it runs before anything else.
