@@ -1,8 +1,9 @@
 """Kiln: a build system where every step is a pure, memoized function.
 
-The public Python API is listed in ``__all__``; everything else is internal.
-Heavy dependencies (protobuf, the REAPI stubs) are imported lazily so that the
-``kiln`` command starts quickly.
+The public Python API: the names in ``__all__``, ``kiln.api`` (building:
+``build(BuildRequest) -> BuildReport``) and ``kiln.build`` (what build files
+import); everything else is internal. Names here load on first use so that
+the ``kiln`` command starts quickly.
 """
 
 from __future__ import annotations
