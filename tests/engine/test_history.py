@@ -1,14 +1,19 @@
-"""Build history: `kiln why`, `show`, `log` and `trace` on the example."""
+"""Build history: `kiln why`, `show`, `log` and `trace` on the example,
+and pruning it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from engine_helpers import build
+
+from kiln.engine import retention
 
 KILN = str(Path(sys.executable).parent / "kiln")
 
@@ -107,3 +112,50 @@ def test_explain_names_each_kind_of_change() -> None:
     assert "environment variable LANG changed: 'C' -> 'C.UTF-8'" in reasons
     assert explain(None, new) == ["never ran before (no earlier build recorded this step)"]
     assert "was not in the cache" in explain(row(1, "k2"), new)[0]
+
+
+# ------------------------------------------------------------------ pruning
+
+
+def _count(conn, sql: str, *params) -> int:
+    return conn.execute(f"SELECT COUNT(*) FROM {sql}", params).fetchone()[0]
+
+
+def test_prune_drops_stale_source_rows_and_gone_projects(
+    store, example: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(example, other)
+    build(store, example)
+    build(store, other)
+    conn = store.conn
+    under = "source_files WHERE path >= ? AND path < ?"
+    mine, theirs = (str(example) + "/", str(example) + "0"), (str(other) + "/", str(other) + "0")
+    kept = _count(conn, under, *mine)
+    assert kept > 1 and _count(conn, under, *theirs) == kept
+    glaze = example / "text" / "glaze.txt"
+    with open(glaze, "a") as f:
+        f.write("Glaze again.\n")
+    shutil.rmtree(other)
+
+    pruned = retention.prune(conn)
+    assert pruned.projects == 1 and pruned.builds == 1
+    assert _count(conn, under, *theirs) == 0
+    assert _count(conn, "builds WHERE project = ?", str(other)) == 0
+    assert _count(conn, "build_stamps WHERE project = ?", str(other)) == 0
+    assert _count(conn, "source_files WHERE path = ?", str(glaze)) == 0  # changed since
+    assert _count(conn, under, *mine) == kept - 1
+    assert build(store, example).files_hashed == 1  # only the changed file is read again
+
+
+def test_an_automatic_prune_checks_a_slice_of_source_rows_at_a_time(store, example: Path) -> None:
+    build(store, example)
+    conn = store.conn
+    total = _count(conn, "source_files")
+    wasm = example / "tools" / "textkit.wasm"
+    assert conn.execute("SELECT MAX(path) FROM source_files").fetchone()[0] == str(wasm)
+    os.utime(wasm, ns=(0, 0))  # its row, the last one, is stale; no other is
+    rounds = (total + 1) // 2
+    deleted = [retention.prune(conn, sweep=2).source_files for _ in range(rounds)]
+    assert deleted == [0] * (rounds - 1) + [1]
+    assert _count(conn, "source_files") == total - 1

@@ -5,5 +5,6 @@
 - ``scheduler``: runs steps (memoized, deduplicated, ``-j`` bounded);
 - ``build``: one build, from targets to the output folder;
 - ``sources``, ``inputs``, ``values``: project files, input trees, handles;
-- ``history``: what builds did, for ``kiln why/show/log/trace``.
+- ``history``: what builds did, for ``kiln why/show/log/trace``;
+- ``retention``: what the history keeps, and pruning the rest.
 """

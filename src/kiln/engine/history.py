@@ -1,6 +1,9 @@
 """Build history in the store database: what each build asked for, and
 every step it requested with its key, status, timing and the inputs its key
-was computed from. ``kiln why``, ``show``, ``log`` and ``trace`` read it."""
+was computed from. ``kiln why``, ``show``, ``log`` and ``trace`` read it.
+
+What it keeps, and pruning the rest, is engine/retention.py.
+"""
 
 from __future__ import annotations
 
@@ -114,7 +117,8 @@ def steps(store: Store, build: int, target: str | None = None) -> list[StepRow]:
 
 def previous_run(store: Store, row: StepRow) -> StepRow | None:
     """The last earlier build's record of the same step (target and
-    description) that actually ran or was found in the cache."""
+    description) that actually ran or was found in the cache (retention.py
+    keeps it for the steps of each project's last build with steps)."""
     found = store.conn.execute(
         "SELECT build, seq, target, step, key, status, slot, started, finished, inputs, result "
         "FROM build_steps WHERE target = ? AND step = ? AND build < ? "

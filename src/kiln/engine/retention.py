@@ -1,0 +1,128 @@
+"""What the build history keeps, and ``prune``, which deletes the rest.
+
+Per project, the last ``KEEP_BUILDS`` builds stay, whatever their status
+('unchanged' answers from the stamp included), and so do the project's last
+build with steps (what ``kiln show``, ``log`` and ``trace`` read) and, for
+each step that ran in it, the build holding that step's previous run (what
+``kiln why`` compares it with: ``history.previous_run``). Other builds go,
+with their steps. A project whose root folder is gone loses its builds,
+stamps and source_files rows. A source_files row stays while its file
+still has the stat signature the row records; any other row can never
+answer again (engine/sources.py hashes a file whose signature differs), so
+pruning makes no build wrong, and at worst one slower.
+
+This module imports little, so that the no-op build's path
+(engine/stamp.py) can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import namedtuple
+
+from kiln.store.db import transaction
+
+TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
+
+if TYPE_CHECKING:
+    import sqlite3
+
+KEEP_BUILDS = 50  # builds kept per project, besides the ones pinned above
+PRUNE_EVERY = 50  # a build whose id is a multiple of this prunes
+SWEEP_ROWS = 1000  # source_files rows an automatic prune checks (a stat call each)
+_SWEPT = "history.source_files_swept"  # meta key: where the last sweep stopped
+
+# The builds to delete (parameters: gone project roots as a JSON list, KEEP_BUILDS).
+_DOOMED = """
+WITH live AS (
+    SELECT id, project, status FROM builds
+    WHERE project NOT IN (SELECT value FROM json_each(?1))
+), shown AS (
+    SELECT MAX(id) AS id FROM live WHERE status != 'unchanged' GROUP BY project
+), compared AS (  -- history.previous_run of each step of a shown build `why` explains
+    SELECT (SELECT MAX(p.build) FROM build_steps AS p
+            WHERE p.target = s.target AND p.step = s.step AND p.build < s.build
+            AND p.status IN ('executed', 'cached')) AS id
+    FROM build_steps AS s JOIN shown ON s.build = shown.id
+    WHERE s.status IN ('executed', 'failed')
+), recent AS (
+    SELECT id FROM (
+        SELECT id, ROW_NUMBER() OVER (PARTITION BY project ORDER BY id DESC) AS age FROM live
+    ) WHERE age <= ?2
+)
+SELECT id FROM builds
+WHERE id NOT IN (SELECT id FROM recent)
+AND id NOT IN (SELECT id FROM shown)
+AND id NOT IN (SELECT id FROM compared WHERE id IS NOT NULL)
+"""
+
+
+class Pruned(namedtuple("Pruned", ("builds", "steps", "source_files", "projects"))):
+    """What one ``prune`` deleted: builds, their steps, source_files rows,
+    and how many projects were forgotten because their root folder was gone."""
+
+    __slots__ = ()
+
+
+def due(build_id: int) -> bool:
+    """Whether recording build ``build_id`` should prune."""
+    return build_id % PRUNE_EVERY == 0
+
+
+def prune(conn: sqlite3.Connection, *, sweep: int | None = None) -> Pruned:
+    """Delete the history the policy above does not keep, in one write
+    transaction. ``sweep``: check at most that many source_files rows,
+    continuing where the last such prune stopped (None: check every row).
+
+    Folders and files are looked at before the transaction, so the write
+    lock is held only for the deletes; a source_files row is deleted only
+    if it is still the one found stale.
+    """
+    projects = [p for (p,) in conn.execute("SELECT DISTINCT project FROM builds")]
+    gone = [p for p in projects if not os.path.isdir(p)]
+    after = ""
+    if sweep is not None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SWEPT,)).fetchone()
+        after = row[0] if row else ""
+    rows = conn.execute(
+        "SELECT path, ino, size, mtime_ns, ctime_ns, mode FROM source_files WHERE path > ? "
+        "ORDER BY path LIMIT ?",
+        (after, -1 if sweep is None else sweep),
+    ).fetchall()
+    stale = [r for r in rows if _signature(r[0]) != tuple(r[1:])]
+    with transaction(conn):
+        doomed = json.dumps([i for (i,) in conn.execute(_DOOMED, (json.dumps(gone), KEEP_BUILDS))])
+        steps = conn.execute(
+            "DELETE FROM build_steps WHERE build IN (SELECT value FROM json_each(?))", (doomed,)
+        ).rowcount
+        builds = conn.execute(
+            "DELETE FROM builds WHERE id IN (SELECT value FROM json_each(?))", (doomed,)
+        ).rowcount
+        files = conn.executemany(
+            "DELETE FROM source_files WHERE path = ? AND ino = ? AND size = ? "
+            "AND mtime_ns = ? AND ctime_ns = ? AND mode = ?",
+            stale,
+        ).rowcount
+        for root in gone:
+            prefix = root.rstrip("/") + "/"
+            files += conn.execute(
+                "DELETE FROM source_files WHERE path >= ? AND path < ?",
+                (prefix, prefix[:-1] + "0"),  # '0' sorts right after '/'
+            ).rowcount
+            conn.execute("DELETE FROM build_stamps WHERE project = ?", (root,))
+        if sweep is not None:
+            swept_to = rows[-1][0] if rows and len(rows) == sweep else ""  # else start again
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_SWEPT, swept_to)
+            )
+    return Pruned(builds, steps, files, len(gone))
+
+
+def _signature(path: str) -> tuple[int, int, int, int, int] | None:
+    """A file's stat signature as source_files records it; None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
