@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from engine_helpers import build
 
-from kiln.engine import retention
+from kiln.engine import retention, stamp
+from kiln.store import db
 
 KILN = str(Path(sys.executable).parent / "kiln")
 
@@ -119,6 +120,37 @@ def test_explain_names_each_kind_of_change() -> None:
 
 def _count(conn, sql: str, *params) -> int:
     return conn.execute(f"SELECT COUNT(*) FROM {sql}", params).fetchone()[0]
+
+
+def test_history_stays_bounded_and_why_still_explains(
+    example: Path, kiln_in, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    kiln_in("build")  # build 1: every step runs
+    conn = db.connect(home / "kiln.db")
+    try:
+        for _ in range(200):  # no-op builds, answered from the stamp as `kiln build` does
+            assert stamp.answer(conn, home / "cas", example, stamp.ALL_TARGETS) is not None
+        assert _count(conn, "builds") <= retention.KEEP_BUILDS + retention.PRUNE_EVERY
+        # The next build's id is a multiple of PRUNE_EVERY: it prunes as it is recorded.
+        [(last,)] = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'builds'")
+        due = (last // retention.PRUNE_EVERY + 1) * retention.PRUNE_EVERY
+        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'builds'", (due - 1,))
+        with open(example / "text" / "glaze.txt", "a") as f:
+            f.write("Glaze again.\n")
+        kiln_in("build")
+        ids = {i for (i,) in conn.execute("SELECT id FROM builds")}
+        assert due in ids and len(ids) == retention.KEEP_BUILDS + 1
+        assert 1 in ids  # the previous run of the steps that ran, 200 builds back
+        assert _count(conn, "build_steps WHERE build NOT IN (SELECT id FROM builds)") == 0
+    finally:
+        conn.close()
+    report = {
+        (i["target"], i["step"]): i["reasons"] for i in json.loads(kiln_in("why", "--json").stdout)
+    }
+    assert set(report) == {("counts", "count glaze"), ("report", "merge counts")}
+    [glaze] = report[("counts", "count glaze")]
+    assert glaze.startswith("input text/glaze.txt changed: ")
 
 
 def test_prune_drops_stale_source_rows_and_gone_projects(

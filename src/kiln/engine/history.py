@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
+from kiln.engine import retention
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.store.db import transaction
 
@@ -82,6 +83,8 @@ def record_build(
                 for s in report.steps
             ],
         )
+    if retention.due(build_id):
+        retention.prune(store.conn, sweep=retention.SWEEP_ROWS)
     return build_id
 
 

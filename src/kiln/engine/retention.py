@@ -11,8 +11,10 @@ still has the stat signature the row records; any other row can never
 answer again (engine/sources.py hashes a file whose signature differs), so
 pruning makes no build wrong, and at worst one slower.
 
-This module imports little, so that the no-op build's path
-(engine/stamp.py) can import it.
+Every ``PRUNE_EVERY``-th build prunes as it is recorded (by id, so builds
+answered from their stamp count: ``history.record_build`` and
+``stamp.record_answer``), and so does ``kiln gc``. This module imports
+little: the no-op build's path (engine/stamp.py) imports it.
 """
 
 from __future__ import annotations

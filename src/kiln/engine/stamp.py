@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from kiln import __version__
+from kiln.engine import retention
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
@@ -141,13 +142,16 @@ def restore(cas_root: Path, root: Path, stamp: dict[str, Any]) -> list[str] | No
 
 
 def record_answer(conn: sqlite3.Connection, root: Path, key: str) -> None:
-    """File in the build history a build answered from its stamp (no steps)."""
+    """File in the build history a build answered from its stamp (no steps);
+    one in ``retention.PRUNE_EVERY`` also prunes the history."""
     now = time.time()
-    conn.execute(
+    cur = conn.execute(
         "INSERT INTO builds(project, targets, started, finished, status) "
         "VALUES (?, ?, ?, ?, 'unchanged')",
         (str(root), key, now, now),
     )
+    if cur.lastrowid and retention.due(cur.lastrowid):
+        retention.prune(conn, sweep=retention.SWEEP_ROWS)
 
 
 def answer(
