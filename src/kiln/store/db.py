@@ -1,20 +1,39 @@
 """The store's SQLite database (WAL mode), shared by concurrent processes.
 
-Tables (schema version in ``PRAGMA user_version``):
-- ``meta``: the store's identity (``store_id``) and settings.
-- ``action_cache``: action key -> serialized ``ActionResult`` plus metadata.
-- ``gc_roots``: named roots that garbage collection never deletes.
-- ``temp_roots``: digests protected by a live session (an in-flight build).
+Tables (schema version in ``PRAGMA user_version``), each with the one
+module that writes it:
+- ``meta``: the store's identity (``store_id``) and settings; this module
+  (engine/retention.py keeps where its source_files sweep stopped).
+- ``action_cache``: action key -> serialized ``ActionResult`` plus metadata;
+  store/actioncache.py (store/session.py marks kept hits used, store/gc.py
+  evicts).
+- ``gc_roots``: named roots that garbage collection never deletes;
+  store/local.py.
+- ``temp_roots``: digests protected by a live session (an in-flight build);
+  store/session.py.
 - ``stat_cache``: per source directory, what its entries looked like
-  (inode, size, mtime, ctime, mode) and the digests they hashed to.
-- ``source_files`` (v2): the same for single source files a build declared.
+  (inode, size, mtime, ctime, mode) and the digests they hashed to;
+  store/ingest.py.
+- ``source_files`` (v2): the same for single source files a build declared;
+  engine/sources.py (engine/retention.py prunes it).
 - ``builds``, ``build_steps`` (v2): build history, for ``kiln why``, ``show``,
-  ``log`` and ``trace``.
+  ``log`` and ``trace``; engine/history.py (engine/stamp.py files the builds
+  answered from a stamp, engine/retention.py prunes them).
 - ``metadata_blobs`` (v4): small CAS blobs that describe work (``Action``,
   ``Command``, ``Directory`` and ``Tree`` messages of builds) kept in the
-  database instead of one file each (see store/localcas.py).
+  database instead of one file each (see store/localcas.py); store/localcas.py
+  (store/blobs.py deletes them for GC).
 - ``build_stamps`` (v3): what the last successful build of some targets saw,
-  so that a no-op build is answered without evaluating (engine/stamp.py).
+  so that a no-op build is answered without evaluating; engine/stamp.py
+  (engine/retention.py drops those of projects that are gone).
+
+How they write: a process opens the database once per thread (``Database``,
+owned by the ``Store``; the no-op build's quick path, cli/entry.py, opens
+one ``connect``). A write of one statement commits on its own; a write of
+several runs in ``transaction`` (``BEGIN IMMEDIATE``: one writer at a time
+across processes, the others wait up to ``BUSY_TIMEOUT_S``). Writes that
+add blobs or references to them also hold the store's write lock shared
+(``Store.writing``), which GC takes exclusively.
 """
 
 from __future__ import annotations
