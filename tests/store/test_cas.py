@@ -10,7 +10,7 @@ import pytest
 
 from kiln.errors import KilnError
 from kiln.model.digest import Digest
-from kiln.store import localcas
+from kiln.store import file_blobs
 from kiln.system.libc import libc
 
 
@@ -89,6 +89,6 @@ def test_store_sync_finds_syncfs_without_starting_a_process(store, monkeypatch) 
 
     monkeypatch.setattr(subprocess, "Popen", no_process)
     libc.cache_clear()
-    assert callable(localcas._load_syncfs())
+    assert callable(file_blobs._load_syncfs())
     store.cas.sync()
-    assert callable(store.cas._syncfs)
+    assert callable(store.cas.files._syncfs)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kiln.model.digest import HEX_LEN
 from kiln.store.db import transaction
-from kiln.store.localcas import EXEC_SUFFIX
+from kiln.store.file_blobs import EXEC_SUFFIX
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,15 @@ class BlobBatch(Protocol):
         ...
 
 
+def verified(data: bytes, digest: Digest) -> bytes:
+    """``data`` as read from a backend, once it hashes to ``digest``; other
+    content is a corrupt blob (an error), never returned."""
+    actual = Digest.of_bytes(data)
+    if actual != digest:
+        raise errors.corrupt_blob(digest, actual)
+    return data
+
+
 def read_blob(cas: ContentStore, digest: Digest, what: str = "blob") -> bytes:
     """The content of a blob that must be there (the empty blob always is);
     a missing one raises ``errors.blob_missing``, never yields empty bytes."""

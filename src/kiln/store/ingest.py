@@ -34,7 +34,8 @@ from collections.abc import Callable
 from kiln import errors
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.store.db import transaction
-from kiln.store.localcas import SMALL_FILE, CasBatch, LocalCAS
+from kiln.store.file_blobs import SMALL_FILE
+from kiln.store.localcas import CasBatch, LocalCAS
 
 RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
 # Fork a scanning worker only for trees with at least this many directories.
