@@ -21,8 +21,8 @@ module that writes it:
   answered from a stamp, engine/retention.py prunes them).
 - ``metadata_blobs`` (v4): small CAS blobs that describe work (``Action``,
   ``Command``, ``Directory`` and ``Tree`` messages of builds) kept in the
-  database instead of one file each (see store/localcas.py); store/localcas.py
-  (store/blobs.py deletes them for GC).
+  database instead of one file each; store/row_blobs.py (store/blobs.py
+  deletes them for GC).
 - ``build_stamps`` (v3): what the last successful build of some targets saw,
   so that a no-op build is answered without evaluating; engine/stamp.py
   (engine/retention.py drops those of projects that are gone).

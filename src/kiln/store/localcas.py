@@ -1,10 +1,11 @@
 """The embedded on-disk CAS: blob files under ``$KILN_HOME/cas`` and
 metadata rows in the store's database, behind one ``ContentStore``.
 
-``LocalCAS`` keeps its blob files in ``FileBlobs`` (``file_blobs``:
-read-only files, staged, synced and renamed into place) and its metadata
-rows in the ``metadata_blobs`` table. It routes writes between them, reads
-from both, and remembers the small blobs this process wrote lately.
+``LocalCAS`` composes two backends, each with its own invariants:
+``FileBlobs`` (``file_blobs``: read-only files, staged, synced and renamed
+into place) and ``RowBlobs`` (``row_blobs``: the ``metadata_blobs`` table).
+It routes writes between them, reads from both, and remembers the small
+blobs this process wrote lately.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.model.digest import Digest
-from kiln.store.cas import verified
 from kiln.store.file_blobs import SMALL_FILE, FileBlobs
+from kiln.store.row_blobs import RowBlobs
 
 if TYPE_CHECKING:
     from kiln.store.db import Database
@@ -37,12 +37,12 @@ METADATA_MAX_BYTES = 1 << 20  # larger messages are stored as files
 
 
 class LocalCAS:
-    """Blobs as files (``files``) or, for metadata, as rows of ``conn``.
+    """Blobs as files (``files``) or, for metadata, as rows (``rows``).
 
     Metadata blobs (``add_metadata``: the Action, Command, Directory and
     Tree messages a build writes for every step, a few hundred bytes each)
     up to ``METADATA_MAX_BYTES`` are rows of ``conn``; all other blobs, and
-    metadata too when there is no database, are files.
+    metadata too when there is no database (``rows`` is None), are files.
     Invariants:
     - Readers do not care where a blob lives (``has``, ``get_bytes``): files
       are tried first, then rows. Only file blobs can be hard-linked
@@ -63,7 +63,7 @@ class LocalCAS:
         """``guard()`` is held by every batch from its first write to its
         commit: the store's shared write lock, which GC takes exclusively."""
         self.files = FileBlobs(root, staging_dir)
-        self._conn = conn
+        self.rows = None if conn is None else RowBlobs(conn)
         self.root = root
         self.guard = guard
         # Small blobs this process wrote lately (directories, actions), kept so
@@ -91,10 +91,7 @@ class LocalCAS:
         lookup checks thousands of blobs for a toolchain's tree)."""
         if self.files.has_hash(hash_hex, size):
             return True
-        if self._conn is None:
-            return False
-        query = "SELECT 1 FROM metadata_blobs WHERE hash = ? AND size = ?"
-        return self._conn.execute(query, (hash_hex, size)).fetchone() is not None
+        return self.rows is not None and self.rows.has_hash(hash_hex, size)
 
     def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         seen: set[Digest] = set()
@@ -116,11 +113,8 @@ class LocalCAS:
     def get_bytes_by_hash(self, hash_hex: str) -> bytes | None:
         """The content stored under a hash, unverified (for GC's bookkeeping)."""
         data = self.files.get_by_hash(hash_hex)
-        if data is None and self._conn is not None:
-            row = self._conn.execute(
-                "SELECT data FROM metadata_blobs WHERE hash = ?", (hash_hex,)
-            ).fetchone()
-            return None if row is None else bytes(row[0])
+        if data is None and self.rows is not None:
+            return self.rows.get_by_hash(hash_hex)
         return data
 
     def get_bytes(self, digest: Digest) -> bytes | None:
@@ -128,12 +122,8 @@ class LocalCAS:
         no blob of that hash and size (as for ``has``: a hash stored at
         another size is not this blob)."""
         data = self.files.get(digest)
-        if data is None and self._conn is not None:
-            row = self._conn.execute(
-                "SELECT data FROM metadata_blobs WHERE hash = ? AND size = ?",
-                (digest.hash, digest.size),
-            ).fetchone()
-            return None if row is None else verified(bytes(row[0]), digest)
+        if data is None and self.rows is not None:
+            return self.rows.get(digest)
         return data
 
     def touch(self, digest: Digest) -> bool:
@@ -195,17 +185,12 @@ class LocalCAS:
         """Store metadata blobs (rows; as files when there is no database)."""
         if not blobs:
             return
-        if self._conn is None:
+        if self.rows is None:
             with self.batch(durable=False) as batch:
                 for digest, data in blobs:
                     batch.add_bytes(data, digest)
             return
-        now = time.time()
-        self._conn.executemany(
-            "INSERT INTO metadata_blobs(hash, size, data, last_used) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(hash) DO UPDATE SET last_used = excluded.last_used",
-            [(d.hash, d.size, data, now) for d, data in blobs],
-        )
+        self.rows.put(blobs)
         for digest, data in blobs:
             if len(data) <= RECENT_MAX_BYTES:
                 self._remember(digest, data)
