@@ -145,7 +145,7 @@ def restore(cas_root: Path, project: Path, target: str, digest: str, entries: li
                 os.symlink(entry[2], path)
             else:
                 _, _, hash_hex, size, executable = entry
-                # the store's layout (store/localcas.py): cas/hh/hash, ".x" for the 0555 twin
+                # the store's layout (store/file_blobs.py): cas/hh/hash, ".x" for the 0555 twin
                 blob = cas_root / hash_hex[:2] / (hash_hex + (".x" if executable else ""))
                 try:
                     if os.stat(blob).st_size != size:
