@@ -98,6 +98,7 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         write_json(asdict(stats))
         return
+    # (start-up: rich is not for kiln store put)
     from rich.console import Console
     from rich.table import Table
 
@@ -114,7 +115,7 @@ def store_stats(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def store_diff(ctx: click.Context, old: str, new: str, as_json: bool) -> None:
     """List paths added (+), removed (-) and changed (~) from tree OLD to NEW."""
-    from kiln.model.tree import diff
+    from kiln.model.tree import diff  # (start-up: protobuf, not for kiln store put)
 
     result = diff(open_store(ctx).cas, digest_arg(old), digest_arg(new))
     if as_json:
