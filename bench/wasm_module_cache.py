@@ -21,7 +21,7 @@ from bench.common import real_binary, report
 from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
-from kiln.rules.toolchains import yowasp_clang
+from kiln.rules.host_toolchains import yowasp_clang
 from kiln.store import Store
 
 ROUNDS = 20

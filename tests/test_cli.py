@@ -153,6 +153,31 @@ def test_help_lists_commands(kiln) -> None:
         assert word in out
 
 
+def test_help_summaries_are_the_commands_own() -> None:
+    """`kiln --help` lists each command by the summary in the table of
+    commands, which is the first sentence of the command's docstring."""
+    import importlib
+
+    from kiln.cli.app import COMMANDS
+
+    for name, (module, function, summary) in COMMANDS.items():
+        command = getattr(importlib.import_module(module), function)
+        assert command.get_short_help_str(limit=1000) == summary, name
+
+
+def test_help_loads_no_command_module() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom kiln.cli.app import run\nrun(['--help'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('kiln.cli.')), file=sys.stderr)"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "build  " in proc.stdout and "Delete blobs and cache entries" in proc.stdout
+    assert proc.stderr.strip() == "['kiln.cli.app']"
+
+
 def test_a_known_hash_at_another_size_is_not_found(kiln, tmp_path: Path) -> None:
     """The store has the hash, but not at that size: not found (3), not corrupt."""
     (tmp_path / "f").write_bytes(b"some content\n")

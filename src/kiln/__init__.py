@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from kiln.store import Store
 
 
+# (start-up: `import kiln` is on the no-op path; each name loads its module
+# on first use)
 def __getattr__(name: str) -> object:
     if name == "Digest":
         from kiln.model.digest import Digest

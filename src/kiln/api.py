@@ -158,7 +158,8 @@ def _evaluate(
     executors: Mapping[str, Callable[[], Executor]] | None,
 ) -> BuildReport:
     """Load the build file, run what it asks, record history and stamp."""
-    # The engine proper, imported only when something is evaluated.
+    # The engine proper, imported only when something is evaluated
+    # (start-up: this module is on the no-op path).
     from kiln.engine import history
     from kiln.engine.evaluation import Build
     from kiln.engine.loader import load

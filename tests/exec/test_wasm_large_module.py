@@ -19,7 +19,7 @@ from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor, WasmLimits, shared_engine
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
-from kiln.rules.toolchains import yowasp_clang
+from kiln.rules.host_toolchains import yowasp_clang
 
 
 @pytest.fixture(scope="session")

@@ -9,38 +9,43 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
 from kiln import __version__
 from kiln.errors import ExitCode, KilnError
 
-if TYPE_CHECKING:
-    pass
-
-
-
-
-# Each command's module and function; a module is imported only when one of
-# its commands runs (or `--help` lists them), so `kiln store put` does not
-# load the build engine.
+# Each command: its module, its function there, and its summary for
+# `kiln --help` (the first sentence of its docstring; tests/test_cli.py
+# checks they agree). A module is imported only when one of its commands
+# runs: `kiln store put` does not load the build engine, and `kiln --help`
+# loads no command module at all.
 COMMANDS = {
-    "build": ("kiln.cli.build", "build"),
-    "check": ("kiln.cli.check", "check"),
-    "doctor": ("kiln.cli.doctor", "doctor"),
-    "gc": ("kiln.cli.store", "gc_command"),
-    "log": ("kiln.cli.build", "log"),
-    "prefetch": ("kiln.cli.fetch", "prefetch"),
-    "root": ("kiln.cli.store", "root"),
-    "server": ("kiln.cli.server", "server"),
-    "show": ("kiln.cli.build", "show"),
-    "store": ("kiln.cli.store", "store"),
-    "targets": ("kiln.cli.build", "targets_command"),
-    "trace": ("kiln.cli.build", "trace"),
-    "wasm": ("kiln.cli.wasm", "wasm"),
-    "why": ("kiln.cli.build", "why"),
-}
+    "build": ("kiln.cli.build", "build",
+              "Build TARGETS (default: every target) of the project's kilnfile.py."),
+    "check": ("kiln.cli.check", "check", "Check that results are reproducible."),
+    "doctor": ("kiln.cli.doctor", "doctor",
+               "Check what this machine offers Kiln, with fixes for what is missing."),
+    "gc": ("kiln.cli.gc", "gc_command", "Delete blobs and cache entries that no root reaches."),
+    "log": ("kiln.cli.build", "log",
+            "Print the stdout and stderr of TARGET's steps in the last build."),
+    "prefetch": ("kiln.cli.fetch", "prefetch",
+                 "Download URL into the store and print its digest, to pin in a build file "
+                 "as fetch.url(URL, digest=...)."),
+    "root": ("kiln.cli.gc", "root", "Named GC roots: what `kiln gc` never deletes."),
+    "server": ("kiln.cli.server", "server", "A resident server that makes builds start warm."),
+    "show": ("kiln.cli.build", "show",
+             "List TARGET's steps in the last build: keys, inputs, outputs, status."),
+    "store": ("kiln.cli.store", "store", "Put content into the store, get it out, check it."),
+    "targets": ("kiln.cli.build", "targets_command",
+                "List the targets of the project's kilnfile.py with their docstrings."),
+    "trace": ("kiln.cli.build", "trace",
+              "Write the last build as a Chrome trace (open it in ui.perfetto.dev)."),
+    "wasm": ("kiln.cli.wasm", "wasm",
+             "Run WebAssembly (WASI preview 1) modules as deterministic actions."),
+    "why": ("kiln.cli.build", "why",
+            "Say why each step of the last build ran instead of being a cache hit."),
+}  # fmt: skip
 
 
 class _Commands(click.Group):
@@ -53,8 +58,18 @@ class _Commands(click.Group):
         where = COMMANDS.get(name)
         if where is None:
             return None
-        module, function = where
+        module, function, _ = where
         return getattr(importlib.import_module(module), function)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The list of commands, summaries from ``COMMANDS``: no command is loaded."""
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [
+            (name, click.Command(name, help=summary).get_short_help_str(limit))
+            for name, (_, _, summary) in sorted(COMMANDS.items())
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(
@@ -78,8 +93,6 @@ def cli(ctx: click.Context, store: str | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["store"] = store
-
-
 
 
 def run(argv: list[str] | None, stamp_checked: bool = False) -> int:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,16 +17,19 @@ from kiln.api import BuildReport, BuildRequest
 from kiln.cli.build_options import BUILD_OPTIONS
 from kiln.cli.common import json_option, open_store
 from kiln.cli.report import show_report, write_json
+from kiln.engine import history
+from kiln.engine.loader import Project, load
+from kiln.engine.progress import BuildProgress
+from kiln.engine.root import find_root
+from kiln.engine.values import outputs_of
+from kiln.model.action import shareable
+from kiln.model.digest import EMPTY, Digest
 
 if TYPE_CHECKING:
-    from kiln.engine.loader import Project
     from kiln.store import Store
 
 
 def _project() -> Project:
-    from kiln.engine.loader import load
-    from kiln.engine.root import find_root
-
     return load(find_root(Path.cwd()))
 
 
@@ -70,8 +74,6 @@ def build(
 
 def build_with_progress(request: BuildRequest, store: Store | None = None) -> BuildReport:
     """``kiln.api.build`` with the build's progress shown on stderr."""
-    from kiln.engine.progress import BuildProgress
-
     with BuildProgress() as progress:
         return api.build(request, progress, store=store)
 
@@ -110,8 +112,6 @@ def _last_steps(
 ) -> tuple[Any, list[Any]]:
     """The store and the steps of the project's last build (of ``target``);
     ``with_steps``: skip builds answered from their stamp."""
-    from kiln.engine import history
-
     project = _project()
     if target is not None:
         project.target(target)
@@ -131,8 +131,6 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
     key was computed from that differs from the last time that step ran:
     an input file or upstream output, an argument, an environment variable.
     """
-    from kiln.engine import history
-
     store, rows = _last_steps(ctx, target, with_steps=False)
     ran = [r for r in rows if r.status in ("executed", "failed")]
     report = [
@@ -157,10 +155,6 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, target: str, as_json: bool) -> None:
     """List TARGET's steps in the last build: keys, inputs, outputs, status."""
-    from kiln.engine.values import outputs_of
-    from kiln.model.action import shareable
-    from kiln.model.digest import Digest
-
     store, rows = _last_steps(ctx, target)
     items = []
     for r in rows:
@@ -205,8 +199,6 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
 @click.pass_context
 def log(ctx: click.Context, target: str) -> None:
     """Print the stdout and stderr of TARGET's steps in the last build."""
-    from kiln.model.digest import EMPTY, Digest
-
     store, rows = _last_steps(ctx, target)
     for r in rows:
         result = r.action_result()
@@ -241,10 +233,6 @@ def trace(ctx: click.Context, output: str) -> None:
 
     One lane per worker slot; cache hits are instant events on their own lane.
     """
-    import json
-
-    from kiln.engine import history
-
     project = _project()
     store = open_store(ctx)
     build_id = history.last_build(store, project.root, with_steps=True)

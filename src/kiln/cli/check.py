@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from kiln.cli.build import build_for_check
 from kiln.cli.common import asdict, digest_arg, json_option, open_store, status
 from kiln.cli.report import write_json
+from kiln.engine.check import check_engines, is_wasm_action, rebuild_steps
 from kiln.errors import ExitCode, KilnError
 
 if TYPE_CHECKING:
@@ -46,8 +48,6 @@ def check(
     `kiln wasm run --json` prints it) runs again under the second engine
     with the same virtual WASI instead. Exits 1 if anything differs.
     """
-    from kiln.engine.check import check_engines, is_wasm_action
-
     store = open_store(ctx)
     keys = [i for i in items if _looks_like_key(i)]
     targets = [i for i in items if not _looks_like_key(i)]
@@ -59,8 +59,6 @@ def check(
         )
     checks: list[Any] = [digest_arg(k) for k in keys]
     if targets:
-        from kiln.cli.build import build_for_check
-
         records = build_for_check(store, targets)
         if engine is None:
             _report_rebuild(store, records, as_json)
@@ -90,8 +88,6 @@ def _looks_like_key(text: str) -> bool:
 
 
 def _report_rebuild(store: Store, records: list[Any], as_json: bool) -> None:
-    from kiln.engine.check import rebuild_steps
-
     with status("running the steps again") as line:
         on_step = getattr(line, "update", None)
         checks = rebuild_steps(store, records, lambda d: on_step and on_step(f"running {d}"))

@@ -3,37 +3,34 @@ arguments, status lines on a terminal."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from kiln.store import Store
+from kiln.model.digest import Digest
+from kiln.store import Store
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def open_store(ctx: click.Context) -> Store:
-    from kiln.store import Store
-
     store = Store(ctx.obj.get("store"))
     ctx.call_on_close(store.close)
     return store
 
 
 def asdict(obj: Any) -> dict[str, Any]:
-    """A report dataclass as a dict (dataclasses is imported only when needed)."""
-    import dataclasses
-
+    """A report dataclass as a dict."""
     return dataclasses.asdict(obj)
 
 
 def parse_size(text: str) -> int:
     """'500M', '10G', '1.5GiB', '4096' -> bytes (binary units)."""
-    import re
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
     if not m:
         raise click.BadParameter(f"{text!r} is not a size; write e.g. 500M, 10G or 4096")
@@ -42,28 +39,22 @@ def parse_size(text: str) -> int:
 
 def parse_age(text: str) -> float:
     """'30d', '12h', '90m', '45s', '2w' -> seconds."""
-    import re
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text.lower())
     if not m:
         raise click.BadParameter(f"{text!r} is not an age; write e.g. 45s, 90m, 12h, 30d or 2w")
     return float(m.group(1)) * _AGE_UNITS[m.group(2)]
 
 
-def digest_arg(text: str) -> Any:
-    from kiln.model.digest import Digest
-
+def digest_arg(text: str) -> Digest:
     return Digest.parse(text)
 
 
 def status(message: str) -> Any:
     """A spinner with ``message`` on a terminal's stderr, else one plain line."""
     if sys.stderr.isatty():
-        from rich.console import Console
+        from rich.console import Console  # (start-up: rich only on a terminal)
 
         return Console(stderr=True).status(message)
-    import contextlib
-
     click.echo(f"kiln: {message}", err=True)
     return contextlib.nullcontext()
 
@@ -84,7 +75,7 @@ class HashingProgress:
             return
         text = f"hashing: {files} files, {nbytes / (1 << 20):.1f} MiB read"
         if self.status is None:
-            from rich.console import Console
+            from rich.console import Console  # (start-up: only once a put reads many files)
 
             self.status = Console(stderr=True).status(text)
             self.status.start()
@@ -100,4 +91,3 @@ class HashingProgress:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
-

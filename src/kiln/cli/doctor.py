@@ -6,13 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import click
 
 from kiln.cli.common import asdict, json_option
 from kiln.cli.report import write_json
+from kiln.exec.base import TransientError
+from kiln.exec.native import _pids_cgroup, _remove_cgroup
+from kiln.exec.zygote import Zygote
 from kiln.store.db import default_home
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -40,9 +45,7 @@ def run_checks(store_home: Path) -> list[Check]:
 
 def _wasmtime() -> Check:
     try:
-        from importlib.metadata import version
-
-        import wasmtime
+        import wasmtime  # (here: failing to load it is what this check reports)
 
         wasmtime.Engine()
         return Check("wasmtime", OK, f"wasmtime {version('wasmtime')}: wasm steps can run")
@@ -89,11 +92,6 @@ def _native_steps() -> Check:
 def _step_in_resident_sandbox(bwrap: str) -> str:
     """Run ``true`` as a step in a resident sandbox (``kiln.exec.zygote``);
     what went wrong, or "" if it ran."""
-    import tempfile
-
-    from kiln.exec.base import TransientError
-    from kiln.exec.zygote import Zygote
-
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--uid", "1000", "--gid", "1000",
             "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -128,8 +126,6 @@ def _user_namespaces() -> Check:
 
 
 def _cgroups() -> Check:
-    from kiln.exec.native import _pids_cgroup, _remove_cgroup
-
     group = _pids_cgroup(64)
     if group is None:
         return Check(

@@ -36,6 +36,7 @@ def main() -> None:
             code = 0
         stamp_checked = True
     if code is None:
+        # (start-up: the rest only once the stamp could not answer)
         from kiln.server import client
         from kiln.store import db
 

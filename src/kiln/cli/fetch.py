@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from kiln.cli.common import json_option, open_store
 from kiln.cli.report import write_json
+from kiln.exec.base import ExecHooks
+from kiln.exec.fetch import FetchExecutor
+from kiln.exec.kinds import local_context
+from kiln.exec.specs import UNPINNED, FetchSpec, url_file_name
 
 
 @click.command("prefetch")
@@ -32,11 +38,6 @@ def prefetch(
     """Download URL into the store and print its digest, to pin in a build
     file as fetch.url(URL, digest=...). The content stays in the store (GC
     root prefetch:URL), so the build that pins it does not download again."""
-    from kiln.exec.base import ExecHooks
-    from kiln.exec.download import url_file_name
-    from kiln.exec.fetch import UNPINNED, FetchExecutor, FetchSpec
-    from kiln.exec.kinds import local_context
-
     name = url_file_name(url) or "download"
     spec = FetchSpec(
         "url", "tree" if unpack else "file", UNPINNED, name, (url,), strip=strip, auth=auth
@@ -60,9 +61,6 @@ class _DownloadBar:
     """A rich progress bar on stderr while a download runs (TTY only)."""
 
     def __init__(self, quiet: bool) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
         console = Console(stderr=True)
         self._progress = Progress(
             "{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -79,8 +77,6 @@ class _DownloadBar:
 
     def update(self, url: str, done: int, total: int | None) -> None:
         if self._task is None:
-            from kiln.exec.download import url_file_name
-
             name = url_file_name(url) or url
             self._task = self._progress.add_task(name, total=total)
         self._progress.update(self._task, completed=done, total=total)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from kiln.engine.report import BuildReport, StepStatus
 
 def write_json(obj: object) -> None:
     """``obj`` as indented JSON on stdout (what every ``--json`` prints)."""
-    import json
+    import json  # (start-up: this module is on the no-op path)
 
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

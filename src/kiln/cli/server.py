@@ -11,11 +11,12 @@ import click
 from kiln.cli.common import json_option, parse_age
 from kiln.cli.report import write_json
 from kiln.errors import ExitCode
+from kiln.server import daemon as resident
+from kiln.server.client import ask
+from kiln.store import db
 
 
 def _home(ctx: click.Context) -> Path:
-    from kiln.store import db
-
     store = ctx.obj.get("store")
     return Path(store) if store else db.default_home()
 
@@ -42,8 +43,6 @@ def server() -> None:
 @click.pass_context
 def server_start(ctx: click.Context, idle: str, as_json: bool) -> None:
     """Start the server for the store (nothing to do if it runs)."""
-    from kiln.server import daemon as resident
-
     status = resident.start(_home(ctx), parse_age(idle))
     _show(status, as_json)
 
@@ -53,8 +52,6 @@ def server_start(ctx: click.Context, idle: str, as_json: bool) -> None:
 @click.pass_context
 def server_stop(ctx: click.Context, as_json: bool) -> None:
     """Stop the server once the commands it runs have finished."""
-    from kiln.server import daemon as resident
-
     answer = resident.stop(_home(ctx))
     if as_json:
         write_json({"stopped": answer is not None})
@@ -69,8 +66,6 @@ def server_stop(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def server_status(ctx: click.Context, as_json: bool) -> None:
     """Show the server of the store; exit code 3 when none runs."""
-    from kiln.server.client import ask
-
     status = ask(_home(ctx), {"op": "status"})
     if status is None:
         if as_json:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
 from kiln.cli.common import json_option, open_store, status
 from kiln.cli.report import write_json
-
-if TYPE_CHECKING:
-    pass
-
+from kiln.engine.wasm_run import run_wasm
+from kiln.exec.specs import DEFAULT_DISK_MIB, DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
+from kiln.model.digest import Digest
+from kiln.store.cas import read_blob
 
 # ------------------------------------------------------------------- wasm
 
@@ -78,9 +77,6 @@ def wasm_run(
     copied back here. The same module, inputs, arguments and limits run once:
     later runs replay the recorded result. Exits with the guest's exit code.
     """
-    from kiln.engine.wasm_run import run_wasm
-    from kiln.exec.wasm import DEFAULT_DISK_MIB, DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
-
     env = {}
     for pair in env_pairs:
         name, sep, value = pair.partition("=")
@@ -102,9 +98,6 @@ def wasm_run(
         timeout=timeout,
         progress=status,
     )
-    from kiln.model.digest import Digest
-    from kiln.store.cas import read_blob
-
     result = run.result
     stdout = read_blob(store.cas, Digest.from_proto(result.stdout_digest), "stdout")
     stderr = read_blob(store.cas, Digest.from_proto(result.stderr_digest), "stderr")

@@ -13,14 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.message import DecodeError
+
 from kiln import errors
 from kiln.exec import kinds
-from kiln.exec.wasm import EXIT_TRAP
+from kiln.exec.base import close_executor
+from kiln.exec.node import NodeWasmExecutor
+from kiln.exec.wasm import EXIT_TRAP, WasmExecutor
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
+from kiln.model.tree import Entry, walk
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 ENGINES = ("node",)
@@ -64,10 +69,6 @@ def is_wasm_action(store: Store, key: Digest) -> bool:
 
 def load_action(store: Store, key: Digest) -> tuple[re_pb2.Action, re_pb2.Command]:
     """The stored ``Action`` and ``Command`` of an action key."""
-    from google.protobuf.message import DecodeError
-
-    from kiln.model.reapi import re_pb2
-
     data = store.cas.get_bytes(key)
     if data is None:
         raise errors.KilnError(
@@ -93,9 +94,6 @@ def check_engines(
     store: Store, key: Digest, engine: str = "node", timeout: float | None = 600.0
 ) -> EngineCheck:
     """Run the wasm action ``key`` under Wasmtime and ``engine``; compare."""
-    from kiln.exec.node import NodeWasmExecutor
-    from kiln.exec.wasm import WasmExecutor
-
     if engine not in ENGINES:
         raise errors.KilnError(
             f"unknown engine {engine!r}",
@@ -180,8 +178,6 @@ def _stderr(store: Store, result: re_pb2.ActionResult, drop_trap_note: bool) -> 
 def _outputs(store: Store, result: re_pb2.ActionResult) -> dict[str, str]:
     """Every output path, inside output directories too, described by kind
     and digest (or symlink target)."""
-    from kiln.model.reapi import re_pb2
-    from kiln.model.tree import Entry, walk
 
     def describe(entry: Entry) -> str:
         if entry.kind == "symlink":
@@ -223,8 +219,6 @@ def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[S
     without reading or writing the action cache, and compare its result with
     the recorded one. Steps of kinds that say so are not run again (a
     pinned fetch: its pin already checks it)."""
-    from kiln.exec.base import close_executor
-
     factories = kinds.factories(kinds.local_context(store))
     executors: dict[str, Any] = {}
     try:

@@ -27,6 +27,7 @@ from kiln.engine.report import BuildReport, TargetOutcome
 from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest
 from kiln.engine.sources import Sources
 from kiln.engine.values import File, StepResult, Tree, Value
+from kiln.exec.tools import Dpkg, identity, resolve, tool_roots_folder
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
 
@@ -86,8 +87,6 @@ class BuildContext:
         """The identity of host tools (resolved once per build)."""
         key = tuple(names)
         if key not in self._tools:
-            from kiln.exec.tools import Dpkg, identity, resolve, tool_roots_folder
-
             if self._dpkg is None:
                 self._dpkg = Dpkg(cache=tool_roots_folder(self.store.home))
             try:

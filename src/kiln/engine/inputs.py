@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from kiln import errors
 from kiln.engine.values import File, Tree, Value
 from kiln.model.digest import Digest, canonical_bytes
+from kiln.model.tree import make_directory
 
 if TYPE_CHECKING:
     from kiln.store.localcas import LocalCAS
@@ -74,8 +75,6 @@ def write_blobs(cas: LocalCAS, blobs: list[tuple[Digest, bytes]]) -> None:
 
 
 def _compose(d: _Dir, blobs: list[tuple[Digest, bytes]]) -> Digest:
-    from kiln.model.tree import make_directory
-
     files, dirs = [], []
     for name, entry in sorted(d.items()):
         if isinstance(entry, File):

@@ -58,7 +58,7 @@ def is_current(project: Path, target: str, digest: str) -> bool:
 
 def place(cas: LocalCAS, project: Path, target: str, digest: Digest) -> None:
     """Make ``kiln-out/TARGET`` the tree ``digest`` (unless it already is)."""
-    from kiln.store.materialize import Materializer
+    from kiln.store.materialize import Materializer  # (start-up: protobuf, not for a no-op)
 
     if not is_current(project, target, str(digest)):
         _replace(project, target, str(digest), lambda dest: Materializer(cas).tree(digest, dest))
@@ -110,6 +110,7 @@ def _move_into_place(staging: claims.Claim, dest: Path) -> None:
 
 def manifest(cas: LocalCAS, digest: Digest) -> list[Entry]:
     """The entries of the stored tree ``digest``, for ``restore``."""
+    # (start-up: protobuf, not for a no-op build, which restores from the manifest)
     from kiln.model.digest import Digest
     from kiln.model.tree import load_directory
 

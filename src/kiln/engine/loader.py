@@ -12,13 +12,10 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kiln import errors
+from kiln.engine import rules
 from kiln.engine.root import BUILD_FILE
-
-if TYPE_CHECKING:
-    from kiln.engine import rules
 
 
 @dataclass(frozen=True)
@@ -52,8 +49,6 @@ def load(root: Path) -> Project:
             hint="fix the build file",
             exit_code=errors.ExitCode.BAD_INPUT,
         ) from None
-    from kiln.engine import rules
-
     namespace = {"__name__": "kilnfile", "__file__": str(path)}
     rules._defining = defined = []
     sys.path.insert(0, str(root))  # so the build file can import the project's helpers

@@ -44,7 +44,7 @@ class BuildProgress:
         self._downloads: dict[str, tuple[int, int | None]] = {}
 
     def __enter__(self) -> BuildProgress:
-        if self._live_enabled:
+        if self._live_enabled:  # (start-up: rich only on a terminal)
             from rich.console import Console
             from rich.live import Live
 
@@ -99,7 +99,7 @@ class BuildProgress:
                   file=self._stream, flush=True)  # fmt: skip
 
     def _render(self) -> Any:
-        from rich.text import Text
+        from rich.text import Text  # (start-up: rich only on a terminal)
 
         c = self.counts
         done = c[StepStatus.EXECUTED] + c[StepStatus.CACHED]

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.engine.values import File, StepResult, Tree, Value
+from kiln.exec.kinds import UNPACK_ABI
+from kiln.exec.specs import (
+    DEFAULT_DISK_MIB,
+    DEFAULT_FUEL,
+    DEFAULT_MEMORY_MIB,
+    WasmLimits,
+    unpack_argv,
+)
 from kiln.model.digest import Digest
+from kiln.model.tree import Entry, lookup
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
@@ -144,8 +153,6 @@ def wasm(
     ``kiln.config``). Await the call for its ``StepResult``; a failure
     raises.
     """
-    from kiln.exec.wasm import DEFAULT_DISK_MIB, DEFAULT_FUEL, DEFAULT_MEMORY_MIB, WasmLimits
-
     ctx = _context("wasm()")
     where = _where()
     owner = _target.get()
@@ -204,7 +211,9 @@ def native(
     names secrets of those features, readable at ``/kiln/secrets/NAME``
     (their names, never their contents, are in the key).
     """
-    from kiln.exec.native import DEFAULT_DISK_MIB, DEFAULT_MEMORY_MIB, DEFAULT_PIDS, NativeLimits
+    # (start-up: the native executor, imported only when a build file
+    # declares a native step; NativeLimits belongs in kiln.exec.specs)
+    from kiln.exec import native as sandbox
 
     ctx = _context("native()")
     where = _where()
@@ -215,8 +224,10 @@ def native(
         )
     declared = sorted(set(tools))
     placed = [v.at(p) for p, v in inputs.items()] if isinstance(inputs, Mapping) else list(inputs)
-    limits = NativeLimits(
-        memory_mib or DEFAULT_MEMORY_MIB, pids or DEFAULT_PIDS, disk_mib or DEFAULT_DISK_MIB
+    limits = sandbox.NativeLimits(
+        memory_mib or sandbox.DEFAULT_MEMORY_MIB,
+        pids or sandbox.DEFAULT_PIDS,
+        disk_mib or sandbox.DEFAULT_DISK_MIB,
     )
     return ctx.run_step(
         owner,
@@ -240,8 +251,6 @@ async def unpack(archive: File, *, strip: int = 0, name: str | None = None) -> T
     from a source, a fetch or a step) as a ``Tree`` at ``name`` (default: the
     archive's name without its extension), with ``strip`` leading path
     components removed; read as safely and deterministically as a fetch."""
-    from kiln.exec.unpack import UNPACK_ABI, unpack_argv
-
     ctx = _context("unpack()")
     where = _where()
     if not isinstance(archive, File):
@@ -266,8 +275,6 @@ async def unpack(archive: File, *, strip: int = 0, name: str | None = None) -> T
 def pick(tree: Tree, path: str) -> File | Tree:
     """The file or folder at ``path`` inside ``tree``, placed at its own
     name (use ``.at()`` to move it)."""
-    from kiln.model.tree import Entry, lookup
-
     where = _where()
     found = lookup(_context("pick()").store.cas, tree.digest, path)
     name = os.path.basename(path.rstrip("/"))

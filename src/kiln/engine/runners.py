@@ -19,20 +19,24 @@ same way (``execute_with_retries``).
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util
 import queue
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import KilnError
+from kiln.exec import kinds
 from kiln.exec.base import TransientError, close_executor
-from kiln.model.digest import Digest
+from kiln.model.digest import Digest, canonical_bytes
+from kiln.model.reapi import re_pb2
+from kiln.store.local import Store
 
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
-    from kiln.model.reapi import re_pb2
-    from kiln.store.local import Store
 
 RETRIES = 2  # extra attempts after a transient (infrastructure) error
 
@@ -123,9 +127,6 @@ class ProcessRunner:
     """Executes in ``jobs`` worker processes with the default executors."""
 
     def __init__(self, store: Store, jobs: int) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["wasmtime", "kiln.exec.wasm", "kiln.engine.runners"])
         self._store = store
@@ -139,8 +140,6 @@ class ProcessRunner:
     def submit(
         self, kind: str, key: Digest, action: re_pb2.Action, command: re_pb2.Command, where: str
     ) -> Future[Outcome]:
-        from kiln.model.digest import canonical_bytes
-
         sent = self._pool.submit(
             _worker_run, kind, str(key), canonical_bytes(action), canonical_bytes(command), where
         )
@@ -174,8 +173,6 @@ Reply = tuple[bytes | None, bool, int, str | None, str | None, int]
 
 
 def _unpack(reply: Reply) -> Outcome:
-    from kiln.model.reapi import re_pb2
-
     data, cached, attempts, message, hint, exit_code = reply
     if data is None:
         error = KilnError(message or "", hint=hint, exit_code=exit_code)
@@ -189,12 +186,6 @@ _worker: dict[str, Any] = {}
 
 
 def _worker_start(home: str) -> None:
-    import atexit
-    import multiprocessing.util
-
-    from kiln.exec import kinds
-    from kiln.store.local import Store
-
     store = Store(home)
     atexit.register(store.close)
     _worker["store"] = store
@@ -210,9 +201,6 @@ def _close_worker_executors() -> None:
 
 
 def _worker_run(kind: str, key: str, action: bytes, command: bytes, where: str) -> Reply:
-    from kiln.model.digest import canonical_bytes
-    from kiln.model.reapi import re_pb2
-
     executors = _worker["executors"]
     if kind not in executors:
         executors[kind] = _worker["factories"][kind]()

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 
@@ -102,8 +102,6 @@ class StepResult:
 
 def outputs_of(store: Store, result: re_pb2.ActionResult) -> dict[str, Value]:
     """The outputs of an ``ActionResult`` as handles at their declared paths."""
-    from kiln.model.reapi import re_pb2
-
     out: dict[str, Value] = {}
     for f in result.output_files:
         out[f.path] = File(f.path, Digest.from_proto(f.digest), f.is_executable)

@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
+from kiln.exec.base import ExecHooks
+from kiln.exec.kinds import local_context
+from kiln.exec.specs import WasmLimits
+from kiln.exec.wasm import WasmExecutor
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
+from kiln.model.tree import graft, lookup
+from kiln.store.materialize import Materializer
 from kiln.system.fsutil import (
     FOLDER_FLAGS,
     NotAFolder,
@@ -27,8 +34,6 @@ from kiln.system.fsutil import (
 )
 
 if TYPE_CHECKING:
-    from kiln.exec.wasm import WasmLimits
-    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 
@@ -66,11 +71,6 @@ def run_wasm(
     progress: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> WasmRun:
     """Run ``module`` with ``args`` as a memoized wasm action; copy outputs out."""
-    from kiln.exec.base import ExecHooks
-    from kiln.exec.kinds import local_context
-    from kiln.exec.wasm import WasmExecutor, WasmLimits
-    from kiln.model.tree import graft, lookup
-
     cwd = cwd or Path.cwd()
     module_path = Path(module)
     if not module_path.is_file():
@@ -113,9 +113,6 @@ def _copy_out(store: Store, result: re_pb2.ActionResult, cwd: Path, run: WasmRun
     there. The guest made them, so nothing of theirs is followed: each
     output's folders are opened one component at a time without following
     symlinks (an earlier output that is a link cannot redirect a later one)."""
-    from kiln.model.reapi import re_pb2
-    from kiln.store.materialize import Materializer
-
     m = Materializer(store.cas, copy=True)
     entries = [*result.output_files, *result.output_symlinks, *result.output_directories]
     top = os.open(cwd, FOLDER_FLAGS)
@@ -160,8 +157,6 @@ def _output_folder(top: int, path: str) -> tuple[int, str]:
 
 def _tree_root(store: Store, tree_digest: Digest) -> Digest:
     """The root ``Directory`` digest of a stored output ``Tree``."""
-    from kiln.model.reapi import re_pb2
-
     data = store.cas.get_bytes(tree_digest)
     if data is None:
         raise errors.digest_not_found(tree_digest, "output tree")

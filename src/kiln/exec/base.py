@@ -16,6 +16,7 @@ never cached, maybe retried.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +92,6 @@ def close_executor(executor: Executor) -> None:
 
 def record_timing(result: re_pb2.ActionResult, worker: str, started_ns: int) -> None:
     """Fill the result's execution metadata: who ran it, from when to now."""
-    import time
-
     meta = result.execution_metadata
     meta.worker = worker
     meta.execution_start_timestamp.FromNanoseconds(started_ns)

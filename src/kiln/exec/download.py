@@ -10,21 +10,20 @@ with an HTTP range request.
 
 from __future__ import annotations
 
-# http.client, urllib.request and netrc are imported where a download
-# happens: build files describe fetches (``FetchSpec.check`` uses this
-# module) far more often than a build downloads anything.
 import base64
+import http.client
+import netrc
 import os
-import posixpath
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import errors
+from kiln.exec.specs import Auth
 
-SCHEMES = ("http", "https")
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_ATTEMPTS = 4
 CHUNK = 1 << 20
@@ -38,77 +37,32 @@ class DownloadError(errors.KilnError):
     """Every attempt at every URL failed."""
 
 
-def url_file_name(url: str) -> str:
-    """The last segment of the URL's path ("" if it ends in a slash)."""
-    return posixpath.basename(urllib.parse.urlsplit(url).path)
-
-
-def check_url(url: str, where: str) -> None:
-    """Refuse URLs Kiln cannot or must not fetch, with a clear reason."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise errors.KilnError(
-            f"{where}: unsupported URL scheme {parts.scheme or '(none)'!r} in {url!r}",
-            hint="fetch over http:// or https://",
-            exit_code=errors.ExitCode.BAD_INPUT,
-        )
-    if parts.username or parts.password:
-        raise errors.KilnError(
-            f"{where}: the URL carries credentials; they would end up in the step's key",
-            hint="declare them with auth=... (a netrc file or environment variables)",
-            exit_code=errors.ExitCode.BAD_INPUT,
-        )
-
-
-@dataclass(frozen=True)
-class Auth:
-    """How a fetch proves who it is, by reference: ``bearer:VAR``,
-    ``basic:USER_VAR:PASSWORD_VAR`` or ``netrc``. Only these names are part
-    of a step; the values are read when the request is made."""
-
-    spec: str
-
-    @staticmethod
-    def parse(spec: str, where: str) -> Auth:
-        kind, _, rest = spec.partition(":")
-        names = rest.split(":") if rest else []
-        ok = (kind == "bearer" and len(names) == 1) or (kind == "basic" and len(names) == 2)
-        if not (ok and all(n.isidentifier() for n in names)) and spec != "netrc":
-            raise errors.KilnError(
-                f"{where}: unknown credential {spec!r}",
-                hint="use fetch.bearer('ENV_VAR'), fetch.basic('USER_VAR', 'PASSWORD_VAR') "
-                "or fetch.netrc()",
-                exit_code=errors.ExitCode.BAD_INPUT,
+def auth_header(auth: Auth, url: str) -> str | None:
+    """The Authorization header value ``auth`` gives for ``url`` (None:
+    nothing to send), from the environment or the netrc file now."""
+    kind, _, rest = auth.spec.partition(":")
+    if kind == "netrc":
+        path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
+        try:
+            entry = netrc.netrc(path).authenticators(urllib.parse.urlsplit(url).hostname or "")
+        except FileNotFoundError:
+            return None
+        except (netrc.NetrcParseError, OSError) as e:
+            problem = type(e).__name__  # not its text: that may quote the file
+            raise DownloadError(f"cannot read the netrc file {path}: {problem}") from None
+        if entry is None:
+            return None
+        return _basic(entry[0] or "", entry[2] or "")
+    values = []
+    for name in rest.split(":"):
+        value = os.environ.get(name)
+        if value is None:
+            raise DownloadError(
+                f"the credential variable {name} is not set",
+                hint=f"export {name}=... before building",
             )
-        return Auth(spec)
-
-    def header(self, url: str) -> str | None:
-        """The Authorization header value for ``url`` (None: nothing to send)."""
-        kind, _, rest = self.spec.partition(":")
-        if kind == "netrc":
-            import netrc
-
-            path = os.environ.get("NETRC") or str(Path.home() / ".netrc")
-            try:
-                entry = netrc.netrc(path).authenticators(urllib.parse.urlsplit(url).hostname or "")
-            except FileNotFoundError:
-                return None
-            except (netrc.NetrcParseError, OSError) as e:
-                problem = type(e).__name__  # not its text: that may quote the file
-                raise DownloadError(f"cannot read the netrc file {path}: {problem}") from None
-            if entry is None:
-                return None
-            return _basic(entry[0] or "", entry[2] or "")
-        values = []
-        for name in rest.split(":"):
-            value = os.environ.get(name)
-            if value is None:
-                raise DownloadError(
-                    f"the credential variable {name} is not set",
-                    hint=f"export {name}=... before building",
-                )
-            values.append(value)
-        return f"Bearer {values[0]}" if kind == "bearer" else _basic(*values)
+        values.append(value)
+    return f"Bearer {values[0]}" if kind == "bearer" else _basic(*values)
 
 
 def _basic(user: str, password: str) -> str:
@@ -150,9 +104,6 @@ def _download_one(
     url: str, path: Path, auth: Sequence[Auth], timeout: float, attempts: int,
     progress: Progress | None,
 ) -> None:  # fmt: skip
-    import http.client
-    import urllib.error
-
     last = ""
     for attempt in range(attempts):
         if attempt:
@@ -187,15 +138,12 @@ def _transfer(
 ) -> bool:
     """One request; resumes ``path`` if it holds a partial download. True
     when the whole file arrived."""
-    import http.client
-    import urllib.request
-
     have = path.stat().st_size if path.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "kiln-fetch"})
     if have:
         request.add_header("Range", f"bytes={have}-")
     for a in auth:
-        value = a.header(url)
+        value = auth_header(a, url)
         if value is not None:  # never repeated to another host on a redirect
             request.add_unredirected_header("Authorization", value)
     with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -2,7 +2,7 @@
 
 A fetch is an ordinary action whose command is ``kiln-fetch`` with what to
 get (URLs, a registry package or a git revision), how to hash it and the
-pinned digest. Two hash modes:
+pinned digest (``kiln.exec.specs.FetchSpec``). Two hash modes:
 
 - ``file``: the SHA-256 (or SHA-512) of the downloaded bytes as they are;
 - ``tree``: the digest of the unpacked tree (tar, tar.gz/tgz, tar.bz2,
@@ -20,142 +20,30 @@ values.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import time
-import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kiln import errors
 from kiln.config import load_config
+from kiln.exec.archives import archive_tree, folder_tree
 from kiln.exec.base import ExecContext, ExecHooks, record_timing
-from kiln.exec.download import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, Auth, check_url
-from kiln.exec.kinds import FETCH_ABI
+from kiln.exec.download import DEFAULT_ATTEMPTS, DEFAULT_TIMEOUT, download
 from kiln.exec.output_trees import StoredTree
+from kiln.exec.registries import npm_tarball, pypi_file
+from kiln.exec.specs import UNPINNED, Auth, FetchSpec
 from kiln.model.digest import Digest, canonical_bytes
-
-if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
-PROGRAM = "kiln-fetch"
-KINDS = ("url", "npm", "pypi", "git")
-MODES = ("file", "tree")
-UNPINNED = "unpinned"
-_HEX = {"sha256": 64, "sha512": 128}
+from kiln.model.reapi import re_pb2
+from kiln.model.tree import tree_message
 
 
 class FetchMismatch(errors.KilnError):
     """What arrived is not what the pin says."""
-
-
-def parse_pin(text: str, where: str) -> str:
-    """A pinned digest in canonical form, ``sha256:<hex>`` or ``sha512:<hex>``.
-    Accepts that form, a bare SHA-256 in hex, and subresource-integrity
-    strings (``sha512-<base64>``, as npm lock files write them)."""
-    text = text.strip()
-    algorithm, sep, value = text.partition(":")
-    if not sep:
-        algorithm, sep, value = text.partition("-")
-        if sep and algorithm in _HEX:
-            try:
-                value = base64.b64decode(value, validate=True).hex()
-            except (binascii.Error, ValueError):
-                value = ""
-        elif re.fullmatch(r"[0-9a-fA-F]{64}", text):
-            algorithm, value = "sha256", text
-    value = value.lower()
-    if algorithm not in _HEX or not re.fullmatch(f"[0-9a-f]{{{_HEX[algorithm]}}}", value):
-        raise errors.KilnError(
-            f"{where}: malformed digest {text!r}",
-            hint="write sha256:<64 hex digits>, sha512:<128 hex digits> or an integrity "
-            "string like sha512-<base64>; `kiln prefetch URL` prints the digest to pin",
-            exit_code=errors.ExitCode.BAD_INPUT,
-        )
-    return f"{algorithm}:{value}"
-
-
-@dataclass(frozen=True)
-class FetchSpec:
-    """What a fetch step gets; all of it (credential names, not values) is in
-    its command and so in its key."""
-
-    kind: str
-    mode: str
-    pin: str  # canonical pin, or UNPINNED
-    name: str  # the output's path
-    sources: tuple[str, ...]  # URLs (mirrors), or the registry / index / repository
-    package: str = ""
-    version: str = ""
-    filename: str = ""
-    rev: str = ""
-    strip: int = 0
-    auth: tuple[str, ...] = field(default=())
-
-    def argv(self) -> list[str]:
-        options = [f"--kind={self.kind}", f"--mode={self.mode}", f"--pin={self.pin}",
-                   f"--name={self.name}", f"--strip={self.strip}"]  # fmt: skip
-        for key in ("package", "version", "filename", "rev"):
-            if getattr(self, key):
-                options.append(f"--{key}={getattr(self, key)}")
-        options += [f"--auth={a}" for a in self.auth]
-        return [PROGRAM, *options, "--", *self.sources]
-
-    @staticmethod
-    def from_argv(argv: list[str]) -> FetchSpec:
-        if not argv or argv[0] != PROGRAM or "--" not in argv:
-            raise errors.KilnError(f"not a fetch command: {argv[:3]}")
-        split = argv.index("--")
-        values: dict[str, object] = {"auth": []}
-        for option in argv[1:split]:
-            key, _, value = option[2:].partition("=")
-            if key == "auth":
-                values["auth"].append(value)  # type: ignore[attr-defined]
-            else:
-                values[key] = int(value) if key == "strip" else value
-        values["auth"] = tuple(values["auth"])  # type: ignore[arg-type]
-        return FetchSpec(sources=tuple(argv[split + 1 :]), **values)  # type: ignore[arg-type]
-
-    def platform(self) -> tuple[tuple[str, str], ...]:
-        return (("kiln-abi", FETCH_ABI), ("mode", self.mode), ("pin", self.pin))
-
-    def check(self, where: str) -> None:
-        """Clear errors for what cannot be fetched, before anything runs."""
-        if self.kind not in KINDS or self.mode not in MODES:
-            raise errors.KilnError(f"{where}: unknown fetch {self.kind}/{self.mode}")
-        if self.kind == "git" and self.mode != "tree":
-            raise errors.KilnError(f"{where}: a git fetch is always hashed as a tree")
-        if self.pin != UNPINNED and self.mode == "tree" and not self.pin.startswith("sha256:"):
-            raise errors.KilnError(
-                f"{where}: a tree is pinned by its sha256 digest, not {self.pin.split(':')[0]}",
-                hint="`kiln prefetch --unpack URL` prints it",
-                exit_code=errors.ExitCode.BAD_INPUT,
-            )
-        if not self.sources:
-            raise errors.KilnError(f"{where}: nothing to fetch from", exit_code=2)
-        for url in self.sources:
-            if self.kind != "git":
-                check_url(url, where)
-            elif urllib.parse.urlsplit(url).password:
-                raise errors.KilnError(
-                    f"{where}: the repository URL carries a password; it would be in the key",
-                    hint="use a git credential helper or an SSH key instead",
-                    exit_code=errors.ExitCode.BAD_INPUT,
-                )
-        for a in self.auth:
-            Auth.parse(a, where)
-        name_ok = self.name and "/" not in self.name and self.name not in (".", "..")
-        if not name_ok:
-            raise errors.KilnError(
-                f"{where}: fetch name {self.name!r} must be a plain file name",
-                exit_code=errors.ExitCode.BAD_INPUT,
-            )
 
 
 class FetchExecutor:
@@ -185,8 +73,6 @@ class FetchExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.model.reapi import re_pb2
-
         spec = FetchSpec.from_argv(list(command.arguments))
         started = time.time_ns()
         result = re_pb2.ActionResult(exit_code=0)
@@ -236,8 +122,6 @@ class FetchExecutor:
     def _in_store(self, spec: FetchSpec) -> tuple[Digest, Digest | None] | None:
         """The pinned content if the store already holds all of it (e.g. from
         ``kiln prefetch`` or a fetch of the same thing from another URL)."""
-        from kiln.model.tree import tree_message
-
         algorithm, _, hash_hex = spec.pin.partition(":")
         if algorithm != "sha256":
             return None
@@ -265,9 +149,6 @@ class FetchExecutor:
     # ------------------------------------------------------------ download
 
     def _download(self, spec: FetchSpec, auth: list[Auth]) -> tuple[str, Path]:
-        from kiln.exec.download import download
-        from kiln.exec.registries import npm_tarball, pypi_file
-
         urls = list(spec.sources)
         registry_args = (auth, self._timeout, self._attempts)
         if spec.kind == "npm":
@@ -306,8 +187,6 @@ class FetchExecutor:
             path.unlink(missing_ok=True)
 
     def _archive_tree(self, batch: Any, path: Path, strip: int, origin: str) -> StoredTree:
-        from kiln.exec.archives import archive_tree
-
         return archive_tree(
             batch, path, strip, where=origin,
             limits=load_config().archives, scratch=self._scratch(),
@@ -345,8 +224,6 @@ class FetchExecutor:
 
     def _git(self, spec: FetchSpec, tmp: Path) -> tuple[str, StoredTree, Path]:
         """Check out ``spec.rev`` and store it (without .git): (origin, tree, checkout)."""
-        from kiln.exec.archives import folder_tree
-
         repo, checkout = spec.sources[0], tmp / "checkout"
         git = shutil.which("git")
         if git is None:

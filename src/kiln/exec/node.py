@@ -22,16 +22,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kiln.exec.base import ExecContext, TransientError, record_timing
+from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.vfs import Dir, FileSystem, Node, Symlink
-from kiln.exec.wasm import WasmLimits
 from kiln.exec.wasm_files import collect_outputs, directory_entries
 from kiln.model.digest import Digest
-
-if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
+from kiln.model.reapi import re_pb2
 
 HOST_SCRIPT = Path(__file__).with_name("wasi") / "node_host.mjs"
 EXIT_UNRUNNABLE = 3  # node_host.mjs: the request itself cannot be run
@@ -63,8 +61,6 @@ class NodeWasmExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.model.reapi import re_pb2
-
         props = {p.name: p.value for p in action.platform.properties}
         WasmLimits.from_platform(props)  # refuses another contract version
         input_root = Digest.from_proto(action.input_root_digest)

@@ -10,6 +10,8 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from kiln import errors
 from kiln.model.digest import Digest, canonical_bytes
+from kiln.model.reapi import re_pb2
+from kiln.model.tree import make_directory
 
 Node = TypeVar("Node")
 # Folders a stored tree may nest (reading trees back, materializing them and
@@ -52,9 +54,6 @@ def store_tree(
     """Store the folder ``top`` as a REAPI ``Tree`` (and its root ``Directory``
     on its own, so the output can be materialized as a tree) and return the
     Tree's digest; ``children(folder)`` lists a folder, storing its files."""
-    from kiln.model.reapi import re_pb2
-    from kiln.model.tree import make_directory
-
     tree = re_pb2.Tree()
     seen: set[Digest] = set()
     # Depth first without recursion (a step may nest folders thousands

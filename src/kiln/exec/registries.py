@@ -12,7 +12,8 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from kiln.exec.download import Auth, DownloadError, download
+from kiln.exec.download import DownloadError, download
+from kiln.exec.specs import Auth
 
 
 def _get(url: str, auth: list[Auth], timeout: float, attempts: int) -> bytes:

@@ -2,31 +2,22 @@
 
 A pure step (no sandbox is needed: Kiln's own code reads the archive, see
 ``kiln.exec.archives``), memoized like any other: command ``kiln-unpack
---strip=N -- PATH`` with the archive at PATH in its input tree, and one
-output folder.
+--strip=N -- PATH`` (``kiln.exec.specs.unpack_argv``) with the archive at
+PATH in its input tree, and one output folder.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.config import load_config
+from kiln.exec.archives import archive_tree
 from kiln.exec.base import ExecContext, ExecHooks, record_timing
-from kiln.exec.kinds import UNPACK_ABI
+from kiln.exec.specs import UNPACK_PROGRAM
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
 from kiln.model.tree import Entry, lookup
-
-if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
-
-__all__ = ["UNPACK_ABI", "UnpackExecutor", "unpack_argv"]
-PROGRAM = "kiln-unpack"
-
-
-def unpack_argv(path: str, strip: int) -> list[str]:
-    return [PROGRAM, f"--strip={strip}", "--", path]
 
 
 class UnpackExecutor:
@@ -41,11 +32,8 @@ class UnpackExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.exec.archives import archive_tree  # (not when a build only names the step)
-        from kiln.model.reapi import re_pb2
-
         argv = list(command.arguments)
-        if argv[:1] != [PROGRAM] or len(argv) != 4 or not argv[1].startswith("--strip="):
+        if argv[:1] != [UNPACK_PROGRAM] or len(argv) != 4 or not argv[1].startswith("--strip="):
             raise errors.KilnError(f"not an unpack command: {argv[:4]}")
         strip, path = int(argv[1].split("=", 1)[1]), argv[3]
         started = time.time_ns()

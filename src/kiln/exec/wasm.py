@@ -28,64 +28,28 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import wasmtime
 
 from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
+from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.disk import Disk, DiskLimit
-from kiln.exec.wasi.host import ABI_VERSION, ProcExit, WasiHost, make_linker
+from kiln.exec.wasi.host import ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
 from kiln.exec.wasm_files import collect_outputs, directory_entries
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
 
-if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
-
-DEFAULT_FUEL = 10**10
-DEFAULT_MEMORY_MIB = 1024
-DEFAULT_DISK_MIB = 16 << 10
 EXIT_TRAP = 134  # the exit code recorded for a guest that trapped
 WASM_PAGE = 65536
 LARGE_MODULE = 1 << 20  # compiling one this big shows progress (it can take seconds)
 
 
-@dataclass(frozen=True)
-class WasmLimits:
-    """Resource limits; part of the action, so part of its key."""
-
-    fuel: int = DEFAULT_FUEL
-    memory_mib: int = DEFAULT_MEMORY_MIB
-    disk_mib: int = DEFAULT_DISK_MIB
-
-    def platform(self) -> tuple[tuple[str, str], ...]:
-        return (
-            ("disk-mib", str(self.disk_mib)),
-            ("fuel", str(self.fuel)),
-            ("isa", "wasm32"),
-            ("kiln-abi", ABI_VERSION),
-            ("memory-mib", str(self.memory_mib)),
-        )
-
-    @classmethod
-    def from_platform(cls, props: dict[str, str]) -> WasmLimits:
-        if props.get("kiln-abi") != ABI_VERSION:
-            raise TransientError(
-                f"action wants WASI contract {props.get('kiln-abi')!r}; "
-                f"this kiln runs {ABI_VERSION!r}",
-                hint="build the action with this version of kiln",
-            )
-        return cls(
-            int(props.get("fuel", DEFAULT_FUEL)),
-            int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
-            int(props.get("disk-mib", DEFAULT_DISK_MIB)),
-        )
-
-
 def engine_config() -> Any:
     """The one Wasmtime configuration Kiln runs guests with."""
-    import wasmtime
-
     config = wasmtime.Config()
     config.consume_fuel = True
     config.epoch_interruption = True  # wall-clock timeout, safety only
@@ -107,8 +71,6 @@ NO_DEADLINE = 1 << 62
 
 @functools.cache
 def _wasmtime_version() -> str:
-    from importlib.metadata import version
-
     return version("wasmtime")
 
 
@@ -120,8 +82,6 @@ class SharedEngine:
     running on the calling thread (``running``)."""
 
     def __init__(self) -> None:
-        import wasmtime
-
         self.engine = wasmtime.Engine(engine_config())
         self.modules: dict[Digest, Any] = {}
         self.preloaded: dict[str, Any] = {}  # compiled-module file -> module (the server)
@@ -168,8 +128,6 @@ class SharedEngine:
         """Load the ``limit`` newest compiled modules of a store's cache, so
         processes forked from this one start with them loaded (what the
         resident server does). Returns the files loaded now."""
-        import wasmtime
-
         _wasmtime_version()  # (cached: children ask it to find a module's file)
         try:
             files = sorted(cache_dir.glob("*.cwasm"), key=lambda p: -p.stat().st_mtime)
@@ -272,8 +230,6 @@ class WasmExecutor:
         return module
 
     def _load_or_compile(self, digest: Digest, path: Path) -> Any:
-        import wasmtime
-
         preloaded = self._shared.preloaded.get(path.name)  # the name is a hash of the key
         if preloaded is not None:
             return preloaded
@@ -315,8 +271,6 @@ class WasmExecutor:
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command, limits: WasmLimits,
         disk: Disk,
     ) -> re_pb2.ActionResult:  # fmt: skip
-        from kiln.model.reapi import re_pb2
-
         input_root = Digest.from_proto(action.input_root_digest)
         fs = FileSystem(input_root, self._load_dir, self._load_blob, disk)
         argv = list(command.arguments)
@@ -349,8 +303,6 @@ class WasmExecutor:
         self, digest: Digest, module: Any, host: WasiHost, limits: WasmLimits
     ) -> tuple[int, str]:
         """Instantiate and run ``_start``: (exit code, note for stderr)."""
-        import wasmtime
-
         store = wasmtime.Store(self._engine)
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_mib << 20)
@@ -394,8 +346,6 @@ class WasmExecutor:
         raise error  # a bug in the host, not the guest's doing
 
     def _explain(self, trap: Any, store: Any, memory: Any, limits: WasmLimits) -> str:
-        import wasmtime
-
         code = trap.trap_code
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return f"out of fuel after {limits.fuel} units"

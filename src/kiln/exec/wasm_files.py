@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 from kiln.exec.output_trees import Child, TreeNode, store_tree
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Symlink, WasiError
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
+from kiln.model.tree import load_directory
 
 if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
     from kiln.store.cas import ContentStore
 
 Listing = list[tuple[str, str, object]]
@@ -21,9 +22,6 @@ def directory_entries(cas: ContentStore, digest: Digest) -> Listing:
     """(name, kind, payload) of a stored ``Directory``: files (payload: blob
     digest), then symlinks (target), then subdirectories (digest), each in
     name order. Inode numbers follow this order, so every engine uses it."""
-    from kiln.model.reapi import re_pb2
-    from kiln.model.tree import load_directory
-
     recent = getattr(cas, "recent", None)  # just written by this process: no file read
     data = recent(digest) if recent is not None else None
     d = re_pb2.Directory.FromString(data) if data is not None else load_directory(cas, digest)

@@ -12,12 +12,9 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from kiln.model.digest import Digest, canonical_bytes
-
-if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
+from kiln.model.reapi import re_pb2
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -80,8 +77,6 @@ class ActionSpec:
         object.__setattr__(self, "outputs", tuple(outputs))
 
     def command(self) -> re_pb2.Command:
-        from kiln.model.reapi import re_pb2
-
         return re_pb2.Command(
             arguments=self.argv,
             environment_variables=[
@@ -92,8 +87,6 @@ class ActionSpec:
         )
 
     def action(self) -> tuple[re_pb2.Action, re_pb2.Command]:
-        from kiln.model.reapi import re_pb2
-
         command = self.command()
         action = re_pb2.Action(
             command_digest=Digest.of_message(command).to_proto(),

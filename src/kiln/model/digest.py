@@ -74,7 +74,7 @@ class Digest:
             return hash_stream(f)
 
     def to_proto(self) -> re_pb2.Digest:
-        from kiln.model.reapi import re_pb2
+        from kiln.model.reapi import re_pb2  # (start-up: protobuf; digests are on every path)
 
         return re_pb2.Digest(hash=self.hash, size_bytes=self.size)
 
@@ -111,7 +111,7 @@ def hash_stream(f: BinaryIO) -> Digest:
 
 def _hash_pipelined(f: BinaryIO) -> Digest:
     """Hash with a reader thread filling one buffer while another is hashed."""
-    import queue
+    import queue  # (start-up: large files only)
     import threading
 
     free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()

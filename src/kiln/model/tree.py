@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from google.protobuf.message import DecodeError
+
 from kiln import errors
 from kiln.model.digest import Digest, canonical_bytes
+from kiln.model.reapi import re_pb2
 
 if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
     from kiln.store.cas import ContentStore
 
 
@@ -38,8 +40,6 @@ def make_directory(
 ) -> re_pb2.Directory:
     """Build a canonical ``Directory`` from (name, digest, executable) files,
     (name, digest) subdirectories and (name, target) symlinks."""
-    from kiln.model.reapi import re_pb2
-
     names: set[str] = set()
     for name in [f[0] for f in files] + [d[0] for d in directories] + [s[0] for s in symlinks]:
         check_name(name, where)
@@ -91,10 +91,6 @@ def directory_digest(directory: re_pb2.Directory) -> Digest:
 
 def load_directory(cas: ContentStore, digest: Digest, where: str = "") -> re_pb2.Directory:
     """Read, parse and check a ``Directory`` blob; ``KilnError`` if absent."""
-    from google.protobuf.message import DecodeError
-
-    from kiln.model.reapi import re_pb2
-
     data = cas.get_bytes(digest)
     if data is None:
         raise errors.digest_not_found(digest, "directory")
@@ -140,8 +136,6 @@ def walk(cas: ContentStore, root: Digest, prefix: str = "") -> Iterator[tuple[st
 def tree_message(cas: ContentStore, root: Digest) -> re_pb2.Tree:
     """The REAPI ``Tree`` of a stored directory: its root and every
     directory below it, each once."""
-    from kiln.model.reapi import re_pb2
-
     directories = [d for _, d in _directories(cas, root, skip_missing=False)]
     return re_pb2.Tree(root=directories[0], children=directories[1:])
 

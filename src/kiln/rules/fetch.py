@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.engine.rules import _context, _target, _where
 from kiln.engine.values import File, Tree
+from kiln.exec.specs import UNPINNED, FetchSpec, parse_pin, url_file_name
 
-if TYPE_CHECKING:
-    from kiln.exec.fetch import FetchSpec
-
-# The public registries; the fetch machinery itself (urllib, archives) is
-# imported only when a build file fetches something.
+# The public registries. The fetch machinery itself (HTTP, archives) is
+# imported only when a fetch step runs (``kiln.exec.fetch``).
 NPM_REGISTRY = "https://registry.npmjs.org"
 PYPI_INDEX = "https://pypi.org/simple"
 
@@ -61,9 +58,6 @@ async def url(
     """Download the first of ``urls`` (mirrors, tried in order) that works.
     ``digest`` pins the file (``unpack=False``) or the unpacked tree, with
     its first ``strip`` path components removed."""
-    from kiln.exec.download import url_file_name
-    from kiln.exec.fetch import FetchSpec
-
     where = _where()
     if not urls:
         raise _bad(where, "fetch.url() needs at least one URL")
@@ -86,8 +80,6 @@ async def npm(
 ) -> File | Tree:
     """An npm package's tarball, found through the registry's package
     document; ``digest`` may be the lock file's ``integrity`` string."""
-    from kiln.exec.fetch import FetchSpec
-
     where = _where()
     default = f"{package.rsplit('/', 1)[-1]}-{version}" + ("" if unpack else ".tgz")
     spec = FetchSpec(
@@ -108,8 +100,6 @@ async def pypi(
     auth: str | Sequence[str] = (),
 ) -> File | Tree:
     """One file of a Python package release, found on the simple index."""
-    from kiln.exec.fetch import FetchSpec
-
     where = _where()
     spec = FetchSpec(
         "pypi", "tree" if unpack else "file", _pin(digest, where), filename, (index,),
@@ -120,8 +110,6 @@ async def pypi(
 
 async def git(repository: str, rev: str, *, digest: str | None = None, name: str = "") -> Tree:
     """The files of ``repository`` at commit (or ref) ``rev``, without .git."""
-    from kiln.exec.fetch import FetchSpec
-
     where = _where()
     default = posixpath.basename(repository.rstrip("/")).removesuffix(".git") or "checkout"
     spec = FetchSpec("git", "tree", _pin(digest, where), name or default, (repository,), rev=rev)
@@ -131,8 +119,6 @@ async def git(repository: str, rev: str, *, digest: str | None = None, name: str
 
 
 def _pin(digest: str | None, where: str) -> str:
-    from kiln.exec.fetch import UNPINNED, parse_pin
-
     if digest is not None:
         return parse_pin(digest, where)
     if not _context("fetch").allow_unpinned:

@@ -36,6 +36,7 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln import errors
+from kiln.cli import app
 from kiln.exec.kinds import KINDS
 from kiln.server.client import (
     FORWARDED_SIGNALS,
@@ -311,9 +314,7 @@ class Server:
         os.umask(int(request["umask"]))
         argv = [str(a) for a in request["argv"]]
         sys.argv = ["kiln", *argv]
-        from kiln.cli.app import run
-
-        code = run(argv, stamp_checked=bool(request.get("stamp_checked")))
+        code = app.run(argv, stamp_checked=bool(request.get("stamp_checked")))
         sys.stdout.flush()
         sys.stderr.flush()
         # The client learns the exit code now, not once this process has
@@ -474,10 +475,6 @@ def _log(message: str) -> None:
 def start(home: Path, idle: float = DEFAULT_IDLE_S) -> dict[str, Any]:
     """Start the store's server (if none runs) and wait until it answers;
     its status. Raises ``KilnError`` if it does not come up."""
-    import subprocess
-
-    from kiln import errors
-
     running = ask(home, {"op": "status"})
     if running is not None and not running.get("stopping"):
         return running

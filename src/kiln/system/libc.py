@@ -8,6 +8,7 @@ in a subprocess, milliseconds that every build syncing its store paid.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 
 TYPE_CHECKING = False
@@ -19,6 +20,4 @@ if TYPE_CHECKING:
 @functools.cache
 def libc() -> Any:
     """The C library (Linux; elsewhere ``AttributeError`` on the calls)."""
-    import ctypes
-
     return ctypes.CDLL(None, use_errno=True)

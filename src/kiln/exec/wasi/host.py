@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import wasmtime
+
 from kiln.exec.kinds import WASM_ABI
-from kiln.exec.wasi import abi
+from kiln.exec.wasi import abi, capi
 from kiln.exec.wasi.disk import Content
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink, WasiError, filetype
 
@@ -86,10 +88,6 @@ def make_linker(engine: Any, current: Callable[[], WasiHost]) -> Any:
     """A Linker with every ``wasi_snapshot_preview1`` import, each forwarding
     to the host ``current()`` returns. Built once per process: defining the
     imports costs far more than a small guest's whole run."""
-    import wasmtime
-
-    from kiln.exec.wasi import capi
-
     linker = wasmtime.Linker(engine)
     for name, sig in SIGNATURES.items():
 
@@ -161,9 +159,7 @@ class WasiHost:
     def bind(self, store: Any, memory: Any) -> None:
         """Use ``memory`` of ``store`` from now on. Until then (while the
         module is instantiated) calls that touch memory fail with EFAULT."""
-        from kiln.exec.wasi.capi import GuestMemory
-
-        self._memory = GuestMemory(store, memory)
+        self._memory = capi.GuestMemory(store, memory)
 
     def call(self, name: str, args: tuple[int, ...]) -> int | None:
         """Run import ``name`` for the guest; WASI errors become errnos."""
