@@ -191,3 +191,21 @@ def test_an_automatic_prune_checks_a_slice_of_source_rows_at_a_time(store, examp
     deleted = [retention.prune(conn, sweep=2).source_files for _ in range(rounds)]
     assert deleted == [0] * (rounds - 1) + [1]
     assert _count(conn, "source_files") == total - 1
+
+
+def test_gc_forgets_the_history_of_a_project_that_is_gone(
+    example: Path, kiln_in, tmp_path: Path
+) -> None:
+    kiln_in("build")
+    moved = example.with_name("moved")
+    example.rename(moved)
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+    try:
+        proc = subprocess.run([KILN, "gc", "--json"], env=env, capture_output=True, text=True)
+    finally:
+        moved.rename(example)
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads(proc.stdout)["history"]
+    assert (history["projects"], history["builds"], history["steps"]) == (1, 1, 6)
+    again = subprocess.run([KILN, "gc", "--json"], env=env, capture_output=True, text=True)
+    assert json.loads(again.stdout)["history"]["builds"] == 0

@@ -6,6 +6,7 @@ import click
 
 from kiln.cli.common import asdict, digest_arg, json_option, open_store, parse_age, parse_size
 from kiln.cli.report import write_json
+from kiln.engine import retention
 from kiln.errors import ExitCode, KilnError, digest_not_found
 from kiln.exec.native import reap_leftovers
 from kiln.store import GcPolicy
@@ -98,11 +99,14 @@ def gc_command(
         dry_run=dry_run,
     )
     store = open_store(ctx)
+    pruned = None
     if not dry_run:
         reap_leftovers(store.home)
+        pruned = retention.prune(store.conn)
     report = store.gc(policy, timeout=timeout)
     if as_json:
-        write_json(asdict(report))
+        history = pruned._asdict() if pruned is not None else None
+        write_json({**asdict(report), "history": history})
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(
@@ -110,5 +114,11 @@ def gc_command(
         f"{report.evicted_actions} cache entries; kept {report.kept_blobs} blobs "
         f"({report.kept_bytes} bytes) and {report.kept_actions} cache entries"
     )
+    if pruned is not None and (pruned.builds or pruned.source_files):
+        gone = f", {pruned.projects} of projects no longer there" if pruned.projects else ""
+        click.echo(
+            f"forgot {pruned.builds} old builds ({pruned.steps} steps) and "
+            f"{pruned.source_files} stale source records{gone}"
+        )
     for name in report.dangling_roots:
         click.echo(f"warning: root {name!r} names content missing from the store", err=True)
