@@ -300,6 +300,37 @@ def test_a_removed_output_the_store_lost_is_built_again(
     assert report.ok and (root / "kiln-out" / "cat" / "all").read_text() == "a"
 
 
+def test_a_stamp_of_an_older_signature_layout_does_not_answer(
+    store, tmp_path, tools, monkeypatch
+) -> None:
+    import marshal
+
+    from kiln import __version__
+    from kiln.engine import stamp
+
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
+    key = stamp.stamp_key(None)
+    assert build(store, root).stamped and stamp.check(store.conn, root, key) is not None
+    (row,) = store.conn.execute("SELECT stamp FROM build_stamps").fetchall()
+    filed = marshal.loads(row[0])
+    # As filed before signatures were (mode, ino, size, mtime_ns, ctime_ns):
+    # (ino, size, mtime_ns, ctime_ns, mode), under the bare package version.
+    old = {
+        **filed,
+        "version": __version__,
+        "files": {
+            folder: {name: (*sig[1:], sig[0]) for name, sig in names.items()}
+            for folder, names in filed["files"].items()
+        },
+    }
+    store.conn.execute("UPDATE build_stamps SET stamp = ?", (marshal.dumps(old),))
+    assert stamp.check(store.conn, root, key) is None
+    old["version"] = stamp.VERSION  # even under the new version: no signature matches
+    store.conn.execute("UPDATE build_stamps SET stamp = ?", (marshal.dumps(old),))
+    assert stamp.check(store.conn, root, key) is None
+
+
 def test_no_stamp_for_files_changed_within_the_racy_window(store, tmp_path, tools) -> None:
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
     # Written just now: with the default 2 s window these could still change unseen.

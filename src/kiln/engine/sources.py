@@ -1,9 +1,10 @@
 """Source files of a project, hashed through the store's stat cache.
 
-A file whose inode, size, mtime, ctime and mode are what they were when it
-was last hashed is not read again. A file modified within the racy window
-(``KILN_RACY_WINDOW_MS``) before it was hashed is not remembered, since a
-second change within one timestamp tick would look the same.
+A file whose stat signature (mode, inode, size, mtime, ctime) is what it
+was when it was last hashed is not read again. A racy file (modified within
+the racy window before the build started) is not remembered, since a second
+change within one timestamp tick would look the same
+(system/stat_signature.py).
 
 Every source a build uses is kept from GC until the build ends (the
 store's session): found in the store or put there, and protected, under
@@ -23,10 +24,11 @@ from kiln import errors
 from kiln.engine.values import File, Tree
 from kiln.model.digest import Digest
 from kiln.store.db import transaction
-from kiln.store.ingest import RACY_WINDOW_NS
+from kiln.system.stat_signature import is_racy, racy_window_ns, signature_of
 
 if TYPE_CHECKING:
     from kiln.store.local import Store
+    from kiln.system.stat_signature import Signature
 
 
 class Sources:
@@ -35,6 +37,7 @@ class Sources:
     def __init__(self, store: Store, root: Path) -> None:
         self._store = store
         self.root = root
+        # path -> (*signature, hash) of the files hashed before, read on first use
         self._known: dict[str, tuple[int, int, int, int, int, str]] | None = None
         self._files: dict[str, File] = {}
         self._trees: dict[str, Tree] = {}
@@ -43,12 +46,11 @@ class Sources:
         # What the build saw, for its stamp (engine/stamp.py): every file by
         # its stat signature, every glob with its matches; a racy file or a
         # source folder makes the build unstampable.
-        self.seen: dict[str, tuple[int, int, int, int, int]] = {}
+        self.seen: dict[str, Signature] = {}
         self.listed: set[str] = set()  # folders whose listing a glob depended on
         self.stampable = True
         self.started_ns = time.time_ns()
-        ms = os.environ.get("KILN_RACY_WINDOW_MS")
-        self.racy_ns = int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
+        self.racy_ns = racy_window_ns()
 
     def _relative(self, path: str, where: str) -> str:
         if os.path.isabs(path):
@@ -100,9 +102,9 @@ class Sources:
                 hint="use source_tree() for a folder",
                 exit_code=errors.ExitCode.BAD_INPUT,
             )
-        signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+        signature = signature_of(st)
         self.seen[full] = signature
-        racy = max(st.st_mtime_ns, st.st_ctime_ns) >= self.started_ns - self.racy_ns
+        racy = is_racy(signature, self.started_ns, self.racy_ns)
         self.stampable &= not racy
         cached = self._cache().get(full)
         known = Digest(cached[5], st.st_size) if cached and cached[:5] == signature else None
@@ -151,8 +153,8 @@ class Sources:
     def _cache(self) -> dict[str, tuple[int, int, int, int, int, str]]:
         if self._known is None:
             prefix = str(self.root).rstrip("/") + "/"
-            rows = self._store.conn.execute(
-                "SELECT path, ino, size, mtime_ns, ctime_ns, mode, hash FROM source_files "
+            rows = self._store.conn.execute(  # the signature's columns in its order
+                "SELECT path, mode, ino, size, mtime_ns, ctime_ns, hash FROM source_files "
                 "WHERE path >= ? AND path < ?",
                 (prefix, prefix[:-1] + "0"),  # '0' sorts right after '/'
             )
@@ -166,7 +168,7 @@ class Sources:
         with transaction(self._store.conn) as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO source_files"
-                "(path, ino, size, mtime_ns, ctime_ns, mode, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "(path, mode, ino, size, mtime_ns, ctime_ns, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 self._fresh,
             )
         self._fresh = []

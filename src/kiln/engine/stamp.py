@@ -1,7 +1,7 @@
 """Build stamps: answering a no-op build without evaluating anything.
 
 After a successful build, Kiln records what it saw: the stat signature
-(inode, size, mtime, ctime, mode) of the build file, of the project modules
+(system/stat_signature.py) of the build file, of the project modules
 it imported and of every source file the rules read, the signature of every
 folder a ``glob`` listed (adding, removing or renaming a file changes its
 folder's mtime), and each target's output. The next ``kiln build`` of the
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from kiln import __version__
 from kiln.engine import retention
+from kiln.system.stat_signature import FIELDS, is_racy, signature
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
@@ -38,22 +39,17 @@ if TYPE_CHECKING:
     from kiln.engine.report import BuildReport
     from kiln.engine.sources import Sources
     from kiln.store.local import Store
+    from kiln.system.stat_signature import Signature
 
 ALL_TARGETS = "*"
-Signature = tuple[int, int, int, int, int]
+# What a stamp must have been filed by to be read: a stamp of another Kiln
+# or of another signature layout simply does not match.
+VERSION = (__version__, FIELDS)
 
 
 def stamp_key(targets: list[str] | None) -> str:
     """How a request for ``targets`` (``None``: all of them) is filed."""
     return ALL_TARGETS if not targets else json.dumps(sorted(targets))
-
-
-def _signature(path: str, dir_fd: int | None = None) -> Signature | None:
-    try:
-        st = os.stat(path, dir_fd=dir_fd)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 def record(store: Store, project: Project, key: str, sources: Sources, report: BuildReport) -> bool:
@@ -62,14 +58,16 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
     from kiln.model.digest import Digest
 
     seen: dict[str, Signature | None] = {
-        **{path: _signature(path) for path in project.code_files},
-        **{folder: _signature(folder) for folder in sources.listed},
+        **{path: signature(path) for path in project.code_files},
+        **{folder: signature(folder) for folder in sources.listed},
     }
-    oldest_trusted = sources.started_ns - sources.racy_ns
     fit = (
         report.ok
         and sources.stampable
-        and all(s is not None and max(s[2], s[3]) < oldest_trusted for s in seen.values())
+        and all(
+            s is not None and not is_racy(s, sources.started_ns, sources.racy_ns)
+            for s in seen.values()
+        )
     )
     conn = store.conn
     if not fit:
@@ -78,11 +76,11 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
         )
         return False
     by_folder: dict[str, dict[str, Signature | None]] = defaultdict(dict)
-    for path, signature in {**seen, **sources.seen}.items():
+    for path, sig in {**seen, **sources.seen}.items():
         folder, name = os.path.split(path)
-        by_folder[folder][name] = signature
+        by_folder[folder][name] = sig
     stamp = {
-        "version": __version__,
+        "version": VERSION,
         "files": dict(by_folder),
         "targets": {t.name: (t.output, t.digest) for t in report.targets},
         "manifests": {
@@ -108,7 +106,7 @@ def check(conn: sqlite3.Connection, root: Path, key: str) -> dict[str, Any] | No
     if row is None:
         return None
     stamp = marshal.loads(row[0])
-    if stamp["version"] != __version__:
+    if stamp["version"] != VERSION:
         return None
     for folder, names in stamp["files"].items():
         try:
@@ -116,7 +114,7 @@ def check(conn: sqlite3.Connection, root: Path, key: str) -> dict[str, Any] | No
         except OSError:
             return None
         try:  # names relative to an open folder: no path walk per file
-            if any(_signature(name, fd) != sig for name, sig in names.items()):
+            if any(signature(name, fd) != sig for name, sig in names.items()):
                 return None
         finally:
             os.close(fd)
