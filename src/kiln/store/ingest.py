@@ -15,10 +15,10 @@ A put runs in two phases:
    any message; otherwise its changed files are read and hashed and its
    ``Directory`` is rebuilt.
 
-Racy entries: a file modified within the racy window before the put could
-change again without its mtime moving (coarse timestamp clocks), so such
-entries are stored as "never matches" and re-hashed next time, as git does
-for racily clean index entries.
+Racy entries (system/stat_signature.py): a file modified within the racy
+window before the put could change again without its mtime moving (coarse
+timestamp clocks), so such entries are stored as "never matches" and
+re-hashed next time, as git does for racily clean index entries.
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ from kiln.model.digest import Digest, canonical_bytes
 from kiln.store.db import transaction
 from kiln.store.file_blobs import SMALL_FILE
 from kiln.store.localcas import CasBatch, LocalCAS
+from kiln.system.stat_signature import is_racy
+from kiln.system.stat_signature import racy_window_ns as default_racy_window_ns
 
-RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
 # Fork a scanning worker only for trees with at least this many directories.
 PARALLEL_MIN_DIRS = 256
 PROGRESS_EVERY = 500
 
 # A listing is a list of entries in scandir order:
-#   (name, mode, ino, size, mtime_ns, ctime_ns) for files and symlinks,
+#   (name, *signature) = (name, mode, ino, size, mtime_ns, ctime_ns) for
+#     files and symlinks (system/stat_signature.py),
 #   (name, mode) for directories (their contents are compared by digest).
 Listing = list[tuple]
 _UNCHANGED = None  # scan result: the listing equals the cached one
@@ -80,6 +82,8 @@ def scan(path: str) -> Listing:
                     listing.append((e.name, stat.S_IFDIR))
                     continue
                 st = e.stat(follow_symlinks=False)
+                # (name, *signature_of(st)), spelled out: ~60 ns a file less
+                # (tests/system/test_stat_signature.py keeps the two alike).
                 listing.append(
                     (e.name, st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 )
@@ -149,10 +153,9 @@ class Ingester:
         ``PROGRESS_EVERY`` files that had to be read."""
         self._cas = cas
         self._conn = conn
-        if racy_window_ns is None:
-            ms = os.environ.get("KILN_RACY_WINDOW_MS")
-            racy_window_ns = int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
-        self._racy_window_ns = racy_window_ns
+        self._racy_window_ns = (
+            racy_window_ns if racy_window_ns is not None else default_racy_window_ns()
+        )
         self._workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
         self._cached: dict[str, _Cached] = {}
         self._scanned: dict[str, object] = {}
@@ -298,7 +301,6 @@ class Ingester:
         links: list[tuple[str, str]] = []
         contents: dict[str, tuple[str, int]] = {}
         stored: Listing = []
-        oldest_trusted = self._start_ns - self._racy_window_ns
         for entry in listing:
             name, mode = entry[0], entry[1]
             if len(entry) == 2:
@@ -320,8 +322,8 @@ class Ingester:
                     raise errors.path_missing(full) from None
             else:
                 raise errors.unsupported_file_type(full, _kind(mode))
-            racy = max(entry[4], entry[5]) >= oldest_trusted
-            stored.append((name, mode, -1, *entry[3:]) if racy else entry)
+            racy = is_racy(entry[1:], self._start_ns, self._racy_window_ns)
+            stored.append((name, mode, -1, *entry[3:]) if racy else entry)  # ino -1: no match
         dirs = sorted(subdir_digests.items())
         directory = make_directory(files, dirs, links, where=path)
         digest = batch.add_bytes(canonical_bytes(directory))
