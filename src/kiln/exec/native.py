@@ -64,6 +64,7 @@ from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Outcome, Zygote
 from kiln.model.digest import Digest
 from kiln.system import claims
 from kiln.system.fsutil import empty_folder
+from kiln.system.stat_signature import signature
 
 if TYPE_CHECKING:
     from kiln.model.reapi import re_pb2
@@ -419,12 +420,9 @@ def _link_inputs(inputs: Path, work: Path) -> None:
 
 
 def _stat_signature(path: str) -> object:
-    """What changes when the file at ``path`` (or its link's target) is replaced."""
-    try:
-        st, real = os.stat(path), os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, real.st_ino, real.st_mtime_ns)
+    """What changes when the file at ``path`` (or its link's target) is
+    replaced: the signatures of the file it resolves to and of the name."""
+    return (signature(path), signature(path, follow_symlinks=False))
 
 
 def _cgroup_limits(limits: NativeLimits) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from kiln import errors
 from kiln.model.digest import Digest
+from kiln.system.stat_signature import signature
 
 DPKG = Path("/var/lib/dpkg")
 _DEP_NAME = re.compile(r"^\s*([a-z0-9][a-z0-9+.-]*)")
@@ -129,9 +130,8 @@ class Dpkg:
         """path -> package, from dpkg's file lists; cached on disk (in the
         ``cache`` folder) for as long as dpkg's database is unchanged."""
         info = self._root / "info"
-        try:
-            version = f"{os.stat(self._root / 'status').st_mtime_ns}:{os.stat(info).st_mtime_ns}"
-        except OSError:
+        version = (signature(self._root / "status"), signature(info))
+        if None in version:
             return {}
         cached = self._cache / "dpkg-owners.marshal" if self._cache else None
         if cached is not None:
