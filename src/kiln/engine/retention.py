@@ -24,6 +24,7 @@ import os
 from collections import namedtuple
 
 from kiln.store.db import transaction
+from kiln.system.stat_signature import signature
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
@@ -87,12 +88,12 @@ def prune(conn: sqlite3.Connection, *, sweep: int | None = None) -> Pruned:
     if sweep is not None:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SWEPT,)).fetchone()
         after = row[0] if row else ""
-    rows = conn.execute(
-        "SELECT path, ino, size, mtime_ns, ctime_ns, mode FROM source_files WHERE path > ? "
+    rows = conn.execute(  # the signature's columns in its order (system/stat_signature.py)
+        "SELECT path, mode, ino, size, mtime_ns, ctime_ns FROM source_files WHERE path > ? "
         "ORDER BY path LIMIT ?",
         (after, -1 if sweep is None else sweep),
     ).fetchall()
-    stale = [r for r in rows if _signature(r[0]) != tuple(r[1:])]
+    stale = [r for r in rows if signature(r[0]) != tuple(r[1:])]
     with transaction(conn):
         doomed = json.dumps([i for (i,) in conn.execute(_DOOMED, (json.dumps(gone), KEEP_BUILDS))])
         steps = conn.execute(
@@ -102,8 +103,8 @@ def prune(conn: sqlite3.Connection, *, sweep: int | None = None) -> Pruned:
             "DELETE FROM builds WHERE id IN (SELECT value FROM json_each(?))", (doomed,)
         ).rowcount
         files = conn.executemany(
-            "DELETE FROM source_files WHERE path = ? AND ino = ? AND size = ? "
-            "AND mtime_ns = ? AND ctime_ns = ? AND mode = ?",
+            "DELETE FROM source_files WHERE path = ? AND mode = ? AND ino = ? "
+            "AND size = ? AND mtime_ns = ? AND ctime_ns = ?",
             stale,
         ).rowcount
         for root in gone:
@@ -119,12 +120,3 @@ def prune(conn: sqlite3.Connection, *, sweep: int | None = None) -> Pruned:
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_SWEPT, swept_to)
             )
     return Pruned(builds, steps, files, len(gone))
-
-
-def _signature(path: str) -> tuple[int, int, int, int, int] | None:
-    """A file's stat signature as source_files records it; None if it is gone."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
