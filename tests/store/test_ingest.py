@@ -168,3 +168,26 @@ def test_parallel_scan_reports_unreadable_directories(
     monkeypatch.setattr(ingest, "scan", failing_scan)
     with pytest.raises(KilnError, match="inner: cannot read"):
         store.put(tree)
+
+
+def test_a_put_of_an_unchanged_tree_loads_no_protobuf(tmp_path) -> None:
+    """`kiln store put` of a tree already stored answers from the stat cache
+    without loading protobuf, the build engine or asyncio (start-up time is
+    most of its cost)."""
+    import subprocess
+    import sys
+
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "f").write_text("x")
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home"), "KILN_RACY_WINDOW_MS": "0"}
+    probe = (
+        "import sys\nfrom kiln.cli.app import run\n"
+        f"code = run(['store', 'put', {str(tree)!r}])\n"
+        "heavy = ('google.protobuf', 'asyncio', 'kiln.engine.evaluation', 'kiln.model.tree')\n"
+        "print(code, [m for m in heavy if m in sys.modules])\n"
+    )
+    first = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert again.stdout.splitlines()[-1] == "0 []", again.stderr

@@ -53,7 +53,7 @@ def result_blobs(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[Dig
 
 def _result_hashes(cas: ContentStore, result: re_pb2.ActionResult) -> Iterator[tuple[str, int]]:
     """``result_blobs`` as (hash, size) pairs, unchecked."""
-    from kiln.model.reapi import re_pb2
+    from kiln.model.reapi import re_pb2  # (start-up: kiln store put loads no protobuf)
 
     for f in result.output_files:
         yield f.digest.hash, f.digest.size_bytes
@@ -89,7 +89,7 @@ class LocalActionCache:
         """The entry of ``key`` if all its blobs are there; ``touch`` marks
         it used now (the GC's age), else the caller's session does so when
         it ends (``session.release``)."""
-        from kiln.model.reapi import re_pb2
+        from kiln.model.reapi import re_pb2  # (start-up: kiln store put loads no protobuf)
 
         row = self._conn.execute(
             "SELECT result, executor, duration, producer, created FROM action_cache "

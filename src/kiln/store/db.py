@@ -195,7 +195,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         return
     with transaction(conn):
         if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            import uuid
+            import uuid  # (start-up: needed once, when a store is created)
 
             for statement in _SCHEMA.split(";"):
                 if statement.strip():

@@ -32,7 +32,7 @@ SYNCFS_FROM = 16  # staged files from which one syncfs beats fsync per file
 def _load_syncfs() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
+    import ctypes  # (start-up: only a batch of many blobs syncs the file system)
 
     from kiln.system.libc import libc
 

@@ -23,7 +23,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
 from kiln.model.tree import reachable
 from kiln.store.actioncache import result_blobs
 from kiln.store.blobs import BlobFile, delete_metadata, scan, scan_metadata
@@ -54,18 +57,12 @@ class GcReport:
 
 def _action_blobs(cas: LocalCAS, key: str, result_bytes: bytes) -> set[str]:
     """The blobs a cache entry keeps: its outputs, its Action and Command."""
-    from kiln.model.reapi import re_pb2
-
     result = re_pb2.ActionResult.FromString(result_bytes)
     return {d.hash for d in result_blobs(cas, result)} | _action_and_command(cas, key)
 
 
 def _action_and_command(cas: LocalCAS, key: str) -> set[str]:
     """The hashes of an Action blob and of the Command it names (if stored)."""
-    from google.protobuf.message import DecodeError
-
-    from kiln.model.reapi import re_pb2
-
     blobs = {key}
     with contextlib.suppress(FileNotFoundError, DecodeError, ValueError):
         data = cas.get_bytes_by_hash(key)

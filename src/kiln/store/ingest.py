@@ -287,6 +287,7 @@ class Ingester:
         subdir_digests: dict[str, Digest],
         cached: _Cached | None,
     ) -> Digest:
+        # (start-up: protobuf, loaded only when a folder changed)
         from kiln.model.tree import make_directory
 
         old_listing: dict[str, tuple] = {}

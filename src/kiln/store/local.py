@@ -27,16 +27,19 @@ from typing import TYPE_CHECKING
 from kiln import errors
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.store import db
+from kiln.store.actioncache import CachedResult, LocalActionCache
+from kiln.store.blobs import scan, scan_metadata
 from kiln.store.db import default_home
+from kiln.store.ingest import Ingester, forget_stat_cache
 from kiln.store.localcas import LocalCAS
 from kiln.store.locks import KeyLocks, SharedExclusiveLock
-from kiln.store.session import Session
+from kiln.store.session import Session, reap_dead_sessions
 
-# Modules only some commands need are imported where used (start-up time).
+# Materializing, GC and verify read Directory messages (protobuf), which
+# `kiln store put` of an unchanged tree never loads: imported where used.
 if TYPE_CHECKING:
     from kiln.model.action import ActionSpec
     from kiln.model.reapi import re_pb2
-    from kiln.store.actioncache import CachedResult, LocalActionCache
     from kiln.store.gc import GcPolicy, GcReport
     from kiln.store.materialize import Materializer
     from kiln.store.verify import VerifyReport
@@ -121,8 +124,6 @@ class Store:
     @property
     def action_cache(self) -> LocalActionCache:
         if self._action_cache is None:
-            from kiln.store.actioncache import LocalActionCache
-
             self._action_cache = LocalActionCache(self.db, self.cas, self.store_id)
         return self._action_cache
 
@@ -156,8 +157,6 @@ class Store:
         root, or with ``keep`` protect it for as long as this process's
         session lives. ``progress(files, bytes)`` hears about files that had
         to be read."""
-        from kiln.store.ingest import Ingester
-
         with self.writing():
             ingester = Ingester(self.cas, self.conn, progress=progress)
             digest, kind = ingester.put(path)
@@ -186,7 +185,7 @@ class Store:
         copy: bool = False,
     ) -> Materializer:
         """Write a tree (or with ``blob=True`` one blob) to ``dest``."""
-        from kiln.store.materialize import Materializer
+        from kiln.store.materialize import Materializer  # (start-up: protobuf)
 
         m = Materializer(self.cas, copy=copy)
         with self.writing():  # exec twins are written into the CAS
@@ -236,7 +235,7 @@ class Store:
     ) -> Execution:
         """``execute_once`` for asyncio: waiting for another process does not
         block the event loop."""
-        import asyncio
+        import asyncio  # (start-up: only async callers pay for it)
 
         hit = self.lookup(key, keep=True)
         if hit is not None:
@@ -332,9 +331,7 @@ class Store:
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob, quarantine corrupt ones, reap dead sessions."""
-        from kiln.store.ingest import forget_stat_cache
-        from kiln.store.session import reap_dead_sessions
-        from kiln.store.verify import verify_blobs, verify_metadata
+        from kiln.store.verify import verify_blobs, verify_metadata  # (start-up: protobuf)
 
         with self.writing():
             stale = reap_dead_sessions(self.home, self.conn)
@@ -347,9 +344,7 @@ class Store:
 
     def gc(self, policy: GcPolicy | None = None, timeout: float | None = None) -> GcReport:
         """Collect garbage; waits (up to ``timeout``) for in-flight writes."""
-        from kiln.store.gc import GcPolicy, collect
-        from kiln.store.ingest import forget_stat_cache
-        from kiln.store.session import reap_dead_sessions
+        from kiln.store.gc import GcPolicy, collect  # (start-up: protobuf)
 
         with self._write_lock.exclusive(timeout) as held:
             if not held:
@@ -366,8 +361,6 @@ class Store:
         return report
 
     def stats(self) -> StoreStats:
-        from kiln.store.blobs import scan, scan_metadata
-
         blobs = twins = size = 0
         for f in itertools.chain(scan(self.cas.root), scan_metadata(self.conn)):
             size += f.size

@@ -149,7 +149,7 @@ class LocalCAS:
 
     def materialize_tree(self, digest: Digest, dest: Path) -> None:
         """Write a tree into ``dest``, files hard-linked to the blobs."""
-        from kiln.store.materialize import Materializer
+        from kiln.store.materialize import Materializer  # (start-up: protobuf)
 
         with self.guard():  # executable twins are written into the store
             Materializer(self).tree(digest, dest)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln.model.digest import hash_stream
-from kiln.store.blobs import BlobFile, scan
+from kiln.store.blobs import BlobFile, delete_metadata, scan
 
 
 @dataclass
@@ -83,6 +83,4 @@ def verify_metadata(conn: sqlite3.Connection, quarantine: Path, report: VerifyRe
             corrupt.append(h)
             report.corrupt.append(CorruptBlob(f"metadata_blobs:{h}", h, actual, str(dest)))
     if corrupt:
-        from kiln.store.blobs import delete_metadata
-
         delete_metadata(conn, corrupt)
