@@ -200,6 +200,7 @@ def test_wasm_run_keeps_a_guest_link_as_a_link(home, tmp_path, guest, victim) ->
     assert _host_state(folder) == {"sub/keep.txt": b"keep me\n"}
 
 
+@pytest.mark.slow
 @needs_bubblewrap
 def test_folders_nested_thousands_deep_are_refused_or_cleaned_up(store, tmp_path) -> None:
     deep = "d/" * 3000

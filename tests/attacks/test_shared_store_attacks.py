@@ -87,6 +87,7 @@ def _verify(home: Path) -> None:
     assert proc.returncode == 0 and json.loads(proc.stdout)["ok"], proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_builds_of_one_project_at_once(tmp_path: Path, reference: dict[int, dict]) -> None:
     """All succeed, the output folder is what one build leaves, and each
     action ran once in all (the others waited and reused it)."""
@@ -138,6 +139,7 @@ class _GcLoop:
         self._thread.join()
 
 
+@pytest.mark.slow
 def test_builds_while_gc_runs(tmp_path: Path, reference: dict[int, dict]) -> None:
     """GC never takes what a running build uses: its sources, the inputs and
     results of its steps, the results it finds in the cache (a result GC

@@ -15,6 +15,9 @@ from kiln.model.digest import Digest
 from kiln.rules.toolchains import default_cache
 from kiln.store import Store
 
+# The first run downloads @yowasp/clang from registry.npmjs.org.
+pytestmark = pytest.mark.network
+
 KILNFILE = """
 from kiln.build import c, glob, target, wasm
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from engine_helpers import build, write_project
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -73,6 +74,7 @@ def text(i: int, version: int, comment: int) -> str:
     return f"# note {comment}\nsource {i} says hello {version} times\n"
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25,
     deadline=None,

@@ -16,6 +16,9 @@ from kiln.exec.node import find_node
 from kiln.rules.toolchains import default_cache
 from kiln.store import Store
 
+# The first run downloads @yowasp/clang from registry.npmjs.org.
+pytestmark = pytest.mark.network
+
 SHARED_STORE = default_cache() / "test-stores" / "c-wasm"
 
 
@@ -57,6 +60,7 @@ def test_tally_passes_its_cases(c_store, tmp_path, monkeypatch) -> None:
     assert len(cases) == 6 and all(s.result.exit_code == 0 for s in cases)
 
 
+@pytest.mark.slow
 def test_two_empty_stores_build_identical_objects_and_program(
     c_store, tmp_path, monkeypatch
 ) -> None:

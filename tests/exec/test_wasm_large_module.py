@@ -27,6 +27,8 @@ def clang_module() -> Path:
     return yowasp_clang()
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_large_module_compiles_once_then_comes_from_the_cache(
     store, tmp_path: Path, clang_module: Path
 ) -> None:

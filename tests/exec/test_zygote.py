@@ -11,6 +11,7 @@ import pytest
 from kiln.exec.zygote import ARCHES, SANDBOX_DIR, binary_name, build_command
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(set(ARCHES.values())))
 def test_the_checked_in_zygote_is_a_fresh_build_of_its_source(arch: str, tmp_path: Path) -> None:
     out = tmp_path / binary_name(arch)

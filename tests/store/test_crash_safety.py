@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import KILN, make_sample_tree, run_kiln, snapshot
 from kiln.store import Store
 
@@ -20,6 +22,7 @@ def _many_files(root: Path, dirs: int, per_dir: int, seed: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_store_clean(home: Path, tmp_path: Path) -> None:
     tree = _many_files(tmp_path / "tree", 40, 50, seed=1)
     (tree / "big").write_bytes(random.Random(2).randbytes(3 << 20))
@@ -46,6 +49,7 @@ def test_sigkill_at_random_moments_leaves_store_clean(home: Path, tmp_path: Path
     assert snapshot(tmp_path / "out") == snapshot(tree)
 
 
+@pytest.mark.slow
 def test_eight_processes_putting_overlapping_trees(home: Path, tmp_path: Path) -> None:
     base = _many_files(tmp_path / "base", 20, 25, seed=4)
     trees = []
