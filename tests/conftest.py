@@ -1,4 +1,9 @@
-"""Shared fixtures: a fresh store per test, sample trees, the real `kiln` binary."""
+"""Shared fixtures: a fresh store per test, sample trees, the real `kiln` binary.
+
+Tests write only under their temporary folders (``tmp_path``) and one cache,
+pytest's (``.pytest_cache/d/``, emptied by ``pytest --cache-clear``): the
+compiled test guests, the downloaded @yowasp/clang and the store that keeps
+its compiled module, zig's build cache and Hypothesis's examples."""
 
 from __future__ import annotations
 
@@ -11,10 +16,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from kiln.store import Store
 
 KILN = str(Path(sys.executable).parent / "kiln")
+
+# Where the caches named above go, as environment variables (seen by the
+# `kiln` and zig processes the tests start too) -> their folder in pytest's cache.
+CACHES = {"KILN_CACHE": "kiln-cache", "ZIG_GLOBAL_CACHE_DIR": "zig-cache"}
+_saved_environment = pytest.StashKey[dict[str, str | None]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point the caches at pytest's cache, before test modules are imported
+    (some look up ``default_cache()`` then)."""
+    if getattr(config, "cache", None) is None:
+        raise pytest.UsageError(
+            "Kiln's tests keep their caches in pytest's cache: do not disable cacheprovider"
+        )
+    config.stash[_saved_environment] = {name: os.environ.get(name) for name in CACHES}
+    for name, folder in CACHES.items():
+        os.environ[name] = str(config.cache.mkdir(folder))
+    set_hypothesis_home_dir(config.cache.mkdir("hypothesis"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for name, value in config.stash.get(_saved_environment, {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

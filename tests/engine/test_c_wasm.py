@@ -1,7 +1,7 @@
 """C built entirely inside WebAssembly: the pinned @yowasp/clang fetched from
-npm (cached in a store kept under $KILN_CACHE, like the other toolchain
-tests), one clang step per unit with discovered headers, a wasm-ld step,
-and the program run as a wasm step."""
+npm (cached in a store kept under $KILN_CACHE, which conftest.py points at
+pytest's cache folder), one clang step per unit with discovered headers, a
+wasm-ld step, and the program run as a wasm step."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 loaded from the compiled-module cache by every later executor.
 
 The package is fetched from the npm registry by exact version and sha512,
-and cached (``$KILN_CACHE``, default ~/.cache/kiln) across test runs.
+and cached across test runs in ``$KILN_CACHE`` (which conftest.py points at
+pytest's cache folder).
 """
 
 from __future__ import annotations
