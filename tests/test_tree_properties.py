@@ -41,10 +41,15 @@ def _write(path: Path, node) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(names, trees, max_size=6))
-def test_any_tree_round_trips_and_digest_ignores_location(tree) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(tree=st.dictionaries(names, trees, max_size=6))
+def test_any_tree_round_trips_and_digest_ignores_location(tree, tmp_path: Path) -> None:
+    # One folder per example, inside the test's (shared by all its examples).
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
         base = Path(tmp)
         src = base / "src"
         _write(src, tree)

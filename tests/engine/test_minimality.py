@@ -81,7 +81,7 @@ def text(i: int, version: int, comment: int) -> str:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(graph=graphs())
-def test_rebuilds_are_correct_and_minimal(graph, guest, monkeypatch) -> None:
+def test_rebuilds_are_correct_and_minimal(graph, guest, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
     sources, steps, edits = graph
     tools = {
@@ -91,10 +91,11 @@ def test_rebuilds_are_correct_and_minimal(graph, guest, monkeypatch) -> None:
         ).read_bytes(),
     }
     files = {f"src/s{i}.txt": text(i, 0, 0) for i in range(sources)}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        root = write_project(tmp_path / "p", kilnfile(sources, steps), {**tools, **files})
-        with Store(tmp_path / "home") as store:
+    # One folder per example, inside the test's (shared by all its examples).
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+        base = Path(tmp)
+        root = write_project(base / "p", kilnfile(sources, steps), {**tools, **files})
+        with Store(base / "home") as store:
             before = build(store, root)
             assert before.ok, before.errors
             versions = {i: [0, 0] for i in range(sources)}
@@ -103,7 +104,7 @@ def test_rebuilds_are_correct_and_minimal(graph, guest, monkeypatch) -> None:
                 (root / f"src/s{i}.txt").write_text(text(i, *versions[i]))
             after = build(store, root)
             assert after.ok, after.errors
-        with Store(tmp_path / "fresh") as fresh:
+        with Store(base / "fresh") as fresh:
             scratch = build(fresh, root)
     assert after.targets[0].digest == scratch.targets[0].digest  # correct
 
