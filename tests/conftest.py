@@ -3,7 +3,8 @@
 Tests write only under their temporary folders (``tmp_path``) and one cache,
 pytest's (``.pytest_cache/d/``, emptied by ``pytest --cache-clear``): the
 compiled test guests, the downloaded @yowasp/clang and the store that keeps
-its compiled module, zig's build cache and Hypothesis's examples."""
+its compiled module, zig's build cache and Hypothesis's examples. A `kiln`
+run without a store of its own gets a temporary one, never ~/.cache/kiln."""
 
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_user_store_or_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A `kiln` (or a ``Store``) not given a store uses a temporary one, not
+    the user's ~/.cache/kiln; the user's config file (~/.config/kiln) is not read."""
+    defaults = tmp_path_factory.mktemp("defaults")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KILN_HOME", str(defaults / "kiln-home"))
+        patch.setenv("KILN_CONFIG", str(defaults / "no-config.toml"))  # (absent: defaults)
+        yield
 
 
 @pytest.fixture
