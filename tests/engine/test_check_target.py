@@ -21,6 +21,7 @@ def _kiln(home: Path, root: Path, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run([KILN, *args], cwd=root, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     bwrap_path() is None or check_bubblewrap().status != "ok",
     reason="bubblewrap cannot make sandboxes here (see `kiln doctor`)",
