@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.engine.values import File, StepResult, Tree, Value
+from kiln.exec import specs
 from kiln.exec.kinds import UNPACK_ABI
 from kiln.exec.specs import (
     DEFAULT_DISK_MIB,
@@ -211,10 +212,6 @@ def native(
     names secrets of those features, readable at ``/kiln/secrets/NAME``
     (their names, never their contents, are in the key).
     """
-    # (start-up: the native executor, imported only when a build file
-    # declares a native step; NativeLimits belongs in kiln.exec.specs)
-    from kiln.exec import native as sandbox
-
     ctx = _context("native()")
     where = _where()
     owner = _target.get()
@@ -224,10 +221,10 @@ def native(
         )
     declared = sorted(set(tools))
     placed = [v.at(p) for p, v in inputs.items()] if isinstance(inputs, Mapping) else list(inputs)
-    limits = sandbox.NativeLimits(
-        memory_mib or sandbox.DEFAULT_MEMORY_MIB,
-        pids or sandbox.DEFAULT_PIDS,
-        disk_mib or sandbox.DEFAULT_DISK_MIB,
+    limits = specs.NativeLimits(
+        memory_mib or specs.NATIVE_MEMORY_MIB,
+        pids or specs.NATIVE_PIDS,
+        disk_mib or specs.NATIVE_DISK_MIB,
     )
     return ctx.run_step(
         owner,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -51,6 +50,10 @@ from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
 from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.kinds import NATIVE_ABI
+from kiln.exec.specs import NATIVE_DISK_MIB as DEFAULT_DISK_MIB
+from kiln.exec.specs import NATIVE_MEMORY_MIB as DEFAULT_MEMORY_MIB
+from kiln.exec.specs import NATIVE_PIDS as DEFAULT_PIDS
+from kiln.exec.specs import NativeLimits
 from kiln.exec.tools import (
     Dpkg,
     Tool,
@@ -78,9 +81,6 @@ FIXED_ENV = {
     "LANG": "C.UTF-8",
     "SOURCE_DATE_EPOCH": "0",
 }
-DEFAULT_MEMORY_MIB = 4096
-DEFAULT_PIDS = 256
-DEFAULT_DISK_MIB = 16 << 10
 DEFAULT_TIMEOUT = 600.0
 CORES_VARIABLE = "KILN_BUILD_CORES"
 MAX_ZYGOTES = 4  # resident sandboxes per executor (one per tool set and limits)
@@ -103,27 +103,6 @@ def missing_bwrap() -> errors.KilnError:
         hint="install it: `apt-get install bubblewrap` (Debian/Ubuntu); wasm steps work without it",
         exit_code=errors.ExitCode.FAILED,
     )
-
-
-@dataclass(frozen=True)
-class NativeLimits:
-    """Resource limits of a native step; part of its action."""
-
-    memory_mib: int = DEFAULT_MEMORY_MIB
-    pids: int = DEFAULT_PIDS
-    disk_mib: int = DEFAULT_DISK_MIB
-
-    def platform(self, tool_names: list[str], tools_identity: str) -> tuple[tuple[str, str], ...]:
-        return (
-            ("disk-mib", str(self.disk_mib)),
-            ("isa", platform.machine()),
-            ("kiln-abi", NATIVE_ABI),
-            ("memory-mib", str(self.memory_mib)),
-            ("os", "linux"),
-            ("pids", str(self.pids)),
-            ("tool-names", ",".join(sorted(tool_names))),
-            ("tools", tools_identity),
-        )
 
 
 class NativeExecutor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import platform
 import posixpath
 import re
 import urllib.parse
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 from kiln import errors
 from kiln.exec.base import TransientError
-from kiln.exec.kinds import FETCH_ABI, WASM_ABI
+from kiln.exec.kinds import FETCH_ABI, NATIVE_ABI, WASM_ABI
 
 # ---------------------------------------------------------------------- wasm
 
@@ -56,6 +57,36 @@ class WasmLimits:
             int(props.get("fuel", DEFAULT_FUEL)),
             int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
             int(props.get("disk-mib", DEFAULT_DISK_MIB)),
+        )
+
+
+# -------------------------------------------------------------------- native
+
+NATIVE_MEMORY_MIB = 4096
+NATIVE_PIDS = 256
+NATIVE_DISK_MIB = 16 << 10
+
+
+@dataclass(frozen=True)
+class NativeLimits:
+    """Resource limits of a native step; part of its action."""
+
+    memory_mib: int = NATIVE_MEMORY_MIB
+    pids: int = NATIVE_PIDS
+    disk_mib: int = NATIVE_DISK_MIB
+
+    def platform(self, tool_names: list[str], tools_identity: str) -> tuple[tuple[str, str], ...]:
+        """The action's platform properties: these limits, the contract,
+        this host's architecture, and the declared tools and their identity."""
+        return (
+            ("disk-mib", str(self.disk_mib)),
+            ("isa", platform.machine()),
+            ("kiln-abi", NATIVE_ABI),
+            ("memory-mib", str(self.memory_mib)),
+            ("os", "linux"),
+            ("pids", str(self.pids)),
+            ("tool-names", ",".join(sorted(tool_names))),
+            ("tools", tools_identity),
         )
 
 
