@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from kiln import errors
 from kiln.engine import retention
 from kiln.model.digest import Digest, canonical_bytes
+from kiln.model.reapi import re_pb2
 from kiln.store.db import transaction
 
 if TYPE_CHECKING:
     from kiln.engine.report import BuildReport
-    from kiln.model.reapi import re_pb2
     from kiln.store.local import Store
 
 
@@ -41,8 +41,6 @@ class StepRow:
     result: bytes | None
 
     def action_result(self) -> re_pb2.ActionResult | None:
-        from kiln.model.reapi import re_pb2
-
         return None if self.result is None else re_pb2.ActionResult.FromString(self.result)
 
 

@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from kiln import __version__
-from kiln.engine import retention
+from kiln.engine import kiln_out, retention
 from kiln.system.stat_signature import FIELDS, is_racy, signature
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
@@ -54,8 +54,7 @@ def stamp_key(targets: list[str] | None) -> str:
 
 def record(store: Store, project: Project, key: str, sources: Sources, report: BuildReport) -> bool:
     """File the stamp of a finished build (or drop a stale one); True if filed."""
-    from kiln.engine import kiln_out
-    from kiln.model.digest import Digest
+    from kiln.model.digest import Digest  # (start-up: not on the no-op path, which reads stamps)
 
     seen: dict[str, Signature | None] = {
         **{path: signature(path) for path in project.code_files},
@@ -126,8 +125,6 @@ def restore(cas_root: Path, root: Path, stamp: dict[str, Any]) -> list[str] | No
     (sources unchanged, so the values are too), linking blobs out of the
     store at ``cas_root``: the targets restored, or None if one of them
     cannot be (a full build then makes it)."""
-    from kiln.engine import kiln_out
-
     restored = []
     for name, (_, digest) in sorted(stamp["targets"].items()):
         if kiln_out.is_current(root, name, digest):

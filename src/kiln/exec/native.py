@@ -42,7 +42,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kiln import errors
 from kiln.config import Secret, check_secret, load_config
@@ -65,12 +64,10 @@ from kiln.exec.tools import (
 )
 from kiln.exec.zygote import HOST_DIR, OVERHEAD_PIDS, Outcome, Zygote
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
 from kiln.system import claims
 from kiln.system.fsutil import empty_folder
 from kiln.system.stat_signature import signature
-
-if TYPE_CHECKING:
-    from kiln.model.reapi import re_pb2
 
 __all__ = ["NATIVE_ABI", "NativeExecutor", "NativeLimits", "reap_leftovers"]
 SANDBOX_UID = 1000
@@ -173,8 +170,6 @@ class NativeExecutor:
     def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
-        from kiln.model.reapi import re_pb2
-
         props = {p.name: p.value for p in action.platform.properties}
         if props.get("kiln-abi") != NATIVE_ABI:
             raise TransientError(f"action wants sandbox contract {props.get('kiln-abi')!r}")
