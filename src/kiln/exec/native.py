@@ -49,9 +49,6 @@ from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
 from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.kinds import NATIVE_ABI
-from kiln.exec.specs import NATIVE_DISK_MIB as DEFAULT_DISK_MIB
-from kiln.exec.specs import NATIVE_MEMORY_MIB as DEFAULT_MEMORY_MIB
-from kiln.exec.specs import NATIVE_PIDS as DEFAULT_PIDS
 from kiln.exec.specs import NativeLimits
 from kiln.exec.tools import (
     Dpkg,
@@ -180,9 +177,7 @@ class NativeExecutor:
                 hint="rebuild: the action was made before a tool changed",
             )
         root = tool_root(tools, self._dpkg, self._roots)
-        limits = NativeLimits(int(props.get("memory-mib", DEFAULT_MEMORY_MIB)),
-                              int(props.get("pids", DEFAULT_PIDS)),
-                              int(props.get("disk-mib", DEFAULT_DISK_MIB)))  # fmt: skip
+        limits = NativeLimits.from_platform(props)
         secrets = self._secrets(props)
         zygote = self._zygote(root, tools, limits, secrets)
         # One step at a time per sandbox: its folders are made once and

@@ -89,6 +89,15 @@ class NativeLimits:
             ("tools", tools_identity),
         )
 
+    @classmethod
+    def from_platform(cls, props: dict[str, str]) -> NativeLimits:
+        """The limits an action's platform properties name."""
+        return cls(
+            int(props.get("memory-mib", NATIVE_MEMORY_MIB)),
+            int(props.get("pids", NATIVE_PIDS)),
+            int(props.get("disk-mib", NATIVE_DISK_MIB)),
+        )
+
 
 # -------------------------------------------------------------------- unpack
 
