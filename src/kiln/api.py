@@ -55,8 +55,8 @@ __all__ = [
 _Fields = namedtuple(
     "_Fields",
     ("targets", "cwd", "store", "jobs", "keep_going", "allow_unpinned", "from_stamp",
-     "stamp_checked"),
-    defaults=((), None, None, None, False, False, True, False),
+     "stamp_checked", "remote_cache", "remote_exec", "remote_fallback"),
+    defaults=((), None, None, None, False, False, True, False, None, None, False),
 )  # fmt: skip
 
 
@@ -73,7 +73,11 @@ class BuildRequest(_Fields):
       says no: it needs the steps);
     - ``stamp_checked``: the caller has just found that the stamp cannot
       answer (the fast path, before handing the command on), so it is not
-      checked twice.
+      checked twice;
+    - ``remote_cache``, ``remote_exec``, ``remote_fallback``: as ``kiln
+      build``'s ``--remote-cache URL``, ``--remote-exec URL`` and
+      ``--remote-fallback``, over the config's ``[remote]`` table and the
+      environment (``kiln.remote.settings``).
     """
 
     __slots__ = ()
@@ -160,6 +164,7 @@ def _evaluate(
     """Load the build file, run what it asks, record history and stamp."""
     # The engine proper, imported only when something is evaluated
     # (start-up: this module is on the no-op path).
+    from kiln.config import load_config
     from kiln.engine import history
     from kiln.engine.evaluation import Build
     from kiln.engine.loader import load
@@ -176,11 +181,16 @@ def _evaluate(
     try:
         hooks = ExecHooks(on_download=observer.on_download if observer else None)
         chosen = executors or kinds.factories(kinds.local_context(store), hooks)
+        remote = load_config().remote_settings().overridden(
+            cache=request.remote_cache, exec=request.remote_exec,
+            fallback=request.remote_fallback or None,
+        )  # fmt: skip
         build = Build(
             store, project, chosen, jobs=request.jobs or os.cpu_count() or 1,
             keep_going=request.keep_going, allow_unpinned=request.allow_unpinned,
             on_change=observer.on_change if observer else None,
             worker_processes=executors is None,
+            remote=remote, on_remote=getattr(observer, "on_remote", None),
         )  # fmt: skip
         started = time.time()
         report = build.run(names)

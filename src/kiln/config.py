@@ -19,6 +19,10 @@
     max-ratio = 200            # unpacked size / archive size (past 64 MiB)
     max-members = 1000000      # files, folders and links
 
+    # A REAPI remote cache and/or execution engine (see kiln.remote.settings).
+    [remote]
+    cache = "grpc://cache.example:8980"
+
 No file means no features, no secrets, one core per CPU and the default
 archive limits.
 """
@@ -32,6 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiln import errors
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kiln.remote.settings import RemoteSettings
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 DEFAULT_ARCHIVE_MAX_MIB = 16 << 10
@@ -70,6 +78,13 @@ class Config:
     secrets: dict[str, Secret] = field(default_factory=dict)
     path: Path | None = None
     archives: ArchiveLimits = ArchiveLimits()
+    remote: RemoteSettings | None = None  # the [remote] table, if any
+
+    def remote_settings(self) -> RemoteSettings:
+        """The ``[remote]`` settings, defaults (no remote) if the file has none."""
+        from kiln.remote.settings import RemoteSettings
+
+        return self.remote or RemoteSettings(where=self.where())
 
     def where(self) -> str:
         return str(self.path) if self.path else "the Kiln config file (none found)"
@@ -94,10 +109,10 @@ def load_config(path: Path | None = None) -> Config:
         raise _bad(path, str(e), "fix the TOML syntax") from None
     except OSError as e:
         raise _bad(path, f"cannot read it: {e.strerror}", "check its permissions") from None
-    unknown = set(data) - {"features", "build-cores", "secrets", "archives"}
+    unknown = set(data) - {"features", "build-cores", "secrets", "archives", "remote"}
     if unknown:
-        raise _bad(path, f"unknown setting {sorted(unknown)[0]!r}",
-                   "known: features, build-cores, [secrets.NAME], [archives]")  # fmt: skip
+        known = "features, build-cores, [secrets.NAME], [archives], [remote]"
+        raise _bad(path, f"unknown setting {sorted(unknown)[0]!r}", f"known: {known}")
     features = data.get("features", [])
     if not isinstance(features, list) or not all(
         isinstance(f, str) and NAME.fullmatch(f) for f in features
@@ -119,7 +134,12 @@ def load_config(path: Path | None = None) -> Config:
             )  # fmt: skip
         file = Path(os.path.expanduser(str(entry["file"])))
         secrets[name] = Secret(name, file, entry["feature"])
-    return Config(frozenset(features), cores, secrets, path, _archive_limits(path, data))
+    remote = None
+    if "remote" in data:
+        from kiln.remote.settings import from_table  # (only configs that name a remote)
+
+        remote = from_table(data["remote"], path)
+    return Config(frozenset(features), cores, secrets, path, _archive_limits(path, data), remote)
 
 
 def _archive_limits(path: Path, data: dict[str, object]) -> ArchiveLimits:

@@ -38,6 +38,8 @@ def _build_options(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(BUILD_OPTIONS):
         if option.takes_count:
             kind: dict[str, Any] = {"type": click.IntRange(min=1)}
+        elif option.metavar:
+            kind = {"metavar": option.metavar}
         else:
             kind = {"is_flag": True}
         command = click.option(*option.flags, option.field, help=option.help, **kind)(command)
@@ -54,6 +56,9 @@ def build(
     jobs: int | None,
     keep_going: bool,
     allow_unpinned: bool,
+    remote_cache: str | None,
+    remote_exec: str | None,
+    remote_fallback: bool,
     as_json: bool,
 ) -> None:
     """Build TARGETS (default: every target) of the project's kilnfile.py.
@@ -65,6 +70,7 @@ def build(
     request = BuildRequest(
         targets, store=ctx.obj.get("store"), jobs=jobs, keep_going=keep_going,
         allow_unpinned=allow_unpinned, stamp_checked=ctx.obj.get("stamp_checked", False),
+        remote_cache=remote_cache, remote_exec=remote_exec, remote_fallback=remote_fallback,
     )  # fmt: skip
     report = build_with_progress(request)
     show_report(report, as_json)
@@ -132,7 +138,7 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
     an input file or upstream output, an argument, an environment variable.
     """
     store, rows = _last_steps(ctx, target, with_steps=False)
-    ran = [r for r in rows if r.status in ("executed", "failed")]
+    ran = [r for r in rows if r.status in ("executed", "remote-executed", "failed")]
     report = [
         {"target": r.target, "step": r.step, "key": r.key,
          "reasons": history.explain(history.previous_run(store, r), r)}
@@ -176,6 +182,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
                 "stdout": str(Digest.from_proto(result.stdout_digest)) if result else None,
                 "secrets": [n for n in platform.get("secrets", "").split(",") if n],
                 "shareable": shareable(platform),
+                "origin": _origin(r.status, result),
             }
         )
     if as_json:
@@ -183,6 +190,8 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
         return
     for item in items:
         click.echo(f"{item['step']}  [{item['status']}]  key {item['key']}")
+        if item["origin"]:
+            click.echo(f"  result from: {item['origin']}")
         click.echo(f"  command: {' '.join(item['argv'])}")
         for path, digest in item["inputs"].items():
             click.echo(f"  in  {path}  {digest}")
@@ -192,6 +201,16 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
             click.echo(
                 f"  secrets: {', '.join(item['secrets'])} (result kept out of shared caches)"
             )
+
+
+def _origin(status: str, result: Any) -> str | None:
+    """Where a step's result came from, when not from this machine."""
+    worker = result.execution_metadata.worker if result is not None else ""
+    if status == "remote-cached":
+        return f"the remote cache (produced by {worker or 'an unnamed worker'})"
+    if status == "remote-executed":
+        return f"remote worker {worker or '(unnamed)'}"
+    return None
 
 
 @click.command("log")

@@ -13,15 +13,20 @@ from kiln.api import BuildRequest
 
 class Option:
     """One option: its flags, the field of ``BuildRequest`` it sets (or
-    ``as_json``), its help, and whether it takes a count (``-j 4``)."""
+    ``as_json``), its help, and what it takes: nothing (a flag), a count
+    (``-j 4``) or a text (``--remote-cache URL``, given as ``metavar``)."""
 
-    __slots__ = ("field", "flags", "help", "takes_count")
+    __slots__ = ("field", "flags", "help", "metavar", "takes_count")
 
-    def __init__(self, flags: tuple[str, ...], field: str, help: str, takes_count: bool = False):
+    def __init__(
+        self, flags: tuple[str, ...], field: str, help: str, takes_count: bool = False,
+        metavar: str | None = None,
+    ) -> None:  # fmt: skip
         self.flags = flags
         self.field = field
         self.help = help
         self.takes_count = takes_count
+        self.metavar = metavar
 
 
 BUILD_OPTIONS = (
@@ -34,6 +39,20 @@ BUILD_OPTIONS = (
     Option(
         ("--allow-unpinned",), "allow_unpinned",
         "Let fetches without a digest download, then fail showing the digest to pin.",
+    ),
+    Option(
+        ("--remote-cache",), "remote_cache",
+        "Look results up in this REAPI cache (grpc://HOST:PORT or grpcs://) before "
+        "running steps, and push what ran [env: KILN_REMOTE_CACHE].", metavar="URL",
+    ),
+    Option(
+        ("--remote-exec",), "remote_exec",
+        "Run wasm and native steps on this REAPI engine's workers "
+        "[env: KILN_REMOTE_EXEC].", metavar="URL",
+    ),
+    Option(
+        ("--remote-fallback",), "remote_fallback",
+        "Build locally if the execution server cannot be used (else: an error).",
     ),
     Option(("--json",), "as_json", "Print a JSON report."),
 )  # fmt: skip
@@ -64,6 +83,11 @@ def parse(argv: list[str]) -> tuple[BuildRequest, bool] | None:
             if not (count.isdigit() and int(count) >= 1):
                 return None
             fields[option.field] = int(count)
+        elif option.metavar:
+            text = inline if eq else next(args, None)
+            if not text:
+                return None
+            fields[option.field] = text
         elif eq:
             return None  # a flag given a value
         else:

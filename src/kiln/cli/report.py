@@ -19,6 +19,8 @@ def write_json(obj: object) -> None:
 
 def show_report(report: BuildReport, as_json: bool) -> None:
     """Print a build's report."""
+    for warning in report.warnings:
+        sys.stderr.write(f"kiln: warning: {warning}\n")
     for error in report.errors:
         sys.stderr.write(f"kiln: error: {error.render()}\n")
     if as_json:
@@ -42,9 +44,14 @@ def _verdict(report: BuildReport) -> str:
             f"({cached} steps, {report.seconds:.3f} s)"
         )
     executed = report.count(StepStatus.EXECUTED)
-    if report.ok and executed == 0:
+    remote_hits = report.count(StepStatus.REMOTE_CACHED)
+    remote_ran = report.count(StepStatus.REMOTE_EXECUTED)
+    if report.ok and executed + remote_ran == 0 and not remote_hits:
         verdict = f"nothing to do: all {cached} steps were cached"
     else:
         failed = report.count(StepStatus.FAILED)
-        verdict = f"{executed} steps ran, {cached} cached, {failed} failed"
+        ran = f"{executed} steps ran" + (f" here, {remote_ran} remotely" if remote_ran else "")
+        hits = f"{cached} cached"
+        hits += f" ({remote_hits} more from the remote)" if remote_hits else ""
+        verdict = f"{ran}, {hits}, {failed} failed"
     return f"{verdict} ({report.seconds:.2f} s)"

@@ -33,6 +33,7 @@ from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
     from kiln.exec.base import Executor
+    from kiln.remote.settings import RemoteSettings
     from kiln.store.local import Store
 
 
@@ -189,10 +190,14 @@ class Build:
         allow_unpinned: bool = False,
         on_change: Callable[[StepRecord], None] | None = None,
         worker_processes: bool = False,
+        remote: RemoteSettings | None = None,
+        on_remote: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         """``executors``: a maker per step kind. ``worker_processes``: the
         makers are the table's (``kiln.exec.kinds``), so steps may also run
-        in worker processes, which make their own (see ``runners.py``)."""
+        in worker processes, which make their own (see ``runners.py``).
+        ``remote``: a REAPI remote to use (``kiln.remote``); ``on_remote``
+        hears its traffic counts change."""
         self.store = store
         self.project = project
         self.allow_unpinned = allow_unpinned
@@ -203,6 +208,8 @@ class Build:
         self._processes = worker_processes
         self._executors = dict(executors)
         self.sources: Sources | None = None  # what the last run read (for its stamp)
+        self._remote = remote if remote is not None and remote.enabled else None
+        self._on_remote = on_remote
 
     def run(self, names: list[str]) -> BuildReport:
         """Build ``names``: evaluate them, run their steps, place their values."""
@@ -223,6 +230,9 @@ class Build:
         finally:
             scheduler.close()
         report = BuildReport([], scheduler.records)
+        if scheduler.remote is not None:
+            report.remote = scheduler.remote.stats.as_dict()
+            report.warnings.extend(scheduler.remote.stats.warnings)
         report.files_hashed = ctx.sources.files_hashed
         for t, value in zip(targets, values, strict=True):
             outcome = TargetOutcome(t.name)
@@ -246,8 +256,14 @@ class Build:
 
     async def _evaluate(self, ctx: BuildContext, targets: list[rules.Target]) -> list[Any]:
         rules._build.set(ctx)
-        tasks = [ctx.evaluate(t, None) for t in targets]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        if self._remote is not None:
+            ctx.scheduler.remote = await self._connect(self._remote)
+        try:
+            tasks = [ctx.evaluate(t, None) for t in targets]
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if ctx.scheduler.remote is not None:
+                await ctx.scheduler.remote.close()
         unexpected = next(
             (r for r in results if isinstance(r, BaseException)
              and not isinstance(r, errors.KilnError | BuildStopped)),
@@ -256,6 +272,19 @@ class Build:
         if unexpected is not None:
             raise unexpected
         return results
+
+    async def _connect(self, settings: RemoteSettings) -> Any:
+        from kiln.remote.connect import connect  # (only builds that use a remote)
+
+        on_remote = self._on_remote
+        remote: Any = None
+
+        def changed() -> None:
+            if on_remote is not None and remote is not None:
+                on_remote(remote.stats.as_dict())
+
+        remote = await connect(self.store, settings, on_change=changed)
+        return remote
 
     # ---------------------------------------------------------- outputs
 

@@ -123,7 +123,8 @@ def previous_run(store: Store, row: StepRow) -> StepRow | None:
     found = store.conn.execute(
         "SELECT build, seq, target, step, key, status, slot, started, finished, inputs, result "
         "FROM build_steps WHERE target = ? AND step = ? AND build < ? "
-        "AND status IN ('executed', 'cached') ORDER BY build DESC LIMIT 1",
+        "AND status IN ('executed', 'cached', 'remote-cached', 'remote-executed') "
+        "ORDER BY build DESC LIMIT 1",
         (row.target, row.step, row.build),
     ).fetchone()
     return None if found is None else StepRow(*found[:9], json.loads(found[9]), found[10])

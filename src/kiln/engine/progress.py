@@ -19,6 +19,17 @@ MAX_SHOWN = 4  # running steps named in the live line
 LARGE_DOWNLOAD = 16 << 20  # without a terminal, report downloads from this size
 
 
+_SHOWN = {  # without a terminal: the statuses that get a line, and its verb
+    StepStatus.EXECUTED: "ran   ",
+    StepStatus.REMOTE_EXECUTED: "ran remotely",
+    StepStatus.FAILED: "FAILED",
+}
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
+
+
 class BuildObserver(Protocol):
     """What hears a build as it goes (``kiln.api.build``'s observer)."""
 
@@ -42,6 +53,7 @@ class BuildProgress:
         self.counts = {s: 0 for s in StepStatus}
         self._seen: dict[int, StepStatus] = {}
         self._downloads: dict[str, tuple[int, int | None]] = {}
+        self._traffic = ""  # with a remote: what went up and down
 
     def __enter__(self) -> BuildProgress:
         if self._live_enabled:  # (start-up: rich only on a terminal)
@@ -74,14 +86,21 @@ class BuildProgress:
             self._running.pop(record.seq, None)
         if self._live is not None:
             self._live.update(self._render())
-        elif record.status in (StepStatus.EXECUTED, StepStatus.FAILED):
+        elif record.status in _SHOWN:
             took = (record.finished or time.time()) - (record.started or time.time())
-            verb = "ran   " if record.status is StepStatus.EXECUTED else "FAILED"
+            verb = _SHOWN[record.status]
             print(
                 f"kiln: {verb} {record.target}: {record.description} ({took:.2f} s)",
                 file=self._stream,
                 flush=True,
             )
+
+    def on_remote(self, counts: dict[str, int]) -> None:
+        """The build's traffic with a remote changed (``RemoteStats.as_dict``)."""
+        up, down = counts["uploaded_bytes"], counts["downloaded_bytes"]
+        self._traffic = f"↑ {_size(up)} ↓ {_size(down)}"
+        if self._live is not None:
+            self._live.update(self._render())
 
     def on_download(self, url: str, done: int, total: int | None) -> None:
         """Progress of a fetch step's download (called from worker threads)."""
@@ -102,11 +121,17 @@ class BuildProgress:
         from rich.text import Text  # (start-up: rich only on a terminal)
 
         c = self.counts
-        done = c[StepStatus.EXECUTED] + c[StepStatus.CACHED]
+        remote_hits, remote_ran = c[StepStatus.REMOTE_CACHED], c[StepStatus.REMOTE_EXECUTED]
+        done = c[StepStatus.EXECUTED] + c[StepStatus.CACHED] + remote_hits + remote_ran
+        remote = ""
+        if remote_hits or remote_ran:
+            remote = f", remote: {remote_hits} hits, {remote_ran} ran"
         line = Text(
-            f"kiln: {done} done ({c[StepStatus.CACHED]} cached), "
+            f"kiln: {done} done ({c[StepStatus.CACHED]} cached{remote}), "
             f"{len(self._running)} running, {c[StepStatus.FAILED]} failed"
         )
+        if self._traffic:
+            line.append(f"  {self._traffic}", style="dim")
         shown = list(self._running.values())[:MAX_SHOWN]
         if shown:
             names = ", ".join(f"{r.target}: {r.description}" for r in shown)

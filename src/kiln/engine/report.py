@@ -24,6 +24,8 @@ class StepStatus(enum.Enum):
     PENDING = "pending"  # requested, not finished yet
     CACHED = "cached"  # the action cache (or an identical in-flight step) had it
     EXECUTED = "executed"  # ran here and succeeded
+    REMOTE_CACHED = "remote-cached"  # the remote action cache had it
+    REMOTE_EXECUTED = "remote-executed"  # ran on the remote engine's worker
     FAILED = "failed"  # ran (or could not be run) and failed
     SKIPPED = "skipped"  # not started: the build was stopping after a failure
 
@@ -80,6 +82,8 @@ class BuildReport:
         self.unchanged = unchanged
         self.restored = restored if restored is not None else []
         self._steps_from_stamp = steps_from_stamp
+        self.remote: dict[str, int] | None = None  # traffic with a remote, if one was used
+        self.warnings: list[str] = []  # problems that did not stop the build
 
     @classmethod
     def from_stamp(cls, stamp: dict[str, Any], restored: list[str], seconds: float) -> BuildReport:
@@ -129,4 +133,8 @@ class BuildReport:
             "build_id": self.build_id,
             "unchanged": self.unchanged,  # answered from the build stamp, nothing evaluated
             "restored": self.restored,
+            "remote_cached": self.count(StepStatus.REMOTE_CACHED),
+            "remote_executed": self.count(StepStatus.REMOTE_EXECUTED),
+            "remote": self.remote,
+            "warnings": self.warnings,
         }

@@ -46,9 +46,9 @@ WITH live AS (
 ), compared AS (  -- history.previous_run of each step of a shown build `why` explains
     SELECT (SELECT MAX(p.build) FROM build_steps AS p
             WHERE p.target = s.target AND p.step = s.step AND p.build < s.build
-            AND p.status IN ('executed', 'cached')) AS id
+            AND p.status IN ('executed', 'cached', 'remote-cached', 'remote-executed')) AS id
     FROM build_steps AS s JOIN shown ON s.build = shown.id
-    WHERE s.status IN ('executed', 'failed')
+    WHERE s.status IN ('executed', 'remote-executed', 'failed')
 ), recent AS (
     SELECT id FROM (
         SELECT id, ROW_NUMBER() OVER (PARTITION BY project ORDER BY id DESC) AS age FROM live

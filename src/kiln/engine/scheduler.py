@@ -3,6 +3,7 @@
 A step's lifecycle (``StepStatus``):
 
     requested --(action cache hit)---------------------------> CACHED
+              --(remote action cache hit, with a remote)-----> REMOTE_CACHED
               --(same key already in flight)--> wait --------> CACHED
               --(build stopping)-----------------------------> SKIPPED
               --(slot free)--> running --(exit 0)------------> EXECUTED
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from kiln.exec.base import Executor
     from kiln.model.action import ActionSpec
     from kiln.model.reapi import re_pb2
+    from kiln.remote.connect import Remote
     from kiln.store.local import Store
 
 PROCESSES_AFTER = 8  # executions run on threads before worker processes start
@@ -122,6 +124,7 @@ class Scheduler:
         self._inflight: dict[Digest, tuple[asyncio.Future[StepResult], StepRecord]] = {}
         self.records: list[StepRecord] = []
         self.stopping = False
+        self.remote: Remote | None = None  # set from inside the build's event loop
 
     def close(self) -> None:
         self._threads.close()
@@ -188,6 +191,13 @@ class Scheduler:
             self._slots = asyncio.Queue()
             for slot in range(self.jobs):
                 self._slots.put_nowait(slot)
+        if self.remote is not None and not self.stopping:
+            hit = await self.remote.lookup(record.key)
+            if hit is not None:
+                record.result = hit
+                record.started = record.finished = time.time()
+                self._change(record, StepStatus.REMOTE_CACHED)
+                return self._step_result(record, cached=True)
         if self.stopping:
             self._change(record, StepStatus.SKIPPED)
             raise BuildStopped()
@@ -220,6 +230,8 @@ class Scheduler:
             stderr = read_blob(self._store.cas, Digest.from_proto(outcome.result.stderr_digest))
             raise step_failed(record, list(command.arguments), stderr)
         self._change(record, StepStatus.CACHED if outcome.cached else StepStatus.EXECUTED)
+        if self.remote is not None and not outcome.cached:
+            self.remote.ran(record.key, action, command, outcome.result)
         return self._step_result(record, cached=outcome.cached)
 
     def _fail(self, record: StepRecord) -> None:

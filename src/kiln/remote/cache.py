@@ -1,0 +1,268 @@
+"""The local store and a remote one, side by side for one build.
+
+- ``lookup``: a local miss asks the remote action cache; a hit's blobs are
+  downloaded (only those the local store lacks), checked against their
+  digests, stored, and the result is recorded in the local action cache,
+  so the next build of this machine needs no network. A hit whose blobs
+  the server has lost meanwhile is a miss: the step runs again.
+- ``push``: after a step ran here, its Action, Command and output blobs go
+  up (only those the server lacks; a blob shared by concurrent steps goes
+  once), then the result. Results of steps that used secrets never leave.
+- Uploading an input tree (``upload_tree``), for remote execution.
+
+Traffic is counted (``RemoteStats``) for the progress line and ``--json``.
+A failed push is a warning, never a failed build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kiln.model.action import shareable
+from kiln.model.digest import EMPTY, Digest, canonical_bytes
+from kiln.model.reapi import re_pb2
+from kiln.model.tree import reachable
+from kiln.remote.client import BlobSource, RemoteClient
+from kiln.remote.retry import RemoteUnavailable
+from kiln.store.actioncache import result_blobs
+
+if TYPE_CHECKING:
+    from kiln.store.local import Store
+
+INLINE_LIMIT = 64 << 10  # stdout/stderr asked inline from the action cache
+
+
+@dataclass
+class RemoteStats:
+    """What one build did with the remote."""
+
+    hits: int = 0
+    executed: int = 0
+    uploaded_blobs: int = 0
+    uploaded_bytes: int = 0
+    downloaded_blobs: int = 0
+    downloaded_bytes: int = 0
+    pushed: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        """Note a problem once (shown after the build, listed in ``--json``)."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "remote_cached": self.hits,
+            "remote_executed": self.executed,
+            "uploaded_blobs": self.uploaded_blobs,
+            "uploaded_bytes": self.uploaded_bytes,
+            "downloaded_blobs": self.downloaded_blobs,
+            "downloaded_bytes": self.downloaded_bytes,
+            "pushed": self.pushed,
+        }
+
+
+def platform_of(command: re_pb2.Command) -> dict[str, str]:
+    return {p.name: p.value for p in command.platform.properties}
+
+
+class RemoteCache:
+    """One build's traffic between the local store and a remote server."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: RemoteClient,
+        *,
+        push: bool,
+        stats: RemoteStats | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.push_allowed = push
+        self.stats = stats or RemoteStats()
+        self._on_change = on_change or (lambda: None)
+        self._present: set[Digest] = set()  # blobs the server is known to have
+        self._uploading: dict[Digest, asyncio.Future[None]] = {}
+        self._pushes: set[asyncio.Task[None]] = set()
+        self.origin = f"remote cache {client.endpoint}"
+
+    # ------------------------------------------------------------ lookups
+
+    async def lookup(self, key: Digest) -> re_pb2.ActionResult | None:
+        """The remote result of ``key``, its blobs now in the local store and
+        the result recorded there; None on a miss (or a lost blob)."""
+        result = await self.client.get_action_result(key)
+        if result is None or result.exit_code != 0:
+            return None
+        if not await self.fetch_result(result):
+            return None
+        self._record(key, result, self.origin)
+        self.stats.hits += 1
+        self._on_change()
+        return result
+
+    async def fetch_result(self, result: re_pb2.ActionResult) -> bool:
+        """Download what the local store lacks of ``result``; False when the
+        server lost some of it (the caller treats the result as absent)."""
+        inline = {}
+        for raw, digest in ((result.stdout_raw, result.stdout_digest),
+                            (result.stderr_raw, result.stderr_digest)):  # fmt: skip
+            if raw and Digest.of_bytes(raw) == Digest.from_proto(digest):
+                inline[Digest.from_proto(digest)] = raw
+        trees = {Digest.from_proto(d.tree_digest) for d in result.output_directories}
+        first = [d for d in _top_blobs(result) if d not in inline]
+        if not await self._fetch(first, trees, inline):
+            return False
+        # Now the trees are local: the files inside them.
+        return await self._fetch(list(result_blobs(self.store.cas, result)), set(), {})
+
+    async def _fetch(
+        self, digests: Iterable[Digest], metadata: set[Digest], known: dict[Digest, bytes]
+    ) -> bool:
+        missing = self.store.cas.find_missing(d for d in set(digests) if d != EMPTY)
+        if not missing:
+            return True
+        wanted = [d for d in missing if d not in known]
+        got = await self.client.download(wanted) if wanted else {}
+        got.update((d, known[d]) for d in missing if d in known)
+        if len(got) < len(missing):
+            return False  # evicted on the server: not a hit
+        self.stats.downloaded_blobs += len(got)
+        self.stats.downloaded_bytes += sum(d.size for d in got)
+        await asyncio.to_thread(self._store_blobs, got, metadata)
+        return True
+
+    def _store_blobs(self, blobs: dict[Digest, bytes], metadata: set[Digest]) -> None:
+        with self.store.writing(), self.store.cas.batch() as batch:
+            for digest, data in blobs.items():
+                if digest in metadata:
+                    batch.add_metadata(data)
+                    tree = re_pb2.Tree.FromString(data)  # its folders, as the store keeps them
+                    for directory in [tree.root, *tree.children]:
+                        batch.add_metadata(canonical_bytes(directory))
+                else:
+                    batch.add_bytes(data, digest)
+
+    def _record(self, key: Digest, result: re_pb2.ActionResult, origin: str) -> None:
+        meta = result.execution_metadata
+        took = (
+            meta.execution_completed_timestamp.ToNanoseconds()
+            - meta.execution_start_timestamp.ToNanoseconds()
+        ) / 1e9
+        with self.store.writing():
+            self.store.action_cache.record(
+                key, result, executor=origin, duration=max(0.0, took), producer=origin
+            )
+        self.store.lookup(key, keep=True)  # kept from GC until the build ends
+
+    # -------------------------------------------------------------- pushes
+
+    def may_push(self, command: re_pb2.Command) -> bool:
+        return self.push_allowed and shareable(platform_of(command))
+
+    def push(
+        self, key: Digest, action: re_pb2.Action, command: re_pb2.Command,
+        result: re_pb2.ActionResult,
+    ) -> None:  # fmt: skip
+        """Start pushing a result that ran here (if it may leave); ``drain``
+        waits for every push."""
+        if result.exit_code != 0 or not self.may_push(command):
+            return
+        task = asyncio.ensure_future(self._push(key, action, command, result))
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+
+    async def _push(
+        self, key: Digest, action: re_pb2.Action, command: re_pb2.Command,
+        result: re_pb2.ActionResult,
+    ) -> None:  # fmt: skip
+        try:
+            blobs = {Digest.of_message(action): canonical_bytes(action),
+                     Digest.of_message(command): canonical_bytes(command)}  # fmt: skip
+            await self.upload(blobs, result_blobs(self.store.cas, result))
+            await self.client.update_action_result(key, result)
+            self.stats.pushed += 1
+            self._on_change()
+        except Exception as e:  # a push is a bonus: warn, never fail the build
+            self.warn(f"could not push a result to {self.client.endpoint}: {_said(e)}")
+
+    async def drain(self) -> None:
+        """Wait for every push started so far."""
+        while self._pushes:
+            await asyncio.gather(*list(self._pushes), return_exceptions=True)
+
+    def warn(self, message: str) -> None:
+        self.stats.warn(message)
+
+    # ------------------------------------------------------------- uploads
+
+    async def upload(self, known: dict[Digest, bytes], stored: Iterable[Digest] = ()) -> None:
+        """Make sure the server has these blobs: ``known`` with their bytes,
+        ``stored`` read from the local store. Each blob is asked about and
+        sent at most once per build, whoever needs it."""
+        wanted = {d for d in [*known, *stored] if d != EMPTY} - self._present
+        waits = [self._uploading[d] for d in wanted if d in self._uploading]
+        mine = [d for d in wanted if d not in self._uploading]
+        if mine:
+            loop = asyncio.get_running_loop()
+            futures = {d: loop.create_future() for d in mine}
+            self._uploading.update(futures)
+            try:
+                await self._send(mine, known)
+                self._present.update(mine)
+                for f in futures.values():
+                    f.set_result(None)
+            except BaseException as e:
+                for f in futures.values():
+                    f.set_exception(e)
+                    f.exception()  # retrieved: the waiters see it
+                raise
+            finally:
+                for d in mine:
+                    del self._uploading[d]
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _send(self, digests: list[Digest], known: dict[Digest, bytes]) -> None:
+        missing = await self.client.find_missing(digests)
+        if not missing:
+            return
+        sources: dict[Digest, BlobSource] = {}
+        for digest in missing:
+            sources[digest] = known[digest] if digest in known else self._source(digest)
+        await self.client.upload(sources)
+        self.stats.uploaded_blobs += len(missing)
+        self.stats.uploaded_bytes += sum(d.size for d in missing)
+        self._on_change()
+
+    def _source(self, digest: Digest) -> BlobSource:
+        if digest.size > self.client.batch_limit:
+            return self.store.cas.blob_file(digest)
+        data = self.store.cas.get_bytes(digest)
+        if data is None:
+            raise RemoteUnavailable(f"blob {digest} to upload is not in the local store")
+        return data
+
+    async def upload_tree(self, root: Digest) -> None:
+        """Make sure the server has a whole input tree."""
+        await self.upload({}, reachable(self.store.cas, root))
+
+
+def _top_blobs(result: re_pb2.ActionResult) -> list[Digest]:
+    """The blobs a result names directly (its files, trees and logs)."""
+    out = [Digest.from_proto(f.digest) for f in result.output_files]
+    out += [Digest.from_proto(d.tree_digest) for d in result.output_directories]
+    for log in (result.stdout_digest, result.stderr_digest):
+        if log.size_bytes:
+            out.append(Digest.from_proto(log))
+    return out
+
+
+def _said(e: BaseException) -> str:
+    message: str = getattr(e, "message", "") or str(e) or type(e).__name__
+    return message.splitlines()[0]
