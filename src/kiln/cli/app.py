@@ -32,6 +32,8 @@ COMMANDS = {
     "prefetch": ("kiln.cli.fetch", "prefetch",
                  "Download URL into the store and print its digest, to pin in a build file "
                  "as fetch.url(URL, digest=...)."),
+    "remote": ("kiln.cli.remote", "remote",
+               "The REAPI remote cache and execution engine this machine uses."),
     "root": ("kiln.cli.gc", "root", "Named GC roots: what `kiln gc` never deletes."),
     "server": ("kiln.cli.server", "server", "A resident server that makes builds start warm."),
     "show": ("kiln.cli.build", "show",
@@ -43,6 +45,8 @@ COMMANDS = {
               "Write the last build as a Chrome trace (open it in ui.perfetto.dev)."),
     "wasm": ("kiln.cli.wasm", "wasm",
              "Run WebAssembly (WASI preview 1) modules as deterministic actions."),
+    "worker": ("kiln.cli.remote", "worker",
+               "Run Kiln steps for a REAPI engine's clients, as one of its workers."),
     "why": ("kiln.cli.build", "why",
             "Say why each step of the last build ran instead of being a cache hit."),
 }  # fmt: skip

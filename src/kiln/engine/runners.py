@@ -44,12 +44,14 @@ RETRIES = 2  # extra attempts after a transient (infrastructure) error
 @dataclass
 class Outcome:
     """How one execution went: a result (``cached``: another process had
-    recorded it meanwhile) or, after the retries, a transient error."""
+    recorded it meanwhile, or the remote engine had it) or, after the
+    retries, a transient error. ``remote``: the remote engine ran it."""
 
     result: re_pb2.ActionResult | None
     cached: bool
     attempts: int
     error: KilnError | None = None
+    remote: bool = False
 
 
 def execute_with_retries(

@@ -7,6 +7,7 @@ A step's lifecycle (``StepStatus``):
               --(same key already in flight)--> wait --------> CACHED
               --(build stopping)-----------------------------> SKIPPED
               --(slot free)--> running --(exit 0)------------> EXECUTED
+                                       --(exit 0 on the remote engine)--> REMOTE_EXECUTED
                                        --(non-zero exit)-----> FAILED
                                        --(transient error, after runners.RETRIES retries)--> FAILED
 
@@ -34,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 from kiln import errors
 from kiln.engine.inputs import write_blobs
 from kiln.engine.report import StepStatus
-from kiln.engine.runners import ProcessRunner, ThreadRunner
+from kiln.engine.runners import RETRIES, Outcome, ProcessRunner, ThreadRunner
 from kiln.engine.values import StepResult, outputs_of
+from kiln.exec.base import TransientError
 from kiln.model.digest import Digest
 from kiln.store.cas import read_blob
 
@@ -77,6 +79,22 @@ class StepRequest:
     identity: dict[str, Any]
     executor: str = "wasm"
     input_blobs: list[tuple[Digest, bytes]] = field(default_factory=list, repr=False)
+
+
+async def _run_remotely(
+    remote: Remote, key: Digest, action: re_pb2.Action, command: re_pb2.Command
+) -> Outcome:
+    """A step on the remote engine, transient failures retried as here."""
+    for attempt in range(1, RETRIES + 2):
+        try:
+            run = await remote.execute(key, action, command)
+            return Outcome(run.result, run.cached, attempt, remote=True)
+        except TransientError as e:
+            if attempt > RETRIES:
+                return Outcome(None, False, attempt, e, remote=True)
+        except errors.KilnError as e:  # the server refused the step: final
+            return Outcome(None, False, attempt, e, remote=True)
+    raise AssertionError("unreachable")
 
 
 class BuildStopped(Exception):
@@ -215,8 +233,14 @@ class Scheduler:
                 self._store.session.protect(request.spec.input_root, "tree")
                 self._store.session.protect(record.key, "action")
             where = f"step {record.description!r} of target {record.target!r}"
-            submitted = self._runner().submit(request.executor, record.key, action, command, where)
-            outcome = await asyncio.wrap_future(submitted)
+            remote = self.remote
+            if remote is not None and remote.runs(request.executor, command):
+                outcome = await _run_remotely(remote, record.key, action, command)
+            else:
+                submitted = self._runner().submit(
+                    request.executor, record.key, action, command, where
+                )
+                outcome = await asyncio.wrap_future(submitted)
             record.finished = time.time()
             record.attempts = outcome.attempts
         finally:
@@ -229,6 +253,10 @@ class Scheduler:
             self._fail(record)
             stderr = read_blob(self._store.cas, Digest.from_proto(outcome.result.stderr_digest))
             raise step_failed(record, list(command.arguments), stderr)
+        if outcome.remote:
+            status = StepStatus.REMOTE_CACHED if outcome.cached else StepStatus.REMOTE_EXECUTED
+            self._change(record, status)
+            return self._step_result(record, cached=outcome.cached)
         self._change(record, StepStatus.CACHED if outcome.cached else StepStatus.EXECUTED)
         if self.remote is not None and not outcome.cached:
             self.remote.ran(record.key, action, command, outcome.result)

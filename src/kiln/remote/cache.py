@@ -89,6 +89,7 @@ class RemoteCache:
         self._present: set[Digest] = set()  # blobs the server is known to have
         self._uploading: dict[Digest, asyncio.Future[None]] = {}
         self._pushes: set[asyncio.Task[None]] = set()
+        self._trees: set[Digest] = set()  # input trees sent whole during this build
         self.origin = f"remote cache {client.endpoint}"
 
     # ------------------------------------------------------------ lookups
@@ -101,7 +102,7 @@ class RemoteCache:
             return None
         if not await self.fetch_result(result):
             return None
-        self._record(key, result, self.origin)
+        self.record(key, result, self.origin)
         self.stats.hits += 1
         self._on_change()
         return result
@@ -148,7 +149,9 @@ class RemoteCache:
                 else:
                     batch.add_bytes(data, digest)
 
-    def _record(self, key: Digest, result: re_pb2.ActionResult, origin: str) -> None:
+    def record(self, key: Digest, result: re_pb2.ActionResult, origin: str) -> None:
+        """Record a remote result (its blobs local now) in the local action
+        cache, as produced by ``origin``; kept from GC until the build ends."""
         meta = result.execution_metadata
         took = (
             meta.execution_completed_timestamp.ToNanoseconds()
@@ -248,9 +251,46 @@ class RemoteCache:
             raise RemoteUnavailable(f"blob {digest} to upload is not in the local store")
         return data
 
+    async def fetch_tree(self, root: Digest) -> bool:
+        """Download what the local store lacks of the tree ``root`` (folder
+        by folder, then the files); False if the server lacks some of it."""
+        level = [root]
+        files: set[Digest] = set()
+        while level:
+            missing = self.store.cas.find_missing(level)
+            got = await self.client.download(missing) if missing else {}
+            if len(got) < len(missing):
+                return False
+            if got:
+                await asyncio.to_thread(self._store_folders, got)
+            below: list[Digest] = []
+            for digest in level:
+                directory = re_pb2.Directory.FromString(self.store.cas.get_bytes(digest) or b"")
+                files.update(Digest.from_proto(f.digest) for f in directory.files)
+                below.extend(Digest.from_proto(d.digest) for d in directory.directories)
+            level = sorted(set(below))
+        return await self._fetch(files, set(), {})
+
+    def _store_folders(self, blobs: dict[Digest, bytes]) -> None:
+        with self.store.writing(), self.store.cas.batch() as batch:
+            for data in blobs.values():
+                batch.add_metadata(data)
+
+    def forget(self, digests: list[Digest]) -> None:
+        """The server lost these blobs (all it was known to have, if the
+        list is empty): the next upload asks about them again."""
+        self._trees.clear()
+        if digests:
+            self._present.difference_update(digests)
+        else:
+            self._present.clear()
+
     async def upload_tree(self, root: Digest) -> None:
         """Make sure the server has a whole input tree."""
+        if root in self._trees:
+            return
         await self.upload({}, reachable(self.store.cas, root))
+        self._trees.add(root)
 
 
 def _top_blobs(result: re_pb2.ActionResult) -> list[Digest]:

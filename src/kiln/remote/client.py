@@ -152,7 +152,7 @@ class RemoteClient:
             request = re_pb2.FindMissingBlobsRequest(
                 instance_name=self.instance,
                 blob_digests=[d.to_proto() for d in wanted[start : start + FIND_BATCH]],
-                )
+            )
             reply = await self._call("FindMissingBlobs", self._cas.FindMissingBlobs, request)
             missing.extend(Digest.from_proto(d) for d in reply.missing_blob_digests)
         return missing

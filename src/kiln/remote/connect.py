@@ -21,6 +21,7 @@ from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 from kiln.remote.cache import RemoteCache, RemoteStats
 from kiln.remote.client import BlobMismatch, RemoteClient
+from kiln.remote.execution import RemoteExecution, RemoteRun, runs_remotely
 from kiln.remote.settings import Endpoint, RemoteSettings
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class Remote:
     settings: RemoteSettings
     stats: RemoteStats
     cache: RemoteCache | None = None
-    exec_client: RemoteClient | None = None
+    execution: RemoteExecution | None = None
     _clients: tuple[RemoteClient, ...] = ()
     # Lookups at once: enough to hide round trips, few enough for the server.
     _lookups: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
@@ -55,6 +56,22 @@ class Remote:
                 self.stats.warn(f"{e.message}: the rest of the build does not use the cache")
                 self.cache = None
         return None
+
+    def runs(self, kind: str, command: re_pb2.Command) -> bool:
+        """Whether this step goes to the execution server."""
+        return self.execution is not None and runs_remotely(kind, command)
+
+    async def execute(
+        self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
+    ) -> RemoteRun:
+        """Run the step on the execution server (``runs`` said it goes there)."""
+        assert self.execution is not None
+        run = await self.execution.run(key, action, command)
+        if run.cached:
+            self.stats.hits += 1
+        else:
+            self.stats.executed += 1
+        return run
 
     def ran(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command,
@@ -79,15 +96,17 @@ async def connect(
     read_only: bool = False,
 ) -> Remote:
     """Open and check the servers ``settings`` name (see the module's rules).
-    ``read_only``: look results up, push nothing (``kiln check``)."""
+    ``read_only``: look nothing up, push nothing, and have the engine run
+    steps again rather than answer from its cache (``kiln check``)."""
     stats = RemoteStats()
     remote = Remote(settings, stats)
     clients: dict[Endpoint, RemoteClient] = {}
+    exec_client = None
     if settings.exec is not None:
         client = clients[settings.exec] = RemoteClient(settings.exec, settings)
         try:
             await client.check(execution=True)
-            remote.exec_client = client
+            exec_client = client
         except errors.KilnError as e:
             if not settings.fallback:
                 await client.close()
@@ -99,14 +118,20 @@ async def connect(
                 ) from None
             stats.warn(f"{e.message}: building locally (--remote-fallback)")
     endpoint = settings.cache_endpoint
-    if endpoint is not None:
+    if endpoint is not None and not read_only:
         client = clients.get(endpoint) or RemoteClient(endpoint, settings)
         clients[endpoint] = client
         try:
             caps = client.capabilities or await client.check()
-            push = settings.push and caps.action_cache_update and not read_only
+            push = settings.push and caps.action_cache_update
             remote.cache = RemoteCache(store, client, push=push, stats=stats, on_change=on_change)
         except errors.KilnError as e:
             stats.warn(f"{e.message}: building without the remote cache")
+    if exec_client is not None:
+        if remote.cache is not None and remote.cache.client is exec_client:
+            moves = remote.cache  # one server: one record of what it has
+        else:
+            moves = RemoteCache(store, exec_client, push=False, stats=stats, on_change=on_change)
+        remote.execution = RemoteExecution(moves, skip_cache_lookup=read_only)
     remote._clients = tuple(clients.values())
     return remote

@@ -1,0 +1,174 @@
+"""Remote execution on a real engine: BuildGrid with its SQL scheduler on
+PostgreSQL, and ``kiln worker`` processes as its bots. Results must equal a
+local build's; steps spread over the workers; a killed worker's step runs
+again elsewhere; an unreachable engine is an error unless told to fall back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import KILN
+from kiln import api
+from kiln.api import BuildRequest, StepStatus
+from kiln.remote.worker import MATCH_KEYS, WILDCARD_KEYS
+from kiln.store import Store
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+KILN_ENGINE = {"match_keys": MATCH_KEYS, "wildcard_keys": WILDCARD_KEYS, "keepalive_s": 6}
+
+
+def project(tmp_path: Path, name: str, example: str = "wordcount") -> Path:
+    root = tmp_path / name
+    shutil.copytree(EXAMPLES / example, root, ignore=shutil.ignore_patterns("kiln-out"))
+    return root
+
+
+def build(home: Path, root: Path, **options) -> api.BuildReport:
+    with Store(home) as store:
+        request = BuildRequest(cwd=root, store=home, from_stamp=False, **options)
+        return api.build(request, None, store=store)
+
+
+class Workers:
+    """``kiln worker`` processes, each with its own store; stopped at the end."""
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.url = url
+        self.folder = folder
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, slots: int = 2) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "KILN_HOME": str(self.folder / name)}
+        proc = subprocess.Popen(
+            [KILN, "worker", "--remote", self.url, "--slots", str(slots), "--bot-id", name],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(buildgrid_exec, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(buildgrid_exec.url, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def workers_of(report: api.BuildReport) -> set[str]:
+    return {s.result.execution_metadata.worker for s in report.steps if s.result is not None}
+
+
+@pytest.mark.parametrize("buildgrid_exec", [KILN_ENGINE], indirect=True)
+@pytest.mark.parametrize("example", ["wordcount", "calc"])
+def test_remote_execution_gives_the_local_digests_over_two_workers(
+    buildgrid_exec, workers: Workers, tmp_path: Path, example: str
+) -> None:
+    if example == "calc":
+        from kiln.cli.doctor import check_bubblewrap
+
+        if check_bubblewrap().status != "ok":
+            pytest.skip("bubblewrap cannot make sandboxes here (see `kiln doctor`)")
+    workers.start("w1")
+    workers.start("w2")
+    local = build(tmp_path / "local", project(tmp_path, "local", example))
+    assert local.ok, local.errors
+    remote = build(
+        tmp_path / "client", project(tmp_path, "remote", example),
+        remote_exec=buildgrid_exec.url, jobs=8,
+    )  # fmt: skip
+    assert remote.ok, remote.errors
+    summary = remote.summary()
+    assert summary["executed"] == 0, [s.description for s in remote.steps]
+    assert summary["remote_executed"] == len(remote.steps)
+    assert [t.digest for t in remote.targets] == [t.digest for t in local.targets]
+    if example == "wordcount":  # enough independent steps to reach both
+        assert workers_of(remote) == {"w1", "w2"}, workers.log("w1") + workers.log("w2")
+
+    again = build(
+        tmp_path / "client2", project(tmp_path, "again", example), remote_exec=buildgrid_exec.url
+    )
+    assert again.count(StepStatus.REMOTE_CACHED) == len(again.steps)  # the engine's cache
+
+
+@pytest.mark.parametrize("buildgrid_exec", [KILN_ENGINE], indirect=True)
+def test_a_worker_killed_mid_lease_has_its_step_run_elsewhere(
+    buildgrid_exec, workers: Workers, tmp_path: Path, tools
+) -> None:
+    root = tmp_path / "slow"
+    root.mkdir()
+    (root / "slow.wasm").write_bytes(tools["tools/slow.wasm"])
+    (root / "kilnfile.py").write_text("""
+from kiln.build import source, target, wasm
+
+@target
+async def slow():
+    step = await wasm(source("slow.wasm"), "3000", "out.txt", outputs=["out.txt"])
+    return step.file("out.txt")
+""")
+    first = workers.start("first", slots=1)
+    killed = threading.Event()
+
+    def kill_once_running() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if ": running " in workers.log("first"):
+                os.killpg(first.pid, signal.SIGKILL)
+                killed.set()
+                workers.start("second", slots=1)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=kill_once_running)
+    thread.start()
+    try:
+        report = build(tmp_path / "client", root, remote_exec=buildgrid_exec.url)
+    finally:
+        thread.join()
+    assert killed.is_set()
+    assert report.ok, report.errors
+    assert workers_of(report) == {"second"}
+    assert report.count(StepStatus.REMOTE_EXECUTED) == 1
+
+
+@pytest.mark.parametrize("buildgrid_exec", [KILN_ENGINE], indirect=True)
+def test_an_unreachable_engine_is_an_error_unless_falling_back(
+    buildgrid_exec, tmp_path: Path
+) -> None:
+    url = buildgrid_exec.url
+    buildgrid_exec.stop()
+    failed = build(tmp_path / "a", project(tmp_path, "a"), remote_exec=url)
+    assert not failed.ok
+    message = failed.errors[0].render()
+    assert "UNAVAILABLE" in message and "--remote-fallback" in message
+    fell_back = build(tmp_path / "b", project(tmp_path, "b"), remote_exec=url, remote_fallback=True)
+    assert fell_back.ok, fell_back.errors
+    assert fell_back.count(StepStatus.EXECUTED) == len(fell_back.steps)
+    assert any("--remote-fallback" in w for w in fell_back.warnings)
