@@ -130,7 +130,7 @@ from kiln.build import source, target, wasm
 
 @target
 async def slow():
-    step = await wasm(source("slow.wasm"), "3000", "out.txt", outputs=["out.txt"])
+    step = await wasm(source("slow.wasm"), "800", "out.txt", outputs=["out.txt"])
     return step.file("out.txt")
 """)
     first = workers.start("first", slots=1)

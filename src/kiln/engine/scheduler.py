@@ -234,7 +234,7 @@ class Scheduler:
                 self._store.session.protect(record.key, "action")
             where = f"step {record.description!r} of target {record.target!r}"
             remote = self.remote
-            if remote is not None and remote.runs(request.executor, command):
+            if remote is not None and remote.runs(request.executor, action, command):
                 outcome = await _run_remotely(remote, record.key, action, command)
             else:
                 submitted = self._runner().submit(

@@ -65,8 +65,11 @@ class RemoteStats:
         }
 
 
-def platform_of(command: re_pb2.Command) -> dict[str, str]:
-    return {p.name: p.value for p in command.platform.properties}
+def platform_of(action: re_pb2.Action, command: re_pb2.Command) -> dict[str, str]:
+    """A step's platform properties: the Action's (where Kiln puts them),
+    else the Command's (where older REAPI clients do)."""
+    platform = action.platform if action.platform.properties else command.platform
+    return {p.name: p.value for p in platform.properties}
 
 
 class RemoteCache:
@@ -165,8 +168,9 @@ class RemoteCache:
 
     # -------------------------------------------------------------- pushes
 
-    def may_push(self, command: re_pb2.Command) -> bool:
-        return self.push_allowed and shareable(platform_of(command))
+    def may_push(self, action: re_pb2.Action, command: re_pb2.Command) -> bool:
+        """Whether this machine may push the step's result (never one that read secrets)."""
+        return self.push_allowed and shareable(platform_of(action, command))
 
     def push(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command,
@@ -174,7 +178,7 @@ class RemoteCache:
     ) -> None:  # fmt: skip
         """Start pushing a result that ran here (if it may leave); ``drain``
         waits for every push."""
-        if result.exit_code != 0 or not self.may_push(command):
+        if result.exit_code != 0 or not self.may_push(action, command):
             return
         task = asyncio.ensure_future(self._push(key, action, command, result))
         self._pushes.add(task)

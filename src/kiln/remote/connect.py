@@ -57,9 +57,9 @@ class Remote:
                 self.cache = None
         return None
 
-    def runs(self, kind: str, command: re_pb2.Command) -> bool:
+    def runs(self, kind: str, action: re_pb2.Action, command: re_pb2.Command) -> bool:
         """Whether this step goes to the execution server."""
-        return self.execution is not None and runs_remotely(kind, command)
+        return self.execution is not None and runs_remotely(kind, action, command)
 
     async def execute(
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from buildgrid.common.protos.google.rpc import code_pb2, error_details_pb2
 
 from kiln.exec.base import TransientError
+from kiln.model.action import shareable
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.model.reapi import re_pb2
 from kiln.remote.cache import RemoteCache, platform_of
@@ -39,9 +40,9 @@ class RemoteRun:
     cached: bool
 
 
-def runs_remotely(kind: str, command: re_pb2.Command) -> bool:
-    """Whether a step of ``kind`` with this command may run on the engine."""
-    return kind in REMOTE_KINDS and not platform_of(command).get("secrets")
+def runs_remotely(kind: str, action: re_pb2.Action, command: re_pb2.Command) -> bool:
+    """Whether a step of ``kind`` may run on the engine (never one that reads secrets)."""
+    return kind in REMOTE_KINDS and shareable(platform_of(action, command))
 
 
 class RemoteExecution:

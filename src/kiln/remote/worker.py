@@ -13,7 +13,9 @@ heartbeat; a lease the engine drops was cancelled.
 Failures: a step's own failure (non-zero exit) is a result; the executor
 not managing to run it is ``INTERNAL`` (the engine gives the job to a bot
 again); an action for a contract this bot does not run is
-``FAILED_PRECONDITION``. The engine going away (a restart) makes the bot
+``FAILED_PRECONDITION``; one that names secrets is ``PERMISSION_DENIED``:
+any client of the engine could send one that prints them, so a worker
+never runs such a step (its client does). The engine going away (a restart) makes the bot
 retry with backoff and open a new session; its leases are then the
 engine's to requeue.
 
@@ -46,9 +48,10 @@ from buildgrid.common.protos.google.rpc import code_pb2, status_pb2
 from kiln import errors
 from kiln.engine.runners import Outcome, ThreadRunner
 from kiln.exec import kinds
+from kiln.model.action import shareable
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
-from kiln.remote.cache import RemoteCache, RemoteStats
+from kiln.remote.cache import RemoteCache, RemoteStats, platform_of
 from kiln.remote.client import RemoteClient
 from kiln.remote.retry import TRANSIENT
 from kiln.remote.settings import RemoteSettings
@@ -270,12 +273,19 @@ class Worker:
         if command_digest not in blobs:
             raise _Refused(code_pb2.FAILED_PRECONDITION, f"the command {command_digest} is missing")
         command = re_pb2.Command.FromString(blobs[command_digest])
-        platform_props = {p.name: p.value for p in command.platform.properties}
+        platform_props = platform_of(action, command)
         kind = kinds.by_abi(platform_props.get("kiln-abi", ""))
         if kind is None or kind.name not in REMOTE_KINDS:
             raise _Refused(
                 code_pb2.FAILED_PRECONDITION,
                 f"this worker does not run contract {platform_props.get('kiln-abi')!r}",
+            )
+        if not shareable(platform_props):
+            # Any client of the engine could ask for a step that reads this
+            # machine's secrets and prints them: a worker never lends them.
+            raise _Refused(
+                code_pb2.PERMISSION_DENIED,
+                "this worker runs no step that reads secrets; such steps run on their client",
             )
         root = Digest.from_proto(action.input_root_digest)
         if not await self.cas.fetch_tree(root):
