@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KILN
+from conftest import KILN, run_kiln
 from kiln import api
 from kiln.api import BuildRequest, StepStatus
+from kiln.errors import KilnError
 from kiln.remote.worker import MATCH_KEYS, WILDCARD_KEYS
 from kiln.store import Store
 
@@ -164,10 +165,13 @@ def test_an_unreachable_engine_is_an_error_unless_falling_back(
 ) -> None:
     url = buildgrid_exec.url
     buildgrid_exec.stop()
-    failed = build(tmp_path / "a", project(tmp_path, "a"), remote_exec=url)
-    assert not failed.ok
-    message = failed.errors[0].render()
+    with pytest.raises(KilnError) as failed:
+        build(tmp_path / "a", project(tmp_path, "a"), remote_exec=url)
+    message = failed.value.render()
     assert "UNAVAILABLE" in message and "--remote-fallback" in message
+    cli = run_kiln(tmp_path / "c", "build", "--remote-exec", url, cwd=project(tmp_path, "c"))
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr
+    assert "--remote-fallback" in cli.stderr
     fell_back = build(tmp_path / "b", project(tmp_path, "b"), remote_exec=url, remote_fallback=True)
     assert fell_back.ok, fell_back.errors
     assert fell_back.count(StepStatus.EXECUTED) == len(fell_back.steps)
