@@ -261,6 +261,9 @@ class Build:
         try:
             tasks = [ctx.evaluate(t, None) for t in targets]
             results = await asyncio.gather(*tasks, return_exceptions=True)
+            if ctx.scheduler.remote is not None:
+                for i, t in enumerate(targets):
+                    results[i] = await self._bring(ctx.scheduler, t, results[i])
         finally:
             if ctx.scheduler.remote is not None:
                 await ctx.scheduler.remote.close()
@@ -272,6 +275,20 @@ class Build:
         if unexpected is not None:
             raise unexpected
         return results
+
+    async def _bring(self, scheduler: Scheduler, t: rules.Target, value: Any) -> Any:
+        """A target's value with its content in the local store (results
+        from a remote come without their files), or the error saying why not."""
+        if isinstance(value, BaseException):
+            return value
+        try:
+            values = _flatten(value, t)
+            trees = [v.digest for v in values if isinstance(v, Tree)]
+            files = [v.digest for v in values if isinstance(v, File)]
+            await scheduler.ensure_local(trees, files)
+        except errors.KilnError as e:
+            return e
+        return value
 
     async def _connect(self, settings: RemoteSettings) -> Any:
         from kiln.remote.connect import connect  # (only builds that use a remote)

@@ -22,6 +22,11 @@ Everything a step uses or yields is kept from GC until the build ends (the
 store's session): a hit as it is looked up (a result a GC has taken apart
 meanwhile is a miss, and runs again), a step's input tree, Action and
 Command as they are written, and its result as it is recorded.
+
+With a remote, results from it arrive without their output files
+("without the bytes"): ``ensure_local`` brings what a step running here or
+a target's value needs, and when the remote has lost some of it, runs the
+steps that produced it here instead.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from kiln.engine.runners import RETRIES, Outcome, ProcessRunner, ThreadRunner
 from kiln.engine.values import StepResult, outputs_of
 from kiln.exec.base import TransientError
 from kiln.model.digest import Digest
+from kiln.model.tree import reachable
+from kiln.store.actioncache import result_blobs
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
@@ -143,6 +150,10 @@ class Scheduler:
         self.records: list[StepRecord] = []
         self.stopping = False
         self.remote: Remote | None = None  # set from inside the build's event loop
+        # Results from the remote, by key, and which of them produced each blob.
+        self._from_remote: dict[Digest, tuple[StepRecord, StepRequest, re_pb2.Action,
+                                              re_pb2.Command]] = {}  # fmt: skip
+        self._producer: dict[Digest, Digest] = {}
 
     def close(self) -> None:
         self._threads.close()
@@ -214,6 +225,7 @@ class Scheduler:
             if hit is not None:
                 record.result = hit
                 record.started = record.finished = time.time()
+                self._remember_remote(record, request, action, command)
                 self._change(record, StepStatus.REMOTE_CACHED)
                 return self._step_result(record, cached=True)
         if self.stopping:
@@ -237,6 +249,8 @@ class Scheduler:
             if remote is not None and remote.runs(request.executor, action, command):
                 outcome = await _run_remotely(remote, record.key, action, command)
             else:
+                if remote is not None:
+                    await self.ensure_local([request.spec.input_root], [])
                 submitted = self._runner().submit(
                     request.executor, record.key, action, command, where
                 )
@@ -254,6 +268,7 @@ class Scheduler:
             stderr = read_blob(self._store.cas, Digest.from_proto(outcome.result.stderr_digest))
             raise step_failed(record, list(command.arguments), stderr)
         if outcome.remote:
+            self._remember_remote(record, request, action, command)
             status = StepStatus.REMOTE_CACHED if outcome.cached else StepStatus.REMOTE_EXECUTED
             self._change(record, status)
             return self._step_result(record, cached=outcome.cached)
@@ -261,6 +276,78 @@ class Scheduler:
         if self.remote is not None and not outcome.cached:
             self.remote.ran(record.key, action, command, outcome.result)
         return self._step_result(record, cached=outcome.cached)
+
+    def _remember_remote(
+        self, record: StepRecord, request: StepRequest, action: re_pb2.Action,
+        command: re_pb2.Command,
+    ) -> None:  # fmt: skip
+        """A result from the remote: who to run here if its blobs are lost."""
+        assert record.result is not None
+        self._from_remote[record.key] = (record, request, action, command)
+        for digest in result_blobs(self._store.cas, record.result):
+            self._producer.setdefault(digest, record.key)
+        for value in outputs_of(self._store, record.result).values():
+            self._producer.setdefault(value.digest, record.key)  # an output tree's root
+
+    async def ensure_local(self, trees: list[Digest], files: list[Digest]) -> None:
+        """Bring these trees and files into the local store: from the remote,
+        or, for what it has lost, by running here the steps that made it."""
+        if self.remote is not None:
+            lost = await self.remote.fetch(trees, files)
+            if lost:
+                await asyncio.to_thread(self._recover, lost)
+
+    def read_output(self, digest: Digest) -> bytes | None:
+        """An output's bytes for a rule reading it (synchronously): from the
+        remote, else made again here."""
+        assert self.remote is not None
+        data = self.remote.read_now(digest)
+        if data is None:
+            self._recover([digest])
+            data = self._store.cas.get_bytes(digest)
+        return data
+
+    def _recover(self, lost: list[Digest]) -> None:
+        """Blobs the remote lost (or never had): run the steps that produced
+        them here (in Bazel's words, building without the bytes). Blocking:
+        on a thread of ``ensure_local``'s, or in a rule reading an output."""
+        for digest in lost:
+            if self._store.cas.has(digest):
+                continue  # made by a step run for another lost blob
+            key = self._producer.get(digest)
+            if key is None or key not in self._from_remote:
+                raise errors.blob_missing(digest, "a blob the remote no longer has")
+            self._run_here(key)
+
+    def _run_here(self, key: Digest) -> None:
+        """Run here a step whose result came from the remote (see ``_recover``)."""
+        record, request, action, command = self._from_remote.pop(key)
+        assert self.remote is not None
+        self.remote.stats.warn(
+            f"the remote lost outputs of step {record.description!r} of target "
+            f"{record.target!r}: it ran here again"
+        )
+        with self._store.writing():
+            write_blobs(self._store.cas, request.input_blobs)  # (its input tree's folders)
+            self._store.put_messages(action, command)
+        cas = self._store.cas
+        for digest in cas.find_missing(reachable(cas, request.spec.input_root, True)):
+            if self.remote.read_now(digest) is None:
+                self._recover([digest])
+        where = f"step {record.description!r} of target {record.target!r}"
+        outcome = self._threads.submit(request.executor, key, action, command, where).result()
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.result is not None
+        record.result = outcome.result
+        self._change(record, StepStatus.CACHED if outcome.cached else StepStatus.EXECUTED)
+        if outcome.result.exit_code != 0:
+            raise errors.KilnError(
+                f"{where}: ran here after the remote lost its outputs, and failed "
+                f"(exit code {outcome.result.exit_code}) where the remote's run had not",
+                hint="the step is not reproducible; `kiln check` compares its runs",
+                exit_code=errors.ExitCode.FAILED,
+            )
 
     def _fail(self, record: StepRecord) -> None:
         if not self.keep_going:
@@ -278,4 +365,5 @@ class Scheduler:
             Digest.from_proto(result.stderr_digest),
             cached,
             self._store,
+            self.read_output if self.remote is not None else None,
         )

@@ -13,6 +13,8 @@ from kiln.model.reapi import re_pb2
 from kiln.store.cas import read_blob
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kiln.store.local import Store
 
 
@@ -59,6 +61,8 @@ class StepResult:
     stderr_digest: Digest
     cached: bool
     _store: Store = field(repr=False, compare=False)
+    # Where an output not in the local store comes from (a build with a remote).
+    _fetch: Callable[[Digest], bytes | None] | None = field(default=None, repr=False, compare=False)
 
     def file(self, path: str) -> File:
         value = self._output(path)
@@ -74,7 +78,12 @@ class StepResult:
 
     def read_bytes(self, path: str) -> bytes:
         what = f"output {path!r} of {self.description}"
-        return read_blob(self._store.cas, self.file(path).digest, what)
+        digest = self.file(path).digest
+        if self._fetch is not None and not self._store.cas.has(digest):
+            data = self._fetch(digest)
+            if data is not None:
+                return data
+        return read_blob(self._store.cas, digest, what)
 
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode()

@@ -1,10 +1,12 @@
 """The local store and a remote one, side by side for one build.
 
-- ``lookup``: a local miss asks the remote action cache; a hit's blobs are
-  downloaded (only those the local store lacks), checked against their
-  digests, stored, and the result is recorded in the local action cache,
-  so the next build of this machine needs no network. A hit whose blobs
-  the server has lost meanwhile is a miss: the step runs again.
+- ``lookup``: a local miss asks the remote action cache. A hit brings down
+  only what the build needs to go on: its output trees' folders and its
+  logs; output files stay on the server until something here reads them
+  (``fetch_files``, ``fetch_tree``: a step that runs here, a target's
+  value, a rule reading an output). Every blob that comes down is checked
+  against its digest. A result whose blobs are all here is recorded in the
+  local action cache, so the next build of this machine needs no network.
 - ``push``: after a step ran here, its Action, Command and output blobs go
   up (only those the server lacks; a blob shared by concurrent steps goes
   once), then the result. Results of steps that used secrets never leave.
@@ -93,37 +95,57 @@ class RemoteCache:
         self._uploading: dict[Digest, asyncio.Future[None]] = {}
         self._pushes: set[asyncio.Task[None]] = set()
         self._trees: set[Digest] = set()  # input trees sent whole during this build
+        self._unrecorded: dict[Digest, tuple[re_pb2.ActionResult, str]] = {}
         self.origin = f"remote cache {client.endpoint}"
 
     # ------------------------------------------------------------ lookups
 
     async def lookup(self, key: Digest) -> re_pb2.ActionResult | None:
-        """The remote result of ``key``, its blobs now in the local store and
-        the result recorded there; None on a miss (or a lost blob)."""
+        """The remote result of ``key`` (its trees and logs now local, see
+        the module's docstring); None on a miss (or a lost blob)."""
         result = await self.client.get_action_result(key)
         if result is None or result.exit_code != 0:
             return None
-        if not await self.fetch_result(result):
+        if not await self.fetch_result(result, files=False):
             return None
         self.record(key, result, self.origin)
         self.stats.hits += 1
         self._on_change()
         return result
 
-    async def fetch_result(self, result: re_pb2.ActionResult) -> bool:
-        """Download what the local store lacks of ``result``; False when the
-        server lost some of it (the caller treats the result as absent)."""
+    async def fetch_result(self, result: re_pb2.ActionResult, *, files: bool = True) -> bool:
+        """Download what the local store lacks of ``result``: all of it, or
+        without ``files`` its trees and logs only; False when the server lost
+        some of it (the caller treats the result as absent)."""
         inline = {}
         for raw, digest in ((result.stdout_raw, result.stdout_digest),
                             (result.stderr_raw, result.stderr_digest)):  # fmt: skip
             if raw and Digest.of_bytes(raw) == Digest.from_proto(digest):
                 inline[Digest.from_proto(digest)] = raw
         trees = {Digest.from_proto(d.tree_digest) for d in result.output_directories}
-        first = [d for d in _top_blobs(result) if d not in inline]
+        logs = [Digest.from_proto(d) for d in (result.stdout_digest, result.stderr_digest)]
+        first = [*trees, *(d for d in logs if d.size and d not in inline)]
+        if not files:
+            return await self._fetch(first, trees, inline)
+        first += [Digest.from_proto(f.digest) for f in result.output_files]
         if not await self._fetch(first, trees, inline):
             return False
         # Now the trees are local: the files inside them.
         return await self._fetch(list(result_blobs(self.store.cas, result)), set(), {})
+
+    async def fetch_files(self, digests: Iterable[Digest]) -> list[Digest]:
+        """Download those of these file blobs the local store lacks; the
+        ones the server does not have either."""
+        missing = self.store.cas.find_missing(d for d in set(digests) if d != EMPTY)
+        if not missing:
+            return []
+        got = await self.client.download(missing)
+        if got:
+            self.stats.downloaded_blobs += len(got)
+            self.stats.downloaded_bytes += sum(d.size for d in got)
+            await asyncio.to_thread(self._store_blobs, got, set())
+            self._on_change()
+        return [d for d in missing if d not in got]
 
     async def _fetch(
         self, digests: Iterable[Digest], metadata: set[Digest], known: dict[Digest, bytes]
@@ -153,8 +175,12 @@ class RemoteCache:
                     batch.add_bytes(data, digest)
 
     def record(self, key: Digest, result: re_pb2.ActionResult, origin: str) -> None:
-        """Record a remote result (its blobs local now) in the local action
-        cache, as produced by ``origin``; kept from GC until the build ends."""
+        """Record a remote result in the local action cache, as produced by
+        ``origin``, once all its blobs are here (``record_complete`` tries
+        again at the end of the build); kept from GC until the build ends."""
+        if not self.store.action_cache.complete(result):
+            self._unrecorded[key] = (result, origin)
+            return
         meta = result.execution_metadata
         took = (
             meta.execution_completed_timestamp.ToNanoseconds()
@@ -197,6 +223,13 @@ class RemoteCache:
             self._on_change()
         except Exception as e:  # a push is a bonus: warn, never fail the build
             self.warn(f"could not push a result to {self.client.endpoint}: {_said(e)}")
+
+    def record_complete(self) -> None:
+        """Record the remote results whose blobs have all come down since."""
+        waiting, self._unrecorded = self._unrecorded, {}
+        for key, (result, origin) in waiting.items():
+            self.record(key, result, origin)
+        self._unrecorded.clear()  # still partial: asked of the remote next time
 
     async def drain(self) -> None:
         """Wait for every push started so far."""
@@ -257,7 +290,9 @@ class RemoteCache:
 
     async def fetch_tree(self, root: Digest) -> bool:
         """Download what the local store lacks of the tree ``root`` (folder
-        by folder, then the files); False if the server lacks some of it."""
+        by folder, then the files); False if the server lacks some of it.
+        (A tree made of output trees is already here folder by folder: then
+        this costs one local walk and one download of the missing files.)"""
         level = [root]
         files: set[Digest] = set()
         while level:
@@ -273,7 +308,7 @@ class RemoteCache:
                 files.update(Digest.from_proto(f.digest) for f in directory.files)
                 below.extend(Digest.from_proto(d.digest) for d in directory.directories)
             level = sorted(set(below))
-        return await self._fetch(files, set(), {})
+        return not await self.fetch_files(files)
 
     def _store_folders(self, blobs: dict[Digest, bytes]) -> None:
         with self.store.writing(), self.store.cas.batch() as batch:

@@ -78,7 +78,7 @@ class RemoteExecution:
                 )
             break
         result = response.result
-        if not await self.cas.fetch_result(result):
+        if not await self.cas.fetch_result(result, files=False):
             raise TransientError(
                 f"remote {self.client.endpoint}: the outputs of {key} were lost before "
                 "they could be downloaded"
@@ -86,6 +86,8 @@ class RemoteExecution:
         if result.exit_code == 0:
             worker = result.execution_metadata.worker or "(unnamed)"
             self.cas.record(key, result, f"remote worker {worker} of {self.client.endpoint}")
+        elif not await self.cas.fetch_result(result):  # a failure's outputs, to look at
+            raise TransientError(f"remote {self.client.endpoint}: lost the outputs of {key}")
         return RemoteRun(result, response.cached_result)
 
 
