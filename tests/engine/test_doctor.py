@@ -14,8 +14,9 @@ def test_doctor_reports_every_check(kiln) -> None:
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert set(checks) == {
         "wasmtime", "bubblewrap", "native steps", "user namespaces", "cgroups", "node",
-        "store file system", "free space",
+        "store file system", "free space", "remote",
     }  # fmt: skip
+    assert checks["remote"]["detail"].startswith("none configured")
     assert checks["wasmtime"]["status"] == "ok"
     if checks["bubblewrap"]["status"] == "ok":  # then steps must run in the resident sandbox
         assert checks["native steps"]["status"] == "ok", checks["native steps"]

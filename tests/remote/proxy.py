@@ -10,6 +10,7 @@ fail a call with a status code (``fn(request) -> code | None``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from concurrent import futures
 
@@ -35,6 +36,9 @@ class Proxy:
         self.refuse: dict[str, Refuse] = {}
         self.token: str | None = None  # if set, calls without "Bearer <token>" are refused
         self.calls: list[str] = []
+        # Uploads (ByteStream.Write) cut after this many messages, ``cuts_left`` times.
+        self.cut_writes_after: int | None = None
+        self.cuts_left = 0
         self.metadata_seen: list[tuple[tuple[str, str], ...]] = []
         self._channel = grpc.insecure_channel(upstream)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -79,10 +83,21 @@ class Proxy:
 
     def stream_in(self, method: str, requests, context: grpc.ServicerContext) -> bytes:
         self._check(method, b"", context)
+        if self.cut_writes_after is not None and self.cuts_left > 0:
+            self.cuts_left -= 1
+            return self._cut(method, requests, context, self.cut_writes_after)
         try:
             return self._channel.stream_unary(method)(requests, timeout=60)
         except grpc.RpcError as e:
             context.abort(e.code(), e.details() or "")
+
+    def _cut(self, method: str, requests, context: grpc.ServicerContext, keep: int) -> bytes:
+        """Forward the first ``keep`` messages of an upload, then drop the call
+        as a broken connection would."""
+        first = [message for _, message in zip(range(keep), requests, strict=False)]
+        with contextlib.suppress(grpc.RpcError):  # the server saw the upload end early
+            self._channel.stream_unary(method)(iter(first), timeout=10)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "connection cut by the test proxy")
 
 
 class _Handler(grpc.GenericRpcHandler):

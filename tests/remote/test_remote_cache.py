@@ -94,6 +94,42 @@ def test_outputs_nothing_here_needs_stay_on_the_server(buildgrid_cache, tmp_path
         assert len(store.cas.find_missing(Digest.from_proto(d) for d in digests)) == 4
 
 
+def test_large_outputs_go_by_bytestream_and_an_upload_cut_midway_resumes(
+    buildgrid_cache, tmp_path: Path, guest
+) -> None:
+    def big_project(name: str) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        (root / "fill.wasm").write_bytes(guest("fill").read_bytes())
+        (root / "kilnfile.py").write_text("""
+from kiln.build import source, target, wasm
+
+@target
+async def big():
+    step = await wasm(source("fill.wasm"), "write", "big.bin", "6", outputs=["big.bin"])
+    return step.file("big.bin")
+""")
+        return root
+
+    proxy = Proxy(buildgrid_cache.address).start()
+    proxy.cut_writes_after, proxy.cuts_left = 2, 1  # 2 of the 6 MiB, then the line drops
+    try:
+        a = big_project("a")
+        first = build(tmp_path / "store-a", a, proxy.url)
+        assert first.ok and first.warnings == [], (first.errors, first.warnings)
+        assert first.remote["pushed"] == 1
+        assert proxy.calls.count("Write") == 2 and "QueryWriteStatus" in proxy.calls
+        b = big_project("b")
+        second = build(tmp_path / "store-b", b, proxy.url)
+    finally:
+        proxy.stop()
+    assert second.ok, second.errors
+    assert second.count(StepStatus.REMOTE_CACHED) == 1
+    assert "Read" in proxy.calls  # the 6 MiB came down by ByteStream
+    big = (b / "kiln-out" / "big" / "big.bin").read_bytes()
+    assert len(big) == 6 << 20 and big == (a / "kiln-out" / "big" / "big.bin").read_bytes()
+
+
 def test_a_pushed_result_that_failed_is_not_pushed(buildgrid_cache, tmp_path: Path) -> None:
     root = project(tmp_path, "a")
     (root / "chapters").mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ again elsewhere; an unreachable engine is an error unless told to fall back."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -112,6 +113,21 @@ def test_remote_execution_gives_the_local_digests_over_two_workers(
     assert [t.digest for t in remote.targets] == [t.digest for t in local.targets]
     if example == "wordcount":  # enough independent steps to reach both
         assert workers_of(remote) == {"w1", "w2"}, workers.log("w1") + workers.log("w2")
+        # Where each result came from, in `kiln show` and on the trace's lanes.
+        root = tmp_path / "remote"
+        shown = run_kiln(tmp_path / "client", "show", "report", "--json", cwd=root, check=True)
+        [merge] = json.loads(shown.stdout)
+        assert merge["status"] == "remote-executed"
+        assert merge["origin"] in ("remote worker w1", "remote worker w2")
+        run_kiln(tmp_path / "client", "trace", "-o", str(tmp_path / "t.json"), cwd=root, check=True)
+        events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+        lanes = {e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+        assert {"remote worker w1", "remote worker w2"} <= lanes
+        status = run_kiln(
+            tmp_path / "client", "remote", "status", "--remote", buildgrid_exec.url, "--json"
+        )
+        [row] = json.loads(status.stdout)
+        assert status.returncode == 0 and row["ok"] and row["execution"]
 
     again = build(
         tmp_path / "client2", project(tmp_path, "again", example), remote_exec=buildgrid_exec.url
@@ -176,3 +192,20 @@ def test_an_unreachable_engine_is_an_error_unless_falling_back(
     assert fell_back.ok, fell_back.errors
     assert fell_back.count(StepStatus.EXECUTED) == len(fell_back.steps)
     assert any("--remote-fallback" in w for w in fell_back.warnings)
+
+
+@pytest.mark.parametrize("buildgrid_exec", [KILN_ENGINE], indirect=True)
+def test_a_worker_outlives_an_engine_restart(
+    buildgrid_exec, workers: Workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    workers.start("w1")
+    root = project(tmp_path, "a")
+    assert build(tmp_path / "client", root, remote_exec=buildgrid_exec.url).ok
+    buildgrid_exec.restart()
+    chapter = root / "text" / "clay.txt"
+    chapter.write_text(chapter.read_text() + "\nclay again\n")
+    report = build(tmp_path / "client", root, remote_exec=buildgrid_exec.url)
+    assert report.ok, report.errors
+    assert report.count(StepStatus.REMOTE_EXECUTED) == 2  # the chapter's count, the merge
+    assert workers.log("w1").count(": session ") >= 2, workers.log("w1")

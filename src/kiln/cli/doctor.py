@@ -40,7 +40,38 @@ def run_checks(store_home: Path) -> list[Check]:
         _cgroups(),
         _node(),
         *_store(store_home),
+        *_remote(),
     ]
+
+
+def _remote() -> list[Check]:
+    """The configured REAPI remote, if any: reachable, and what it offers."""
+    import asyncio
+
+    from kiln.cli.remote import probe_all
+    from kiln.config import load_config
+    from kiln.errors import KilnError
+
+    try:
+        settings = load_config().remote_settings().overridden()
+    except KilnError as e:
+        return [Check("remote", FAIL, e.message, e.hint or "")]
+    if not settings.enabled:
+        return [Check("remote", OK, "none configured: builds use this machine's store only")]
+    checks = []
+    for row in asyncio.run(probe_all(settings)):
+        name = f"remote {row['role']}"
+        if row["ok"]:
+            detail = (
+                f"{row['url']} answers in {row['latency_ms']:.1f} ms; execution "
+                f"{'offered' if row['execution'] else 'not offered'}; results "
+                f"{'pushed' if row['push'] else 'not pushed'}"
+            )
+            checks.append(Check(name, OK, detail))
+        else:
+            fix = "check the [remote] settings (docs/remote.md) and that the server runs"
+            checks.append(Check(name, FAIL, str(row["error"]).splitlines()[0], fix))
+    return checks
 
 
 def _wasmtime() -> Check:

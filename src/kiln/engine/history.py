@@ -177,8 +177,15 @@ def build_started(store: Store, build: int) -> float:
 
 def chrome_trace(rows: list[StepRow], started: float) -> dict[str, Any]:
     """The steps as Chrome trace events (Perfetto, chrome://tracing): one
-    lane per worker slot; cache hits as instant events on their own lane."""
+    lane per local slot, one per remote worker; cache hits (local or
+    remote) as instant events on their own lane."""
     cache_lane = 1 + max((r.slot for r in rows if r.slot is not None), default=-1)
+    remote_lanes: dict[str, int] = {}
+    for r in rows:
+        if r.status == "remote-executed":
+            result = r.action_result()
+            worker = (result.execution_metadata.worker if result else "") or "(unnamed)"
+            remote_lanes.setdefault(worker, cache_lane + 1 + len(remote_lanes))
     events: list[dict[str, Any]] = [
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "kiln build"}},
         {"ph": "M", "name": "thread_name", "pid": 1, "tid": cache_lane,
@@ -188,6 +195,11 @@ def chrome_trace(rows: list[StepRow], started: float) -> dict[str, Any]:
         events.append(
             {"ph": "M", "name": "thread_name", "pid": 1, "tid": slot,
              "args": {"name": f"slot {slot}"}}
+        )  # fmt: skip
+    for worker, lane in remote_lanes.items():
+        events.append(
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": lane,
+             "args": {"name": f"remote worker {worker}"}}
         )  # fmt: skip
     for r in rows:
         if r.started is None:
@@ -199,11 +211,13 @@ def chrome_trace(rows: list[StepRow], started: float) -> dict[str, Any]:
             "ts": round((r.started - started) * 1e6),
             "args": {"key": r.key, "status": r.status},
         }
-        if r.slot is None:
+        lane = r.slot
+        if r.status == "remote-executed":
+            result = r.action_result()
+            lane = remote_lanes[(result.execution_metadata.worker if result else "") or "(unnamed)"]
+        if lane is None or r.status == "remote-cached":
             event.update(ph="i", s="t", tid=cache_lane)
         else:
-            event.update(
-                ph="X", tid=r.slot, dur=round(((r.finished or r.started) - r.started) * 1e6)
-            )
+            event.update(ph="X", tid=lane, dur=round(((r.finished or r.started) - r.started) * 1e6))
         events.append(event)
     return {"traceEvents": events, "displayTimeUnit": "ms"}
