@@ -68,7 +68,10 @@ class RemoteClient:
         self.instance = settings.instance
         self.deadline = settings.deadline
         token = settings.token()
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        # Sent with every call (the token, if any).
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
         options = [
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),
@@ -96,7 +99,7 @@ class RemoteClient:
     async def _call(self, what: str, method, request):  # type: ignore[no-untyped-def]
         """One unary call with the deadline, the token, and retries."""
         return await retrying(
-            lambda: method(request, timeout=self.deadline, metadata=self._metadata),
+            lambda: method(request, timeout=self.deadline, metadata=self.metadata),
             what,
             str(self.endpoint),
         )
@@ -201,7 +204,7 @@ class RemoteClient:
                 reply = await self._bytestream.Write(
                     self._write_requests(name, source, offset, digest.size),
                     timeout=self.deadline + digest.size / (1 << 20),
-                    metadata=self._metadata,
+                    metadata=self.metadata,
                 )
                 if reply.committed_size not in (digest.size, -1):
                     raise RemoteUnavailable(
@@ -223,7 +226,7 @@ class RemoteClient:
             status = await self._bytestream.QueryWriteStatus(
                 bs_pb2.QueryWriteStatusRequest(resource_name=name),
                 timeout=self.deadline,
-                metadata=self._metadata,
+                metadata=self.metadata,
             )
         except grpc.aio.AioRpcError:
             return 0  # a server that cannot say: start again
@@ -295,7 +298,7 @@ class RemoteClient:
                 stream = self._bytestream.Read(
                     bs_pb2.ReadRequest(resource_name=name, read_offset=got),
                     timeout=self.deadline + digest.size / (1 << 20),
-                    metadata=self._metadata,
+                    metadata=self.metadata,
                 )
                 async for reply in stream:
                     parts.append(reply.data)
@@ -371,10 +374,10 @@ class RemoteClient:
         while True:
             if name:
                 stream = self._exec.WaitExecution(
-                    re_pb2.WaitExecutionRequest(name=name), metadata=self._metadata
+                    re_pb2.WaitExecutionRequest(name=name), metadata=self.metadata
                 )
             else:
-                stream = self._exec.Execute(request, metadata=self._metadata)
+                stream = self._exec.Execute(request, metadata=self.metadata)
             try:
                 async for operation in stream:
                     name = operation.name or name

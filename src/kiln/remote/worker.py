@@ -130,7 +130,7 @@ class Worker:
         client = RemoteClient(self.settings.exec, self.settings)  # type: ignore[arg-type]
         self.cas = RemoteCache(self.store, client, push=False, stats=RemoteStats())
         self.bots = bots_pb2_grpc.BotsStub(client.channel)
-        self.metadata = client._metadata
+        self.metadata = client.metadata
         try:
             session = await self._create_session()
             while not (self._stopping.is_set() and not self._running):
