@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from kiln.engine.progress import BuildObserver
     from kiln.exec.base import Executor
+    from kiln.remote.settings import RemoteSettings
     from kiln.store.local import Store
 
 __all__ = [
@@ -155,6 +156,26 @@ def build(
     return _evaluate(request, observer, store, executors)
 
 
+def _remote_settings(request: BuildRequest) -> tuple[RemoteSettings, str]:
+    """The remote a build uses: the config's ``[remote]``, under the
+    environment and the request. A config file that cannot be read is said
+    by the rules that need it, at their line; here it only costs its remote
+    (and a warning saying so)."""
+    from kiln.config import load_config
+    from kiln.remote.settings import RemoteSettings
+
+    unread = ""
+    try:
+        base = load_config().remote_settings()
+    except KilnError as e:
+        base, unread = RemoteSettings(), f"{e.message}: its [remote] settings are not used"
+    settings = base.overridden(
+        cache=request.remote_cache, exec=request.remote_exec,
+        fallback=request.remote_fallback or None,
+    )  # fmt: skip
+    return settings, unread
+
+
 def _evaluate(
     request: BuildRequest,
     observer: BuildObserver | None,
@@ -164,7 +185,6 @@ def _evaluate(
     """Load the build file, run what it asks, record history and stamp."""
     # The engine proper, imported only when something is evaluated
     # (start-up: this module is on the no-op path).
-    from kiln.config import load_config
     from kiln.engine import history
     from kiln.engine.evaluation import Build
     from kiln.engine.loader import load
@@ -181,10 +201,7 @@ def _evaluate(
     try:
         hooks = ExecHooks(on_download=observer.on_download if observer else None)
         chosen = executors or kinds.factories(kinds.local_context(store), hooks)
-        remote = load_config().remote_settings().overridden(
-            cache=request.remote_cache, exec=request.remote_exec,
-            fallback=request.remote_fallback or None,
-        )  # fmt: skip
+        remote, unread = _remote_settings(request)
         build = Build(
             store, project, chosen, jobs=request.jobs or os.cpu_count() or 1,
             keep_going=request.keep_going, allow_unpinned=request.allow_unpinned,
@@ -194,6 +211,8 @@ def _evaluate(
         )  # fmt: skip
         started = time.time()
         report = build.run(names)
+        if unread:
+            report.warnings.insert(0, unread)
         report.build_id = history.record_build(store, project.root, names, report, started)
         report.stamped = stamp.record(store, project, request.stamp_key, build.sources, report)
         return report
