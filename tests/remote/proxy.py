@@ -39,6 +39,8 @@ class Proxy:
         # Uploads (ByteStream.Write) cut after this many messages, ``cuts_left`` times.
         self.cut_writes_after: int | None = None
         self.cuts_left = 0
+        # Streamed answers (e.g. Execute) cut once after this many messages.
+        self.cut_streams: dict[str, int] = {}
         self.metadata_seen: list[tuple[tuple[str, str], ...]] = []
         self._channel = grpc.insecure_channel(upstream)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -76,8 +78,16 @@ class Proxy:
 
     def stream_out(self, method: str, request: bytes, context: grpc.ServicerContext):
         self._check(method, request, context)
+        cut = self.cut_streams.get(method, 0)
+        if cut:
+            self.cut_streams[method] = 0  # once
+        answers = self._channel.unary_stream(method)(request)
         try:
-            yield from self._channel.unary_stream(method)(request)
+            for sent, answer in enumerate(answers, start=1):
+                yield answer
+                if sent == cut:
+                    answers.cancel()
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "stream cut by the test proxy")
         except grpc.RpcError as e:
             context.abort(e.code(), e.details() or "")
 

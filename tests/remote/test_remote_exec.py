@@ -24,6 +24,8 @@ from kiln.errors import KilnError
 from kiln.remote.worker import MATCH_KEYS, WILDCARD_KEYS
 from kiln.store import Store
 
+from .proxy import Proxy
+
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -209,3 +211,19 @@ def test_a_worker_outlives_an_engine_restart(
     assert report.ok, report.errors
     assert report.count(StepStatus.REMOTE_EXECUTED) == 2  # the chapter's count, the merge
     assert workers.log("w1").count(": session ") >= 2, workers.log("w1")
+
+
+@pytest.mark.parametrize("buildgrid_exec", [KILN_ENGINE], indirect=True)
+def test_an_execution_stream_that_drops_is_resumed_with_wait_execution(
+    buildgrid_exec, workers: Workers, tmp_path: Path
+) -> None:
+    workers.start("w1")
+    proxy = Proxy(buildgrid_exec.address).start()
+    proxy.cut_streams["/build.bazel.remote.execution.v2.Execution/Execute"] = 1
+    try:
+        report = build(tmp_path / "client", project(tmp_path, "a"), remote_exec=proxy.url)
+    finally:
+        proxy.stop()
+    assert report.ok, report.errors
+    assert report.count(StepStatus.REMOTE_EXECUTED) == len(report.steps)
+    assert "WaitExecution" in proxy.calls
