@@ -220,8 +220,9 @@ class Scheduler:
             self._slots = asyncio.Queue()
             for slot in range(self.jobs):
                 self._slots.put_nowait(slot)
-        if self.remote is not None and not self.stopping:
-            hit = await self.remote.lookup(record.key)
+        remote = self.remote
+        if remote is not None and remote.looks_up(request.executor, action, command):
+            hit = await remote.lookup(record.key)
             if hit is not None:
                 record.result = hit
                 record.started = record.finished = time.time()

@@ -10,7 +10,8 @@
 - ``push``: after a step ran here, its Action, Command and output blobs go
   up (only those the server lacks; a blob shared by concurrent steps goes
   once), then the result. Results of steps that used secrets never leave.
-- Uploading an input tree (``upload_tree``), for remote execution.
+- Uploading an Action, its Command and its input tree at once
+  (``upload_with_tree``), for remote execution.
 
 Traffic is counted (``RemoteStats``) for the progress line and ``--json``.
 A failed push is a warning, never a failed build.
@@ -108,7 +109,7 @@ class RemoteCache:
             return None
         if not await self.fetch_result(result, files=False):
             return None
-        self.record(key, result, self.origin)
+        self.record(key, result, self.origin, complete=False)
         self.stats.hits += 1
         self._on_change()
         return result
@@ -174,11 +175,14 @@ class RemoteCache:
                 else:
                     batch.add_bytes(data, digest)
 
-    def record(self, key: Digest, result: re_pb2.ActionResult, origin: str) -> None:
+    def record(
+        self, key: Digest, result: re_pb2.ActionResult, origin: str, *, complete: bool = True
+    ) -> None:
         """Record a remote result in the local action cache, as produced by
-        ``origin``, once all its blobs are here (``record_complete`` tries
-        again at the end of the build); kept from GC until the build ends."""
-        if not self.store.action_cache.complete(result):
+        ``origin``; one not ``complete`` (its files left on the server) is
+        recorded by ``record_complete`` at the end of the build if they have
+        come down by then. Kept from GC until the build ends."""
+        if not complete:
             self._unrecorded[key] = (result, origin)
             return
         meta = result.execution_metadata
@@ -228,8 +232,8 @@ class RemoteCache:
         """Record the remote results whose blobs have all come down since."""
         waiting, self._unrecorded = self._unrecorded, {}
         for key, (result, origin) in waiting.items():
-            self.record(key, result, origin)
-        self._unrecorded.clear()  # still partial: asked of the remote next time
+            if self.store.action_cache.complete(result):
+                self.record(key, result, origin)
 
     async def drain(self) -> None:
         """Wait for every push started so far."""
@@ -324,11 +328,11 @@ class RemoteCache:
         else:
             self._present.clear()
 
-    async def upload_tree(self, root: Digest) -> None:
-        """Make sure the server has a whole input tree."""
-        if root in self._trees:
-            return
-        await self.upload({}, reachable(self.store.cas, root))
+    async def upload_with_tree(self, known: dict[Digest, bytes], root: Digest) -> None:
+        """Make sure the server has these blobs and the whole tree ``root``,
+        asking about all of them at once."""
+        tree = [] if root in self._trees else reachable(self.store.cas, root)
+        await self.upload(known, tree)
         self._trees.add(root)
 
 

@@ -110,6 +110,15 @@ class Remote:
                 self.cache = None
         return None
 
+    def looks_up(self, kind: str, action: re_pb2.Action, command: re_pb2.Command) -> bool:
+        """Whether to ask the cache before running the step: not when the
+        step goes to an engine that is also the cache (``Execute`` looks its
+        cache up anyway: one round trip fewer)."""
+        if self.cache is None:
+            return False
+        same = self.execution is not None and self.execution.cas is self.cache
+        return not (same and self.runs(kind, action, command))
+
     def runs(self, kind: str, action: re_pb2.Action, command: re_pb2.Command) -> bool:
         """Whether this step goes to the execution server."""
         return self.execution is not None and runs_remotely(kind, action, command)

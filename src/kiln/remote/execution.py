@@ -62,8 +62,7 @@ class RemoteExecution:
         }
         root = Digest.from_proto(action.input_root_digest)
         for attempt in range(RESENDS + 1):
-            await self.cas.upload(messages)
-            await self.cas.upload_tree(root)
+            await self.cas.upload_with_tree(messages, root)  # one round of questions
             response = await self.client.execute(key, skip_cache_lookup=self.skip_cache_lookup)
             missing = _missing_blobs(response)
             if missing is not None and attempt < RESENDS:
@@ -85,7 +84,8 @@ class RemoteExecution:
             )
         if result.exit_code == 0:
             worker = result.execution_metadata.worker or "(unnamed)"
-            self.cas.record(key, result, f"remote worker {worker} of {self.client.endpoint}")
+            origin = f"remote worker {worker} of {self.client.endpoint}"
+            self.cas.record(key, result, origin, complete=False)
         elif not await self.cas.fetch_result(result):  # a failure's outputs, to look at
             raise TransientError(f"remote {self.client.endpoint}: lost the outputs of {key}")
         return RemoteRun(result, response.cached_result)
