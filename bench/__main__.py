@@ -16,6 +16,7 @@ from bench import (
     hash_file,
     native_step,
     native_vs_nix,
+    remote,
     stress,
     tree_put,
     wasm_action,
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "nix": native_vs_nix.main,
     "c-wasm": c_wasm.main,
     "stress": stress.main,
+    "remote": remote.main,
 }
 
 
