@@ -35,7 +35,8 @@ from kiln.store.actioncache import result_blobs
 if TYPE_CHECKING:
     from kiln.store.local import Store
 
-INLINE_LIMIT = 64 << 10  # stdout/stderr asked inline from the action cache
+# Blobs this small in all are sent without asking the server which it lacks.
+SEND_WITHOUT_ASKING = 64 << 10
 
 
 @dataclass
@@ -273,7 +274,11 @@ class RemoteCache:
             await asyncio.gather(*waits)
 
     async def _send(self, digests: list[Digest], known: dict[Digest, bytes]) -> None:
-        missing = await self.client.find_missing(digests)
+        small = sum(d.size for d in digests) <= SEND_WITHOUT_ASKING
+        if small and all(d in known or self.store.cas.has(d) for d in digests):
+            missing = digests  # sending them costs less than a round trip to ask
+        else:
+            missing = await self.client.find_missing(digests)
         if not missing:
             return
         sources: dict[Digest, BlobSource] = {}
@@ -305,7 +310,7 @@ class RemoteCache:
             if len(got) < len(missing):
                 return False
             if got:
-                await asyncio.to_thread(self._store_folders, got)
+                await asyncio.to_thread(self.store_folders, got)
             below: list[Digest] = []
             for digest in level:
                 directory = re_pb2.Directory.FromString(self.store.cas.get_bytes(digest) or b"")
@@ -314,7 +319,8 @@ class RemoteCache:
             level = sorted(set(below))
         return not await self.fetch_files(files)
 
-    def _store_folders(self, blobs: dict[Digest, bytes]) -> None:
+    def store_folders(self, blobs: dict[Digest, bytes]) -> None:
+        """Store downloaded Directory messages (checked by the client)."""
         with self.store.writing(), self.store.cas.batch() as batch:
             for data in blobs.values():
                 batch.add_metadata(data)

@@ -131,6 +131,7 @@ class Worker:
         self.cas = RemoteCache(self.store, client, push=False, stats=RemoteStats())
         self.bots = bots_pb2_grpc.BotsStub(client.channel)
         self.metadata = client.metadata
+        await asyncio.to_thread(self._warm)
         try:
             session = await self._create_session()
             while not (self._stopping.is_set() and not self._running):
@@ -142,6 +143,15 @@ class Worker:
                 task.cancel()
             self.runner.close()
             await client.close()
+
+    def _warm(self) -> None:
+        """Build the host tool index native steps resolve their tools in,
+        once, before the slots' executors start together and each builds
+        it (it is then cached in the store)."""
+        from kiln.exec.tools import Dpkg, resolve, tool_roots_folder
+
+        with contextlib.suppress(errors.KilnError, OSError):
+            resolve("sh", Dpkg(cache=tool_roots_folder(self.store.home)))
 
     # ----------------------------------------------------------- session
 
@@ -269,7 +279,12 @@ class Worker:
         key = Digest.of_message(action)
         self.say(f"lease {lease.id}: running {key}")
         command_digest = Digest.from_proto(action.command_digest)
-        blobs = await self.cas.client.download([command_digest])
+        root = Digest.from_proto(action.input_root_digest)
+        # The Command and the input tree's top folder in one round trip.
+        first = [command_digest, *self.store.cas.find_missing([root])]
+        blobs = await self.cas.client.download(first)
+        if root in blobs:
+            await asyncio.to_thread(self.cas.store_folders, {root: blobs[root]})
         if command_digest not in blobs:
             raise _Refused(code_pb2.FAILED_PRECONDITION, f"the command {command_digest} is missing")
         command = re_pb2.Command.FromString(blobs[command_digest])
@@ -287,7 +302,6 @@ class Worker:
                 code_pb2.PERMISSION_DENIED,
                 "this worker runs no step that reads secrets; such steps run on their client",
             )
-        root = Digest.from_proto(action.input_root_digest)
         if not await self.cas.fetch_tree(root):
             raise _Refused(code_pb2.FAILED_PRECONDITION, f"inputs of {key} are missing")
         with self.store.writing():
