@@ -200,8 +200,10 @@ class Worker:
                 outgoing.leases.append(task.result())
                 del self._running[lease.id]
                 self.done += 1
-            elif lease.state == bots_pb2.LeaseState.ACTIVE:
+            elif lease.state == bots_pb2.LeaseState.ACTIVE and lease.id in self._running:
                 outgoing.leases.append(lease)  # still running: a heartbeat
+            elif lease.state == bots_pb2.LeaseState.COMPLETED:
+                outgoing.leases.append(lease)  # its report did not get through: again
         if self._stopping.is_set():
             outgoing.status = bots_pb2.BotStatus.BOT_TERMINATING
         # The engine holds the call until it has work for this bot; a lease
@@ -229,10 +231,12 @@ class Worker:
         try:
             answer = update.result()
         except grpc.aio.AioRpcError as e:
-            if e.code() in TRANSIENT or e.code() in _SESSION_LOST:
+            if e.code() in _SESSION_LOST:
                 self.say(f"lost the session ({e.code().name}); opening a new one")
-                await asyncio.sleep(0.5)
                 return await self._create_session()
+            if e.code() in TRANSIENT:  # the engine restarting, or slow: say it again
+                await asyncio.sleep(0.5)
+                return outgoing
             raise _refused(e, self.settings) from None
         for lease in answer.leases:
             if lease.state == bots_pb2.LeaseState.ACTIVE and lease.id not in self._running:
