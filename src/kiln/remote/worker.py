@@ -190,7 +190,9 @@ class Worker:
                 delay = min(5.0, delay * 2)
 
     async def _poll(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
-        """Send the leases' state, get the next ones; start what is new."""
+        """Start the session's new leases, send the leases' state back, and
+        return the engine's answer (the session to poll with next)."""
+        self._start_new(session)
         outgoing = bots_pb2.BotSession()
         outgoing.CopyFrom(session)
         del outgoing.leases[:]
@@ -238,13 +240,17 @@ class Worker:
                 await asyncio.sleep(0.5)
                 return outgoing
             raise _refused(e, self.settings) from None
-        for lease in answer.leases:
-            if lease.state == bots_pb2.LeaseState.ACTIVE and lease.id not in self._running:
-                self._running[lease.id] = asyncio.ensure_future(self._run_lease(lease))
         kept = {lease.id for lease in answer.leases}
         for lease_id in [i for i in self._running if i not in kept]:
             self._running.pop(lease_id).cancel()  # the engine cancelled it
         return answer
+
+    def _start_new(self, session: bots_pb2.BotSession) -> None:
+        """Start the leases the engine gave this bot (in any answer, the
+        one that opened the session included) that are not running yet."""
+        for lease in session.leases:
+            if lease.state == bots_pb2.LeaseState.ACTIVE and lease.id not in self._running:
+                self._running[lease.id] = asyncio.ensure_future(self._run_lease(lease))
 
     async def _next_finished(self, sent: bots_pb2.BotSession) -> None:
         """Return when a lease that ``sent`` reported as running finishes."""
