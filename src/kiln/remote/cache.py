@@ -128,42 +128,36 @@ class RemoteCache:
         logs = [Digest.from_proto(d) for d in (result.stdout_digest, result.stderr_digest)]
         first = [*trees, *(d for d in logs if d.size and d not in inline)]
         if not files:
-            return await self._fetch(first, trees, inline)
+            return not await self._fetch(first, trees, inline)
         first += [Digest.from_proto(f.digest) for f in result.output_files]
-        if not await self._fetch(first, trees, inline):
+        if await self._fetch(first, trees, inline):
             return False
         # Now the trees are local: the files inside them.
-        return await self._fetch(list(result_blobs(self.store.cas, result)), set(), {})
+        return not await self.fetch_files(result_blobs(self.store.cas, result))
 
     async def fetch_files(self, digests: Iterable[Digest]) -> list[Digest]:
         """Download those of these file blobs the local store lacks; the
         ones the server does not have either."""
-        missing = self.store.cas.find_missing(d for d in set(digests) if d != EMPTY)
-        if not missing:
-            return []
-        got = await self.client.download(missing)
-        if got:
-            self.stats.downloaded_blobs += len(got)
-            self.stats.downloaded_bytes += sum(d.size for d in got)
-            await asyncio.to_thread(self._store_blobs, got, set())
-            self._on_change()
-        return [d for d in missing if d not in got]
+        return await self._fetch(digests, set(), {})
 
     async def _fetch(
         self, digests: Iterable[Digest], metadata: set[Digest], known: dict[Digest, bytes]
-    ) -> bool:
+    ) -> list[Digest]:
+        """Store those of ``digests`` the local store lacks, from ``known``
+        or the server (``metadata``: REAPI Trees, stored with their folders);
+        the ones neither has (evicted on the server: not a hit)."""
         missing = self.store.cas.find_missing(d for d in set(digests) if d != EMPTY)
         if not missing:
-            return True
+            return []
         wanted = [d for d in missing if d not in known]
         got = await self.client.download(wanted) if wanted else {}
         got.update((d, known[d]) for d in missing if d in known)
-        if len(got) < len(missing):
-            return False  # evicted on the server: not a hit
-        self.stats.downloaded_blobs += len(got)
-        self.stats.downloaded_bytes += sum(d.size for d in got)
-        await asyncio.to_thread(self._store_blobs, got, metadata)
-        return True
+        if got:
+            self.stats.downloaded_blobs += len(got)
+            self.stats.downloaded_bytes += sum(d.size for d in got)
+            await asyncio.to_thread(self._store_blobs, got, metadata)
+            self._on_change()
+        return [d for d in missing if d not in got]
 
     def _store_blobs(self, blobs: dict[Digest, bytes], metadata: set[Digest]) -> None:
         with self.store.writing(), self.store.cas.batch() as batch:

@@ -53,6 +53,7 @@ from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 from kiln.remote.cache import RemoteCache, RemoteStats, platform_of
 from kiln.remote.client import RemoteClient
+from kiln.remote.execution import REMOTE_KINDS
 from kiln.remote.retry import TRANSIENT
 from kiln.remote.settings import RemoteSettings
 from kiln.store.actioncache import result_blobs
@@ -67,7 +68,6 @@ WILDCARD_KEYS = ("disk-mib", "fuel", "memory-mib", "pids", "tool-names", "tools"
 
 POLL_SECONDS = 30.0  # the deadline of one UpdateBotSession long poll
 MAX_FEATURE_COMBINATIONS = 255  # 8 features: every combination advertised
-REMOTE_KINDS = ("wasm", "native")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class WorkerOptions:
 
 def properties(features: frozenset[str]) -> list[tuple[str, str]]:
     """The platform properties this bot offers (see the module's docstring)."""
-    props = [("kiln-abi", kinds.KINDS[k].abi) for k in REMOTE_KINDS]
+    props = [("kiln-abi", kinds.KINDS[k].abi) for k in sorted(REMOTE_KINDS)]
     props += [("isa", "wasm32"), ("isa", platform.machine()), ("os", "linux")]
     names = sorted(features)
     combos = 0
