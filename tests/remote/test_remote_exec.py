@@ -227,3 +227,50 @@ def test_an_execution_stream_that_drops_is_resumed_with_wait_execution(
     assert report.ok, report.errors
     assert report.count(StepStatus.REMOTE_EXECUTED) == len(report.steps)
     assert "WaitExecution" in proxy.calls
+
+
+# An engine configured to let the property through (Kiln's documented set refuses it).
+OPEN_ENGINE = {**KILN_ENGINE, "wildcard_keys": (*WILDCARD_KEYS, "secrets")}
+
+
+@pytest.mark.parametrize("buildgrid_exec", [OPEN_ENGINE], indirect=True)
+def test_a_worker_refuses_an_action_that_names_secrets(
+    buildgrid_exec, workers: Workers, tmp_path: Path
+) -> None:
+    """Any client of the engine could send one; the worker never lends its secrets."""
+    import asyncio
+    import platform
+
+    from kiln.exec.kinds import NATIVE_ABI
+    from kiln.model.digest import EMPTY, Digest, canonical_bytes
+    from kiln.model.reapi import re_pb2
+    from kiln.remote.client import RemoteClient
+    from kiln.remote.settings import RemoteSettings, parse_endpoint
+
+    workers.start("w1")
+    command = re_pb2.Command(arguments=["cat", "/kiln/secrets/release-key"])
+    props = {"kiln-abi": NATIVE_ABI, "isa": platform.machine(), "os": "linux",
+             "secrets": "release-key"}  # fmt: skip
+    action = re_pb2.Action(
+        command_digest=Digest.of_message(command).to_proto(),
+        input_root_digest=EMPTY.to_proto(),
+        platform=re_pb2.Platform(
+            properties=[re_pb2.Platform.Property(name=k, value=v) for k, v in sorted(props.items())]
+        ),
+    )
+
+    async def execute() -> re_pb2.ExecuteResponse:
+        endpoint = parse_endpoint(buildgrid_exec.url, "test")
+        client = RemoteClient(endpoint, RemoteSettings(exec=endpoint))
+        try:
+            await client.check(execution=True)
+            blobs = {Digest.of_message(m): canonical_bytes(m) for m in (action, command)}
+            await client.upload(blobs)
+            return await asyncio.wait_for(client.execute(Digest.of_message(action)), 60)
+        finally:
+            await client.close()
+
+    response = asyncio.run(execute())
+    assert response.status.code == 7  # PERMISSION_DENIED
+    assert "runs no step that reads secrets" in response.status.message
+    assert not response.result.stdout_digest.size_bytes
