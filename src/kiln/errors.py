@@ -235,3 +235,41 @@ def unreadable_archive(archive: str, reason: str) -> KilnError:
         exit_code=ExitCode.FAILED,
         archive=archive,
     )
+
+
+def unknown_target(build_file: object, name: str, known: list[str]) -> KilnError:
+    """A target name the build file does not define; the hint suggests the
+    closest defined name."""
+    import difflib  # (start-up: only when a name is wrong)
+
+    close = difflib.get_close_matches(name, known, n=1)
+    listed = ", ".join(sorted(known)) or "none"
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return KilnError(
+        f"{build_file}: no target {name!r}",
+        hint=f"{hint}targets are: {listed} (`kiln targets` lists them)",
+        exit_code=ExitCode.BAD_INPUT,
+        target=name,
+    )
+
+
+def never_built(project: object, target: str | None = None) -> KilnError:
+    """No build (of ``target``) of ``project`` is recorded in the store."""
+    what = f"target {target!r} of {project} has" if target else f"{project} has"
+    return KilnError(
+        f"{what} not been built with this store (no build is recorded)",
+        hint=f"run `kiln build{' ' + target if target else ''}` first",
+        exit_code=ExitCode.NOT_FOUND,
+        target=target,
+    )
+
+
+def bad_usage(message: str, command: str) -> KilnError:
+    """A command line that does not parse (click's usage errors)."""
+    message, _, guess = message.partition(" (Did you mean")
+    guess = f"did you mean{guess.rstrip(')')}; " if guess else ""
+    return KilnError(
+        message[:1].lower() + message[1:].rstrip("."),
+        hint=f"{guess}see `{command} --help`",
+        exit_code=ExitCode.BAD_INPUT,
+    )

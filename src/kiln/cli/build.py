@@ -115,15 +115,22 @@ def targets_command(as_json: bool) -> None:
 
 def _last_steps(
     ctx: click.Context, target: str | None, with_steps: bool = True
-) -> tuple[Any, list[Any]]:
-    """The store and the steps of the project's last build (of ``target``);
-    ``with_steps``: skip builds answered from their stamp."""
+) -> tuple[Any, int, list[Any]]:
+    """The store, the id and the steps of the project's last build, or of
+    the last build that included ``target`` (its steps only); ``with_steps``:
+    skip builds answered from their stamp."""
     project = _project()
-    if target is not None:
-        project.target(target)
     store = open_store(ctx)
-    build_id = history.last_build(store, project.root, with_steps)
-    return store, history.steps(store, build_id, target)
+    if target is None:
+        build_id = history.last_build(store, project.root, with_steps)
+    else:
+        project.target(target)
+        build_id = history.last_build_of(store, project.root, target, with_steps)
+    return store, build_id, history.steps(store, build_id, target)
+
+
+def _no_steps(target: str, build_id: int) -> None:
+    click.echo(f"kiln: {target} requested no steps in its last build (build {build_id})", err=True)
 
 
 @click.command("why")
@@ -136,8 +143,10 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
     For every step that ran (of TARGET, or of every target), names what its
     key was computed from that differs from the last time that step ran:
     an input file or upstream output, an argument, an environment variable.
+    With TARGET: in the last build that included TARGET, even if later
+    builds did not; exits 3 if TARGET has not been built with this store.
     """
-    store, rows = _last_steps(ctx, target, with_steps=False)
+    store, build_id, rows = _last_steps(ctx, target, with_steps=False)
     ran = [r for r in rows if r.status in ("executed", "remote-executed", "failed")]
     report = [
         {"target": r.target, "step": r.step, "key": r.key,
@@ -148,7 +157,8 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
         write_json(report)
         return
     if not report:
-        click.echo("nothing ran in the last build: every step was a cache hit")
+        which = f"the last build of {target}" if target else "the last build"
+        click.echo(f"nothing ran in {which} (build {build_id}): every step was a cache hit")
     for item in report:
         click.echo(f"{item['target']}: {item['step']}")
         for reason in item["reasons"]:
@@ -160,8 +170,12 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def show(ctx: click.Context, target: str, as_json: bool) -> None:
-    """List TARGET's steps in the last build: keys, inputs, outputs, status."""
-    store, rows = _last_steps(ctx, target)
+    """List TARGET's steps in its last build: keys, inputs, outputs, status.
+
+    That is the last build that included TARGET, even if later builds did
+    not; exits 3 if TARGET has not been built with this store.
+    """
+    store, build_id, rows = _last_steps(ctx, target)
     items = []
     for r in rows:
         result = r.action_result()
@@ -188,6 +202,8 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
     if as_json:
         write_json(items)
         return
+    if not items:
+        _no_steps(target, build_id)
     for item in items:
         click.echo(f"{item['step']}  [{item['status']}]  key {item['key']}")
         if item["origin"]:
@@ -217,8 +233,14 @@ def _origin(status: str, result: Any) -> str | None:
 @click.argument("target")
 @click.pass_context
 def log(ctx: click.Context, target: str) -> None:
-    """Print the stdout and stderr of TARGET's steps in the last build."""
-    store, rows = _last_steps(ctx, target)
+    """Print the stdout and stderr of TARGET's steps in its last build.
+
+    That is the last build that included TARGET, even if later builds did
+    not; exits 3 if TARGET has not been built with this store.
+    """
+    store, build_id, rows = _last_steps(ctx, target)
+    if not rows:
+        _no_steps(target, build_id)
     for r in rows:
         result = r.action_result()
         if result is None:

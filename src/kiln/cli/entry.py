@@ -8,6 +8,8 @@ sqlite3 and a few small Kiln modules. If the stamp cannot answer, the
 command goes to the store's resident server if one runs
 (``kiln.server.client``), else to the full command line tool
 (``kiln.cli.app``); both are told that the stamp was checked already.
+Leading ``-C DIR`` options are applied first, so that all three see the
+command as if it was started in DIR.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main() -> None:
     """``kiln``: a no-op build answered here; a build or check handed to the
     store's resident server if one runs; everything else, and all of it
     without a server, by ``kiln.cli.app``."""
-    argv = sys.argv[1:]
+    argv = enter_directories(sys.argv[1:])
     code = None
     stamp_checked = False
     parsed = build_options.parse(argv)
@@ -50,3 +52,23 @@ def main() -> None:
     # Skip interpreter teardown (freeing every object one by one costs
     # several ms on large trees): only flushed output matters from here.
     os._exit(code)
+
+
+def enter_directories(argv: list[str]) -> list[str]:
+    """Apply the leading ``-C DIR`` options here, so that the no-op path and
+    the server see the command as if started in DIR; the command line
+    without them. One that cannot be applied is left (with what follows)
+    for ``kiln.cli.app`` to report."""
+    while argv and argv[0].startswith("-C"):
+        if argv[0] != "-C":
+            folder, rest = argv[0][2:], argv[1:]  # -CDIR
+        elif len(argv) > 1:
+            folder, rest = argv[1], argv[2:]
+        else:
+            break
+        try:
+            os.chdir(folder)
+        except OSError:
+            break
+        argv = rest
+    return argv

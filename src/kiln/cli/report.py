@@ -24,7 +24,10 @@ def show_report(report: BuildReport, as_json: bool) -> None:
     for error in report.errors:
         sys.stderr.write(f"kiln: error: {error.render()}\n")
     if as_json:
-        write_json(report.summary())
+        summary = report.summary()
+        if report.errors:  # what every failed --json command says
+            summary.update(error=report.errors[0].message, hint=report.errors[0].hint)
+        write_json(summary)
         return
     for t in report.targets:
         if t.output is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.engine import retention
+from kiln.engine.stamp import ALL_TARGETS
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.model.reapi import re_pb2
 from kiln.store.db import transaction
@@ -95,11 +96,35 @@ def last_build(store: Store, project: Path, with_steps: bool = False) -> int:
         (str(project),),
     ).fetchone()
     if row is None or row[0] is None:
-        raise errors.KilnError(
-            f"no build of {project} is recorded in this store",
-            hint="run `kiln build` first",
-            exit_code=errors.ExitCode.NOT_FOUND,
-        )
+        raise errors.never_built(project)
+    return int(row[0])
+
+
+# The project's builds that included a target (?2): ran or found its steps,
+# or were asked for it (a target may have no steps); ?3 adds builds answered
+# from their stamp for a request covering it (stamp.stamp_key: a JSON list
+# of names, or ALL_TARGETS).
+_BUILDS_OF_TARGET = """
+SELECT MAX(b.id) FROM builds AS b
+WHERE b.project = ?1 AND (
+    EXISTS (SELECT 1 FROM build_steps AS s WHERE s.build = b.id AND s.target = ?2)
+    OR ((b.status != 'unchanged' OR ?3) AND (
+        b.targets = ?4 AND b.status = 'unchanged'
+        OR ?2 IN (SELECT value FROM json_each(
+            CASE WHEN json_valid(b.targets) THEN b.targets ELSE '[]' END))))
+)
+"""
+
+
+def last_build_of(store: Store, project: Path, target: str, with_steps: bool = True) -> int:
+    """The id of the project's most recent build that included ``target``
+    (not ``with_steps``: also one answered from its stamp); an error that
+    says it has not been built if there is none."""
+    row = store.conn.execute(
+        _BUILDS_OF_TARGET, (str(project), target, not with_steps, ALL_TARGETS)
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise errors.never_built(project, target)
     return int(row[0])
 
 

@@ -29,12 +29,7 @@ class Project:
         try:
             return self.targets[name]
         except KeyError:
-            known = ", ".join(sorted(self.targets)) or "none"
-            raise errors.KilnError(
-                f"{self.build_file}: no target {name!r}",
-                hint=f"targets are: {known} (`kiln targets` lists them)",
-                exit_code=errors.ExitCode.BAD_INPUT,
-            ) from None
+            raise errors.unknown_target(self.build_file, name, list(self.targets)) from None
 
 
 def load(root: Path) -> Project:

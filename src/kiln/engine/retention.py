@@ -2,8 +2,10 @@
 
 Per project, the last ``KEEP_BUILDS`` builds stay, whatever their status
 ('unchanged' answers from the stamp included), and so do the project's last
-build with steps (what ``kiln show``, ``log`` and ``trace`` read) and, for
-each step that ran in it, the build holding that step's previous run (what
+build with steps (what ``kiln show``, ``log`` and ``trace`` read), the last
+build with steps of each of its targets (what ``kiln show TARGET`` reads
+when later builds left that target out) and, for each step that ran in one
+of those, the build holding that step's previous run (what
 ``kiln why`` compares it with: ``history.previous_run``). Other builds go,
 with their steps. A project whose root folder is gone loses its builds,
 stamps and source_files rows. A source_files row stays while its file
@@ -43,6 +45,9 @@ WITH live AS (
     WHERE project NOT IN (SELECT value FROM json_each(?1))
 ), shown AS (
     SELECT MAX(id) AS id FROM live WHERE status != 'unchanged' GROUP BY project
+    UNION  -- each target's last build with its steps (history.last_build_of)
+    SELECT MAX(s.build) FROM build_steps AS s JOIN live ON live.id = s.build
+    GROUP BY live.project, s.target
 ), compared AS (  -- history.previous_run of each step of a shown build `why` explains
     SELECT (SELECT MAX(p.build) FROM build_steps AS p
             WHERE p.target = s.target AND p.step = s.step AND p.build < s.build
