@@ -84,11 +84,11 @@ def build_with_progress(request: BuildRequest, store: Store | None = None) -> Bu
         return api.build(request, progress, store=store)
 
 
-def build_for_check(store: Store, targets: list[str]) -> list[Any]:
-    """Build ``targets`` for `kiln check` (never answered from the stamp:
-    it needs the steps) and return their step records; a failed build is an
-    error (there is nothing sound to compare)."""
-    request = BuildRequest(targets, store=store.home, from_stamp=False)
+def build_for_check(store: Store, targets: list[str], jobs: int | None = None) -> list[Any]:
+    """Build ``targets`` for `kiln check`, ``jobs`` steps at a time (never
+    answered from the stamp: it needs the steps) and return their step
+    records; a failed build is an error (there is nothing sound to compare)."""
+    request = BuildRequest(targets, store=store.home, from_stamp=False, jobs=jobs)
     report = build_with_progress(request, store)
     if report.errors:
         raise report.errors[0]

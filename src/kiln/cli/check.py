@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +33,16 @@ if TYPE_CHECKING:
     metavar="SECONDS",
     help="Wall-clock limit of each run under the second engine.",
 )
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1),
+    help="Steps built, and run again, at once (default: CPU cores).",
+)  # fmt: skip
 @json_option
 @click.pass_context
 def check(
-    ctx: click.Context, items: tuple[str, ...], engine: str | None, timeout: float, as_json: bool
-) -> None:
+    ctx: click.Context, items: tuple[str, ...], engine: str | None, timeout: float,
+    jobs: int | None, as_json: bool,
+) -> None:  # fmt: skip
     """Check that results are reproducible.
 
     `kiln check TARGET...` builds the targets (from the cache where it can),
@@ -59,9 +65,10 @@ def check(
         )
     checks: list[Any] = [digest_arg(k) for k in keys]
     if targets:
-        records = build_for_check(store, targets)
+        jobs = jobs or os.cpu_count() or 1
+        records = build_for_check(store, targets, jobs)
         if engine is None:
-            _report_rebuild(store, records, as_json)
+            _report_rebuild(store, records, as_json, jobs)
             return
         checks += [r.key for r in records if r.result is not None and is_wasm_action(store, r.key)]
     reports = []
@@ -87,10 +94,12 @@ def _looks_like_key(text: str) -> bool:
     return bool(sep) and len(digest_hash) == 64 and size.isdigit()
 
 
-def _report_rebuild(store: Store, records: list[Any], as_json: bool) -> None:
+def _report_rebuild(store: Store, records: list[Any], as_json: bool, jobs: int) -> None:
     with status("running the steps again") as line:
         on_step = getattr(line, "update", None)
-        checks = rebuild_steps(store, records, lambda d: on_step and on_step(f"running {d}"))
+        checks = rebuild_steps(
+            store, records, lambda d: on_step and on_step(f"running {d}"), jobs
+        )
     differing = [c for c in checks if not c.identical]
     if as_json:
         write_json([{**asdict(c), "identical": c.identical} for c in checks])

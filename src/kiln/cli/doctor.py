@@ -16,7 +16,7 @@ import click
 from kiln.cli.common import asdict, json_option
 from kiln.cli.report import write_json
 from kiln.exec.base import TransientError
-from kiln.exec.native import _pids_cgroup, _remove_cgroup
+from kiln.exec.native import _memory_cgroup, _pids_cgroup, _remove_cgroup
 from kiln.exec.zygote import Zygote
 from kiln.store.db import default_home
 
@@ -37,7 +37,7 @@ def run_checks(store_home: Path) -> list[Check]:
         check_bubblewrap(),
         _native_steps(),
         _user_namespaces(),
-        _cgroups(),
+        *_cgroups(),
         _node(),
         *_store(store_home),
         *_remote(),
@@ -156,18 +156,53 @@ def _user_namespaces() -> Check:
     return Check("user namespaces", OK, f"up to {limit} user namespaces")
 
 
-def _cgroups() -> Check:
-    group = _pids_cgroup(64)
-    if group is None:
-        return Check(
-            "cgroups", WARN,
-            "no pids cgroup can be made here: native steps fall back to RLIMIT_NPROC, "
-            "which does not hold for root",
-            "run kiln where it may create cgroups (e.g. a systemd user slice with the pids "
-            "controller delegated)",
-        )  # fmt: skip
-    _remove_cgroup(group.path)
-    return Check("cgroups", OK, f"pids cgroups can be made under {group.path.parent}")
+# What native steps fall back to without each cgroup (kiln.exec.native), for
+# root and for any other user: a process limit root ignores, and one that
+# counts every process of the user, not only the step's.
+_FALLBACKS = {
+    "pids": (
+        "RLIMIT_NPROC, which root ignores: a step's processes are not limited",
+        "RLIMIT_NPROC, which counts every process of user {user} (not only the step's): "
+        "a step may be refused new processes while that user runs many others",
+    ),
+    "memory": (
+        "RLIMIT_AS (address space of each process, not the step's memory in total); "
+        "running out of memory is then a plain failure, not reported as such",
+    ) * 2,
+}
+
+
+def _cgroups() -> list[Check]:
+    """The two cgroup controllers native steps are limited by: pids and memory."""
+    checks = []
+    for kind, make in (("pids", _pids_cgroup), ("memory", _memory_cgroup)):
+        group = make(64 if kind == "pids" else 1 << 30)
+        name = f"{kind} cgroup"
+        if group is not None:
+            _remove_cgroup(group.path)
+            checks.append(Check(name, OK, f"{kind} cgroups can be made under {group.path.parent}"))
+            continue
+        root = os.geteuid() == 0
+        fallback = _FALLBACKS[kind][0 if root else 1].format(user=_user_name())
+        fix = (
+            "mount the cgroup file system writable (/sys/fs/cgroup), e.g. run the container "
+            "with --cgroupns=private and a writable cgroup mount"
+            if root
+            else f"native steps still run; for a hard {kind} limit run kiln as root (a user "
+            "may make cgroups only where /sys/fs/cgroup is writable to it)"
+        )
+        detail = f"no {kind} cgroup can be made here: native steps fall back to {fallback}"
+        checks.append(Check(name, WARN, detail, fix))
+    return checks
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def _node() -> Check:
@@ -185,6 +220,50 @@ def _store(home: Path) -> list[Check]:
     target = home if home.exists() else home.parent
     while not target.exists():
         target = target.parent
+    checks = [_store_writable(home, target)]
+    checks += _store_space(home, target)
+    return checks
+
+
+# The store's folders a build writes to (kiln.store.local), its database
+# and the files next to it SQLite needs to write.
+_WRITTEN = ("", "tmp", "cas", "cas/00", "locks", "sessions")
+_DATABASE = ("kiln.db", "kiln.db-wal", "kiln.db-shm", "kiln.db.open-lock")
+
+
+def _store_writable(home: Path, existing: Path) -> Check:
+    """Whether builds can write the store at ``home`` (``existing``: it, or
+    the nearest folder above it that exists, where it would be made): a
+    file made in each folder builds write, and its database opened for
+    writing."""
+    folders = [home / sub for sub in _WRITTEN if (home / sub).is_dir()] if home.is_dir() else []
+    problem = ""
+    for folder in folders or [existing]:
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix=".kiln-doctor-"):
+                pass
+        except OSError as e:
+            problem = f"cannot write in {folder} ({e.strerror})"
+            break
+    for name in _DATABASE if not problem else ():
+        path = home / name
+        try:
+            if path.exists():
+                os.close(os.open(path, os.O_RDWR))
+        except OSError as e:
+            problem = f"cannot write {path} ({e.strerror})"
+            break
+    if problem:
+        return Check(
+            "store writable", FAIL, f"{problem}: every build would be refused",
+            f"let user {_user_name()} write {home} (e.g. `chown -R {_user_name()} {home}`), or "
+            "set KILN_HOME to a folder it owns",
+        )  # fmt: skip
+    where = f"{home}" if home.is_dir() else f"{existing} (where {home} will be made)"
+    return Check("store writable", OK, f"builds can write to {where}")
+
+
+def _store_space(home: Path, target: Path) -> list[Check]:
     fs = _filesystem(target)
     st = os.statvfs(target)
     free = st.f_bavail * st.f_frsize

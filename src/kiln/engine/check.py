@@ -10,6 +10,9 @@ own wording, so when both runs trapped that line is left out of stderr.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -214,43 +217,55 @@ class StepCheck:
         return not self.differences
 
 
-def rebuild_steps(store: Store, steps: list[Any], on_step: Any = None) -> list[StepCheck]:
-    """Run each of ``steps`` (records of a build) again with a fresh executor,
-    without reading or writing the action cache, and compare its result with
-    the recorded one. Steps of kinds that say so are not run again (a
-    pinned fetch: its pin already checks it)."""
+def rebuild_steps(
+    store: Store, steps: list[Any], on_step: Any = None, jobs: int = 1
+) -> list[StepCheck]:
+    """Run each of ``steps`` (records of a build) again with fresh executors,
+    ``jobs`` at a time, without reading or writing the action cache, and
+    compare its result with the recorded one. Steps of kinds that say so
+    are not run again (a pinned fetch: its pin already checks it)."""
     factories = kinds.factories(kinds.local_context(store))
-    executors: dict[str, Any] = {}
+    made: list[dict[str, Any]] = []  # each thread's executors, by kind
+    mine = threading.local()
+    lock = threading.Lock()
+
+    def executor(kind: str) -> Any:
+        executors = getattr(mine, "executors", None)
+        if executors is None:
+            executors = mine.executors = {}
+            with lock:
+                made.append(executors)
+        if kind not in executors:
+            executors[kind] = factories[kind]()
+        return executors[kind]
+
     try:
-        return _rebuild_each(store, steps, factories, executors, on_step)
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kiln-check") as pool:
+            checks = pool.map(lambda r: _rebuild_one(store, r, executor, on_step), steps)
+            return [c for c in checks if c is not None]
     finally:
-        for executor in executors.values():
-            close_executor(executor)
+        for executors in made:
+            for each in executors.values():
+                close_executor(each)
 
 
-def _rebuild_each(
-    store: Store, steps: list[Any], factories: dict[str, Any], executors: dict[str, Any],
-    on_step: Any,
-) -> list[StepCheck]:  # fmt: skip
-    checks = []
-    for record in steps:
-        if record.result is None:
-            continue
-        action, command = load_action(store, record.key)
-        abi = action_abi(action)
-        check = StepCheck(record.target, record.description, str(record.key))
-        checks.append(check)
-        kind = kinds.by_abi(abi)
-        if kind is None:
-            check.skipped = f"no executor here for {abi!r}"
-            continue
-        if kind.not_rechecked:
-            check.skipped = f"a {kind.name}: {kind.not_rechecked}"
-            continue
+def _rebuild_one(
+    store: Store, record: Any, executor: Callable[[str], Any], on_step: Any
+) -> StepCheck | None:
+    """One step run again and compared (None: it has no result to compare)."""
+    if record.result is None:
+        return None
+    action, command = load_action(store, record.key)
+    abi = action_abi(action)
+    check = StepCheck(record.target, record.description, str(record.key))
+    kind = kinds.by_abi(abi)
+    if kind is None:
+        check.skipped = f"no executor here for {abi!r}"
+    elif kind.not_rechecked:
+        check.skipped = f"a {kind.name}: {kind.not_rechecked}"
+    else:
         if on_step is not None:
             on_step(record.description)
-        if kind.name not in executors:
-            executors[kind.name] = factories[kind.name]()
-        again = executors[kind.name].execute(record.key, action, command)
+        again = executor(kind.name).execute(record.key, action, command)
         check.differences = compare_results(store, record.result, again)
-    return checks
+    return check
