@@ -113,19 +113,25 @@ def targets_command(as_json: bool) -> None:
         click.echo(f"{r['name']:<{width}}  {first_line}".rstrip())
 
 
-def _last_steps(
+def last_build(
     ctx: click.Context, target: str | None, with_steps: bool = True
-) -> tuple[Any, int, list[Any]]:
-    """The store, the id and the steps of the project's last build, or of
-    the last build that included ``target`` (its steps only); ``with_steps``:
-    skip builds answered from their stamp."""
+) -> tuple[Project, Store, int]:
+    """The project, the store and the id of the project's last build, or of
+    the last build that included ``target``; ``with_steps``: skip builds
+    answered from their stamp."""
     project = _project()
     store = open_store(ctx)
     if target is None:
-        build_id = history.last_build(store, project.root, with_steps)
-    else:
-        project.target(target)
-        build_id = history.last_build_of(store, project.root, target, with_steps)
+        return project, store, history.last_build(store, project.root, with_steps)
+    project.target(target)
+    return project, store, history.last_build_of(store, project.root, target, with_steps)
+
+
+def _last_steps(
+    ctx: click.Context, target: str | None, with_steps: bool = True
+) -> tuple[Store, int, list[Any]]:
+    """The store, the id and the steps (of ``target``) of ``last_build``."""
+    _, store, build_id = last_build(ctx, target, with_steps)
     return store, build_id, history.steps(store, build_id, target)
 
 

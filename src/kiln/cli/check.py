@@ -97,9 +97,7 @@ def _looks_like_key(text: str) -> bool:
 def _report_rebuild(store: Store, records: list[Any], as_json: bool, jobs: int) -> None:
     with status("running the steps again") as line:
         on_step = getattr(line, "update", None)
-        checks = rebuild_steps(
-            store, records, lambda d: on_step and on_step(f"running {d}"), jobs
-        )
+        checks = rebuild_steps(store, records, lambda d: on_step and on_step(f"running {d}"), jobs)
     differing = [c for c in checks if not c.identical]
     if as_json:
         write_json([{**asdict(c), "identical": c.identical} for c in checks])

@@ -156,6 +156,10 @@ def _user_namespaces() -> Check:
     return Check("user namespaces", OK, f"up to {limit} user namespaces")
 
 
+_MEMORY_FALLBACK = (
+    "RLIMIT_AS (address space of each process, not the step's memory in total); "
+    "running out of memory is then a plain failure, not reported as such"
+)
 # What native steps fall back to without each cgroup (kiln.exec.native), for
 # root and for any other user: a process limit root ignores, and one that
 # counts every process of the user, not only the step's.
@@ -165,10 +169,7 @@ _FALLBACKS = {
         "RLIMIT_NPROC, which counts every process of user {user} (not only the step's): "
         "a step may be refused new processes while that user runs many others",
     ),
-    "memory": (
-        "RLIMIT_AS (address space of each process, not the step's memory in total); "
-        "running out of memory is then a plain failure, not reported as such",
-    ) * 2,
+    "memory": (_MEMORY_FALLBACK, _MEMORY_FALLBACK),
 }
 
 

@@ -230,6 +230,7 @@ class Build:
         finally:
             scheduler.close()
         report = BuildReport([], scheduler.records)
+        report.awaits = {name: sorted(awaited) for name, awaited in ctx._waits.items()}
         if scheduler.remote is not None:
             report.remote = scheduler.remote.stats.as_dict()
             report.warnings.extend(scheduler.remote.stats.warnings)

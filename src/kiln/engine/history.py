@@ -51,14 +51,15 @@ def record_build(
     """Write one build and its steps; returns the build's id."""
     with transaction(store.conn) as conn:
         cur = conn.execute(
-            "INSERT INTO builds(project, targets, started, finished, status) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO builds(project, targets, started, finished, status, awaits) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 str(project),
                 json.dumps(targets),
                 started,
                 time.time(),
                 "ok" if report.ok else "failed",
+                json.dumps(report.awaits, sort_keys=True),
             ),
         )
         build_id = int(cur.lastrowid or 0)
@@ -193,6 +194,13 @@ def explain(old: StepRow | None, new: StepRow) -> list[str]:
 def _short(digest: str) -> str:
     d = Digest.parse(digest)
     return f"{d.hash[:12]}/{d.size}"
+
+
+def awaits(store: Store, build: int) -> dict[str, list[str]]:
+    """Which targets each target of ``build`` awaited (empty for a build
+    recorded before Kiln kept this)."""
+    row = store.conn.execute("SELECT awaits FROM builds WHERE id = ?", (build,)).fetchone()
+    return json.loads(row[0]) if row and row[0] else {}
 
 
 def build_started(store: Store, build: int) -> float:

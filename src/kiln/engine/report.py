@@ -84,6 +84,7 @@ class BuildReport:
         self._steps_from_stamp = steps_from_stamp
         self.remote: dict[str, int] | None = None  # traffic with a remote, if one was used
         self.warnings: list[str] = []  # problems that did not stop the build
+        self.awaits: dict[str, list[str]] = {}  # target -> the targets it awaited (history)
 
     @classmethod
     def from_stamp(cls, stamp: dict[str, Any], restored: list[str], seconds: float) -> BuildReport:

@@ -17,8 +17,9 @@ module that writes it:
 - ``source_files`` (v2): the same for single source files a build declared;
   engine/sources.py (engine/retention.py prunes it).
 - ``builds``, ``build_steps`` (v2): build history, for ``kiln why``, ``show``,
-  ``log`` and ``trace``; engine/history.py (engine/stamp.py files the builds
-  answered from a stamp, engine/retention.py prunes them).
+  ``log``, ``trace`` and ``graph`` (``builds.awaits``: v5); engine/history.py
+  (engine/stamp.py files the builds answered from a stamp,
+  engine/retention.py prunes them).
 - ``metadata_blobs`` (v4): small CAS blobs that describe work (``Action``,
   ``Command``, ``Directory`` and ``Tree`` messages of builds) kept in the
   database instead of one file each; store/row_blobs.py (store/blobs.py
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 60.0
 
 
@@ -117,7 +118,8 @@ CREATE TABLE IF NOT EXISTS builds (
     targets  TEXT NOT NULL,       -- JSON list of requested targets
     started  REAL NOT NULL,
     finished REAL,
-    status   TEXT NOT NULL        -- running, ok, failed
+    status   TEXT NOT NULL,       -- running, ok, failed
+    awaits   TEXT                 -- (v5) JSON: target -> the targets it awaited
 );
 CREATE TABLE IF NOT EXISTS build_steps (
     build    INTEGER NOT NULL,
@@ -194,9 +196,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     with transaction(conn):
-        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
             import uuid  # (start-up: needed once, when a store is created)
 
+            if 2 <= version < 5:  # a column added to a table that exists
+                conn.execute("ALTER TABLE builds ADD COLUMN awaits TEXT")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
