@@ -196,3 +196,53 @@ def test_get_of_a_file_blob_as_tree_is_a_clear_error(kiln, tmp_path: Path) -> No
         _one_line_error(proc, "is not a tree", 2)
         assert "--blob" in proc.stderr
         (tmp_path / "f").unlink()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment", "hint"),
+    [
+        (
+            ("store", "put", "--bogus", "x"),
+            "no such option '--bogus'",
+            "see `kiln store put --help`",
+        ),
+        (("store", "get"), "missing argument", "see `kiln store get --help`"),
+        (("store", "put", "--jsn", "x"), "no such option '--jsn'", "did you mean"),
+        (("biuld",), "no command 'biuld'", "did you mean `kiln build`?"),
+        (("gc", "--max-size", "lots"), "'lots' is not a size", "see `kiln gc --help`"),
+    ],
+)
+def test_usage_errors_are_one_line_with_a_hint(kiln, args, fragment: str, hint: str) -> None:
+    """click's own usage errors take kiln's form: `kiln: error: ... (hint: ...)`."""
+    proc = kiln(*args)
+    _one_line_error(proc, fragment, 2)
+    assert f"(hint: {hint}" in proc.stderr and "Usage:" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment", "code"),
+    [
+        (("store", "put", "--json", "--bogus", "x"), "no such option '--bogus'", 2),
+        (("store", "put", "--json", "/no/such/path"), "no such file or directory", 2),
+        (("store", "get", "--json", "a" * 64 + "/12", "out"), "is not in the store", 3),
+        (("-C", "/no/such/folder", "store", "stats", "--json"), "cannot enter the folder", 2),
+        (("show", "--json"), "missing argument 'TARGET'", 2),
+    ],
+)
+def test_json_errors_are_json(kiln, args, fragment: str, code: int) -> None:
+    """With --json, a failed command still prints JSON on stdout (and the
+    one-line error on stderr), with its own exit code."""
+    proc = kiln(*args)
+    assert proc.returncode == code, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and fragment in report["error"]
+    assert set(report) == {"ok", "error", "hint"}
+    assert proc.stderr.startswith("kiln: error: ")
+
+
+def test_dash_c_runs_as_if_started_in_the_folder(kiln, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "f").write_text("in sub\n")
+    here = kiln("store", "put", str(tmp_path / "sub" / "f"), check=True).stdout
+    assert kiln("-C", str(tmp_path), "-C", "sub", "store", "put", "f", check=True).stdout == here
+    assert kiln(f"-C{tmp_path / 'sub'}", "store", "put", "f", check=True).stdout == here

@@ -266,8 +266,11 @@ def never_built(project: object, target: str | None = None) -> KilnError:
 
 def bad_usage(message: str, command: str) -> KilnError:
     """A command line that does not parse (click's usage errors)."""
-    message, _, guess = message.partition(" (Did you mean")
-    guess = f"did you mean{guess.rstrip(')')}; " if guess else ""
+    import re  # (start-up: only on a usage error)
+
+    found = re.search(r"\.? \(?Did you mean (.*?)\)?$", message)  # click's own guess
+    guess = f"did you mean {found.group(1)}; " if found else ""
+    message = message[: found.start()] if found else message
     return KilnError(
         message[:1].lower() + message[1:].rstrip("."),
         hint=f"{guess}see `{command} --help`",

@@ -3,6 +3,7 @@ and pruning it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from engine_helpers import build
 
-from kiln.engine import retention, stamp
+from kiln.engine import history, retention, stamp
 from kiln.store import db
 
 KILN = str(Path(sys.executable).parent / "kiln")
@@ -89,7 +90,161 @@ def test_show_log_and_trace(example: Path, kiln_in, tmp_path: Path) -> None:
 
 def test_history_commands_need_a_build(kiln_in) -> None:
     proc = kiln_in("why", code=3)
-    assert "no build of" in proc.stderr and "kiln build" in proc.stderr
+    assert "has not been built" in proc.stderr and "kiln build" in proc.stderr
+
+
+def test_show_log_and_why_answer_from_the_targets_own_last_build(kiln_in) -> None:
+    """A target left out of the last build is shown from the last build that
+    included it; one never built is said to be so (exit 3)."""
+    for command in ("show", "log", "why", "graph", "inputs"):
+        proc = kiln_in(command, "counts", code=3)
+        assert "target 'counts'" in proc.stderr and "has not been built" in proc.stderr
+        assert "kiln build counts" in proc.stderr
+    kiln_in("build", "counts")
+    kiln_in("build", "chapters")  # the last build: counts is not in it
+    shown = json.loads(kiln_in("show", "counts", "--json").stdout)
+    assert [s["step"] for s in shown] == ["count kiln", "count clay", "count fire", "count glaze"]
+    assert "== counts: count clay [executed, exit code 0]" in kiln_in("log", "counts").stdout
+    why = json.loads(kiln_in("why", "counts", "--json").stdout)
+    assert [i["step"] for i in why] == ["count kiln", "count clay", "count fire", "count glaze"]
+    assert "every step was a cache hit" in kiln_in("why", "chapters").stdout
+    proc = kiln_in("show", "report", code=3)
+    assert "has not been built" in proc.stderr and "kiln build report" in proc.stderr
+
+
+def test_an_unknown_target_suggests_the_closest_name(kiln_in) -> None:
+    proc = kiln_in("build", "--json", "reprt", code=2)
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and "no target 'reprt'" in report["error"]
+    assert report["hint"].startswith("did you mean 'report'?")
+    assert "did you mean 'counts'?" in kiln_in("show", "count", code=2).stderr
+
+
+def test_json_on_an_evaluation_error_is_json(example: Path, kiln_in) -> None:
+    kilnfile = example / "kilnfile.py"
+    text = kilnfile.read_text()
+    kilnfile.write_text(text + "\ndef broken(:\n")
+    for args in (("build", "--json"), ("targets", "--json"), ("graph", "report", "--json")):
+        report = json.loads(kiln_in(*args, code=2).stdout)
+        assert report["ok"] is False and "syntax error" in report["error"], args
+    kilnfile.write_text(text.replace('source("book.txt")', 'source("no-book.txt")'))
+    report = json.loads(kiln_in("build", "--json", code=2).stdout)
+    assert report["ok"] is False and "no-book.txt" in report["error"] and "hint" in report
+
+
+def test_graph_of_a_target_is_its_steps_and_what_they_read(
+    example: Path, kiln_in, tmp_path: Path
+) -> None:
+    kiln_in("build")
+    graph = json.loads(kiln_in("graph", "report", "--json").stdout)
+    labels = {n["key"]: n["label"] for n in graph["nodes"]}
+    assert sorted(labels.values()) == [
+        "chapters: list chapters", "counts: count clay", "counts: count fire",
+        "counts: count glaze", "counts: count kiln", "report: merge counts",
+    ]  # fmt: skip
+    edges = {(labels[e["from"]], labels[e["to"]]): e["inputs"] for e in graph["edges"]}
+    assert edges == {
+        (f"counts: count {name}", "report: merge counts"): [f"counts/{name}.txt"]
+        for name in ("kiln", "clay", "fire", "glaze")
+    }
+    # The chapter list is read by the rule of counts, not by a step.
+    assert graph["awaits"] == {"counts": ["chapters"], "report": ["counts"]}
+    assert {n["status"] for n in graph["nodes"]} == {"executed"}
+    only = json.loads(kiln_in("graph", "chapters", "--json").stdout)
+    assert [n["label"] for n in only["nodes"]] == ["chapters: list chapters"]
+    assert only["edges"] == [] and only["awaits"] == {}
+
+    dot = kiln_in("graph", "report").stdout
+    assert dot.startswith('digraph "kiln: report (build 1)" {') and dot.rstrip().endswith("}")
+    assert dot.count(" -> ") == 4 + 2  # four outputs read, two targets awaited
+
+    inputs = json.loads(kiln_in("inputs", "report", "--json").stdout)
+    assert [(i["kind"], i["path"]) for i in inputs] == [
+        ("source", "book.txt"), ("source", "text/clay.txt"), ("source", "text/fire.txt"),
+        ("source", "text/glaze.txt"), ("source", "text/kiln.txt"),
+        ("source", "tools/textkit.wasm"),
+    ]  # fmt: skip
+    book = (example / "book.txt").read_bytes()
+    assert inputs[0]["digest"] == f"{hashlib.sha256(book).hexdigest()}/{len(book)}"
+    assert inputs[0]["read_by"] == ["chapters: list chapters"]
+    text = kiln_in("inputs", "counts").stdout.splitlines()
+    assert len(text) == 6 and text[0].startswith("source  book.txt  ")
+    # From anywhere, with -C (also through the no-op build's quick path).
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+    again = subprocess.run(
+        [KILN, "-C", str(example), "graph", "report", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert json.loads(again.stdout)["nodes"] == graph["nodes"]
+    noop = subprocess.run(
+        [KILN, "-C", str(example), "build"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert noop.returncode == 0 and "nothing to do" in noop.stderr, noop.stderr
+
+
+def test_graph_of_a_fetch_names_what_it_downloaded(store, tmp_path: Path) -> None:
+    """A fetched input is listed as a fetch, with its pin and URL."""
+    from kiln.engine.step_graph import step_graph
+
+    payload = b"fetched bytes\n"
+    digest = f"{hashlib.sha256(payload).hexdigest()}/{len(payload)}"
+    rows = [
+        history.StepRow(1, 0, "t", "fetch f.txt", "k1", "cached", None, None, None,
+                        {"argv": ["kiln-fetch", "--kind=url", "--mode=file",
+                                  f"--pin=sha256:{digest.split('/')[0]}", "--name=f.txt",
+                                  "--strip=0", "--", "https://example.org/f.txt"],
+                         "inputs": {}, "platform": {"kiln-abi": "kiln-fetch-v1"}},
+                        _result({"f.txt": digest})),
+        history.StepRow(1, 1, "t", "use", "k2", "executed", 0, 0.0, 1.0,
+                        {"argv": ["x"], "inputs": {"f.txt": digest, "src.c": "0" * 64 + "/1"}},
+                        None),
+    ]  # fmt: skip
+    graph = step_graph(store, rows, {"t"})
+    assert [(e.source, e.to, e.paths) for e in graph.edges] == [("k1", "k2", ["f.txt"])]
+    assert graph.nodes["k1"].fetch and not graph.nodes["k2"].fetch
+    assert [(i.path, i.read_by) for i in graph.inputs] == [("src.c", ["k2"])]
+
+
+def _result(files: dict[str, str]) -> bytes:
+    from kiln.model.digest import Digest, canonical_bytes
+    from kiln.model.reapi import re_pb2
+
+    result = re_pb2.ActionResult(exit_code=0)
+    for path, digest in files.items():
+        result.output_files.add(path=path, digest=Digest.parse(digest).to_proto())
+    return canonical_bytes(result)
+
+
+def test_a_store_from_before_awaits_were_recorded_is_upgraded(store, example: Path) -> None:
+    from kiln.store.local import Store
+
+    build(store, example)
+    home = store.home
+    conn = store.conn  # the builds table as schema version 4 had it
+    conn.execute(
+        "CREATE TABLE old (id INTEGER PRIMARY KEY AUTOINCREMENT, project TEXT NOT NULL, "
+        "targets TEXT NOT NULL, started REAL NOT NULL, finished REAL, status TEXT NOT NULL)"
+    )
+    conn.execute("INSERT INTO old SELECT id, project, targets, started, finished, status "
+                 "FROM builds")  # fmt: skip
+    conn.execute("DROP TABLE builds")
+    conn.execute("ALTER TABLE old RENAME TO builds")
+    conn.execute("PRAGMA user_version=4")
+    store.close()
+    with Store(home) as again:
+        assert history.awaits(again, 1) == {}  # an old build: nothing recorded
+        build(again, example)
+        assert history.awaits(again, 2)["report"] == ["counts"]
+
+
+def test_a_targets_last_build_outlives_the_kept_builds(store, example: Path, monkeypatch) -> None:
+    monkeypatch.setattr(retention, "KEEP_BUILDS", 2)
+    build(store, example, "counts")
+    for _ in range(4):
+        build(store, example, "chapters")
+    retention.prune(store.conn)
+    assert history.last_build_of(store, example, "counts") == 1
+    assert len(history.steps(store, 1, "counts")) == 4
 
 
 def test_explain_names_each_kind_of_change() -> None:
