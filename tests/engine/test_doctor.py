@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
+import pytest
 from engine_helpers import build, write_project
+
+from conftest import KILN
 
 
 def test_doctor_reports_every_check(kiln) -> None:
     proc = kiln("doctor", "--json")
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     assert set(checks) == {
-        "wasmtime", "bubblewrap", "native steps", "user namespaces", "cgroups", "node",
-        "store file system", "free space", "remote",
+        "wasmtime", "bubblewrap", "native steps", "user namespaces", "pids cgroup",
+        "memory cgroup", "node", "store writable", "store file system", "free space", "remote",
     }  # fmt: skip
     assert checks["remote"]["detail"].startswith("none configured")
     assert checks["wasmtime"]["status"] == "ok"
@@ -61,3 +67,63 @@ async def portable():
     assert "native steps need bubblewrap (bwrap), which is not installed" in message
     assert "apt-get install bubblewrap" in message
     assert os.path.exists(outcome["portable"].output)
+
+
+def test_doctor_fails_a_store_it_cannot_write(kiln, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"  # the store would have to be made inside a file
+    blocker.write_text("")
+    proc = kiln("--store", str(blocker / "store"), "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
+    assert checks["store writable"]["status"] == "fail", checks["store writable"]
+    assert "every build would be refused" in checks["store writable"]["detail"]
+    assert proc.returncode == 1
+    assert _by_name(kiln("doctor", "--json"))["store writable"]["status"] == "ok"
+
+
+def _by_name(proc: subprocess.CompletedProcess[str]) -> dict[str, dict[str, str]]:
+    return {c["name"]: c for c in json.loads(proc.stdout)}
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root to run Kiln as another user",
+)
+def test_doctor_as_an_unprivileged_user() -> None:
+    """A read-only store fails (every build would be refused); the cgroup
+    fallbacks are worded for a user that is not root."""
+    place = Path(tempfile.mkdtemp(prefix="kiln-nobody-"))
+    try:
+        place.chmod(0o755)
+        os.chown(place, NOBODY, NOBODY)
+        env = {"PATH": os.environ["PATH"], "HOME": str(place), "KILN_HOME": str(place / "store"),
+               "KILN_SERVER": "off", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # fmt: skip
+        as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", KILN]
+
+        def doctor() -> dict[str, dict[str, str]]:
+            proc = subprocess.run(
+                [*as_nobody, "doctor", "--json"], env=env, capture_output=True, text=True
+            )
+            return _by_name(proc)
+
+        assert doctor()["store writable"]["status"] == "ok"
+        (place / "f").write_text("x\n")
+        put = subprocess.run([*as_nobody, "store", "put", str(place / "f")], env=env)
+        assert put.returncode == 0
+        subprocess.run(["chmod", "-R", "a-w", str(place / "store")], check=True)
+        checks = doctor()
+        assert checks["store writable"]["status"] == "fail", checks["store writable"]
+        assert "Permission denied" in checks["store writable"]["detail"]
+        assert "nobody" in checks["store writable"]["fix"]
+        for kind in ("pids", "memory"):
+            check = checks[f"{kind} cgroup"]
+            assert "root" not in check["detail"], check
+            if check["status"] == "warn":  # no cgroup delegated to this user here
+                assert "run kiln as root" in check["fix"], check
+        if checks["pids cgroup"]["status"] == "warn":
+            assert "every process of user nobody" in checks["pids cgroup"]["detail"]
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(place)], check=False)
+        shutil.rmtree(place)
