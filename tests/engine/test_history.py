@@ -364,3 +364,25 @@ def test_gc_forgets_the_history_of_a_project_that_is_gone(
     assert (history["projects"], history["builds"], history["steps"]) == (1, 1, 6)
     again = subprocess.run([KILN, "gc", "--json"], env=env, capture_output=True, text=True)
     assert json.loads(again.stdout)["history"]["builds"] == 0
+
+
+def test_graph_edges_prefer_the_step_that_made_the_bytes_at_that_path(store) -> None:
+    """Several steps made the same bytes (an empty file, say): the reading
+    step is joined to the one that made them at the path it read; a project
+    file read at its own path is a source."""
+    from kiln.engine.step_graph import step_graph
+
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/0"
+
+    def step(seq: int, key: str, inputs: dict[str, str], made: dict[str, str]):
+        return history.StepRow(1, seq, "t", key, key, "executed", 0, 0.0, 1.0,
+                               {"argv": ["x"], "inputs": inputs}, _result(made))  # fmt: skip
+
+    rows = [
+        step(0, "k1", {}, {"a.h": empty}),
+        step(1, "k2", {}, {"b.h": empty}),
+        step(2, "k3", {"b.h": empty, "a.h": empty, "src/__init__.py": empty}, {}),
+    ]
+    graph = step_graph(store, rows, None, None, lambda path: path.startswith("src/"))
+    assert sorted((e.source, e.paths) for e in graph.edges) == [("k1", ["a.h"]), ("k2", ["b.h"])]
+    assert [(i.path, i.read_by) for i in graph.inputs] == [("src/__init__.py", ["k3"])]

@@ -25,7 +25,9 @@ def _graph(ctx: click.Context, target: str | None) -> tuple[Project, Store, int,
     project, store, build_id = last_build(ctx, target)
     rows = history.steps(store, build_id)
     awaits = history.awaits(store, build_id)
-    return project, store, build_id, step_graph(store, rows, {target} if target else None, awaits)
+    wanted = {target} if target else None
+    found = step_graph(store, rows, wanted, awaits, lambda p: (project.root / p).is_file())
+    return project, store, build_id, found
 
 
 @click.command("graph")

@@ -5,11 +5,12 @@ input its key was computed from and its result, which names every output
 by digest. That is enough to find the edges: step B depends on step A when
 B read a value whose digest is one of A's outputs (a file or a folder, or
 a file or folder inside an output folder), and A was requested before B (a
-rule can pass on only what it already has). So edges are matched by
-content: when two steps made identical bytes, the one requested first is
-named, and a source file identical to a step's output counts as that
-output. An input that no step made is one of the build's inputs: a
-project file, or a value placed at a path of its own.
+rule can pass on only what it already has). Edges are matched by content,
+so where several steps made the same bytes, the one that made them at the
+path B read them at is named, else the first; and a project file read at
+its own path is a source even if some step made the same bytes (an empty
+file, say) elsewhere. An input that no step made is one of the build's
+inputs: a project file, or a value placed at a path of its own.
 
 A rule may also read a step's output to decide which steps to run (a
 dynamic dependency: no step reads it, the rule does). History records which
@@ -19,6 +20,7 @@ of the targets it awaited, and says which targets awaited which.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -79,21 +81,44 @@ class StepGraph:
     awaits: dict[str, list[str]] = field(default_factory=dict)  # target -> targets awaited
 
 
-def _made(store: Store, result: re_pb2.ActionResult) -> list[Digest]:
-    """The digests of everything a result holds: its output files and
+def _made(store: Store, result: re_pb2.ActionResult) -> list[tuple[str, str]]:
+    """(path, digest) of everything a result holds: its output files and
     folders, and every file and folder inside those folders (a folder whose
     tree was collected since is left out)."""
-    made = [Digest.from_proto(f.digest) for f in result.output_files]
+    made = [(f.path, str(Digest.from_proto(f.digest))) for f in result.output_files]
     for d in result.output_directories:
         try:
             data = read_blob(store.cas, Digest.from_proto(d.tree_digest), "output tree")
         except KilnError:
             continue
         tree = re_pb2.Tree.FromString(data)
-        for directory in (tree.root, *tree.children):
-            made.append(Digest.of_message(directory))
-            made += [Digest.from_proto(f.digest) for f in directory.files]
+        children = {str(Digest.of_message(c)): c for c in tree.children}
+        stack = [(d.path, tree.root)]
+        while stack:
+            path, directory = stack.pop()
+            made.append((path, str(Digest.of_message(directory))))
+            made += [
+                (f"{path}/{f.name}", str(Digest.from_proto(f.digest))) for f in directory.files
+            ]
+            for sub in directory.directories:
+                child = children.get(str(Digest.from_proto(sub.digest)))
+                if child is not None:
+                    stack.append((f"{path}/{sub.name}", child))
     return made
+
+
+def _producer(
+    made: list[tuple[str, str]], key: str, path: str, is_source: Callable[[str], bool]
+) -> str | None:
+    """Which step made the value a step read at ``path``: of the steps
+    requested before it that made those bytes (``made``: their paths and
+    keys), one that made them at that path, else (unless ``path`` is a
+    project file) the first; None for a value no step made."""
+    others = [(p, k) for p, k in made if k != key]
+    same = [k for p, k in others if p == path]
+    if same:
+        return same[0]
+    return None if not others or is_source(path) else others[0][1]
 
 
 def step_graph(
@@ -101,15 +126,17 @@ def step_graph(
     rows: list[StepRow],
     targets: set[str] | None = None,
     awaits: dict[str, list[str]] | None = None,
+    is_source: Callable[[str], bool] = lambda path: False,
 ) -> StepGraph:
     """The graph of the steps in ``rows`` (one build's records, in the order
-    they were requested; ``awaits``: which targets each target awaited);
-    with ``targets``: only the steps of those targets and of the targets
-    they awaited, and the steps these need, transitively."""
+    they were requested; ``awaits``: which targets each target awaited;
+    ``is_source``: whether a path is a project file); with ``targets``:
+    only the steps of those targets and of the targets they awaited, and
+    the steps these need, transitively."""
     awaits = awaits or {}
     nodes: dict[str, Node] = {}
     first: dict[str, StepRow] = {}
-    producer: dict[str, str] = {}  # digest -> key of the first step that made it
+    made: dict[str, list[tuple[str, str]]] = {}  # digest -> (path, key) of steps that made it
     edges: dict[tuple[str, str], Edge] = {}
     external: dict[tuple[str, str], Input] = {}
     needs: dict[str, set[str]] = {}
@@ -120,8 +147,8 @@ def step_graph(
             first[row.key] = row
         needs.setdefault(row.key, set())
         for path, digest in sorted(row.inputs.get("inputs", {}).items()):
-            source = producer.get(digest)
-            if source is None or source == row.key:
+            source = _producer(made.get(digest, []), row.key, path, is_source)
+            if source is None:
                 read = external.setdefault((path, digest), Input(path, digest))
                 if row.key not in read.read_by:
                     read.read_by.append(row.key)
@@ -132,8 +159,8 @@ def step_graph(
                 edge.paths.append(path)
         result = row.action_result()
         if result is not None and result.exit_code == 0:
-            for digest in _made(store, result):
-                producer.setdefault(str(digest), row.key)
+            for path, digest in _made(store, result):
+                made.setdefault(digest, []).append((path, row.key))
     if targets is not None:
         targets = _upstream(targets, {t: set(a) for t, a in awaits.items()})
         awaits = {t: a for t, a in awaits.items() if t in targets}
