@@ -386,3 +386,38 @@ def test_graph_edges_prefer_the_step_that_made_the_bytes_at_that_path(store) -> 
     graph = step_graph(store, rows, None, None, lambda path: path.startswith("src/"))
     assert sorted((e.source, e.paths) for e in graph.edges) == [("k1", ["a.h"]), ("k2", ["b.h"])]
     assert [(i.path, i.read_by) for i in graph.inputs] == [("src/__init__.py", ["k3"])]
+
+
+def test_inputs_name_a_fetch_with_its_pin_and_url(store, tmp_path: Path, tools) -> None:
+    from engine_helpers import write_project
+    from fetch_servers import Served, http_server
+
+    with http_server(Served()) as served:
+        served.files["/data.txt"] = b"fetched data\n"
+        pin = served.sha256("/data.txt")
+        root = write_project(
+            tmp_path / "p",
+            f"""
+from kiln.build import fetch, source, target, wasm
+
+@target
+async def used():
+    data = await fetch.url("{served.base}/data.txt", digest="{pin}")
+    return await wasm(source("tools/cat.wasm"), "o", inputs=[data], outputs=["o"],
+                      description="use it")
+""",
+            tools,
+        )
+        assert build(store, root).ok
+    env = {**os.environ, "KILN_HOME": str(store.home)}
+    proc = subprocess.run(
+        [KILN, "inputs", "used", "--json"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    by_path = {i["path"]: i for i in json.loads(proc.stdout)}
+    fetched = by_path["data.txt"]
+    assert fetched["kind"] == "fetch" and fetched["pin"] == pin
+    assert fetched["urls"] == [f"{served.base}/data.txt"]
+    assert fetched["digest"] == f"{pin.removeprefix('sha256:')}/13"
+    assert fetched["read_by"] == ["used: use it"]
+    assert by_path["tools/cat.wasm"]["kind"] == "source"
