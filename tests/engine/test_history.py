@@ -388,6 +388,17 @@ def test_graph_edges_prefer_the_step_that_made_the_bytes_at_that_path(store) -> 
     assert [(i.path, i.read_by) for i in graph.inputs] == [("src/__init__.py", ["k3"])]
 
 
+_USES_A_FETCH = """
+from kiln.build import fetch, source, target, wasm
+
+@target
+async def used():
+    data = await fetch.url("{url}", digest="{pin}")
+    return await wasm(source("tools/cat.wasm"), "o", inputs=[data], outputs=["o"],
+                      description="use it")
+"""
+
+
 def test_inputs_name_a_fetch_with_its_pin_and_url(store, tmp_path: Path, tools) -> None:
     from engine_helpers import write_project
     from fetch_servers import Served, http_server
@@ -395,19 +406,8 @@ def test_inputs_name_a_fetch_with_its_pin_and_url(store, tmp_path: Path, tools) 
     with http_server(Served()) as served:
         served.files["/data.txt"] = b"fetched data\n"
         pin = served.sha256("/data.txt")
-        root = write_project(
-            tmp_path / "p",
-            f"""
-from kiln.build import fetch, source, target, wasm
-
-@target
-async def used():
-    data = await fetch.url("{served.base}/data.txt", digest="{pin}")
-    return await wasm(source("tools/cat.wasm"), "o", inputs=[data], outputs=["o"],
-                      description="use it")
-""",
-            tools,
-        )
+        url = f"{served.base}/data.txt"
+        root = write_project(tmp_path / "p", _USES_A_FETCH.format(url=url, pin=pin), tools)
         assert build(store, root).ok
     env = {**os.environ, "KILN_HOME": str(store.home)}
     proc = subprocess.run(
