@@ -17,7 +17,7 @@ class ExitCode:
     OK = 0
     FAILED = 1  # the command ran and found a problem (e.g. corrupt blobs)
     BAD_INPUT = 2  # usage error, malformed argument, unusable input path
-    NOT_FOUND = 3  # a digest or name that is not in the store
+    NOT_FOUND = 3  # a digest or name that is not in the store, a target never built
     STORE = 4  # the store itself cannot be used (permissions, disk, lock)
 
 

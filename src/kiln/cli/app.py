@@ -101,7 +101,7 @@ class _Commands(click.Group):
     cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 ok, 1 problem found, 2 bad usage or input, "
-    "3 not in the store, 4 store unusable.",
+    "3 not in the store (or not built yet), 4 store unusable.",
 )
 @click.version_option(__version__, "--version", "-V", prog_name="kiln")
 @click.option(

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     help="Wall-clock limit of each run under the second engine.",
 )
 @click.option(
-    "-j", "--jobs", type=click.IntRange(min=1),
+    "-j", "--jobs", type=click.IntRange(min=1), metavar="N",
     help="Steps built, and run again, at once (default: CPU cores).",
 )  # fmt: skip
 @json_option
