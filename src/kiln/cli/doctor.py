@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -186,8 +187,8 @@ def _cgroups() -> list[Check]:
         root = os.geteuid() == 0
         fallback = _FALLBACKS[kind][0 if root else 1].format(user=_user_name())
         fix = (
-            "mount the cgroup file system writable (/sys/fs/cgroup), e.g. run the container "
-            "with --cgroupns=private and a writable cgroup mount"
+            "make /sys/fs/cgroup writable here (in a container: give it a writable cgroup "
+            "file system)"
             if root
             else f"native steps still run; for a hard {kind} limit run kiln as root (a user "
             "may make cgroups only where /sys/fs/cgroup is writable to it)"
@@ -198,8 +199,6 @@ def _cgroups() -> list[Check]:
 
 
 def _user_name() -> str:
-    import pwd
-
     try:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
@@ -248,11 +247,8 @@ def _store_writable(home: Path, existing: Path) -> Check:
             break
     for name in _DATABASE if not problem else ():
         path = home / name
-        try:
-            if path.exists():
-                os.close(os.open(path, os.O_RDWR))
-        except OSError as e:
-            problem = f"cannot write {path} ({e.strerror})"
+        if path.exists() and not os.access(path, os.W_OK):  # (root: only a read-only disk)
+            problem = f"cannot write {path}"
             break
     if problem:
         return Check(
