@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 )
 @click.option(
     "-j", "--jobs", type=click.IntRange(min=1), metavar="N",
-    help="Steps built, and run again, at once (default: CPU cores).",
+    help="Steps built, and run again, at once (default: CPU cores; under --engine node "
+    "they run again one at a time).",
 )  # fmt: skip
 @json_option
 @click.pass_context
