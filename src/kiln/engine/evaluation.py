@@ -249,6 +249,9 @@ class Build:
             outcome.error = value
             if value not in report.errors:  # one failed step can fail several targets
                 report.errors.append(value)
+        # Steps that failed without failing a target by themselves (with
+        # keep-going, siblings of the failure that stopped their target).
+        report.errors += [e for e in scheduler.failures if e not in report.errors]
         ctx.sources.save()
         self.sources = ctx.sources
         report.seconds = time.time() - started
@@ -261,6 +264,8 @@ class Build:
         try:
             tasks = [ctx.evaluate(t, None) for t in targets]
             results = await asyncio.gather(*tasks, return_exceptions=True)
+            if self.keep_going:
+                await _finish_requested()
             if ctx.scheduler.remote is not None:
                 for i, t in enumerate(targets):
                     results[i] = await self._bring(ctx.scheduler, t, results[i])
@@ -323,6 +328,17 @@ class Build:
             self.store.session.protect(digest, "tree")
         kiln_out.place(self.store.cas, self.project.root, t.name, digest)
         return digest
+
+
+async def _finish_requested() -> None:
+    """Keep going: let all work already started finish, so every step asked
+    for runs (and is cached). A failed step ends its target's code at the
+    first ``await`` that sees it, not the steps started beside it (a
+    ``gather`` does not cancel its other awaitables); they would otherwise
+    be cancelled when the build's event loop closes."""
+    me = asyncio.current_task()
+    while others := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+        await asyncio.wait(others)
 
 
 def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:
