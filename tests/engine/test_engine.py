@@ -192,8 +192,10 @@ async def program():
 """,
         {
             **tools,
-            **{f"{n}.txt": "FAIL\n" if n.startswith("bad") else f"{n}\n"
-               for n in ["bad1", "ok1", "ok2", "bad2", "ok3"]},
+            **{
+                f"{n}.txt": "FAIL\n" if n.startswith("bad") else f"{n}\n"
+                for n in ["bad1", "ok1", "ok2", "bad2", "ok3"]
+            },
         },
     )
     report = build(store, root, jobs=1, keep_going=True)  # one at a time: siblings wait

@@ -42,14 +42,21 @@ class BuildContext:
     the targets evaluated so far (each once per build)."""
 
     def __init__(
-        self, store: Store, project: Project, scheduler: Scheduler, allow_unpinned: bool = False
+        self,
+        store: Store,
+        project: Project,
+        scheduler: Scheduler,
+        allow_unpinned: bool = False,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.project = project
         self.scheduler = scheduler
         self.allow_unpinned = allow_unpinned  # fetches without a digest may run (and fail)
+        self.settings = dict(settings or {})  # `kiln build -D name=value`
         self.sources = Sources(store, project.root)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._rules: dict[tuple[rules.Rule, rules.RuleKey], asyncio.Task[Any]] = {}
         self._waits: dict[str, set[str]] = {}  # target -> targets it awaited
         self._tools: dict[tuple[str, ...], str] = {}
         self._dpkg: Any = None
@@ -116,6 +123,27 @@ class BuildContext:
             task = asyncio.ensure_future(self._run_target(t))
             self._tasks[t.name] = task
         return task
+
+    def call_rule(self, rule: rules.Rule, key: rules.RuleKey, where: str) -> asyncio.Task[Any]:
+        """The one evaluation of ``rule`` with these arguments in this build."""
+        chain = rules._rule_chain.get()
+        if (rule, key) in chain:
+            calls = [*chain[chain.index((rule, key)) :], (rule, key)]
+            raise errors.KilnError(
+                f"{where}: rule call cycle: " + " -> ".join(rules.describe_call(*c) for c in calls),
+                hint="a rule cannot (indirectly) await itself with the same arguments",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        task = self._rules.get((rule, key))
+        if task is None:
+            task = asyncio.ensure_future(self._run_rule(rule, key, chain))
+            self._rules[(rule, key)] = task
+        return task
+
+    async def _run_rule(self, rule: rules.Rule, key: rules.RuleKey, chain: tuple[Any, ...]) -> Any:
+        rules._rule_chain.set((*chain, (rule, key)))
+        args, kwargs = key
+        return await rule.fn(*args, **dict(kwargs))
 
     def _cycle(self, start: str, goal: str) -> list[str] | None:
         """A path of unfinished awaits from ``start`` to ``goal``, if any."""
@@ -192,12 +220,14 @@ class Build:
         worker_processes: bool = False,
         remote: RemoteSettings | None = None,
         on_remote: Callable[[dict[str, int]], None] | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         """``executors``: a maker per step kind. ``worker_processes``: the
         makers are the table's (``kiln.exec.kinds``), so steps may also run
         in worker processes, which make their own (see ``runners.py``).
         ``remote``: a REAPI remote to use (``kiln.remote``); ``on_remote``
-        hears its traffic counts change."""
+        hears its traffic counts change. ``settings``: what the build file's
+        ``setting(name)`` reads (``kiln build -D``)."""
         self.store = store
         self.project = project
         self.allow_unpinned = allow_unpinned
@@ -210,6 +240,7 @@ class Build:
         self.sources: Sources | None = None  # what the last run read (for its stamp)
         self._remote = remote if remote is not None and remote.enabled else None
         self._on_remote = on_remote
+        self.settings = dict(settings or {})
 
     def run(self, names: list[str]) -> BuildReport:
         """Build ``names``: evaluate them, run their steps, place their values."""
@@ -225,7 +256,9 @@ class Build:
         )
         started = time.time()
         try:
-            ctx = BuildContext(self.store, self.project, scheduler, self.allow_unpinned)
+            ctx = BuildContext(
+                self.store, self.project, scheduler, self.allow_unpinned, self.settings
+            )
             values = asyncio.run(self._evaluate(ctx, targets))
         finally:
             scheduler.close()
