@@ -97,6 +97,7 @@ def test_settings_reach_the_build_file_and_the_stamp(store, tmp_path, tools, mon
     assert [s.description for s in default.steps] == ["mode debug"]
     release = api.build(request(mode="release"), store=store)
     assert not release.unchanged  # not answered by the stamp of the build without -D
+    assert release.warnings == []
     assert [s.description for s in release.steps] == ["mode release"]
     assert (root / "kiln-out" / "t" / "release").is_file()
     assert api.answer_from_stamp(request(mode="release")) is not None
@@ -105,6 +106,10 @@ def test_settings_reach_the_build_file_and_the_stamp(store, tmp_path, tools, mon
     again = api.build(request(), store=store)
     assert again.unchanged and again.restored == ["t"]
     assert (root / "kiln-out" / "t" / "debug").is_file()
+    misspelt = build(store, root, settings={"mdoe": "x"})
+    assert misspelt.warnings == [
+        "-D mdoe: the build file did not read this setting (a misspelt name?)"
+    ]
 
 
 def test_d_options_are_parsed_on_the_quick_path_and_refused_when_malformed(home) -> None:

@@ -54,6 +54,7 @@ class BuildContext:
         self.scheduler = scheduler
         self.allow_unpinned = allow_unpinned  # fetches without a digest may run (and fail)
         self.settings = dict(settings or {})  # `kiln build -D name=value`
+        self.settings_read: set[str] = set()  # names the build file asked for
         self.sources = Sources(store, project.root)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._rules: dict[tuple[rules.Rule, rules.RuleKey], asyncio.Task[Any]] = {}
@@ -267,6 +268,10 @@ class Build:
             report.remote = scheduler.remote.stats.as_dict()
             report.warnings.extend(scheduler.remote.stats.warnings)
         report.files_hashed = ctx.sources.files_hashed
+        report.warnings += [
+            f"-D {name}: the build file did not read this setting (a misspelt name?)"
+            for name in sorted(set(self.settings) - ctx.settings_read)
+        ]
         for t, value in zip(targets, values, strict=True):
             outcome = TargetOutcome(t.name)
             report.targets.append(outcome)

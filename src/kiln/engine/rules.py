@@ -165,7 +165,9 @@ def describe_call(rule: Rule, key: RuleKey) -> str:
 def setting(name: str, default: str | None = None) -> str | None:
     """The value given to ``kiln build -D name=value``, else ``default``.
     Settings are part of the build stamp: another value rebuilds."""
-    return _context("setting()").settings.get(name, default)
+    ctx = _context("setting()")
+    ctx.settings_read.add(name)
+    return ctx.settings.get(name, default)
 
 
 def _context(what: str) -> BuildContext:
