@@ -12,6 +12,7 @@ See docs/build-files.md for the whole API.
 """
 
 from kiln.engine.rules import (
+    Rule,
     Target,
     gather,
     glob,
@@ -31,6 +32,7 @@ from kiln.rules import c, fetch
 
 __all__ = [
     "File",
+    "Rule",
     "StepResult",
     "Target",
     "Tree",
