@@ -89,12 +89,11 @@ class BuildRequest(_Fields):
     def __new__(cls, targets: tuple[str, ...] | list[str] = (), **fields: object) -> BuildRequest:
         settings = fields.get("settings")
         if settings:  # one form, sorted: equal settings file the same stamp
-            pairs = settings.items() if isinstance(settings, dict) else settings
-            fields["settings"] = tuple(sorted(dict(pairs).items()))  # type: ignore[call-overload]
+            fields["settings"] = tuple(sorted(dict(settings).items()))  # type: ignore[call-overload]
         return super().__new__(cls, tuple(targets), **fields)
 
     def replace(self, **changes: object) -> BuildRequest:
-        return self._replace(**changes)
+        return BuildRequest(**{**self._asdict(), **changes})  # (normalized as new)
 
     @property
     def home(self) -> Path:

@@ -117,6 +117,8 @@ def test_d_options_are_parsed_on_the_quick_path_and_refused_when_malformed(home)
     assert parsed is not None
     assert parsed[0].settings == (("a", "x=y"), ("b", "3"), ("c", ""))
     assert parsed[0].stamp_key != parse(["build", "t"])[0].stamp_key
+    again = BuildRequest(("t",)).replace(settings={"c": "", "b": "3", "a": "x=y"})
+    assert again.stamp_key == parsed[0].stamp_key  # one form, however given
     for bad in (["-D"], ["-D", "novalue"], ["-D", "=v"], ["-D", "1x=2"], ["-D", "a b=1"]):
         assert parse(["build", *bad]) is None, bad
         proc = run_kiln(home, "build", *bad)
