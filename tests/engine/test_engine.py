@@ -198,7 +198,14 @@ async def program():
             },
         },
     )
-    report = build(store, root, jobs=1, keep_going=True)  # one at a time: siblings wait
+    stopped = build(store, root, jobs=1)  # one at a time: the siblings wait for a slot
+    assert {s.description: s.status for s in stopped.steps} == {
+        "cc bad1": StepStatus.FAILED, "cc ok1": StepStatus.SKIPPED,
+        "cc ok2": StepStatus.SKIPPED, "cc bad2": StepStatus.SKIPPED,
+        "cc ok3": StepStatus.SKIPPED,
+    }  # fmt: skip
+    assert len(stopped.errors) == 1
+    report = build(store, root, jobs=1, keep_going=True)
     status = {s.description: s.status for s in report.steps}
     assert status == {
         "cc bad1": StepStatus.FAILED, "cc ok1": StepStatus.EXECUTED,

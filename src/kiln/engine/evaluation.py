@@ -302,8 +302,7 @@ class Build:
         try:
             tasks = [ctx.evaluate(t, None) for t in targets]
             results = await asyncio.gather(*tasks, return_exceptions=True)
-            if self.keep_going:
-                await _finish_requested()
+            await _finish_started()
             if ctx.scheduler.remote is not None:
                 for i, t in enumerate(targets):
                     results[i] = await self._bring(ctx.scheduler, t, results[i])
@@ -368,12 +367,14 @@ class Build:
         return digest
 
 
-async def _finish_requested() -> None:
-    """Keep going: let all work already started finish, so every step asked
-    for runs (and is cached). A failed step ends its target's code at the
-    first ``await`` that sees it, not the steps started beside it (a
-    ``gather`` does not cancel its other awaitables); they would otherwise
-    be cancelled when the build's event loop closes."""
+async def _finish_started() -> None:
+    """Let the work started beside a failure come to its end. A failed step
+    ends its target's code at the first ``await`` that sees it, not the
+    steps started beside it (``gather`` does not cancel the others); they
+    would otherwise be cancelled when the build's event loop closes and
+    stay "pending". With keep-going they run (and are cached); without, the
+    running ones finish (the build waits for their threads anyway) and the
+    others end as skipped."""
     me = asyncio.current_task()
     while others := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
         await asyncio.wait(others)
