@@ -60,6 +60,16 @@ def test_a_rule_is_evaluated_once_per_distinct_arguments(store, tmp_path, tools)
             ["kilnfile.py:9:", "rule call cycle: r(1) -> r(1)", "await itself"],
         ),
         ("@rule\ndef r(n):\n    return n\n", ["kilnfile.py:7:", "rule 'r' is not an async"]),
+        (
+            "import sys\n\n@rule\nasync def r(n):\n    sys.exit(n)\n\n"
+            "@target\nasync def t():\n    await r(3)\n",
+            ["kilnfile.py:11:", "rule r(3) called sys.exit(3)"],
+        ),
+        (
+            "@rule\nasync def r(n):\n    return 1 / n\n\n"
+            "@target\nasync def t():\n    await r(n=0)\n",
+            ["kilnfile.py:9:", "rule r(0) raised ZeroDivisionError"],
+        ),
     ],
 )
 def test_rule_mistakes_are_named_at_their_line(store, tmp_path, tools, body, fragments) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,7 +144,8 @@ class BuildContext:
     async def _run_rule(self, rule: rules.Rule, key: rules.RuleKey, chain: tuple[Any, ...]) -> Any:
         rules._rule_chain.set((*chain, (rule, key)))
         args, kwargs = key
-        return await rule.fn(*args, **dict(kwargs))
+        what = f"rule {rules.describe_call(rule, key)}"
+        return await _user_code(rule.fn(*args, **dict(kwargs)), rule.file, what)
 
     def _cycle(self, start: str, goal: str) -> list[str] | None:
         """A path of unfinished awaits from ``start`` to ``goal``, if any."""
@@ -162,12 +163,7 @@ class BuildContext:
 
     async def _run_target(self, t: rules.Target) -> Any:
         rules._target.set(t)
-        try:
-            return await t.fn()
-        except (errors.KilnError, BuildStopped):
-            raise
-        except (Exception, SystemExit) as e:  # sys.exit() is no way to succeed
-            raise user_code_error(e, t.file, f"target {t.name!r}") from None
+        return await _user_code(t.fn(), t.file, f"target {t.name!r}")
 
     async def run_step(
         self,
@@ -365,6 +361,16 @@ class Build:
             self.store.session.protect(digest, "tree")
         kiln_out.place(self.store.cas, self.project.root, t.name, digest)
         return digest
+
+
+async def _user_code(code: Coroutine[Any, Any, Any], file: str, what: str) -> Any:
+    """Await build-file code; what it raises becomes an error at its line."""
+    try:
+        return await code
+    except (errors.KilnError, BuildStopped):
+        raise
+    except (Exception, SystemExit) as e:  # sys.exit() is no way to succeed
+        raise user_code_error(e, file, what) from None
 
 
 async def _finish_started() -> None:
