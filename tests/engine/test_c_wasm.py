@@ -107,8 +107,10 @@ async def units():
     cc = await c.clang()
     # The two halves of c.program, public: one unit with its own flags.
     value = await c.compile_unit(source("src/value.c"), [], ["-O2", "-DVALUE=42"], cc)
-    main = await c.compile_unit(source("src/main.c"), glob("include/*.h"), ["-O2"], cc,
-                                include_dirs=["include"])
+    unit = source("src/main.c")
+    headers = c.headers_of(unit, glob("include/*.h"), ["-Iinclude"])
+    assert [h.path for h in headers] == ["include/value.h"], headers
+    main = await c.compile_unit(unit, headers, ["-O2"], cc, include_dirs=["include"])
     return await c.link("units", [main, value], cc, ldflags=["--strip-all"])
 
 @target
@@ -127,6 +129,7 @@ OPTIONS_FILES = {
     'static void on(int sig) { printf("caught %d\\n", sig); }\n'
     "int main(void) { signal(SIGUSR1, on); raise(SIGUSR1); return 0; }\n",
     "include/value.h": "int value(void);\n",
+    "include/unused.h": "#error not included\n",
     "src/value.c": "#ifndef VALUE\n#error VALUE is this unit's own define\n#endif\n"
     "int value(void) { return VALUE; }\n",
     "src/main.c": '#include <stdio.h>\n#include "value.h"\n'
