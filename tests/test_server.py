@@ -317,3 +317,25 @@ def test_a_store_too_deep_for_a_socket_path_is_served_from_a_short_private_folde
     finally:  # (the folder is shared by every such store of this user)
         for leftover in (where.pid_file, where.lock_file):
             Path(leftover).unlink(missing_ok=True)
+
+
+def test_d_settings_reach_the_build_file_through_the_server(served: Served, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "kilnfile.py").write_text(
+        textwrap.dedent("""
+        from kiln.build import setting, target
+
+        @target
+        async def mode():
+            print("mode:", setting("mode", default="debug"))
+        """)
+    )
+    served.start()
+    for mode, args in (("debug", []), ("fast", ["-D", "mode=fast"]), ("small", ["-Dmode=small"])):
+        done = served.kiln("build", *args, cwd=project, KILN_RACY_WINDOW_MS="0")
+        assert done.returncode == 0, done.stderr
+        assert f"mode: {mode}\n" in done.stdout  # not answered by another value's stamp
+    assert served.status()["served"] == 3
+    bad = served.kiln("build", "-D", "mode", cwd=project)
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr

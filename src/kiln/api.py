@@ -56,8 +56,8 @@ __all__ = [
 _Fields = namedtuple(
     "_Fields",
     ("targets", "cwd", "store", "jobs", "keep_going", "allow_unpinned", "from_stamp",
-     "stamp_checked", "remote_cache", "remote_exec", "remote_fallback"),
-    defaults=((), None, None, None, False, False, True, False, None, None, False),
+     "stamp_checked", "remote_cache", "remote_exec", "remote_fallback", "settings"),
+    defaults=((), None, None, None, False, False, True, False, None, None, False, ()),
 )  # fmt: skip
 
 
@@ -78,16 +78,22 @@ class BuildRequest(_Fields):
     - ``remote_cache``, ``remote_exec``, ``remote_fallback``: as ``kiln
       build``'s ``--remote-cache URL``, ``--remote-exec URL`` and
       ``--remote-fallback``, over the config's ``[remote]`` table and the
-      environment (``kiln.remote.settings``).
+      environment (``kiln.remote.settings``);
+    - ``settings``: ``kiln build -D name=value`` settings the build file
+      reads with ``setting(name)``, as a mapping or (name, value) pairs;
+      part of the stamp.
     """
 
     __slots__ = ()
 
     def __new__(cls, targets: tuple[str, ...] | list[str] = (), **fields: object) -> BuildRequest:
+        settings = fields.get("settings")
+        if settings:  # one form, sorted: equal settings file the same stamp
+            fields["settings"] = tuple(sorted(dict(settings).items()))  # type: ignore[call-overload]
         return super().__new__(cls, tuple(targets), **fields)
 
     def replace(self, **changes: object) -> BuildRequest:
-        return self._replace(**changes)
+        return BuildRequest(**{**self._asdict(), **changes})  # (normalized as new)
 
     @property
     def home(self) -> Path:
@@ -102,7 +108,7 @@ class BuildRequest(_Fields):
     @property
     def stamp_key(self) -> str:
         """How this request's stamp is filed (see ``kiln.engine.stamp``)."""
-        return stamp.stamp_key(list(self.targets) or None)
+        return stamp.stamp_key(list(self.targets) or None, self.settings)
 
 
 def answer_from_stamp(request: BuildRequest) -> BuildReport | None:
@@ -208,6 +214,7 @@ def _evaluate(
             on_change=observer.on_change if observer else None,
             worker_processes=executors is None,
             remote=remote, on_remote=getattr(observer, "on_remote", None),
+            settings=dict(request.settings),
         )  # fmt: skip
         started = time.time()
         report = build.run(names)

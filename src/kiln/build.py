@@ -12,12 +12,15 @@ See docs/build-files.md for the whole API.
 """
 
 from kiln.engine.rules import (
+    Rule,
     Target,
     gather,
     glob,
     native,
     pick,
     read_bytes,
+    rule,
+    setting,
     source,
     source_tree,
     target,
@@ -29,6 +32,7 @@ from kiln.rules import c, fetch
 
 __all__ = [
     "File",
+    "Rule",
     "StepResult",
     "Target",
     "Tree",
@@ -39,6 +43,8 @@ __all__ = [
     "native",
     "pick",
     "read_bytes",
+    "rule",
+    "setting",
     "source",
     "source_tree",
     "target",

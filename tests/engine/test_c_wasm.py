@@ -90,3 +90,84 @@ def test_a_c_program_is_compiled_linked_and_run_inside_wasm(c_store, tmp_path: P
     ]
     run = {s.description: s for s in changed.steps}["hello.wasm world"]
     assert c_store.cas.get_bytes(Digest.from_proto(run.result.stdout_digest)) == b"hi, world\n"
+
+
+OPTIONS_KILNFILE = """
+from kiln.build import c, glob, source, target, wasm
+
+@target
+async def signals():
+    # signal() and raise() come from the toolchain's libwasi-emulated-signal.
+    return await c.program("signals", [source("sig/signals.c")],
+                           defines={"_WASI_EMULATED_SIGNAL": None},
+                           libs=["wasi-emulated-signal"])
+
+@target
+async def units():
+    cc = await c.clang()
+    # The two halves of c.program, public: one unit with its own flags.
+    value = await c.compile_unit(source("src/value.c"), [], ["-O2", "-DVALUE=42"], cc)
+    unit = source("src/main.c")
+    headers = c.headers_of(unit, glob("include/*.h"), ["-Iinclude"])
+    assert [h.path for h in headers] == ["include/value.h"], headers
+    main = await c.compile_unit(unit, headers, ["-O2"], cc, include_dirs=["include"])
+    return await c.link("units", [main, value], cc, ldflags=["--strip-all"])
+
+@target
+async def per_unit():
+    return await c.program("per_unit", glob("src/*.c"), headers=glob("include/*.h"),
+                           include_dirs=["include"], unit_flags={"src/value.c": ["-DVALUE=7"]})
+
+@target
+async def run():
+    return [await wasm(await t(), description=f"run {n}")
+            for n, t in [("signals", signals), ("units", units), ("per_unit", per_unit)]]
+"""
+
+OPTIONS_FILES = {
+    "sig/signals.c": "#include <signal.h>\n#include <stdio.h>\n"
+    'static void on(int sig) { printf("caught %d\\n", sig); }\n'
+    "int main(void) { signal(SIGUSR1, on); raise(SIGUSR1); return 0; }\n",
+    "include/value.h": "int value(void);\n",
+    "include/unused.h": "#error not included\n",
+    "src/value.c": "#ifndef VALUE\n#error VALUE is this unit's own define\n#endif\n"
+    "int value(void) { return VALUE; }\n",
+    "src/main.c": '#include <stdio.h>\n#include "value.h"\n'
+    "#ifdef VALUE\n#error VALUE reached another unit\n#endif\n"
+    'int main(void) { printf("%d\\n", value()); return 0; }\n',
+}
+
+
+def test_c_rules_take_defines_libraries_link_flags_and_per_unit_flags(
+    c_store, tmp_path: Path
+) -> None:
+    root = write_project(tmp_path / "p", OPTIONS_KILNFILE, OPTIONS_FILES)
+    report = build(c_store, root, "run")
+    assert report.ok, report.errors
+    steps = {s.description: s for s in report.steps}
+    out = {
+        n: c_store.cas.get_bytes(Digest.from_proto(steps[f"run {n}"].result.stdout_digest))
+        for n in ("signals", "units", "per_unit")
+    }
+    assert out == {"signals": b"caught 10\n", "units": b"42\n", "per_unit": b"7\n"}
+    assert "-lwasi-emulated-signal" in steps["link signals.wasm"].identity["argv"]
+    assert "--strip-all" in steps["link units.wasm"].identity["argv"]
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        ('c.program("p", [source("src/main.c")], libs=["-lm"])', "'-lm' is not a library name"),
+        (
+            'c.program("p", [source("src/main.c")], unit_flags={"src/other.c": ["-O0"]})',
+            "unit_flags names 'src/other.c', which is not one of its sources",
+        ),
+        ('c.program("p", [source("src/main.c")], defines={"-O2": None})', "not a macro name"),
+    ],
+)
+def test_c_rule_options_are_checked(c_store, tmp_path: Path, call: str, fragment: str) -> None:
+    kilnfile = "from kiln.build import c, source, target\n\n@target\nasync def p():\n"
+    kilnfile += f"    return await {call}\n"
+    root = write_project(tmp_path / "p", kilnfile, {"src/main.c": "int main(void) { return 0; }\n"})
+    [error] = build(c_store, root).errors
+    assert fragment in error.render()

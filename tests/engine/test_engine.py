@@ -93,8 +93,40 @@ async def two():
     )
     report = build(store, root, jobs=2)
     statuses = sorted(s.status.value for s in report.steps)
-    assert statuses == ["cached", "executed"]
+    assert statuses == ["executed"]  # one step, asked for twice
     assert report.targets[0].digest == report.targets[1].digest
+
+
+def test_a_step_asked_for_again_counts_once_and_is_looked_up_once(
+    store, tmp_path, tools, monkeypatch
+) -> None:
+    root = write_project(
+        tmp_path / "p",
+        HEADER
+        + """
+async def unit(i):
+    return await wasm(source(CAT), f"u{i}", outputs=[f"u{i}"], description=f"unit {i}")
+
+@target
+async def t():
+    first = await gather(*(unit(i % 3) for i in range(12)))  # 3 steps, 12 requests
+    again = [await unit(i) for i in range(3)]  # asked for again once finished
+    return [*first[:3], *again]
+""",
+        tools,
+    )
+    lookups = []
+    lookup = store.lookup
+    monkeypatch.setattr(store, "lookup", lambda key, **kw: lookups.append(key) or lookup(key, **kw))
+    report = build(store, root, jobs=2)
+    assert report.ok, report.errors
+    summary = report.summary()
+    assert (summary["executed"], summary["cached"]) == (3, 0)
+    assert sorted(s.description for s in report.steps) == ["unit 0", "unit 1", "unit 2"]
+    lookups.clear()
+    again = build(store, root, jobs=2).summary()
+    assert (again["executed"], again["cached"]) == (0, 3)
+    assert len(lookups) == 3  # one per step, not per request
 
 
 FAILING = (
@@ -143,6 +175,51 @@ def test_keep_going_runs_what_does_not_need_the_failure(store, tmp_path, tools) 
     assert step(report, "after the slow one").status is StepStatus.EXECUTED
     outcome = {t.name: t for t in report.targets}
     assert outcome["bad"].output is None and outcome["other"].output is not None
+
+
+def test_keep_going_finishes_the_siblings_of_a_failed_step(store, tmp_path, tools) -> None:
+    root = write_project(
+        tmp_path / "p",
+        HEADER
+        + """
+def unit(name):
+    return wasm(source(CAT), name, f"{name}.txt", inputs=[source(f"{name}.txt")],
+                outputs=[name], description=f"cc {name}")
+
+@target
+async def program():
+    return await gather(*(unit(n) for n in ["bad1", "ok1", "ok2", "bad2", "ok3"]))
+""",
+        {
+            **tools,
+            **{
+                f"{n}.txt": "FAIL\n" if n.startswith("bad") else f"{n}\n"
+                for n in ["bad1", "ok1", "ok2", "bad2", "ok3"]
+            },
+        },
+    )
+    stopped = build(store, root, jobs=1)  # one at a time: the siblings wait for a slot
+    assert {s.description: s.status for s in stopped.steps} == {
+        "cc bad1": StepStatus.FAILED, "cc ok1": StepStatus.SKIPPED,
+        "cc ok2": StepStatus.SKIPPED, "cc bad2": StepStatus.SKIPPED,
+        "cc ok3": StepStatus.SKIPPED,
+    }  # fmt: skip
+    assert len(stopped.errors) == 1
+    report = build(store, root, jobs=1, keep_going=True)
+    status = {s.description: s.status for s in report.steps}
+    assert status == {
+        "cc bad1": StepStatus.FAILED, "cc ok1": StepStatus.EXECUTED,
+        "cc ok2": StepStatus.EXECUTED, "cc bad2": StepStatus.FAILED,
+        "cc ok3": StepStatus.EXECUTED,
+    }  # fmt: skip
+    assert not report.ok and report.exit_code == 1
+    assert sorted(e.fields["step"] for e in report.errors) == ["cc bad1", "cc bad2"]
+    for s in report.steps:
+        assert (store.lookup(s.key) is not None) == (s.status is StepStatus.EXECUTED)
+    fail_fast = build(store, root, jobs=1)  # the siblings' results were cached
+    assert {s.description: s.status for s in fail_fast.steps if "ok" in s.description} == {
+        f"cc ok{i}": StepStatus.CACHED for i in (1, 2, 3)
+    }
 
 
 def test_transient_errors_are_retried(store, tmp_path, tools) -> None:

@@ -14,7 +14,7 @@ import click
 
 from kiln import api
 from kiln.api import BuildReport, BuildRequest
-from kiln.cli.build_options import BUILD_OPTIONS
+from kiln.cli.build_options import BUILD_OPTIONS, parse_setting
 from kiln.cli.common import json_option, open_store
 from kiln.cli.report import show_report, write_json
 from kiln.engine import history
@@ -38,12 +38,23 @@ def _build_options(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(BUILD_OPTIONS):
         if option.takes_count:
             kind: dict[str, Any] = {"type": click.IntRange(min=1)}
+        elif option.repeatable:
+            kind = {"metavar": option.metavar, "multiple": True, "callback": _settings}
         elif option.metavar:
             kind = {"metavar": option.metavar}
         else:
             kind = {"is_flag": True}
         command = click.option(*option.flags, option.field, help=option.help, **kind)(command)
     return command
+
+
+def _settings(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    try:
+        return tuple(parse_setting(v) for v in values)
+    except ValueError as e:
+        raise click.BadParameter(f"{e}; write -D NAME=VALUE", ctx, param) from None
 
 
 @click.command("build")
@@ -59,6 +70,7 @@ def build(
     remote_cache: str | None,
     remote_exec: str | None,
     remote_fallback: bool,
+    settings: tuple[tuple[str, str], ...],
     as_json: bool,
 ) -> None:
     """Build TARGETS (default: every target) of the project's kilnfile.py.
@@ -71,6 +83,7 @@ def build(
         targets, store=ctx.obj.get("store"), jobs=jobs, keep_going=keep_going,
         allow_unpinned=allow_unpinned, stamp_checked=ctx.obj.get("stamp_checked", False),
         remote_cache=remote_cache, remote_exec=remote_exec, remote_fallback=remote_fallback,
+        settings=settings,
     )  # fmt: skip
     report = build_with_progress(request)
     show_report(report, as_json)

@@ -8,25 +8,45 @@ what an option means.
 
 from __future__ import annotations
 
+import re
+
 from kiln.api import BuildRequest
+
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 
 
 class Option:
     """One option: its flags, the field of ``BuildRequest`` it sets (or
     ``as_json``), its help, and what it takes: nothing (a flag), a count
-    (``-j 4``) or a text (``--remote-cache URL``, given as ``metavar``)."""
+    (``-j 4``) or a text (``--remote-cache URL``, given as ``metavar``);
+    ``repeatable``: a setting (``-D NAME=VALUE``, see ``parse_setting``),
+    given any number of times."""
 
-    __slots__ = ("field", "flags", "help", "metavar", "takes_count")
+    __slots__ = ("field", "flags", "help", "metavar", "repeatable", "takes_count")
 
     def __init__(
         self, flags: tuple[str, ...], field: str, help: str, takes_count: bool = False,
-        metavar: str | None = None,
+        metavar: str | None = None, repeatable: bool = False,
     ) -> None:  # fmt: skip
         self.flags = flags
         self.field = field
         self.help = help
         self.takes_count = takes_count
         self.metavar = metavar
+        self.repeatable = repeatable
+
+
+def parse_setting(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` of ``-D`` as (name, value); ValueError saying what is
+    wrong for anything else."""
+    name, eq, value = text.partition("=")
+    if not eq:
+        raise ValueError(f"{text!r} is not NAME=VALUE")
+    if not _SETTING_NAME.match(name):
+        raise ValueError(
+            f"{name!r} is not a setting name (letters, digits, '_', '.', '-'; not first a digit)"
+        )
+    return name, value
 
 
 BUILD_OPTIONS = (
@@ -54,6 +74,11 @@ BUILD_OPTIONS = (
         ("--remote-fallback",), "remote_fallback",
         "Build locally if the execution server cannot be used (else: an error).",
     ),
+    Option(
+        ("-D", "--define"), "settings",
+        "Give the build file's setting NAME the value VALUE (read with "
+        "`setting(NAME)`); repeatable.", metavar="NAME=VALUE", repeatable=True,
+    ),
     Option(("--json",), "as_json", "Print a JSON report."),
 )  # fmt: skip
 _BY_FLAG = {flag: option for option in BUILD_OPTIONS for flag in option.flags}
@@ -68,16 +93,22 @@ def parse(argv: list[str]) -> tuple[BuildRequest, bool] | None:
         return None
     fields: dict[str, object] = {}
     targets: list[str] = []
+    settings: list[tuple[str, str]] = []
     args = iter(argv[1:])
     for arg in args:
         flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if arg.startswith("-j") and arg not in _BY_FLAG:  # -j4
-            flag, eq, inline = "-j", "=", arg[2:]
+        if arg[:2] in ("-j", "-D") and arg not in _BY_FLAG:  # -j4, -Dname=value
+            flag, eq, inline = arg[:2], "=", arg[2:]
         option = _BY_FLAG.get(flag)
         if option is None:
             if arg.startswith("-"):
                 return None
             targets.append(arg)
+        elif option.repeatable:
+            try:
+                settings.append(parse_setting(inline if eq else next(args, "")))
+            except ValueError:
+                return None
         elif option.takes_count:
             count = inline if eq else next(args, "")
             if not (count.isdigit() and int(count) >= 1):
@@ -93,4 +124,4 @@ def parse(argv: list[str]) -> tuple[BuildRequest, bool] | None:
         else:
             fields[option.field] = True
     as_json = bool(fields.pop("as_json", False))
-    return BuildRequest(targets, **fields), as_json
+    return BuildRequest(targets, settings=tuple(settings), **fields), as_json

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,14 +42,22 @@ class BuildContext:
     the targets evaluated so far (each once per build)."""
 
     def __init__(
-        self, store: Store, project: Project, scheduler: Scheduler, allow_unpinned: bool = False
+        self,
+        store: Store,
+        project: Project,
+        scheduler: Scheduler,
+        allow_unpinned: bool = False,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.project = project
         self.scheduler = scheduler
         self.allow_unpinned = allow_unpinned  # fetches without a digest may run (and fail)
+        self.settings = dict(settings or {})  # `kiln build -D name=value`
+        self.settings_read: set[str] = set()  # names the build file asked for
         self.sources = Sources(store, project.root)
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._rules: dict[tuple[rules.Rule, rules.RuleKey], asyncio.Task[Any]] = {}
         self._waits: dict[str, set[str]] = {}  # target -> targets it awaited
         self._tools: dict[tuple[str, ...], str] = {}
         self._dpkg: Any = None
@@ -117,6 +125,28 @@ class BuildContext:
             self._tasks[t.name] = task
         return task
 
+    def call_rule(self, rule: rules.Rule, key: rules.RuleKey, where: str) -> asyncio.Task[Any]:
+        """The one evaluation of ``rule`` with these arguments in this build."""
+        chain = rules._rule_chain.get()
+        if (rule, key) in chain:
+            calls = [*chain[chain.index((rule, key)) :], (rule, key)]
+            raise errors.KilnError(
+                f"{where}: rule call cycle: " + " -> ".join(rules.describe_call(*c) for c in calls),
+                hint="a rule cannot (indirectly) await itself with the same arguments",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        task = self._rules.get((rule, key))
+        if task is None:
+            task = asyncio.ensure_future(self._run_rule(rule, key, chain))
+            self._rules[(rule, key)] = task
+        return task
+
+    async def _run_rule(self, rule: rules.Rule, key: rules.RuleKey, chain: tuple[Any, ...]) -> Any:
+        rules._rule_chain.set((*chain, (rule, key)))
+        args, kwargs = key
+        what = f"rule {rules.describe_call(rule, key)}"
+        return await _user_code(rule.fn(*args, **dict(kwargs)), rule.file, what)
+
     def _cycle(self, start: str, goal: str) -> list[str] | None:
         """A path of unfinished awaits from ``start`` to ``goal``, if any."""
         stack, seen = [(start, [start])], set()
@@ -133,12 +163,7 @@ class BuildContext:
 
     async def _run_target(self, t: rules.Target) -> Any:
         rules._target.set(t)
-        try:
-            return await t.fn()
-        except (errors.KilnError, BuildStopped):
-            raise
-        except (Exception, SystemExit) as e:  # sys.exit() is no way to succeed
-            raise user_code_error(e, t.file, f"target {t.name!r}") from None
+        return await _user_code(t.fn(), t.file, f"target {t.name!r}")
 
     async def run_step(
         self,
@@ -192,12 +217,14 @@ class Build:
         worker_processes: bool = False,
         remote: RemoteSettings | None = None,
         on_remote: Callable[[dict[str, int]], None] | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         """``executors``: a maker per step kind. ``worker_processes``: the
         makers are the table's (``kiln.exec.kinds``), so steps may also run
         in worker processes, which make their own (see ``runners.py``).
         ``remote``: a REAPI remote to use (``kiln.remote``); ``on_remote``
-        hears its traffic counts change."""
+        hears its traffic counts change. ``settings``: what the build file's
+        ``setting(name)`` reads (``kiln build -D``)."""
         self.store = store
         self.project = project
         self.allow_unpinned = allow_unpinned
@@ -210,6 +237,7 @@ class Build:
         self.sources: Sources | None = None  # what the last run read (for its stamp)
         self._remote = remote if remote is not None and remote.enabled else None
         self._on_remote = on_remote
+        self.settings = dict(settings or {})
 
     def run(self, names: list[str]) -> BuildReport:
         """Build ``names``: evaluate them, run their steps, place their values."""
@@ -225,7 +253,9 @@ class Build:
         )
         started = time.time()
         try:
-            ctx = BuildContext(self.store, self.project, scheduler, self.allow_unpinned)
+            ctx = BuildContext(
+                self.store, self.project, scheduler, self.allow_unpinned, self.settings
+            )
             values = asyncio.run(self._evaluate(ctx, targets))
         finally:
             scheduler.close()
@@ -235,6 +265,10 @@ class Build:
             report.remote = scheduler.remote.stats.as_dict()
             report.warnings.extend(scheduler.remote.stats.warnings)
         report.files_hashed = ctx.sources.files_hashed
+        report.warnings += [
+            f"-D {name}: the build file did not read this setting (a misspelt name?)"
+            for name in sorted(set(self.settings) - ctx.settings_read)
+        ]
         for t, value in zip(targets, values, strict=True):
             outcome = TargetOutcome(t.name)
             report.targets.append(outcome)
@@ -250,6 +284,9 @@ class Build:
             outcome.error = value
             if value not in report.errors:  # one failed step can fail several targets
                 report.errors.append(value)
+        # Steps that failed without failing a target by themselves (with
+        # keep-going, siblings of the failure that stopped their target).
+        report.errors += [e for e in scheduler.failures if e not in report.errors]
         ctx.sources.save()
         self.sources = ctx.sources
         report.seconds = time.time() - started
@@ -262,6 +299,7 @@ class Build:
         try:
             tasks = [ctx.evaluate(t, None) for t in targets]
             results = await asyncio.gather(*tasks, return_exceptions=True)
+            await _finish_started()
             if ctx.scheduler.remote is not None:
                 for i, t in enumerate(targets):
                     results[i] = await self._bring(ctx.scheduler, t, results[i])
@@ -324,6 +362,29 @@ class Build:
             self.store.session.protect(digest, "tree")
         kiln_out.place(self.store.cas, self.project.root, t.name, digest)
         return digest
+
+
+async def _user_code(code: Coroutine[Any, Any, Any], file: str, what: str) -> Any:
+    """Await build-file code; what it raises becomes an error at its line."""
+    try:
+        return await code
+    except (errors.KilnError, BuildStopped):
+        raise
+    except (Exception, SystemExit) as e:  # sys.exit() is no way to succeed
+        raise user_code_error(e, file, what) from None
+
+
+async def _finish_started() -> None:
+    """Let the work started beside a failure come to its end. A failed step
+    ends its target's code at the first ``await`` that sees it, not the
+    steps started beside it (``gather`` does not cancel the others); they
+    would otherwise be cancelled when the build's event loop closes and
+    stay "pending". With keep-going they run (and are cached); without, the
+    running ones finish (the build waits for their threads anyway) and the
+    others end as skipped."""
+    me = asyncio.current_task()
+    while others := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+        await asyncio.wait(others)
 
 
 def _flatten(value: Any, t: rules.Target, at: str = "") -> list[Value]:

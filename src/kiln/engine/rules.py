@@ -3,14 +3,18 @@
 A target is an ``async def`` without parameters, decorated with
 ``@target``. Inside it, ``source``/``source_tree``/``glob`` name project
 files, ``wasm(...)`` runs a step and returns its ``StepResult`` when
-awaited, and awaiting another target gives that target's value. Targets and
-steps are evaluated at most once per build; awaiting one never blocks
-others (``gather`` runs several at once).
+awaited, and awaiting another target gives that target's value. An
+``async def`` with parameters decorated with ``@rule`` is evaluated once
+per build for each distinct set of arguments. Targets, rules and steps are
+evaluated at most once per build; awaiting one never blocks others
+(``gather`` runs several at once). ``setting`` reads the build's ``-D``
+settings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -41,6 +45,9 @@ gather = asyncio.gather
 # The build being evaluated and the target whose code is running.
 _build: ContextVar[BuildContext] = ContextVar("kiln_build")
 _target: ContextVar[Target | None] = ContextVar("kiln_target", default=None)
+# The rule calls (rule, arguments) the running code is inside of, outermost
+# first: awaiting one of them again could never finish.
+_rule_chain: ContextVar[tuple[tuple[Rule, RuleKey], ...]] = ContextVar("kiln_rules", default=())
 # Targets defined while a build file is being loaded (see engine/loader.py).
 _defining: list[Target] | None = None
 
@@ -64,16 +71,20 @@ class Target:
         return _context("a target").evaluate(self, _target.get())
 
 
-def target(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Target:
-    """Declare an async function as a build target named after it."""
+def _check_async(fn: Callable[..., Any], what: str) -> None:
     if not asyncio.iscoroutinefunction(fn):
         code = fn.__code__
         raise errors.KilnError(
-            f"{code.co_filename}:{code.co_firstlineno}: target {fn.__name__!r} "
+            f"{code.co_filename}:{code.co_firstlineno}: {what} {fn.__name__!r} "
             "is not an async function",
-            hint="write `async def` for targets",
+            hint=f"write `async def` for {what}s",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
+
+
+def target(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Target:
+    """Declare an async function as a build target named after it."""
+    _check_async(fn, "target")
     code = fn.__code__
     t = Target(fn.__name__, fn, (fn.__doc__ or "").strip(), code.co_filename, code.co_firstlineno)
     if _defining is not None:
@@ -85,6 +96,78 @@ def target(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Target:
             )
         _defining.append(t)
     return t
+
+
+# Positional arguments and sorted keyword arguments of a rule call.
+RuleKey = tuple[tuple[Any, ...], tuple[tuple[str, Any], ...]]
+
+
+@dataclass(frozen=True, eq=False)
+class Rule:
+    """A memoized async function of a build file (``@rule``): all calls
+    with equal arguments in one build share one evaluation and its result
+    (or its error)."""
+
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    file: str
+    line: int
+    signature: inspect.Signature  # (calls are keyed as bound to it, defaults applied)
+
+    @property
+    def name(self) -> str:
+        return self.fn.__qualname__
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Awaiting this gives the rule's result for these arguments."""
+        where = _where()
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise errors.KilnError(
+                f"{where}: rule {self.name!r} ({self.where}) called wrongly: {e}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            ) from None
+        bound.apply_defaults()
+        key: RuleKey = (bound.args, tuple(sorted(bound.kwargs.items(), key=lambda kv: kv[0])))
+        try:
+            hash(key)
+        except TypeError as e:
+            raise errors.KilnError(
+                f"{where}: rule {self.name!r} called with an argument that cannot be a key ({e})",
+                hint="a rule's arguments identify its result: pass hashable values "
+                "(str, int, tuple, frozenset, File, Tree), e.g. a tuple instead of a list",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            ) from None
+        return _context(f"rule {self.name!r}").call_rule(self, key, where)
+
+
+def rule(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Rule:
+    """Memoize an async function for the build: called any number of times
+    with equal (hashable) arguments, it runs once and every caller awaits
+    the same result, like a step. Use it for helpers called once per unit
+    that would otherwise ask for the same steps again and again."""
+    _check_async(fn, "rule")
+    code = fn.__code__
+    return Rule(fn, code.co_filename, code.co_firstlineno, inspect.signature(fn))
+
+
+def describe_call(rule: Rule, key: RuleKey) -> str:
+    """``name(arg, ..., k=v)`` of a rule call, shortened, for messages."""
+    args, kwargs = key
+    text = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs)])
+    return f"{rule.name}({text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """The value given to ``kiln build -D name=value``, else ``default``.
+    Settings are part of the build stamp: another value rebuilds."""
+    ctx = _context("setting()")
+    ctx.settings_read.add(name)
+    return ctx.settings.get(name, default)
 
 
 def _context(what: str) -> BuildContext:

@@ -4,14 +4,17 @@ A step's lifecycle (``StepStatus``):
 
     requested --(action cache hit)---------------------------> CACHED
               --(remote action cache hit, with a remote)-----> REMOTE_CACHED
-              --(same key already in flight)--> wait --------> CACHED
               --(build stopping)-----------------------------> SKIPPED
               --(slot free)--> running --(exit 0)------------> EXECUTED
                                        --(exit 0 on the remote engine)--> REMOTE_EXECUTED
                                        --(non-zero exit)-----> FAILED
                                        --(transient error, after runners.RETRIES retries)--> FAILED
 
-Cache hits return without taking a slot or a thread. At most ``jobs``
+A step is one action key: asking again for a key already asked for in
+this build (by another target, or by a helper called once per unit) waits
+for the first request's outcome and makes no record, cache lookup or
+execution of its own, so the report counts steps, not requests. Cache hits
+return without taking a slot or a thread. At most ``jobs``
 executions run at once, on threads (or, when the build asks
 for it, in worker processes after the first ``PROCESSES_AFTER``; see
 ``runners.py``), always under the store's cross-process "execute once"
@@ -146,8 +149,10 @@ class Scheduler:
         self._processes: ProcessRunner | None = None
         self._use_processes = processes and jobs > 1
         self._executions = 0
-        self._inflight: dict[Digest, tuple[asyncio.Future[StepResult], StepRecord]] = {}
-        self.records: list[StepRecord] = []
+        # Every key asked for in this build, and its outcome once known.
+        self._requested: dict[Digest, asyncio.Future[StepResult]] = {}
+        self.records: list[StepRecord] = []  # one per key
+        self.failures: list[errors.KilnError] = []  # every failed step's error, in order
         self.stopping = False
         self.remote: Remote | None = None  # set from inside the build's event loop
         # Results from the remote, by key, and which of them produced each blob.
@@ -173,9 +178,32 @@ class Scheduler:
         self._on_change(record)
 
     async def run(self, request: StepRequest) -> StepResult:
-        """Run one step (or find its result); raises a ``KilnError`` if it fails."""
+        """Run one step (or find its result); raises a ``KilnError`` if it
+        fails. A key asked for before in this build gets that request's outcome."""
         action, command = request.spec.action()
         key = Digest.of_message(action)  # nothing is written unless the step has to run
+        first = self._requested.get(key)
+        if first is not None:
+            if first.done():  # (no task switch for a result already known)
+                return first.result()
+            return await asyncio.shield(first)
+        future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        self._requested[key] = future
+        try:
+            result = await self._first_request(request, key, action, command)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: later requests get it from their await
+            raise
+        future.set_result(result)
+        return result
+
+    async def _first_request(
+        self, request: StepRequest, key: Digest, action: re_pb2.Action, command: re_pb2.Command
+    ) -> StepResult:
         record = StepRecord(
             len(self.records), request.target, request.description, key, request.identity
         )
@@ -187,30 +215,7 @@ class Scheduler:
             record.started = record.finished = time.time()
             self._change(record, StepStatus.CACHED)
             return self._step_result(record, cached=True)
-        running = self._inflight.get(key)
-        if running is not None:  # the same action, requested again while it runs
-            future, first = running
-            try:
-                await asyncio.shield(future)
-            except BaseException:
-                self._change(record, StepStatus.SKIPPED)  # the one run failed for both
-                raise
-            record.result = first.result
-            record.started = record.finished = time.time()
-            self._change(record, StepStatus.CACHED)
-            return self._step_result(record, cached=True)
-        future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = (future, record)
-        try:
-            result = await self._execute(record, request, action, command)
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # retrieved: waiters get it from their await
-            raise
-        finally:
-            del self._inflight[key]
-        future.set_result(result)
-        return result
+        return await self._execute(record, request, action, command)
 
     async def _execute(
         self, record: StepRecord, request: StepRequest, action: re_pb2.Action,
@@ -261,13 +266,11 @@ class Scheduler:
         finally:
             self._slots.put_nowait(slot)
         if outcome.error is not None or outcome.result is None:
-            self._fail(record)
-            raise outcome.error or AssertionError("an outcome without result or error")
+            raise self._fail(record, outcome.error or AssertionError("no result nor error"))
         record.result = outcome.result
         if outcome.result.exit_code != 0:
-            self._fail(record)
             stderr = read_blob(self._store.cas, Digest.from_proto(outcome.result.stderr_digest))
-            raise step_failed(record, list(command.arguments), stderr)
+            raise self._fail(record, step_failed(record, list(command.arguments), stderr))
         if outcome.remote:
             self._remember_remote(record, request, action, command)
             status = StepStatus.REMOTE_CACHED if outcome.cached else StepStatus.REMOTE_EXECUTED
@@ -350,10 +353,15 @@ class Scheduler:
                 exit_code=errors.ExitCode.FAILED,
             )
 
-    def _fail(self, record: StepRecord) -> None:
+    def _fail(self, record: StepRecord, error: BaseException) -> BaseException:
+        """Mark ``record`` failed (and the build stopping, unless it keeps
+        going); returns ``error``, to raise."""
         if not self.keep_going:
             self.stopping = True
+        if isinstance(error, errors.KilnError):
+            self.failures.append(error)
         self._change(record, StepStatus.FAILED)
+        return error
 
     def _step_result(self, record: StepRecord, cached: bool) -> StepResult:
         result = record.result

@@ -47,9 +47,14 @@ ALL_TARGETS = "*"
 VERSION = (__version__, FIELDS)
 
 
-def stamp_key(targets: list[str] | None) -> str:
+def stamp_key(targets: list[str] | None, settings: tuple[tuple[str, str], ...] = ()) -> str:
     """How a request for ``targets`` (``None``: all of them) is filed."""
-    return ALL_TARGETS if not targets else json.dumps(sorted(targets))
+    key = ALL_TARGETS if not targets else json.dumps(sorted(targets))
+    # `kiln build -D name=value` settings: each set of values has its own
+    # stamp, so a build with other values is never answered by this one's.
+    if settings:
+        key += " -D " + json.dumps(sorted(settings))
+    return key
 
 
 def record(store: Store, project: Project, key: str, sources: Sources, report: BuildReport) -> bool:

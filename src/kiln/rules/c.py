@@ -6,7 +6,15 @@
     async def tally():
         cc = await c.clang()
         return await c.program("tally", glob("src/*.c"), headers=glob("include/*.h"),
-                               cflags=["-O2", "-Iinclude"], toolchain=cc)
+                               cflags=["-O2"], include_dirs=["include"], toolchain=cc)
+
+The public rules are ``clang`` (the toolchain), ``program`` (every unit
+compiled, then linked), and its two halves for builds that need their own
+shape: ``compile_unit`` (one ``clang -c`` step) and ``link`` (one
+``wasm-ld`` step), with per-unit flags, defines, include folders, link
+flags and the toolchain's extra libraries (``libs=["setjmp"]``); ``flags``
+spells the compile options as clang arguments, and ``headers_of`` finds the
+headers a unit may include.
 
 The toolchain is the pinned npm package ``@yowasp/clang`` (LLVM compiled to
 WASI): a fetch pinned by the registry's sha512, its ``llvm.core.wasm`` (one
@@ -27,17 +35,18 @@ file identical stops there (early cutoff).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 from kiln import errors
-from kiln.engine.rules import pick, read_bytes, unpack, wasm
+from kiln.engine.rules import pick, read_bytes, rule, unpack, wasm
 from kiln.engine.values import File, Tree
 from kiln.rules import fetch as fetching
 from kiln.rules.c_includes import IncludeScanner
 from kiln.rules.toolchains import YOWASP_CLANG
 
-__all__ = ["Toolchain", "clang", "program"]
+__all__ = ["Toolchain", "clang", "compile_unit", "flags", "headers_of", "link", "program"]
 
 COMPILE_FUEL = 10**12  # a large optimized unit stays far below this
 COMPILE_MEMORY_MIB = 2048
@@ -54,8 +63,10 @@ class Toolchain:
     usr: Tree
 
 
+@rule
 async def clang() -> Toolchain:
-    """The pinned ``@yowasp/clang`` (fetched and unpacked once per store)."""
+    """The pinned ``@yowasp/clang`` (fetched and unpacked once per store,
+    evaluated once per build)."""
     tarball = await fetching.npm(
         YOWASP_CLANG.name, YOWASP_CLANG.version, digest=YOWASP_CLANG.integrity
     )
@@ -68,30 +79,91 @@ async def clang() -> Toolchain:
     return Toolchain(module, usr.at("usr"))
 
 
+def flags(
+    cflags: Iterable[str] = (),
+    defines: Mapping[str, str | None] | None = None,
+    include_dirs: Iterable[str] = (),
+) -> list[str]:
+    """The clang arguments of these options: ``cflags`` as given, then
+    ``-DNAME=VALUE`` (``-DNAME`` for a value of None) per define, then
+    ``-IDIR`` per include folder (project-relative)."""
+    out = [str(f) for f in cflags]
+    for name, value in (defines or {}).items():
+        if not name or name.startswith("-") or "=" in name:
+            raise errors.KilnError(
+                f"c: {name!r} is not a macro name to define",
+                hint="give defines as {'NAME': 'VALUE'} or {'NAME': None}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        out.append(f"-D{name}" if value is None else f"-D{name}={value}")
+    return out + [f"-I{d}" for d in include_dirs]
+
+
+def headers_of(unit: File, headers: Iterable[File], cflags: Iterable[str] = ()) -> list[File]:
+    """The ``headers`` that ``unit`` may include, directly or through other
+    headers, found by reading their ``#include`` lines (``cflags`` give the
+    ``-I`` folders); a superset, never too few (``kiln.rules.c_includes``).
+    For many units, ``program`` reads each header once for all of them."""
+    return IncludeScanner(headers, list(cflags), read_bytes).headers_of(unit)
+
+
 async def compile_unit(
-    unit: File, headers: list[File], cflags: list[str], toolchain: Toolchain
+    unit: File,
+    headers: Iterable[File] = (),
+    cflags: Iterable[str] = (),
+    toolchain: Toolchain | None = None,
+    *,
+    defines: Mapping[str, str | None] | None = None,
+    include_dirs: Iterable[str] = (),
 ) -> File:
-    """One translation unit to an object file; ``headers`` are the project
-    headers it may include (its step sees no others)."""
+    """One translation unit compiled by its own ``clang -c`` step to the
+    object file ``obj/UNIT.o``; the step sees the unit, exactly the
+    ``headers`` given (see ``headers_of``) and the toolchain's ``/usr``.
+    Its arguments are ``flags(cflags, defines, include_dirs)``."""
+    tc = toolchain or await clang()
+    args = flags(cflags, defines, include_dirs)
     obj = f"obj/{unit.path}.o"
     step = await wasm(
-        toolchain.module.at("clang"), "-c", *cflags, unit.path, "-o", obj,
-        inputs=[toolchain.usr, unit, *headers], outputs=[obj],
+        tc.module.at("clang"), "-c", *args, unit.path, "-o", obj,
+        inputs=[tc.usr, unit, *headers], outputs=[obj],
         fuel=COMPILE_FUEL, memory_mib=COMPILE_MEMORY_MIB, description=f"cc {unit.path}",
     )  # fmt: skip
     return step.file(obj)
 
 
-async def link(name: str, objects: list[File], toolchain: Toolchain) -> File:
-    """Link objects with the WASI C library into ``NAME.wasm``."""
+async def link(
+    name: str,
+    objects: Iterable[File],
+    toolchain: Toolchain | None = None,
+    *,
+    ldflags: Iterable[str] = (),
+    libs: Iterable[str] = (),
+) -> File:
+    """Link ``objects`` (object files or static archives, as ``File``
+    values) with the WASI C library into ``NAME.wasm``, by one ``wasm-ld``
+    step. ``ldflags`` are passed to ``wasm-ld`` before the objects;
+    ``libs`` names libraries of the toolchain (``"setjmp"``,
+    ``"wasi-emulated-signal"``, ``"m"``: ``-lNAME``), linked after the
+    objects and before the C library."""
+    tc = toolchain or await clang()
+    objects = list(objects)
+    names = [str(lib) for lib in libs]
+    bad = next((n for n in names if not n or n.startswith("-") or "/" in n), None)
+    if bad is not None:
+        raise errors.KilnError(
+            f"c.link({name!r}): {bad!r} is not a library name",
+            hint="name libraries as for -l, e.g. libs=['setjmp']; pass archives you "
+            "built as objects",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
     # wasm-ld writes a temporary file next to its output and renames it; a
     # guest may create any name only under /tmp, so the output is made there.
     out = f"tmp/{name}.wasm"
     step = await wasm(
-        toolchain.module.at("wasm-ld"), "-m", "wasm32", f"-L{WASI_LIBS}",
-        f"{WASI_LIBS}/crt1-command.o", *(o.path for o in objects), "-lc", BUILTINS,
-        "-o", f"/{out}",
-        inputs=[toolchain.usr, *objects], outputs=[out],
+        tc.module.at("wasm-ld"), "-m", "wasm32", f"-L{WASI_LIBS}", *map(str, ldflags),
+        f"{WASI_LIBS}/crt1-command.o", *(o.path for o in objects),
+        *(f"-l{n}" for n in names), "-lc", BUILTINS, "-o", f"/{out}",
+        inputs=[tc.usr, *objects], outputs=[out],
         fuel=COMPILE_FUEL, memory_mib=COMPILE_MEMORY_MIB, description=f"link {name}.wasm",
     )  # fmt: skip
     return step.file(out).at(f"{name}.wasm")
@@ -103,18 +175,41 @@ async def program(
     *,
     headers: Iterable[File] = (),
     cflags: Iterable[str] = (),
+    defines: Mapping[str, str | None] | None = None,
+    include_dirs: Iterable[str] = (),
+    unit_flags: Mapping[str, Iterable[str]] | None = None,
+    ldflags: Iterable[str] = (),
+    libs: Iterable[str] = (),
     toolchain: Toolchain | None = None,
 ) -> File:
-    """Compile each of ``sources`` in its own step and link ``NAME.wasm``."""
+    """Compile each of ``sources`` in its own step (``compile_unit``) and
+    link ``NAME.wasm`` (``link``). Every unit gets ``flags(cflags, defines,
+    include_dirs)``; ``unit_flags`` adds, after those, flags for the units
+    at the paths it names (e.g. ``{"src/fast.c": ["-O3"]}``). ``ldflags``
+    and ``libs`` are the link's."""
     units = list(sources)
     if not units:
         raise errors.KilnError(
             f"c.program({name!r}) has no sources", exit_code=errors.ExitCode.BAD_INPUT
         )
+    extra = {path: [str(f) for f in more] for path, more in (unit_flags or {}).items()}
+    unknown = sorted(set(extra) - {u.path for u in units})
+    if unknown:
+        raise errors.KilnError(
+            f"c.program({name!r}): unit_flags names {', '.join(map(repr, unknown))}, "
+            "which is not one of its sources",
+            hint="key unit_flags by a source's path, e.g. 'src/main.c'",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
     tc = toolchain or await clang()
-    flags = list(cflags)
-    scanner = IncludeScanner(headers, flags, read_bytes)
+    common = flags(cflags, defines, include_dirs)
+    # One scanner for all units (each header read once); a unit's own -I
+    # folders widen the search for all of them, which only adds headers.
+    scanner = IncludeScanner(headers, [*common, *chain.from_iterable(extra.values())], read_bytes)
     objects = await asyncio.gather(
-        *(compile_unit(u, scanner.headers_of(u), flags, tc) for u in units)
+        *(
+            compile_unit(u, scanner.headers_of(u), [*common, *extra.get(u.path, ())], tc)
+            for u in units
+        )
     )
-    return await link(name, list(objects), tc)
+    return await link(name, list(objects), tc, ldflags=ldflags, libs=libs)
