@@ -47,7 +47,7 @@ def test_live_line_counts_and_names_running_steps() -> None:
     _move(progress, done, StepStatus.EXECUTED, started=time.time())
     _move(progress, running, StepStatus.PENDING, started=time.time())
     text = progress._render().plain
-    assert text.startswith("kiln: 1 done (0 cached), 1 running, 0 failed")
+    assert text.startswith("kiln: 1/2 done (0 cached), 1 running, 0 failed")
     assert "t: compile b" in text
 
 
