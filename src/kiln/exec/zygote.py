@@ -24,7 +24,6 @@ import socket
 import struct
 import subprocess
 import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +189,7 @@ class Zygote:
             return
         self._sock.close()
         self.kill()
+        _live.discard(self)
         _, stderr = self._proc.communicate()
         self._stderr = stderr or self._stderr
 
@@ -199,7 +199,9 @@ class Zygote:
         return text or f"bubblewrap exited with {self._proc.returncode}"
 
 
-_live: weakref.WeakSet[Zygote] = weakref.WeakSet()  # this process's sandboxes
+# This process's sandboxes not yet closed (a plain set: copying it is atomic,
+# also while other threads add to it, as in a signal handler).
+_live: set[Zygote] = set()
 
 
 def _kill_all() -> None:
