@@ -9,6 +9,7 @@ import time
 from kiln.engine.progress import BuildProgress, printable
 from kiln.engine.scheduler import StepRecord, StepStatus
 from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
 
 
 def _record(seq: int, description: str) -> StepRecord:
@@ -109,3 +110,20 @@ def test_an_interruption_names_what_it_stops() -> None:
     assert "kiln: interrupted: stopping 1 running step: t: sleep (5 s); Ctrl-C again" in (
         out.getvalue()
     )
+
+
+def test_on_a_terminal_a_steps_stderr_is_printed_above_the_live_line(store) -> None:
+    out = io.StringIO()
+    with BuildProgress(out, live=True) as progress:
+        progress.on_store(store)
+        quiet, noisy = _record(0, "quiet step"), _record(1, "noisy step")
+        for r, stderr in ((quiet, b""), (noisy, b"warning: \x1b[1munused\x1b[0m\n")):
+            with store.writing():
+                digest = store.cas.put_bytes(stderr)
+            r.result = re_pb2.ActionResult(stderr_digest=digest.to_proto())
+            progress.on_change(r)
+            _move(progress, r, StepStatus.EXECUTED, started=time.time())
+    text = out.getvalue()
+    assert "kiln: ran    t: noisy step (" in text and "warning: \\x1b[1munused\\x1b[0m" in text
+    assert text.count("kiln: ran") == 1  # on a terminal, only steps with stderr get a line
+    assert progress.stderr[0]["stderr"] == "warning: \\x1b[1munused\\x1b[0m"
