@@ -5,6 +5,7 @@ theirs was cached) and succeeds. With and without the resident server."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -60,21 +61,24 @@ def _project(tmp_path: Path) -> Path:
     return project
 
 
-def _interrupt_while_running(served: Served, project: Path, tmp_path: Path) -> tuple[str, float]:
-    """Start `kiln build -v`, send SIGINT once both steps run: its stderr
-    and how long it took to exit after the signal."""
+def _interrupt_while_running(
+    served: Served, project: Path, tmp_path: Path, starts: int = 2
+) -> tuple[str, float]:
+    """Start `kiln build -v` in a process group of its own, send SIGINT to
+    the group (as a terminal's Ctrl-C does) once ``starts`` steps have
+    started: its stderr and how long it took to exit after the signal."""
     err = tmp_path / "stderr.txt"
     with err.open("w") as stream:
         build = subprocess.Popen(
             [KILN, "build", "-v", "-j", "2"], cwd=project, env=served.env,
-            stdout=subprocess.DEVNULL, stderr=stream,
+            stdout=subprocess.DEVNULL, stderr=stream, start_new_session=True,
         )  # fmt: skip
         try:
             served.wait_until(
-                lambda: err.read_text().count("kiln: start") == 2, "both steps to start"
+                lambda: err.read_text().count("kiln: start") == starts, "the steps to start"
             )
             sent = time.monotonic()
-            build.send_signal(signal.SIGINT)
+            os.killpg(build.pid, signal.SIGINT)
             build.wait(timeout=WAIT_S)
             took = time.monotonic() - sent
         finally:
@@ -106,3 +110,32 @@ def test_ctrl_c_stops_running_steps_at_once_and_the_next_build_runs_them(
         assert again.returncode == 0, again.stderr
         assert '"executed": 2' in again.stdout  # both ran: nothing of theirs was cached
         assert (project / "kiln-out" / "nap" / "out").read_text() == "rested\n"
+
+
+LATE = f"""
+from kiln.build import gather, native, target
+
+
+@target
+async def late():
+    await gather(*(native("sh", "-c", f"echo {{i}} > out", tools=["sh"], outputs=["out"])
+                   for i in range(9)))
+    return await native("sh", "-c", "sleep {STEP_S}; echo rested > out",
+                        tools=["sh", "sleep"], outputs=["out"], description="nap")
+"""
+
+
+def test_ctrl_c_stops_steps_in_worker_processes(tmp_path: Path) -> None:
+    """After its first executions a build may run steps in worker processes
+    (KILN_WORKER_PROCESSES=1): Ctrl-C stops theirs at once too."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "kilnfile.py").write_text(LATE)
+    with serving(tmp_path / "home") as served:
+        served.env.update(KILN_SERVER="off", KILN_WORKER_PROCESSES="1")
+        stderr, took = _interrupt_while_running(served, project, tmp_path, starts=10)
+        assert took < STEP_S - 1, (took, stderr)
+        assert "Traceback" not in stderr and "kiln: interrupted: stopping 1 running step" in stderr
+        again = served.kiln("build", "--json", cwd=project)
+        assert again.returncode == 0, again.stderr
+        assert (project / "kiln-out" / "late" / "out").read_text() == "rested\n"

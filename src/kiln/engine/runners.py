@@ -147,6 +147,9 @@ class ProcessRunner:
             _worker_run, kind, str(key), canonical_bytes(action), canonical_bytes(command), where
         )
         outcome: Future[Outcome] = Future()
+        # Running from now on: a build that stops waiting (Ctrl-C) cannot
+        # cancel it, and the worker's reply still has a future to land in.
+        outcome.set_running_or_notify_cancel()
 
         def unpack(done: Future[Any]) -> None:
             try:
