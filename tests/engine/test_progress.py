@@ -127,3 +127,19 @@ def test_on_a_terminal_a_steps_stderr_is_printed_above_the_live_line(store) -> N
     assert "kiln: ran    t: noisy step (" in text and "warning: \\x1b[1munused\\x1b[0m" in text
     assert text.count("kiln: ran") == 1  # on a terminal, only steps with stderr get a line
     assert progress.stderr[0]["stderr"] == "warning: \\x1b[1munused\\x1b[0m"
+
+
+def test_a_step_requested_again_as_it_ran_is_not_counted_as_a_cached_one(store) -> None:
+    out = io.StringIO()
+    with BuildProgress(out, live=False) as progress:
+        progress.on_store(store)
+        with store.writing():
+            digest = store.cas.put_bytes(b"warning\n")
+        first, again = _record(0, "cc"), _record(1, "cc")
+        again.key = first.key
+        for r in (first, again):
+            r.result = re_pb2.ActionResult(stderr_digest=digest.to_proto())
+            progress.on_change(r)
+        _move(progress, first, StepStatus.EXECUTED, started=time.time())
+        _move(progress, again, StepStatus.CACHED)
+    assert out.getvalue().count("warning") == 1 and "cached step" not in out.getvalue()

@@ -103,6 +103,7 @@ class BuildProgress:
         self._read: Callable[[Digest], bytes | None] | None = None
         self.stderr: list[dict[str, Any]] = []  # what steps that ran wrote to stderr
         self._cached_stderr: dict[str, int] = {}  # target -> cache hits that wrote to stderr
+        self._shown: set[Digest] = set()  # keys of the steps whose stderr was shown
 
     def __enter__(self) -> BuildProgress:
         if self._live_enabled:  # (start-up: rich only on a terminal)
@@ -174,6 +175,8 @@ class BuildProgress:
         return printable(f"{record.target}: {record.description} ({took:.2f} s)")
 
     def _count_cached_stderr(self, record: StepRecord) -> None:
+        if record.key in self._shown:  # the same step, requested again as it ran
+            return
         if record.result is not None and record.result.stderr_digest.size_bytes:
             self._cached_stderr[record.target] = self._cached_stderr.get(record.target, 0) + 1
 
@@ -187,6 +190,7 @@ class BuildProgress:
     def _show_stderr(self, record: StepRecord, data: bytes) -> None:
         """What a step that ran here wrote to stderr, after its line."""
         text, cut = stderr_excerpt(data)
+        self._shown.add(record.key)
         self.stderr.append({
             "target": record.target, "step": record.description, "stderr": text,
             "truncated": cut, "bytes": len(data),
