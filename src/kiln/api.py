@@ -205,7 +205,12 @@ def _evaluate(
     owned = store is None
     store = store or Store(request.home)
     try:
-        hooks = ExecHooks(on_download=observer.on_download if observer else None)
+        hooks = ExecHooks(
+            on_download=observer.on_download if observer else None,
+            on_slow=getattr(observer, "on_slow", None),
+        )
+        if hasattr(observer, "on_store"):  # (to read what steps wrote to stderr)
+            observer.on_store(store)
         chosen = executors or kinds.factories(kinds.local_context(store), hooks)
         remote, unread = _remote_settings(request)
         build = Build(

@@ -19,6 +19,7 @@ class ExitCode:
     BAD_INPUT = 2  # usage error, malformed argument, unusable input path
     NOT_FOUND = 3  # a digest or name that is not in the store, a target never built
     STORE = 4  # the store itself cannot be used (permissions, disk, lock)
+    INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), as shells report it
 
 
 class KilnError(Exception):

@@ -22,6 +22,7 @@ from kiln.engine.loader import Project, load
 from kiln.engine.progress import BuildProgress
 from kiln.engine.root import find_root
 from kiln.engine.values import outputs_of
+from kiln.exec import interrupt
 from kiln.model.action import shareable
 from kiln.model.digest import EMPTY, Digest
 
@@ -60,10 +61,12 @@ def _settings(
 @click.command("build")
 @click.argument("targets", nargs=-1)
 @_build_options
+@click.option("-v", "--verbose", is_flag=True, help="Show each step's command as it starts.")
 @click.pass_context
 def build(
     ctx: click.Context,
     targets: tuple[str, ...],
+    verbose: bool,
     jobs: int | None,
     keep_going: bool,
     allow_unpinned: bool,
@@ -77,7 +80,10 @@ def build(
 
     Each target's value lands, read-only, in kiln-out/TARGET/ under the
     project root and is kept from garbage collection. Steps whose result is
-    in the store do not run again. Exits 1 if a step or target failed.
+    in the store do not run again. What a step that ran wrote to stderr
+    (warnings) is shown after its line. Exits 1 if a step or target failed,
+    130 if interrupted (Ctrl-C stops the running steps; a second one quits
+    without waiting for them).
     """
     request = BuildRequest(
         targets, store=ctx.obj.get("store"), jobs=jobs, keep_going=keep_going,
@@ -85,16 +91,25 @@ def build(
         remote_cache=remote_cache, remote_exec=remote_exec, remote_fallback=remote_fallback,
         settings=settings,
     )  # fmt: skip
-    report = build_with_progress(request)
-    show_report(report, as_json)
+    with BuildProgress(verbose=verbose, json=as_json) as progress:
+        report = _build(request, progress)
+    show_report(report, as_json, progress.json_fields())
     if report.errors:
         sys.exit(report.exit_code)
+
+
+def _build(
+    request: BuildRequest, progress: BuildProgress, store: Store | None = None
+) -> BuildReport:
+    """``kiln.api.build`` shown by ``progress``; Ctrl-C stops its steps."""
+    with interrupt.first_ctrl_c_stops(progress.interrupted):
+        return api.build(request, progress, store=store)
 
 
 def build_with_progress(request: BuildRequest, store: Store | None = None) -> BuildReport:
     """``kiln.api.build`` with the build's progress shown on stderr."""
     with BuildProgress() as progress:
-        return api.build(request, progress, store=store)
+        return _build(request, progress, store)
 
 
 def build_for_check(store: Store, targets: list[str], jobs: int | None = None) -> list[Any]:

@@ -17,14 +17,16 @@ def write_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def show_report(report: BuildReport, as_json: bool) -> None:
-    """Print a build's report."""
+def show_report(report: BuildReport, as_json: bool, shown: dict[str, object] | None = None) -> None:
+    """Print a build's report; ``shown``: what the progress display would
+    have printed of the steps' stderr (``BuildProgress.json_fields``), for
+    the JSON report."""
     for warning in report.warnings:
         sys.stderr.write(f"kiln: warning: {warning}\n")
     for error in report.errors:
         sys.stderr.write(f"kiln: error: {error.render()}\n")
     if as_json:
-        summary = report.summary()
+        summary = {**report.summary(), "stderr": [], "cached_stderr": {}, **(shown or {})}
         if report.errors:  # what every failed --json command says
             summary.update(error=report.errors[0].message, hint=report.errors[0].hint)
         write_json(summary)

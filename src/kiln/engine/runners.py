@@ -23,13 +23,14 @@ import atexit
 import multiprocessing
 import multiprocessing.util
 import queue
+import signal
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import KilnError
-from kiln.exec import kinds
+from kiln.exec import interrupt, kinds
 from kiln.exec.base import TransientError, close_executor
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.model.reapi import re_pb2
@@ -146,6 +147,9 @@ class ProcessRunner:
             _worker_run, kind, str(key), canonical_bytes(action), canonical_bytes(command), where
         )
         outcome: Future[Outcome] = Future()
+        # Running from now on: a build that stops waiting (Ctrl-C) cannot
+        # cancel it, and the worker's reply still has a future to land in.
+        outcome.set_running_or_notify_cancel()
 
         def unpack(done: Future[Any]) -> None:
             try:
@@ -188,6 +192,9 @@ _worker: dict[str, Any] = {}
 
 
 def _worker_start(home: str) -> None:
+    # Ctrl-C reaches the workers too (one process group): stop their steps,
+    # which then fail as interrupted; the build decides what to do next.
+    signal.signal(signal.SIGINT, lambda *_: interrupt.stop())
     store = Store(home)
     atexit.register(store.close)
     _worker["store"] = store

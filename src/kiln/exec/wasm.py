@@ -34,6 +34,7 @@ from typing import Any
 
 import wasmtime
 
+from kiln.exec import interrupt
 from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
 from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.disk import Disk, DiskLimit
@@ -91,6 +92,17 @@ class SharedEngine:
         self.loading = threading.Lock()  # one load (or compile) at a time
         self._ticker_lock = threading.Lock()
         self._ticking = False
+        self.stores: set[Any] = set()  # the guests running now, for ``interrupt``
+        interrupt.on_stop(self.interrupt)
+
+    def interrupt(self) -> None:
+        """End every running guest at its next function call (Ctrl-C)."""
+        # From another thread (a signal handler): a deadline of "now" is a
+        # plain write Wasmtime reads at each function entry; a loop that calls
+        # no function runs on until its own deadline.
+        for store in list(self.stores):
+            store.set_epoch_deadline(0)
+        self.engine.increment_epoch()
 
     def _current_host(self) -> WasiHost:
         return self.running.host
@@ -147,6 +159,7 @@ class SharedEngine:
 
     def _after_fork(self) -> None:
         self._ticking = False  # threads do not survive fork
+        self.stores = set()
         self._ticker_lock = threading.Lock()
         self.loading = threading.Lock()
 
@@ -309,6 +322,9 @@ class WasmExecutor:
         store.set_epoch_deadline(self._shared.deadline_ticks(self._timeout))
         self._shared.running.host = host
         instance = None
+        if interrupt.stopped():
+            raise interrupt.Interrupted()
+        self._shared.stores.add(store)
         try:
             try:
                 instance = self._shared.linker_for(digest, module).instantiate(store, module)
@@ -336,6 +352,8 @@ class WasmExecutor:
             return EXIT_TRAP, f"trap: {_cause(str(e))}"  # e.g. an import kiln does not offer
         except WasiError as e:  # raised outside a host call's wrapper
             return EXIT_TRAP, f"WASI error {e.errno}"
+        finally:
+            self._shared.stores.discard(store)
 
     @staticmethod
     def _host_failure(error: BaseException) -> tuple[int, str]:
@@ -349,6 +367,8 @@ class WasmExecutor:
         code = trap.trap_code
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return f"out of fuel after {limits.fuel} units"
+        if code == wasmtime.TrapCode.INTERRUPT and interrupt.stopped():
+            raise interrupt.Interrupted()
         if code == wasmtime.TrapCode.INTERRUPT:
             raise TransientError(
                 f"wall-clock timeout after {self._timeout} s (not cached)",

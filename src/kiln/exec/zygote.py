@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import KilnError
+from kiln.exec import interrupt
 from kiln.exec.base import TransientError
 
 SANDBOX_DIR = Path(__file__).parent / "sandbox"
@@ -126,12 +127,17 @@ class Zygote:
             )  # fmt: skip
         self._sock = ours
         self._stderr = b""
+        _live.add(self)
+        if interrupt.stopped():  # (stopped while it was starting)
+            self.kill()
 
     def run(
         self, step: str, cwd: str, env: dict[str, str], argv: list[str], timeout: float | None
     ) -> Outcome:
         """Run ``argv`` as step ``step``; a timeout ends the whole sandbox."""
         message = encode_request(step, cwd, env, argv)
+        if interrupt.stopped():
+            raise interrupt.Interrupted()
         out = os.memfd_create("stdout", os.MFD_CLOEXEC)
         err = os.memfd_create("stderr", os.MFD_CLOEXEC)
         try:
@@ -147,6 +153,8 @@ class Zygote:
                 ) from None
             except OSError:
                 reply = b""
+            if not reply and interrupt.stopped():
+                raise interrupt.Interrupted()
             if not reply:
                 raise TransientError(f"the sandbox ended unexpectedly: {self._last_words()}")
             kind, _, value = reply.decode(errors="replace").partition(" ")
@@ -167,13 +175,21 @@ class Zygote:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
+    def kill(self) -> None:
+        """End every process in the sandbox now (safe in a signal handler:
+        the step's ``run`` sees it end; ``close`` still reaps it)."""
+        if self._proc.returncode is not None:
+            return  # reaped: its pid may belong to another process by now
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+
     def close(self) -> None:
         """End the sandbox and every process in it."""
         if self._sock.fileno() < 0:
             return
         self._sock.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
+        self.kill()
+        _live.discard(self)
         _, stderr = self._proc.communicate()
         self._stderr = stderr or self._stderr
 
@@ -181,6 +197,19 @@ class Zygote:
         self.close()
         text = self._stderr.decode(errors="replace").strip()
         return text or f"bubblewrap exited with {self._proc.returncode}"
+
+
+# This process's sandboxes not yet closed (a plain set: copying it is atomic,
+# also while other threads add to it, as in a signal handler).
+_live: set[Zygote] = set()
+
+
+def _kill_all() -> None:
+    for zygote in list(_live):
+        zygote.kill()
+
+
+interrupt.on_stop(_kill_all)
 
 
 def encode_request(step: str, cwd: str, env: dict[str, str], argv: list[str]) -> bytes:
