@@ -182,7 +182,7 @@ def run(argv: list[str] | None, stamp_checked: bool = False) -> int:
         click.echo("kiln: interrupted", err=True)
         if as_json:
             _json_error("interrupted", None)
-        return 130
+        return ExitCode.INTERRUPTED
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         return fail(KilnError(f"{where}{e.strerror or e}"), as_json)
