@@ -112,6 +112,36 @@ def test_show_log_and_why_answer_from_the_targets_own_last_build(kiln_in) -> Non
     assert "has not been built" in proc.stderr and "kiln build report" in proc.stderr
 
 
+def test_a_step_two_targets_ask_for_is_counted_once_and_shown_for_both(
+    example: Path, kiln_in
+) -> None:
+    """The same action requested by two targets runs and counts once; `kiln
+    show` and `log` list it under each of them."""
+    (example / "kilnfile.py").write_text(
+        "from kiln.build import source, target, wasm\n"
+        "async def listing():\n"
+        "    return await wasm(source('tools/textkit.wasm'), 'chapters', 'book.txt', 'c.json',\n"
+        "                      inputs=[source('book.txt')], outputs=['c.json'],\n"
+        "                      description='list chapters')\n"
+        "@target\n"
+        "async def first():\n"
+        "    return await listing()\n"
+        "@target\n"
+        "async def second():\n"
+        "    return await listing()\n"
+    )
+    report = json.loads(kiln_in("build", "--json").stdout)
+    assert (report["executed"], report["cached"]) == (1, 0)
+    for name in ("first", "second"):
+        [step] = json.loads(kiln_in("show", name, "--json").stdout)
+        assert step["step"] == "list chapters"
+        assert "list chapters [executed, exit code 0]" in kiln_in("log", name).stdout
+    kiln_in("build", "first", "--json")  # the last build: second is not in it
+    assert [s["step"] for s in json.loads(kiln_in("show", "second", "--json").stdout)] == [
+        "list chapters"
+    ]
+
+
 def test_an_unknown_target_suggests_the_closest_name(kiln_in) -> None:
     proc = kiln_in("build", "--json", "reprt", code=2)
     report = json.loads(proc.stdout)
@@ -216,6 +246,7 @@ def _result(files: dict[str, str]) -> bytes:
 
 
 def test_a_store_from_before_awaits_were_recorded_is_upgraded(store, example: Path) -> None:
+    """A v4 store (no builds.awaits, no build_steps.also) gains both columns."""
     from kiln.store.local import Store
 
     build(store, example)
@@ -229,6 +260,7 @@ def test_a_store_from_before_awaits_were_recorded_is_upgraded(store, example: Pa
                  "FROM builds")  # fmt: skip
     conn.execute("DROP TABLE builds")
     conn.execute("ALTER TABLE old RENAME TO builds")
+    conn.execute("ALTER TABLE build_steps DROP COLUMN also")
     conn.execute("PRAGMA user_version=4")
     store.close()
     with Store(home) as again:

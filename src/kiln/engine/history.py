@@ -65,7 +65,7 @@ def record_build(
         build_id = int(cur.lastrowid or 0)
         conn.executemany(
             "INSERT INTO build_steps(build, seq, target, step, key, status, slot, started, "
-            "finished, inputs, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "finished, inputs, result, also) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     build_id,
@@ -79,6 +79,7 @@ def record_build(
                     s.finished,
                     json.dumps(s.identity, sort_keys=True),
                     None if s.result is None else canonical_bytes(s.result),
+                    json.dumps(s.also) if s.also else None,
                 )
                 for s in report.steps
             ],
@@ -108,7 +109,8 @@ def last_build(store: Store, project: Path, with_steps: bool = False) -> int:
 _BUILDS_OF_TARGET = """
 SELECT MAX(b.id) FROM builds AS b
 WHERE b.project = ?1 AND (
-    EXISTS (SELECT 1 FROM build_steps AS s WHERE s.build = b.id AND s.target = ?2)
+    EXISTS (SELECT 1 FROM build_steps AS s WHERE s.build = b.id AND (s.target = ?2
+            OR s.also IS NOT NULL AND ?2 IN (SELECT value FROM json_each(s.also))))
     OR ((b.status != 'unchanged' OR ?3) AND (
         b.targets = ?4 AND b.status = 'unchanged'
         OR ?2 IN (SELECT value FROM json_each(
@@ -132,11 +134,13 @@ def last_build_of(store: Store, project: Path, target: str, with_steps: bool = T
 def steps(store: Store, build: int, target: str | None = None) -> list[StepRow]:
     query = (
         "SELECT build, seq, target, step, key, status, slot, started, finished, inputs, result "
-        "FROM build_steps WHERE build = ?"
+        "FROM build_steps WHERE build = ?1"
     )
     params: tuple[Any, ...] = (build,)
-    if target is not None:
-        query += " AND target = ?"
+    if target is not None:  # the steps it asked for, also those another target asked for first
+        query += (
+            " AND (target = ?2 OR also IS NOT NULL AND ?2 IN (SELECT value FROM json_each(also)))"
+        )
         params += (target,)
     rows = store.conn.execute(query + " ORDER BY seq", params).fetchall()
     return [StepRow(*r[:9], json.loads(r[9]), r[10]) for r in rows]

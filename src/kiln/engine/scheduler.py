@@ -77,6 +77,7 @@ class StepRecord:
     finished: float | None = None
     result: re_pb2.ActionResult | None = field(default=None, repr=False)
     attempts: int = 0
+    also: list[str] = field(default_factory=list)  # other targets that asked for this step
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class Scheduler:
         self._executions = 0
         # Every key asked for in this build, and its outcome once known.
         self._requested: dict[Digest, asyncio.Future[StepResult]] = {}
+        self._record_of: dict[Digest, StepRecord] = {}  # the record of each requested key
         self.records: list[StepRecord] = []  # one per key
         self.failures: list[errors.KilnError] = []  # every failed step's error, in order
         self.stopping = False
@@ -184,6 +186,7 @@ class Scheduler:
         key = Digest.of_message(action)  # nothing is written unless the step has to run
         first = self._requested.get(key)
         if first is not None:
+            self._also_for(key, request.target)
             if first.done():  # (no task switch for a result already known)
                 return first.result()
             return await asyncio.shield(first)
@@ -201,6 +204,13 @@ class Scheduler:
         future.set_result(result)
         return result
 
+    def _also_for(self, key: Digest, target: str) -> None:
+        """Note that ``target`` asked for the step with ``key`` too, so its
+        history (`kiln show`, `log`) lists the step, counted once."""
+        record = self._record_of.get(key)
+        if record is not None and target != record.target and target not in record.also:
+            record.also.append(target)
+
     async def _first_request(
         self, request: StepRequest, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> StepResult:
@@ -208,6 +218,7 @@ class Scheduler:
             len(self.records), request.target, request.description, key, request.identity
         )
         self.records.append(record)
+        self._record_of[key] = record
         self._on_change(record)
         hit = self._store.lookup(key, keep=True)
         if hit is not None:

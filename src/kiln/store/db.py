@@ -17,7 +17,8 @@ module that writes it:
 - ``source_files`` (v2): the same for single source files a build declared;
   engine/sources.py (engine/retention.py prunes it).
 - ``builds``, ``build_steps`` (v2): build history, for ``kiln why``, ``show``,
-  ``log``, ``trace`` and ``graph`` (``builds.awaits``: v5); engine/history.py
+  ``log``, ``trace`` and ``graph`` (``builds.awaits``: v5;
+  ``build_steps.also``: v6); engine/history.py
   (engine/stamp.py files the builds answered from a stamp,
   engine/retention.py prunes them).
 - ``metadata_blobs`` (v4): small CAS blobs that describe work (``Action``,
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from typing import Any
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_S = 60.0
 
 
@@ -133,6 +134,7 @@ CREATE TABLE IF NOT EXISTS build_steps (
     finished REAL,
     inputs   TEXT NOT NULL,       -- JSON: what the key was computed from
     result   BLOB,                -- ActionResult bytes (also for failures)
+    also     TEXT,                -- (v6) JSON list: other targets that asked for the same step
     PRIMARY KEY (build, seq)
 );
 CREATE INDEX IF NOT EXISTS build_steps_by_name ON build_steps(target, step);
@@ -200,8 +202,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if version < SCHEMA_VERSION:
             import uuid  # (start-up: needed once, when a store is created)
 
-            if 2 <= version < 5:  # a column added to a table that exists
+            # columns added to tables that exist
+            if 2 <= version < 5:
                 conn.execute("ALTER TABLE builds ADD COLUMN awaits TEXT")
+            if 2 <= version < 6:
+                conn.execute("ALTER TABLE build_steps ADD COLUMN also TEXT")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
