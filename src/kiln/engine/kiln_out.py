@@ -31,17 +31,19 @@ import fcntl
 import marshal
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import chain
 from pathlib import Path
 
 from kiln.system import claims
-from kiln.system.stat_signature import reference_ns, signature
+from kiln.system.stat_signature import INO, reference_ns, signature, signature_of
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
     from kiln.model.digest import Digest
     from kiln.store.localcas import LocalCAS
+    from kiln.system.stat_signature import Signature
 
 # A manifest entry: ("d", path), ("f", path, blob hash, size, executable)
 # or ("l", path, target); parents come before their children.
@@ -90,50 +92,56 @@ def clock(project: Path) -> tuple[int, int]:
     return reference_ns(project / OUTPUT_DIR / STATE_DIR)
 
 
-def read_marker(project: Path, target: str) -> tuple[str, int, list] | None:
-    """(digest, inode of the folder placed, [(path, signature)] of what is
-    in it) as the marker of ``target`` records them; None without one."""
+def read_marker(project: Path, target: str) -> tuple[str, Signature | None, list] | None:
+    """(digest, signature of the folder placed, [(path, signature)] of
+    what is in it) as the marker of ``target`` records them; None without
+    one (or with one of an older layout)."""
     try:
         with open(marker(project, target), "rb") as f:
-            digest, placed, entries = marshal.load(f)
-        return digest, placed, entries
+            digest, folder, entries = marshal.load(f)
+        return digest, folder, entries
     except (OSError, ValueError, EOFError, TypeError):
         return None
 
 
 def is_current(project: Path, target: str, digest: str) -> bool:
     """Whether ``kiln-out/TARGET`` is the tree ``digest`` as Kiln left it:
-    the marker names the digest and the folder that was placed for it (its
-    inode, so a folder another build placed after the marker was written is
-    not taken for it), and every file, link and folder in it still has the
-    stat signature it had when placed (none changed, none removed)."""
+    the marker names the digest, and the folder placed for it and every
+    file, link and folder in it still have the stat signatures they had
+    when placed (none changed, none removed, nothing added at the top;
+    a folder another build placed after the marker was written differs)."""
     known = read_marker(project, target)
     if known is None or known[0] != digest:
         return False
+    return _matches(output_dir(project, target), known, all)
+
+
+def placed_folder(project: Path, target: str) -> Path | None:
+    """``kiln-out/TARGET`` if it is the folder Kiln placed there last (by
+    its marker: the same inode, and the folder itself or something Kiln put
+    in it unchanged; edits made inside it since do not matter), else None."""
+    known = read_marker(project, target)
     dest = output_dir(project, target)
+    return dest if known is not None and _matches(dest, known, any) else None
+
+
+def _matches(dest: Path, known: tuple, each: Callable[[Iterable[bool]], bool]) -> bool:
+    """Whether ``dest`` is the folder ``known`` records (its inode) and
+    ``each`` (``all``, ``any``) of it and the entries in it match their
+    recorded signatures."""
+    _, folder, entries = known
     try:
-        if os.lstat(dest).st_ino != known[1]:
+        st = os.lstat(dest)
+        if folder is None or st.st_ino != folder[INO]:
             return False
         fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:  # paths relative to the open folder: no path walk per file
-        return all(signature(path, fd, follow_symlinks=False) == sig for path, sig in known[2])
+        found = (signature(path, fd, follow_symlinks=False) == sig for path, sig in entries)
+        return each(chain((signature_of(st) == folder,), found))
     finally:
         os.close(fd)
-
-
-def placed_folder(project: Path, target: str) -> Path | None:
-    """``kiln-out/TARGET`` if it is the folder Kiln placed there last (by
-    its marker; changes made inside it since do not matter), else None."""
-    known = read_marker(project, target)
-    dest = output_dir(project, target)
-    try:
-        if known is None or os.lstat(dest).st_ino != known[1]:
-            return None
-    except OSError:
-        return None
-    return dest
 
 
 def marked(project: Path) -> list[str]:
@@ -292,16 +300,20 @@ def _replace(project: Path, target: str, digest: str, write: Callable[[Path], ob
             return False
         if is_current(project, target, digest):
             return True  # another build placed the same folder meanwhile
-        # Taken before the move: a rename changes the moved folder's ctime,
-        # not that of anything inside it.
+        # What is inside is stat'ed before the move (a rename changes the
+        # ctime of the moved folder only), the folder after it: if another
+        # build's folder is there by then, this one is not marked as placed.
         placed = os.stat(staging.path).st_ino
         inside = _signatures(staging.path)
         dest = output_dir(project, target)
         dest.parent.mkdir(parents=True, exist_ok=True)
         _move_into_place(staging, dest)
+        folder = signature(dest, follow_symlinks=False)
+        if folder is not None and folder[INO] != placed:
+            folder = None
         # Written whole, by rename: a reader never sees half a marker.
         staged_marker = staging.sibling("marker")
-        staged_marker.write_bytes(marshal.dumps((digest, placed, inside)))
+        staged_marker.write_bytes(marshal.dumps((digest, folder, inside)))
         os.replace(staged_marker, marker(project, target))
     finally:
         staging.release()

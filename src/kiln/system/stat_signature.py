@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 
 RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
 
-# The fields of a signature, in order (mtime and ctime at MTIME and CTIME).
+# The fields of a signature, in order (inode, mtime and ctime at INO, MTIME and CTIME).
 FIELDS = ("st_mode", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
-MTIME, CTIME = 3, 4
+INO, MTIME, CTIME = 1, 3, 4
 Signature = tuple[int, int, int, int, int]
 
 # The signature of an ``os.stat_result`` (a C call, no Python frame: it runs
