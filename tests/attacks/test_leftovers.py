@@ -72,3 +72,21 @@ def test_a_killed_build_leaves_nothing_after_the_next_gc(home, tmp_path) -> None
     gc = run_kiln(home, "gc")
     assert gc.returncode == 0, gc.stderr
     assert _leftovers(home, proc.pid) == []
+
+
+def test_gc_leaves_the_sandbox_of_a_running_build_alone(home, tmp_path) -> None:
+    project = _project(tmp_path / "p", "touch started; sleep 5; echo done > out.txt")
+    proc = _build(home, project, "-j", "1")
+    deadline = time.monotonic() + 60
+    while not any((home / "sandboxes").glob("*/work/step/started")):
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.05)
+    in_use = sorted(p.name for p in (home / "sandboxes").iterdir())
+    gc = run_kiln(home, "gc", "--dry-run")  # (sandboxes are swept by a real gc only)
+    assert gc.returncode == 0, gc.stderr
+    gc = run_kiln(home, "gc", "--timeout", "0.5")
+    if proc.poll() is None:  # gc swept while the step still ran
+        assert sorted(p.name for p in (home / "sandboxes").iterdir()) == in_use
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "1 steps ran" in err, err
+    assert (project / "kiln-out" / "wait" / "out.txt").read_text() == "done\n"
