@@ -113,6 +113,11 @@ def test_an_unprivileged_user_can_remove_and_edit_outputs_without_reaching_the_s
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert _as_nobody(place, project).returncode == 0  # put back
     assert out.read_text() == "hello\n"
+    # A folder without write permission (as Kiln made them before) is replaced.
+    locked = _as_nobody_run(place, project, "chmod", "-R", "a-w", "kiln-out/hello")
+    assert locked.returncode == 0, locked.stderr
+    again = _as_nobody(place, project)
+    assert again.returncode == 0 and "restored hello" in again.stderr, again.stderr
     removed = _as_nobody_run(place, project, "rm", "-rf", "kiln-out")  # the README's advice
     assert removed.returncode == 0, removed.stderr
     assert _as_nobody(place, project).returncode == 0 and out.read_text() == "hello\n"

@@ -34,11 +34,7 @@ def clean(targets: tuple[str, ...], as_json: bool) -> None:
     try:
         kiln_out.check_folder(root)
     except kiln_out.NotAFolder as e:
-        raise KilnError(
-            f"{e.filename}: not a folder Kiln made (a symbolic link?): nothing removed",
-            hint="remove it yourself; Kiln deletes only inside a real kiln-out folder",
-            exit_code=ExitCode.BAD_INPUT,
-        ) from None
+        raise kiln_out.refused(e, "nothing removed") from None
     chosen = list(targets) or kiln_out.marked(root)
     removed, kept = [], []
     for name in chosen:

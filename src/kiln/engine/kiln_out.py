@@ -81,6 +81,17 @@ def check_folder(project: Path) -> None:
             raise NotAFolder(errno.ENOTDIR, "not a folder Kiln made (a symbolic link?)", str(path))
 
 
+def refused(e: NotAFolder, what: str) -> Exception:
+    """The user's error for ``e`` (``what``: what was not done)."""
+    from kiln import errors  # (not on the no-op path)
+
+    return errors.KilnError(
+        f"{e.filename}: not a folder Kiln made (a symbolic link?): {what}",
+        hint="remove it; Kiln reads and writes outputs only in a real kiln-out folder",
+        exit_code=errors.ExitCode.BAD_INPUT,
+    )
+
+
 def clock(project: Path) -> tuple[int, int]:
     """(start, window) to judge the project's files racy by
     (``stat_signature.reference_ns``), read from the file system's clock
@@ -196,7 +207,10 @@ def tidy(project: Path) -> None:
 
 def place(cas: LocalCAS, project: Path, target: str, digest: Digest) -> None:
     """Make ``kiln-out/TARGET`` the tree ``digest`` (unless it already is)."""
-    check_folder(project)
+    try:
+        check_folder(project)
+    except NotAFolder as e:
+        raise refused(e, f"the output of {target!r} was not written") from None
     if is_current(project, target, str(digest)):
         return
 
@@ -343,10 +357,23 @@ def _move_into_place(staging: claims.Claim, dest: Path) -> None:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 raise
         try:
-            os.rename(dest, staging.sibling(f"old{attempt}"))
+            _move_aside(dest, staging.sibling(f"old{attempt}"))
         except FileNotFoundError:
             continue  # another build moved it aside first
     raise OSError(errno.EBUSY, "other builds kept replacing it at the same moment", str(dest))
+
+
+def _move_aside(dest: Path, aside: Path) -> None:
+    """Rename ``dest`` to ``aside``. A folder without write permission (as
+    Kiln made them before its folders were writable) cannot be moved to
+    another folder by its owner (its ``..`` changes): it is opened first."""
+    try:
+        os.rename(dest, aside)
+    except PermissionError:
+        if not stat.S_ISDIR(os.lstat(dest).st_mode):
+            raise
+        os.chmod(dest, 0o755)
+        os.rename(dest, aside)
 
 
 def manifest(cas: LocalCAS, digest: Digest) -> list[Entry]:
