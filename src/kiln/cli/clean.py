@@ -36,21 +36,21 @@ def clean(targets: tuple[str, ...], as_json: bool) -> None:
     except kiln_out.NotAFolder as e:
         raise kiln_out.refused(e, "nothing removed") from None
     chosen = list(targets) or kiln_out.marked(root)
-    removed, kept = [], []
+    removed, kept, absent = [], [], []
     for name in chosen:
         outcome = kiln_out.remove(root, name)
-        if outcome:
-            removed.append(name)
-        elif outcome is None:
-            kept.append(name)
+        (removed if outcome else kept if outcome is None else absent).append(name)
     if not targets:
         kiln_out.tidy(root)
     if as_json:
-        write_json({"ok": True, "project": str(root), "removed": removed, "kept": kept})
+        write_json({"ok": True, "project": str(root), "removed": removed, "kept": kept,
+                    "absent": absent})  # fmt: skip
         return
     for name in removed:
         click.echo(f"removed {kiln_out.OUTPUT_DIR}/{name}")
     for name in kept:
         click.echo(f"kept {kiln_out.OUTPUT_DIR}/{name}: not placed there by Kiln", err=True)
-    if not removed and not kept:
+    for name in absent:
+        click.echo(f"no output of {name!r} in {kiln_out.OUTPUT_DIR}/")
+    if not chosen:
         click.echo("nothing to remove")
