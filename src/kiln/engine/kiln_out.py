@@ -157,8 +157,10 @@ def _matches(dest: Path, known: tuple, each: Callable[[Iterable[bool]], bool]) -
 
 def marked(project: Path) -> list[str]:
     """The targets with a marker in ``kiln-out/.kiln``: those Kiln placed
-    an output of (it may be gone or replaced since)."""
+    an output of (it may be gone or replaced since); none in a
+    ``kiln-out`` that is not a real folder."""
     try:
+        check_folder(project)
         names = os.listdir(project / OUTPUT_DIR / STATE_DIR)
     except OSError:
         return []
