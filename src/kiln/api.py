@@ -198,7 +198,9 @@ def _evaluate(
     from kiln.exec.base import ExecHooks
     from kiln.store.local import Store
 
-    project = load(find_root(request.folder))
+    root = find_root(request.folder)
+    loaded = stamp.clock(root)  # before the build file is read: edits after it are racy
+    project = load(root)
     names = list(request.targets) or sorted(project.targets)
     for name in names:
         project.target(name)  # unknown names fail before anything runs
@@ -226,7 +228,9 @@ def _evaluate(
         if unread:
             report.warnings.insert(0, unread)
         report.build_id = history.record_build(store, project.root, names, report, started)
-        report.stamped = stamp.record(store, project, request.stamp_key, build.sources, report)
+        report.stamped = stamp.record(
+            store, project, request.stamp_key, build.sources, report, loaded
+        )
         return report
     finally:
         if owned:

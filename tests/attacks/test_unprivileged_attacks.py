@@ -46,12 +46,17 @@ def place() -> Iterator[Path]:
 
 
 def _as_nobody(place: Path, project: Path) -> subprocess.CompletedProcess[str]:
+    return _as_nobody_run(place, project, KILN, "build")
+
+
+def _as_nobody_run(place: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ["PATH"], "HOME": str(place), "KILN_HOME": str(place / "store"),
            "KILN_SERVER": "off"}  # fmt: skip
+    if "PYTHONPATH" in os.environ:  # (the sources under test)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         KILN, "build"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
@@ -77,3 +82,42 @@ def test_an_unprivileged_build_cannot_store_a_host_file(place: Path, script: str
     stored = [p.read_bytes() for p in (place / "store" / "cas").rglob("*") if p.is_file()]
     assert b"nobody-can-read-this\n" not in stored
     assert not (project / "kiln-out" / "steal").exists()
+
+
+WRITES = """
+from kiln.build import native, target
+
+@target
+async def hello():
+    return await native("sh", "-c", "mkdir -p out/sub; echo hello > out/sub/hello.txt",
+                        tools=["sh", "mkdir"], outputs=["out"], description="hello")
+"""
+
+
+def test_an_unprivileged_user_can_remove_and_edit_outputs_without_reaching_the_store(
+    place: Path,
+) -> None:
+    project = place / "p"
+    project.mkdir()
+    (project / "kilnfile.py").write_text(WRITES)
+    for path in (project, project / "kilnfile.py"):
+        os.chown(path, NOBODY, NOBODY)
+    built = _as_nobody(place, project)
+    assert built.returncode == 0, built.stderr
+    out = project / "kiln-out" / "hello" / "out" / "sub" / "hello.txt"
+    assert out.read_text() == "hello\n"
+    # The owner may make an output writable and edit it: a copy, not the blob.
+    edit = _as_nobody_run(place, project, "sh", "-c", f"chmod u+w {out} && echo evil > {out}")
+    assert edit.returncode == 0, edit.stderr
+    verify = _as_nobody_run(place, project, KILN, "store", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert _as_nobody(place, project).returncode == 0  # put back
+    assert out.read_text() == "hello\n"
+    # A folder without write permission (as Kiln made them before) is replaced.
+    locked = _as_nobody_run(place, project, "chmod", "-R", "a-w", "kiln-out/hello")
+    assert locked.returncode == 0, locked.stderr
+    again = _as_nobody(place, project)
+    assert again.returncode == 0 and "restored hello" in again.stderr, again.stderr
+    removed = _as_nobody_run(place, project, "rm", "-rf", "kiln-out")  # the README's advice
+    assert removed.returncode == 0, removed.stderr
+    assert _as_nobody(place, project).returncode == 0 and out.read_text() == "hello\n"

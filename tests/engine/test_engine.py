@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 from engine_helpers import build, ran, write_project
@@ -329,6 +330,16 @@ def test_glob_matches_files_under_the_project_root(store, tmp_path, tools) -> No
 GLOBBING = globbing("src/*.txt")
 
 
+def _settle(root, path) -> None:
+    """Wait until the file system's clock has moved past ``path``'s last
+    change: a build starting in the same tick could not trust it."""
+    from kiln.engine import stamp
+
+    changed = max(os.stat(path).st_mtime_ns, os.stat(path).st_ctime_ns)
+    while stamp.clock(root)[0] <= changed:
+        time.sleep(0.001)
+
+
 def test_the_build_stamp_answers_only_while_nothing_changed(
     store, tmp_path, tools, monkeypatch
 ) -> None:
@@ -341,19 +352,19 @@ def test_the_build_stamp_answers_only_while_nothing_changed(
     assert report.stamped and stamp.check(store.conn, root, key) is not None
     (root / "src" / "b.txt").write_text("b")  # a new match for the glob
     assert stamp.check(store.conn, root, key) is None
+    _settle(root, root / "src" / "b.txt")
     build(store, root)
     assert stamp.check(store.conn, root, key) is not None
     (root / "kilnfile.py").write_text(GLOBBING + "\n# edited\n")  # the build file itself
     assert stamp.check(store.conn, root, key) is None
-    build(store, root)
+    _settle(root, root / "kilnfile.py")  # (an edit in the build's own tick is racy)
+    assert build(store, root).stamped
     before = (root / "kiln-out" / "cat" / "all").read_text()
-    os.chmod(root / "kiln-out" / "cat", 0o755)
     shutil.rmtree(root / "kiln-out")  # the outputs are gone, the sources are not
     unchanged = stamp.check(store.conn, root, key)
     assert unchanged is not None
     assert stamp.restore(store.cas.root, root, unchanged) == ["cat"]
     assert (root / "kiln-out" / "cat" / "all").read_text() == before
-    assert not os.access(root / "kiln-out" / "cat", os.W_OK) or os.geteuid() == 0
     assert stamp.restore(store.cas.root, root, unchanged) == []  # already in place
 
 
@@ -366,7 +377,6 @@ def test_a_removed_output_the_store_lost_is_built_again(
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
     key = stamp.stamp_key(None)
     assert build(store, root).stamped
-    os.chmod(root / "kiln-out" / "cat", 0o755)
     shutil.rmtree(root / "kiln-out")
     blob = store.cas.path(Digest.of_bytes(b"a"))  # the output file's content, lost
     os.chmod(blob, 0o644)
@@ -408,10 +418,64 @@ def test_a_stamp_of_an_older_signature_layout_does_not_answer(
     assert stamp.check(store.conn, root, key) is None
 
 
-def test_no_stamp_for_files_changed_within_the_racy_window(store, tmp_path, tools) -> None:
+def test_a_file_edited_just_before_the_build_is_stamped_one_not_older_than_it_is_not(
+    store, tmp_path, tools, monkeypatch
+) -> None:
+    """Raciness is judged against the file system's clock when the build
+    starts (nanoseconds, as git does), not a 2 s window: an edit-then-build
+    loop files a stamp, while a file stamped in the build's own tick (or
+    later) never does, whatever the window."""
+    from kiln.engine import stamp
+
+    monkeypatch.delenv("KILN_RACY_WINDOW_MS", raising=False)
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
-    # Written just now: with the default 2 s window these could still change unseen.
+    assert build(store, root).stamped  # written a moment ago: trusted
+    (root / "src" / "a.txt").write_text("edited")
+    _settle(root, root / "src" / "a.txt")  # (at most a tick: a human is slower)
+    report = build(store, root)
+    assert report.stamped and stamp.check(store.conn, root, stamp.stamp_key(None)) is not None
+    assert (root / "kiln-out" / "cat" / "all").read_text() == "edited"
+    # An mtime not older than the build's clock (the same tick, or a clock
+    # ahead): the file could change again unseen, so no stamp.
+    future = stamp.clock(root)[0] + 3600 * 10**9
+    os.utime(root / "src" / "a.txt", ns=(future, future))
     assert not build(store, root).stamped
+    os.utime(root / "src" / "a.txt", ns=(future - 7200 * 10**9,) * 2)  # ctime is now, though
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", str(3600 * 1000))  # a window still counts
+    assert not build(store, root).stamped
+
+
+def test_removing_kiln_out_or_adding_a_file_at_the_root_keeps_the_stamp(
+    store, tmp_path, tools, monkeypatch
+) -> None:
+    """A root glob depends on what it matches, not on the root folder's
+    mtime: `rm -rf kiln-out` or an unrelated file at the root leaves the
+    stamp answering (and the outputs are put back); a new match does not."""
+    from kiln import api
+    from kiln.api import BuildRequest
+    from kiln.engine import stamp
+
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = write_project(tmp_path / "p", globbing("*.txt"), {**tools, "a.txt": "a"})
+    key = stamp.stamp_key(None)
+    assert build(store, root).stamped
+    shutil.rmtree(root / "kiln-out")
+    (root / "notes.md").write_text("not a match")
+    answered = api.build(BuildRequest((), cwd=root, store=store.home), store=store)
+    assert answered.unchanged, "rm -rf kiln-out made the stamp fail"
+    assert (root / "kiln-out" / "cat" / "all").read_text() == "a"
+    (root / "b.txt").write_text("b")  # a new match
+    assert stamp.check(store.conn, root, key) is None
+    assert build(store, root).ok and (root / "kiln-out" / "cat" / "all").read_text() == "ab"
+
+
+def test_globs_never_match_kiln_out(store, tmp_path, tools, monkeypatch) -> None:
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "0")
+    root = write_project(tmp_path / "p", globbing("**/*.txt"), {**tools, "a.txt": "a"})
+    assert build(store, root).ok
+    (root / "kiln-out" / "extra.txt").write_text("x")
+    report = build(store, root)
+    assert report.ok and (root / "kiln-out" / "cat" / "all").read_text() == "a"
 
 
 def test_worker_processes_give_the_same_results(store, tmp_path, tools, monkeypatch) -> None:

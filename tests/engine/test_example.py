@@ -78,7 +78,10 @@ def test_a_new_chapter_is_discovered_from_the_index(store, example: Path) -> Non
 def test_outputs_are_read_only_and_kept_from_gc(store, example: Path) -> None:
     first = build(store, example, "report")
     out = example / "kiln-out" / "report"
-    assert not os.stat(out).st_mode & stat.S_IWUSR
+    # read-only files of their own (not the store's inodes) in writable folders
+    assert os.stat(out).st_mode & stat.S_IWUSR
+    put_back = os.stat(out / "report.txt")
+    assert not put_back.st_mode & stat.S_IWUSR and put_back.st_nlink == 1
     assert not os.stat(out / "report.txt").st_mode & stat.S_IWUSR
     roots = {name for name, *_ in store.roots()}
     assert f"build:{example.resolve()}:report" in roots
@@ -147,8 +150,7 @@ def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: 
     first = subprocess.run([kiln, "build", "report"], cwd=example, env=env, capture_output=True)
     assert first.returncode == 0, first.stderr
     report = (example / "kiln-out" / "report" / "report.txt").read_bytes()
-    os.chmod(example / "kiln-out" / "report", 0o755)
-    shutil.rmtree(example / "kiln-out")
+    shutil.rmtree(example / "kiln-out")  # (writable folders: as any user)
     probe = (
         "import sys\nfrom kiln.api import answer_from_stamp\n"
         "from kiln.cli.build_options import parse\nfrom kiln.cli.report import show_report\n"
@@ -167,7 +169,10 @@ def test_a_noop_build_is_answered_before_the_cli_loads(tmp_path: Path, example: 
     )
     out = example / "kiln-out" / "report"
     assert (out / "report.txt").read_bytes() == report
-    assert not os.stat(out).st_mode & stat.S_IWUSR
+    # read-only files of their own (not the store's inodes) in writable folders
+    assert os.stat(out).st_mode & stat.S_IWUSR
+    put_back = os.stat(out / "report.txt")
+    assert not put_back.st_mode & stat.S_IWUSR and put_back.st_nlink == 1
     # The quick path reads `kiln build`'s options from their one table...
     request, as_json = parse(["build", "a", "-k", "-j3", "--jobs", "1", "b", "--json"])
     assert (request.targets, request.jobs, request.keep_going) == (("a", "b"), 1, True)

@@ -14,6 +14,7 @@ from kiln.system.stat_signature import (
     RACY_WINDOW_NS,
     is_racy,
     racy_window_ns,
+    reference_ns,
     signature,
     signature_of,
 )
@@ -104,3 +105,25 @@ def test_a_file_written_now_is_racy_by_default_and_not_with_no_window(
     os.utime(f, ns=(started - HOUR_NS, started - HOUR_NS))
     monkeypatch.delenv("KILN_RACY_WINDOW_MS")
     assert is_racy(signature(f), time.time_ns(), racy_window_ns())
+
+
+def test_a_build_judges_raciness_by_the_file_systems_clock(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("KILN_RACY_WINDOW_MS", raising=False)
+    edited = tmp_path / "edited"
+    edited.write_text("x")
+    time.sleep(0.02)  # past the timestamp tick (10 ms at most) of the edit
+    started, window = reference_ns(tmp_path / "state")
+    assert window == 0 and (tmp_path / "state" / "clock").is_file()
+    assert not is_racy(signature(edited), started, window)  # edited before the touch
+    os.utime(edited, ns=(started, started))  # the touch's own instant (its ctime: later)
+    assert is_racy(signature(edited), started, window)
+    monkeypatch.setenv("KILN_RACY_WINDOW_MS", "1500")
+    assert reference_ns(tmp_path / "state")[1] == 1_500_000_000
+    # No clock to read (a folder that cannot be made): the process's clock and the window.
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    before = time.time_ns()
+    fallback, window = reference_ns(blocked / "state")
+    assert fallback >= before and window == 1_500_000_000
+    monkeypatch.delenv("KILN_RACY_WINDOW_MS")
+    assert reference_ns(None)[1] == RACY_WINDOW_NS

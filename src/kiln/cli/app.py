@@ -26,6 +26,7 @@ COMMANDS = {
     "build": ("kiln.cli.build", "build",
               "Build TARGETS (default: every target) of the project's kilnfile.py."),
     "check": ("kiln.cli.check", "check", "Check that results are reproducible."),
+    "clean": ("kiln.cli.clean", "clean", "Remove TARGETS' outputs (default: all) from kiln-out/."),
     "doctor": ("kiln.cli.doctor", "doctor",
                "Check what this machine offers Kiln, with fixes for what is missing."),
     "gc": ("kiln.cli.gc", "gc_command", "Delete blobs and cache entries that no root reaches."),

@@ -91,7 +91,11 @@ def gc_command(
     Without --max-size or --max-age, everything unreachable goes. Content
     in use by a running build (its session's temporary roots) is never
     deleted, and GC waits for in-flight writes to finish. Sandbox folders
-    and cgroups left by killed builds go too.
+    and cgroups left by killed builds go too (a running build's stay).
+
+    The roots of projects that are gone (or no longer hold a kilnfile.py)
+    are dropped, and so are those of targets a build file no longer
+    defines, with the kiln-out/TARGET folders Kiln placed for them.
     """
     policy = GcPolicy(
         max_size=parse_size(max_size) if max_size else None,
@@ -99,14 +103,15 @@ def gc_command(
         dry_run=dry_run,
     )
     store = open_store(ctx)
-    pruned = None
+    pruned, forgotten = None, []
     if not dry_run:
         reap_leftovers(store.home)
         pruned = retention.prune(store.conn)
+        forgotten = retention.forget_removed_targets(store.conn)
     report = store.gc(policy, timeout=timeout)
     if as_json:
         history = pruned._asdict() if pruned is not None else None
-        write_json({**asdict(report), "history": history})
+        write_json({**asdict(report), "history": history, "removed_targets": forgotten})
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(
@@ -114,11 +119,15 @@ def gc_command(
         f"{report.evicted_actions} cache entries; kept {report.kept_blobs} blobs "
         f"({report.kept_bytes} bytes) and {report.kept_actions} cache entries"
     )
-    if pruned is not None and (pruned.builds or pruned.source_files):
+    if pruned is not None and (pruned.builds or pruned.source_files or pruned.roots):
         gone = f", {pruned.projects} of projects no longer there" if pruned.projects else ""
+        gone += f" (and {pruned.roots} roots of their targets)" if pruned.roots else ""
         click.echo(
             f"forgot {pruned.builds} old builds ({pruned.steps} steps) and "
             f"{pruned.source_files} stale source records{gone}"
         )
+    for name in forgotten:
+        project, _, target = name.rpartition(":")
+        click.echo(f"forgot target {target!r} of {project}: no longer in its build file")
     for name in report.dangling_roots:
         click.echo(f"warning: root {name!r} names content missing from the store", err=True)

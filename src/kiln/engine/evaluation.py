@@ -1,8 +1,8 @@
 """One build: evaluate the requested targets, run their steps, put each
 target's value into the project's output folder and keep it from GC.
 
-Output folder: ``<project>/kiln-out/<target>/``, read-only (hard links to
-the store's read-only blobs, folders without write permission), named by
+Output folder: ``<project>/kiln-out/<target>/`` (read-only copies of the
+store's blobs in writable folders: engine/kiln_out.py), named by
 the GC root ``build:<project>:<target>``. A target's value may be a
 ``File`` or ``Tree`` (placed at its path), a ``StepResult`` (all its
 outputs), ``None`` (nothing), or a list or dict of those (a dict places

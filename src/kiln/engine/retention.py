@@ -7,15 +7,18 @@ build with steps of each of its targets (what ``kiln show TARGET`` reads
 when later builds left that target out) and, for each step that ran in one
 of those, the build holding that step's previous run (what
 ``kiln why`` compares it with: ``history.previous_run``). Other builds go,
-with their steps. A project whose root folder is gone loses its builds,
-stamps and source_files rows. A source_files row stays while its file
+with their steps. A project whose root folder is gone, or holds no build
+file any more, loses its builds, stamps, source_files rows and the GC roots
+of its targets' values (``build:ROOT:TARGET``). A source_files row stays while its file
 still has the stat signature the row records; any other row can never
 answer again (engine/sources.py hashes a file whose signature differs), so
 pruning makes no build wrong, and at worst one slower.
 
 Every ``PRUNE_EVERY``-th build prunes as it is recorded (by id, so builds
 answered from their stamp count: ``history.record_build`` and
-``stamp.record_answer``), and so does ``kiln gc``. This module imports
+``stamp.record_answer``), and so does ``kiln gc``, which also forgets the
+targets a project's build file no longer defines (``forget_removed_targets``:
+their roots, and the ``kiln-out`` folders Kiln placed for them). This module imports
 little: the no-op build's path (engine/stamp.py) imports it.
 """
 
@@ -23,8 +26,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import namedtuple
+from pathlib import Path
 
+from kiln.engine import kiln_out
+from kiln.engine.root import BUILD_FILE
 from kiln.store.db import transaction
 from kiln.system.stat_signature import signature
 
@@ -66,9 +73,13 @@ AND id NOT IN (SELECT id FROM compared WHERE id IS NOT NULL)
 """
 
 
-class Pruned(namedtuple("Pruned", ("builds", "steps", "source_files", "projects"))):
+ROOT_PREFIX = "build:"  # the GC root of a target's value: build:PROJECT-ROOT:TARGET
+
+
+class Pruned(namedtuple("Pruned", ("builds", "steps", "source_files", "projects", "roots"))):
     """What one ``prune`` deleted: builds, their steps, source_files rows,
-    and how many projects were forgotten because their root folder was gone."""
+    how many projects were forgotten because their root folder was gone (or
+    no longer a project), and the GC roots of their targets."""
 
     __slots__ = ()
 
@@ -87,8 +98,11 @@ def prune(conn: sqlite3.Connection, *, sweep: int | None = None) -> Pruned:
     lock is held only for the deletes; a source_files row is deleted only
     if it is still the one found stale.
     """
-    projects = [p for (p,) in conn.execute("SELECT DISTINCT project FROM builds")]
-    gone = [p for p in projects if not os.path.isdir(p)]
+    target_roots = _target_roots(conn)
+    projects = {p for (p,) in conn.execute("SELECT DISTINCT project FROM builds")}
+    projects.update(p for (p,) in conn.execute("SELECT DISTINCT project FROM build_stamps"))
+    projects.update(target_roots)
+    gone = sorted(p for p in projects if not os.path.isfile(os.path.join(p, BUILD_FILE)))
     after = ""
     if sweep is not None:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SWEPT,)).fetchone()
@@ -119,9 +133,73 @@ def prune(conn: sqlite3.Connection, *, sweep: int | None = None) -> Pruned:
                 (prefix, prefix[:-1] + "0"),  # '0' sorts right after '/'
             ).rowcount
             conn.execute("DELETE FROM build_stamps WHERE project = ?", (root,))
+        roots = conn.executemany(
+            "DELETE FROM gc_roots WHERE name = ?",
+            [(name,) for root in gone for name in target_roots.get(root, {}).values()],
+        ).rowcount
         if sweep is not None:
             swept_to = rows[-1][0] if rows and len(rows) == sweep else ""  # else start again
             conn.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_SWEPT, swept_to)
             )
-    return Pruned(builds, steps, files, len(gone))
+    return Pruned(builds, steps, files, len(gone), max(roots, 0))
+
+
+def _target_roots(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
+    """project root -> target -> the name of the GC root of its value."""
+    found: dict[str, dict[str, str]] = {}
+    for (name,) in conn.execute(
+        "SELECT name FROM gc_roots WHERE substr(name, 1, ?) = ?", (len(ROOT_PREFIX), ROOT_PREFIX)
+    ):
+        project, _, target = name[len(ROOT_PREFIX) :].rpartition(":")
+        if project and target.isidentifier():
+            found.setdefault(project, {})[target] = name
+    return found
+
+
+def forget_removed_targets(conn: sqlite3.Connection) -> list[str]:
+    """For every project still there, the targets its build file no longer
+    defines (``PROJECT:TARGET``, returned): their GC roots are deleted, and
+    their ``kiln-out`` folders too if Kiln placed them (by their markers:
+    a folder put there by anyone else stays, and nothing is deleted through
+    a ``kiln-out`` that is a link). A build file that does not load keeps
+    all its project has."""
+    forgotten = []
+    for project, roots in sorted(_target_roots(conn).items()):
+        root = Path(project)
+        if not (root / BUILD_FILE).is_file():
+            continue  # prune forgets it
+        known = set(roots) | set(kiln_out.marked(root))
+        defined = _defined_targets(root)
+        if defined is None:
+            continue
+        for target in sorted(known - defined):
+            if target in roots:
+                conn.execute("DELETE FROM gc_roots WHERE name = ?", (roots[target],))
+            forgotten.append(f"{project}:{target}")
+            try:
+                kiln_out.remove(root, target)
+            except OSError:
+                continue  # (a kiln-out that is not Kiln's folder: left alone)
+    return forgotten
+
+
+def _defined_targets(root: Path) -> set[str] | None:
+    """The targets ``root``'s build file defines (None if it does not
+    load); what it prints goes to stderr, and the modules it imports are
+    forgotten after (another project's helpers may have the same names)."""
+    import contextlib
+
+    from kiln.engine.loader import load  # (the engine: only for `kiln gc`)
+    from kiln.errors import KilnError
+
+    before = set(sys.modules)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return set(load(root).targets)
+    except (KilnError, OSError):
+        return None
+    finally:
+        for name in set(sys.modules) - before:
+            if name != "kiln" and not name.startswith("kiln."):
+                del sys.modules[name]

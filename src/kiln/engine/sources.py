@@ -13,18 +13,18 @@ one hold of the store's write lock.
 
 from __future__ import annotations
 
-import glob as globlib
 import os
 import stat
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln import errors
+from kiln.engine import kiln_out
+from kiln.engine.globs import glob_files, glob_folders
 from kiln.engine.values import File, Tree
 from kiln.model.digest import Digest
 from kiln.store.db import transaction
-from kiln.system.stat_signature import is_racy, racy_window_ns, signature_of
+from kiln.system.stat_signature import is_racy, signature_of
 
 if TYPE_CHECKING:
     from kiln.store.local import Store
@@ -48,9 +48,10 @@ class Sources:
         # source folder makes the build unstampable.
         self.seen: dict[str, Signature] = {}
         self.listed: set[str] = set()  # folders whose listing a glob depended on
+        self.globs: dict[str, list[str]] = {}  # pattern -> what it matched
         self.stampable = True
-        self.started_ns = time.time_ns()
-        self.racy_ns = racy_window_ns()
+        # (the file system's clock: a file not older than this is racy)
+        self.started_ns, self.racy_ns = kiln_out.clock(root)
 
     def _relative(self, path: str, where: str) -> str:
         if os.path.isabs(path):
@@ -142,6 +143,7 @@ class Sources:
         self._relative(pattern, where)
         matches = glob_files(self.root, pattern)
         self.listed.update(glob_folders(self.root, pattern))
+        self.globs[pattern] = matches
         if not matches:
             raise errors.KilnError(
                 f"{where}: glob {pattern!r} matches no files",
@@ -172,28 +174,3 @@ class Sources:
                 self._fresh,
             )
         self._fresh = []
-
-
-def glob_files(root: Path, pattern: str) -> list[str]:
-    """Files under ``root`` matching ``pattern``, relative and sorted."""
-    return sorted(
-        os.path.normpath(p)  # relative to the root already
-        for p in globlib.glob(pattern, root_dir=root, recursive=True)
-        if os.path.isfile(os.path.join(root, p))
-    )
-
-
-def glob_folders(root: Path, pattern: str) -> list[str]:
-    """Every folder whose listing the matches of ``pattern`` depend on: the
-    folder of its last fixed part and, when a wildcard comes before the file
-    name, all folders below it. A listing change shows in the folder's mtime."""
-    parts = pattern.split("/")
-    fixed = []
-    for part in parts[:-1]:
-        if globlib.has_magic(part):
-            break
-        fixed.append(part)
-    base = os.path.join(root, *fixed)
-    if len(fixed) == len(parts) - 1:
-        return [base]
-    return [folder for folder, _, _ in os.walk(base)]

@@ -2,18 +2,22 @@
 
 After a successful build, Kiln records what it saw: the stat signature
 (system/stat_signature.py) of the build file, of the project modules
-it imported and of every source file the rules read, the signature of every
-folder a ``glob`` listed (adding, removing or renaming a file changes its
-folder's mtime), and each target's output. The next ``kiln build`` of the
-same targets first checks those: if everything looks the same, there is
-nothing to do, and neither the build file nor any rule runs; an output
-folder removed since (``rm -rf kiln-out``) is put back from the store.
+it imported and of every source file the rules read, what every ``glob``
+matched with the signatures of the folders it listed, and each target's
+output. The next ``kiln build`` of the same targets first checks those: if
+everything looks the same, there is nothing to do, and neither the build
+file nor any rule runs. A listed folder that changed (a file added or
+removed anywhere in it, ``rm -rf kiln-out`` at the root) only makes the
+globs run again: the stamp still answers if they match what they matched.
+An output removed or changed since (``rm -rf kiln-out``, a file of it
+edited or deleted) is put back from the store (engine/kiln_out.py).
 
 Sound because rules are deterministic functions of the files they read
-(see docs/build-files.md) and because no stamp is recorded when a file
-or listed folder was modified within the racy window before the build, when
-a source folder was used (its files are not tracked one by one), or when
-the build failed. This module imports little: it runs before anything else.
+(see docs/build-files.md) and because no stamp is recorded when a file was
+modified in the same timestamp tick as the build started or later (racy:
+judged against the file system's clock, see system/stat_signature.py),
+when a source folder was used (its files are not tracked one by one), or
+when the build failed. This module imports little: it runs before anything else.
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ if TYPE_CHECKING:
     from kiln.system.stat_signature import Signature
 
 ALL_TARGETS = "*"
-# What a stamp must have been filed by to be read: a stamp of another Kiln
-# or of another signature layout simply does not match.
-VERSION = (__version__, FIELDS)
+# What a stamp must have been filed by to be read: a stamp of another Kiln,
+# of another signature layout or of another stamp layout simply does not match.
+LAYOUT = 2  # 2: globs filed with their matches, listed folders apart
+VERSION = (__version__, FIELDS, LAYOUT)
 
 
 def stamp_key(targets: list[str] | None, settings: tuple[tuple[str, str], ...] = ()) -> str:
@@ -57,21 +62,37 @@ def stamp_key(targets: list[str] | None, settings: tuple[tuple[str, str], ...] =
     return key
 
 
-def record(store: Store, project: Project, key: str, sources: Sources, report: BuildReport) -> bool:
-    """File the stamp of a finished build (or drop a stale one); True if filed."""
+def clock(root: Path) -> tuple[int, int]:
+    """The racy reference (start, window) of a build of ``root``: take it
+    before the build file is read, for ``record``."""
+    return kiln_out.clock(root)
+
+
+def record(
+    store: Store,
+    project: Project,
+    key: str,
+    sources: Sources,
+    report: BuildReport,
+    loaded: tuple[int, int] | None = None,
+) -> bool:
+    """File the stamp of a finished build (or drop a stale one); True if
+    filed. ``loaded``: ``clock`` taken before the build file was read (the
+    project's code files are judged racy by it; by the sources' otherwise)."""
     from kiln.model.digest import Digest  # (start-up: not on the no-op path, which reads stamps)
 
-    seen: dict[str, Signature | None] = {
-        **{path: signature(path) for path in project.code_files},
-        **{folder: signature(folder) for folder in sources.listed},
-    }
+    started, window = loaded or (sources.started_ns, sources.racy_ns)
+    code = {path: signature(path) for path in project.code_files}
+    # A racy folder is filed without a signature: its globs run again.
+    listed: dict[str, Signature | None] = {}
+    for folder in sources.listed:
+        sig = signature(folder)
+        trusted = sig is not None and not is_racy(sig, sources.started_ns, sources.racy_ns)
+        listed[folder] = sig if trusted else None
     fit = (
         report.ok
         and sources.stampable
-        and all(
-            s is not None and not is_racy(s, sources.started_ns, sources.racy_ns)
-            for s in seen.values()
-        )
+        and all(s is not None and not is_racy(s, started, window) for s in code.values())
     )
     conn = store.conn
     if not fit:
@@ -80,12 +101,14 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
         )
         return False
     by_folder: dict[str, dict[str, Signature | None]] = defaultdict(dict)
-    for path, sig in {**seen, **sources.seen}.items():
+    for path, sig in {**code, **sources.seen}.items():
         folder, name = os.path.split(path)
         by_folder[folder][name] = sig
     stamp = {
         "version": VERSION,
         "files": dict(by_folder),
+        "listed": listed,
+        "globs": dict(sources.globs),
         "targets": {t.name: (t.output, t.digest) for t in report.targets},
         "manifests": {
             t.name: kiln_out.manifest(store.cas, Digest.parse(t.digest))
@@ -103,7 +126,8 @@ def record(store: Store, project: Project, key: str, sources: Sources, report: B
 
 def check(conn: sqlite3.Connection, root: Path, key: str) -> dict[str, Any] | None:
     """The stamp of the last build of these targets if no file it read has
-    changed since (its outputs may be gone: see ``restore``)."""
+    changed since, nor what a glob matches (its outputs may be gone: see
+    ``restore``)."""
     row = conn.execute(
         "SELECT stamp FROM build_stamps WHERE project = ? AND targets = ?", (str(root), key)
     ).fetchone()
@@ -122,6 +146,11 @@ def check(conn: sqlite3.Connection, root: Path, key: str) -> dict[str, Any] | No
                 return None
         finally:
             os.close(fd)
+    if any(sig is None or signature(f) != sig for f, sig in stamp["listed"].items()):
+        from kiln.engine.globs import glob_files  # (only when a listed folder moved)
+
+        if any(glob_files(root, p) != matched for p, matched in stamp["globs"].items()):
+            return None
     return stamp
 
 

@@ -7,12 +7,18 @@ compared as tuples, so whatever stores them follows ``FIELDS``: the build
 stamps file it in their version, the ``source_files`` columns are read in
 its order, and the tree-put listings spell it out (store/ingest.py).
 
-*Racy*: a file modified within the racy window before a build or put
-started might change again within the same timestamp tick without its
-signature moving (coarse clocks), so it is not trusted: no build stamp is
-filed, and the caches do not remember it (it is hashed again next time).
-The window is ``RACY_WINDOW_NS``, or ``$KILN_RACY_WINDOW_MS`` when set (0 in
-tests, to see edits at once).
+*Racy*: a file modified in the same timestamp tick as it was read might
+change again within that tick without its signature moving, so it is not
+trusted: no build stamp is filed, and the caches do not remember it (it is
+hashed again next time). A build judges that as git does, against the
+file system's own clock: ``clock_ns`` touches a file of the project's
+``kiln-out/.kiln`` before the build reads anything, and a file whose mtime
+or ctime is not older than that touch is racy (nanosecond timestamps: a
+file edited a moment before the build is trusted). Where no such clock can
+be read (and for the store's own puts, which compare with the process's
+clock) the racy window ``RACY_WINDOW_NS`` before the start counts as racy
+too. ``$KILN_RACY_WINDOW_MS``, when set, is the window in both cases (0 in
+tests, to see edits at once; a large one to never trust a file).
 
 This module runs in the no-op fast path (engine/stamp.py): it imports only
 the standard library's cheapest modules.
@@ -21,6 +27,7 @@ the standard library's cheapest modules.
 from __future__ import annotations
 
 import os
+import time
 from operator import attrgetter
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
@@ -30,9 +37,9 @@ if TYPE_CHECKING:
 
 RACY_WINDOW_NS = 2_000_000_000  # default; $KILN_RACY_WINDOW_MS overrides it
 
-# The fields of a signature, in order (mtime and ctime at MTIME and CTIME).
+# The fields of a signature, in order (inode, mtime and ctime at INO, MTIME and CTIME).
 FIELDS = ("st_mode", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
-MTIME, CTIME = 3, 4
+INO, MTIME, CTIME = 1, 3, 4
 Signature = tuple[int, int, int, int, int]
 
 # The signature of an ``os.stat_result`` (a C call, no Python frame: it runs
@@ -56,6 +63,39 @@ def racy_window_ns() -> int:
     """The racy window: ``$KILN_RACY_WINDOW_MS`` if set, else the default."""
     ms = os.environ.get("KILN_RACY_WINDOW_MS")
     return int(float(ms) * 1e6) if ms else RACY_WINDOW_NS
+
+
+def clock_ns(folder: str | os.PathLike[str]) -> int | None:
+    """The file system's time now, as it stamps files in ``folder``: the
+    mtime given to ``folder/clock`` by touching it (created, with
+    ``folder``, if missing); None if it cannot be written."""
+    path = os.path.join(folder, "clock")
+    try:
+        try:
+            # Looked at first: a kernel with multigrain timestamps then
+            # gives the touch a fine one (later than any file changed before).
+            os.stat(path)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            os.stat(path)
+        os.utime(path)
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def reference_ns(folder: str | os.PathLike[str] | None) -> tuple[int, int]:
+    """(start, window) for ``is_racy`` in a build whose files are judged
+    against the file system's clock in ``folder`` (``clock_ns``): the
+    window is 0 there unless ``$KILN_RACY_WINDOW_MS`` says otherwise; the
+    process's clock and the racy window where that clock cannot be read
+    (or ``folder`` is None)."""
+    fs_now = clock_ns(folder) if folder is not None else None
+    if fs_now is None:
+        return time.time_ns(), racy_window_ns()
+    ms = os.environ.get("KILN_RACY_WINDOW_MS")
+    return fs_now, int(float(ms) * 1e6) if ms else 0
 
 
 def is_racy(sig: Signature, started_ns: int, window_ns: int) -> bool:
