@@ -270,7 +270,8 @@ def _check_command(kind: str, argv: Iterable[object], where: str) -> None:
         raise errors.KilnError(
             f"{where}: {kind}() takes the command as separate arguments, "
             f"got a {type(bad).__name__}: {bad!r}",
-            hint=f"write {kind}('gcc', '-v', ...) or unpack a list: {kind}(*command, ...)",
+            hint=f"write {kind}({'tool, ' if kind == 'wasm' else ''}'-v', ...), "
+            f"or unpack a list: {kind}(*command, ...)",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
 
@@ -282,6 +283,7 @@ def _timeout(kind: str, seconds: float | None, where: str) -> float | None:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < 1e9:
         raise errors.KilnError(
             f"{where}: {kind}(..., timeout=) must be a positive number of seconds, got {seconds!r}",
+            hint="leave it out for the default (`step-timeout` in the Kiln config)",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
     return float(seconds)
