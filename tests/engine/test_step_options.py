@@ -14,7 +14,7 @@ from kiln.api import StepStatus
 from native_helpers import needs_bubblewrap as native_only
 
 
-def _project(root: Path, body: str, files: dict[str, str] | None = None) -> Path:
+def _project(root: Path, body: str, files: dict[str, str | bytes] | None = None) -> Path:
     return write_project(
         root, "from kiln.build import native, source, target, wasm\n" + body, files
     )
@@ -113,8 +113,6 @@ def test_a_bad_config_timeout_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_wasm_timeout_interrupts_the_guest(store, tmp_path: Path, guest) -> None:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "spin.wasm").write_bytes(guest("spin").read_bytes())
     root = _project(
         tmp_path / "p",
         """
@@ -122,6 +120,7 @@ def test_a_wasm_timeout_interrupts_the_guest(store, tmp_path: Path, guest) -> No
 async def spin():
     return await wasm(source("spin.wasm"), fuel=10**15, timeout=0.5, description="spin")
 """,
+        {"spin.wasm": guest("spin").read_bytes()},
     )
     started = time.monotonic()
     report = build(store, root)
@@ -136,8 +135,6 @@ async def spin():
 
 
 def test_a_wasm_output_not_created_fails_the_step(store, tmp_path: Path, guest) -> None:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "cat.wasm").write_bytes(guest("cat").read_bytes())
     root = _project(
         tmp_path / "p",
         """
@@ -146,6 +143,7 @@ async def t():
     return await wasm(source("cat.wasm"), "tmp/o.txt", outputs=["x.txt"],
                       description="no output")
 """,
+        {"cat.wasm": guest("cat").read_bytes()},
     )
     report = build(store, root)
     message = _error(report)
