@@ -63,6 +63,7 @@ from kiln.exec.tools import (
     Dpkg,
     Tool,
     canonical,
+    declared_files,
     identity,
     resolve,
     tool_root,
@@ -144,7 +145,7 @@ class NativeExecutor:
     def _tools(self, names: str) -> tuple[list[Tool], str]:
         """The declared tools and their identity, resolved again only when
         one of their files changed (not hashed anew for every step)."""
-        paths = [shutil.which(n) or n for n in names.split(",") if n]
+        paths = [p for n in names.split(",") if n for p in declared_files(n)]
         signature = tuple(_stat_signature(p) for p in paths)
         known = self._resolved.get(names)
         if known is None or known[0] != signature:

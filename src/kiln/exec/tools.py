@@ -220,12 +220,22 @@ def resolve(name: str, dpkg: Dpkg) -> Tool:
     return Tool(name, found, real, Digest.of_file(real).hash, packages)
 
 
+def declared_files(name: str) -> list[str]:
+    """The files a declared tool or runtime name stands for on this machine
+    (what to watch for changes; a runtime's may be missing)."""
+    if not name.startswith(RUNTIME_PREFIX):
+        return [name if os.path.isabs(name) else shutil.which(name) or name]
+    arch = platform.machine()
+    loader = LOADERS.get(arch, "")
+    runtime = RUNTIMES.get(name[len(RUNTIME_PREFIX) :], ())
+    return [f.format(loader=loader, arch=arch) for f in runtime]
+
+
 def _resolve_runtime(name: str, dpkg: Dpkg) -> Tool:
     """A runtime as a ``Tool``: its first file, and its files' packages."""
     runtime = name[len(RUNTIME_PREFIX) :]
     arch = platform.machine()
-    loader = LOADERS.get(arch, "")
-    files = [f.format(loader=loader, arch=arch) for f in RUNTIMES.get(runtime, ())]
+    files = declared_files(name)
     if runtime not in RUNTIMES:
         raise errors.KilnError(
             f"unknown runtime {runtime!r}",
