@@ -27,7 +27,8 @@
     cache = "grpc://cache.example:8980"
 
 No file means no features, no secrets, one core per CPU, a 600 s step
-timeout and the default archive limits.
+timeout and the default archive limits. ``$KILN_STEP_TIMEOUT`` sets the
+step timeout over the file.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ DEFAULT_ARCHIVE_MAX_RATIO = 200
 DEFAULT_ARCHIVE_MAX_MEMBERS = 1_000_000
 RATIO_FLOOR = 64 << 20
 DEFAULT_STEP_TIMEOUT = 600.0
+STEP_TIMEOUT_VARIABLE = "KILN_STEP_TIMEOUT"  # over the file's step-timeout
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ def load_config(path: Path | None = None) -> Config:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        return Config(archives=ArchiveLimits(config=str(path)))
+        return Config(
+            archives=ArchiveLimits(config=str(path)), step_timeout=_step_timeout(path, {})
+        )
     except tomllib.TOMLDecodeError as e:
         raise _bad(path, str(e), "fix the TOML syntax") from None
     except OSError as e:
@@ -127,9 +131,7 @@ def load_config(path: Path | None = None) -> Config:
     cores = data.get("build-cores", os.cpu_count() or 1)
     if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
         raise _bad(path, f"build-cores must be a positive whole number, not {cores!r}")
-    timeout = data.get("step-timeout", DEFAULT_STEP_TIMEOUT)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout < 1e9:
-        raise _bad(path, f"step-timeout must be a positive number of seconds, not {timeout!r}")
+    timeout = _step_timeout(path, data)
     secrets: dict[str, Secret] = {}
     for name, entry in data.get("secrets", {}).items():
         if not NAME.fullmatch(name) or not isinstance(entry, dict):
@@ -150,8 +152,28 @@ def load_config(path: Path | None = None) -> Config:
         remote = from_table(data["remote"], path)
     return Config(
         frozenset(features), cores, secrets, path, _archive_limits(path, data), remote,
-        step_timeout=float(timeout),
+        step_timeout=timeout,
     )  # fmt: skip
+
+
+def _step_timeout(path: Path, data: dict[str, object]) -> float:
+    """Seconds a step may run without a ``timeout=`` of its own:
+    ``$KILN_STEP_TIMEOUT``, else the file's ``step-timeout``, else 600."""
+    env = os.environ.get(STEP_TIMEOUT_VARIABLE)
+    value: object = data.get("step-timeout", DEFAULT_STEP_TIMEOUT)
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            value = env
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e9:
+        if env:
+            raise errors.KilnError(
+                f"{STEP_TIMEOUT_VARIABLE} must be a positive number of seconds, not {env!r}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        raise _bad(path, f"step-timeout must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def _archive_limits(path: Path, data: dict[str, object]) -> ArchiveLimits:

@@ -110,6 +110,21 @@ def test_a_bad_config_timeout_is_refused(tmp_path: Path) -> None:
         load_config(config)
     config.write_text("step-timeout = 90\n")
     assert load_config(config).step_timeout == 90.0
+    assert load_config(tmp_path / "none.toml").step_timeout == 600.0
+
+
+def test_the_environment_sets_the_timeout_over_the_file(tmp_path: Path, monkeypatch) -> None:
+    from kiln.config import load_config
+    from kiln.errors import KilnError
+
+    config = tmp_path / "config.toml"
+    config.write_text("step-timeout = 90\n")
+    monkeypatch.setenv("KILN_STEP_TIMEOUT", "1200")
+    assert load_config(config).step_timeout == 1200.0
+    assert load_config(tmp_path / "none.toml").step_timeout == 1200.0
+    monkeypatch.setenv("KILN_STEP_TIMEOUT", "a while")
+    with pytest.raises(KilnError, match="KILN_STEP_TIMEOUT must be a positive number"):
+        load_config(config)
 
 
 def test_a_wasm_timeout_interrupts_the_guest(store, tmp_path: Path, guest) -> None:

@@ -81,7 +81,8 @@ class StepTimeout(TransientError):
             f"{where} ran past its wall-clock timeout of {seconds:g} s and was stopped "
             "(not cached)",
             hint=f"raise it with {kind}(..., timeout=SECONDS) in the build file, or the "
-            f"default for every step with `step-timeout = SECONDS` in {_config_where()}",
+            f"default for every step with `step-timeout = SECONDS` in {_config_where()} "
+            "(or KILN_STEP_TIMEOUT)",
         )
 
     def naming(self, where: str) -> StepTimeout:
