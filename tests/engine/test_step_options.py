@@ -200,6 +200,7 @@ def test_a_command_given_as_a_list_is_refused(store, tmp_path: Path, kind: str) 
     assert "kilnfile.py:5" in message
     assert f"{kind}() takes the command as separate arguments" in message
     assert f"{kind}(*command, ...)" in message
+    assert ("native('gcc', '-v', ...)" if kind == "native" else "wasm(tool, '-v', ...)") in message
 
 
 # ----------------------------------------------------------- tools, runtimes

@@ -270,8 +270,8 @@ def _check_command(kind: str, argv: Iterable[object], where: str) -> None:
         raise errors.KilnError(
             f"{where}: {kind}() takes the command as separate arguments, "
             f"got a {type(bad).__name__}: {bad!r}",
-            hint=f"write {kind}({'tool, ' if kind == 'wasm' else ''}'-v', ...), "
-            f"or unpack a list: {kind}(*command, ...)",
+            hint=f"write {kind}({'tool, ' if kind == 'wasm' else ''}"
+            f"{', '.join(map(repr, bad))}, ...), or unpack a list: {kind}(*command, ...)",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
 
