@@ -11,7 +11,7 @@ A step's own failure (non-zero exit, a trap, exhausted fuel) is a *result*:
 deterministic, a value the caller may show or, later, cache. Everything
 else, the executor not managing to run the step as described (sandbox
 set-up, a wall-clock timeout, a lost worker), is a ``TransientError``:
-never cached, maybe retried.
+never cached, maybe retried (a timeout, ``StepTimeout``, is not).
 """
 
 from __future__ import annotations
