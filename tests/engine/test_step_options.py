@@ -255,7 +255,10 @@ async def without_runtime():
     assert platform["tool-names"] == "runtime:c"  # keyed on the C runtime, not on gcc
     missing = build(store, root, "without_runtime")
     assert not missing.ok  # no loader in the sandbox without the runtime
-    assert "run hello" in _error(missing)
+    message = _error(missing)
+    assert "run hello" in message and "exit code 127" in message
+    assert "./hello is there, but not the dynamic loader it names" in message
+    assert "runtimes=['c']" in message
 
 
 def test_runtimes_are_identified_by_their_files_and_packages() -> None:
@@ -271,3 +274,18 @@ def test_runtimes_are_identified_by_their_files_and_packages() -> None:
     assert identity([c]) != identity([cxx])
     with pytest.raises(KilnError, match="unknown runtime 'fortran'"):
         resolve("runtime:fortran", dpkg)
+
+
+@native_only
+def test_a_program_that_is_not_there_gets_no_loader_hint(store, tmp_path: Path) -> None:
+    root = _project(
+        tmp_path / "p",
+        """
+@target
+async def t():
+    return await native("./nothing", tools=[], runtimes=["c"], description="run nothing")
+""",
+    )
+    message = _error(build(store, root))
+    assert "cannot run ./nothing: No such file or directory" in message
+    assert "dynamic loader" not in message

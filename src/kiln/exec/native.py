@@ -35,6 +35,7 @@ never cached, not retried), and ends the resident sandbox too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import shutil
@@ -88,6 +89,7 @@ FIXED_ENV = {
 CORES_VARIABLE = "KILN_BUILD_CORES"
 MAX_ZYGOTES = 4  # resident sandboxes per executor (one per tool set and limits)
 EXIT_OUT_OF_MEMORY = 137
+EXIT_NOT_FOUND = 127  # the program could not be found (zygote.c, as shells do)
 EXIT_DISK_LIMIT = 128 + signal.SIGXFSZ  # as when RLIMIT_FSIZE ends a step
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
@@ -213,6 +215,8 @@ class NativeExecutor:
                 zygote, step, cwd, env, list(command.arguments), limits, work,
                 step_timeout(action, self._timeout),
             )  # fmt: skip
+            if code == EXIT_NOT_FOUND:
+                note = note or _no_loader(command, work, stderr)
             if note:
                 stderr += f"kiln: {note}\n".encode()
             result = re_pb2.ActionResult(exit_code=code)
@@ -388,6 +392,22 @@ def _runs(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _no_loader(command: re_pb2.Command, work: Path, stderr: bytes) -> str:
+    """For a program in the work folder that exec could not start ("No such
+    file or directory" though it is there: its loader is missing), what to
+    declare; else ""."""
+    program = command.arguments[0] if command.arguments else ""
+    said = f"kiln: cannot run {program}: {os.strerror(errno.ENOENT)}\n".encode()
+    folder = work / command.working_directory.strip("/")
+    if "/" not in program or not stderr.endswith(said) or not os.path.lexists(folder / program):
+        return ""
+    return (
+        f"{program} is there, but not the dynamic loader it names: a dynamically "
+        "linked program needs native(..., runtimes=['c']) (or ['c++']), or a tool that "
+        "brings its libraries"
+    )
 
 
 def _link_inputs(inputs: Path, work: Path) -> None:
