@@ -5,6 +5,9 @@
     features = ["signer", "big-parallel"]
     # The parallelism hint native steps get as KILN_BUILD_CORES (not in keys).
     build-cores = 8
+    # The wall-clock limit in seconds of a native or wasm step that sets no
+    # timeout= of its own (not in keys; a step past it fails, uncached).
+    step-timeout = 600
 
     # A secret: a file a step may read at /kiln/secrets/NAME, only if the
     # step requires the feature the secret belongs to.
@@ -23,8 +26,9 @@
     [remote]
     cache = "grpc://cache.example:8980"
 
-No file means no features, no secrets, one core per CPU and the default
-archive limits.
+No file means no features, no secrets, one core per CPU, a 600 s step
+timeout and the default archive limits. ``$KILN_STEP_TIMEOUT`` sets the
+step timeout over the file.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ DEFAULT_ARCHIVE_MAX_MIB = 16 << 10
 DEFAULT_ARCHIVE_MAX_RATIO = 200
 DEFAULT_ARCHIVE_MAX_MEMBERS = 1_000_000
 RATIO_FLOOR = 64 << 20
+DEFAULT_STEP_TIMEOUT = 600.0
+STEP_TIMEOUT_VARIABLE = "KILN_STEP_TIMEOUT"  # over the file's step-timeout
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Config:
     path: Path | None = None
     archives: ArchiveLimits = ArchiveLimits()
     remote: RemoteSettings | None = None  # the [remote] table, if any
+    step_timeout: float = DEFAULT_STEP_TIMEOUT  # seconds, for steps that set none
 
     def remote_settings(self) -> RemoteSettings:
         """The ``[remote]`` settings, defaults (no remote) if the file has none."""
@@ -104,14 +111,17 @@ def load_config(path: Path | None = None) -> Config:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        return Config(archives=ArchiveLimits(config=str(path)))
+        return Config(
+            archives=ArchiveLimits(config=str(path)), step_timeout=_step_timeout(path, {})
+        )
     except tomllib.TOMLDecodeError as e:
         raise _bad(path, str(e), "fix the TOML syntax") from None
     except OSError as e:
         raise _bad(path, f"cannot read it: {e.strerror}", "check its permissions") from None
-    unknown = set(data) - {"features", "build-cores", "secrets", "archives", "remote"}
+    known_keys = {"features", "build-cores", "step-timeout", "secrets", "archives", "remote"}
+    unknown = set(data) - known_keys
     if unknown:
-        known = "features, build-cores, [secrets.NAME], [archives], [remote]"
+        known = "features, build-cores, step-timeout, [secrets.NAME], [archives], [remote]"
         raise _bad(path, f"unknown setting {sorted(unknown)[0]!r}", f"known: {known}")
     features = data.get("features", [])
     if not isinstance(features, list) or not all(
@@ -121,6 +131,7 @@ def load_config(path: Path | None = None) -> Config:
     cores = data.get("build-cores", os.cpu_count() or 1)
     if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
         raise _bad(path, f"build-cores must be a positive whole number, not {cores!r}")
+    timeout = _step_timeout(path, data)
     secrets: dict[str, Secret] = {}
     for name, entry in data.get("secrets", {}).items():
         if not NAME.fullmatch(name) or not isinstance(entry, dict):
@@ -139,7 +150,30 @@ def load_config(path: Path | None = None) -> Config:
         from kiln.remote.settings import from_table  # (only configs that name a remote)
 
         remote = from_table(data["remote"], path)
-    return Config(frozenset(features), cores, secrets, path, _archive_limits(path, data), remote)
+    return Config(
+        frozenset(features), cores, secrets, path, _archive_limits(path, data), remote,
+        step_timeout=timeout,
+    )  # fmt: skip
+
+
+def _step_timeout(path: Path, data: dict[str, object]) -> float:
+    """Seconds a step may run without a ``timeout=`` of its own:
+    ``$KILN_STEP_TIMEOUT``, else the file's ``step-timeout``, else 600."""
+    env = os.environ.get(STEP_TIMEOUT_VARIABLE)
+    value: object = data.get("step-timeout", DEFAULT_STEP_TIMEOUT)
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            value = env
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e9:
+        if env:
+            raise errors.KilnError(
+                f"{STEP_TIMEOUT_VARIABLE} must be a positive number of seconds, not {env!r}",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+        raise _bad(path, f"step-timeout must be a positive number of seconds, not {value!r}")
+    return float(value)
 
 
 def _archive_limits(path: Path, data: dict[str, object]) -> ArchiveLimits:

@@ -177,6 +177,7 @@ class BuildContext:
         env: dict[str, str],
         platform: tuple[tuple[str, str], ...],
         description: str,
+        timeout: float | None = None,
     ) -> StepResult:
         root, blobs = input_tree(inputs, where)
         try:
@@ -187,6 +188,7 @@ class BuildContext:
                 outputs=tuple(outputs),
                 platform=platform,
                 description=description,
+                timeout=timeout,
             )
         except ValueError as e:
             raise errors.KilnError(f"{where}: {e}", exit_code=errors.ExitCode.BAD_INPUT) from None

@@ -30,6 +30,7 @@ from kiln.exec.specs import (
     DEFAULT_DISK_MIB,
     DEFAULT_FUEL,
     DEFAULT_MEMORY_MIB,
+    RUNTIME_PREFIX,
     WasmLimits,
     unpack_argv,
 )
@@ -225,6 +226,7 @@ def wasm(
     disk_mib: int | None = None,
     requires: Iterable[str] = (),
     description: str | None = None,
+    timeout: float | None = None,
 ) -> Coroutine[Any, Any, StepResult]:
     """A WebAssembly step: run ``tool`` (a WASI command module) with ``args``.
 
@@ -234,12 +236,15 @@ def wasm(
     itself). ``fuel``, ``memory_mib`` and ``disk_mib`` (what its files, the
     outputs and /tmp, may hold at once) are its limits, part of its key.
     ``requires`` names system features an executor must offer (see
-    ``kiln.config``). Await the call for its ``StepResult``; a failure
-    raises.
+    ``kiln.config``). ``timeout`` is a wall-clock limit in seconds (default:
+    the config's ``step-timeout``), not part of the key: a run past it is
+    an error, never a result. Await the call for its ``StepResult``; a
+    failure raises.
     """
     ctx = _context("wasm()")
     where = _where()
     owner = _target.get()
+    _check_command("wasm", args, where)
     if not isinstance(tool, File):
         raise errors.KilnError(
             f"{where}: wasm() needs the module as a File (e.g. source('tool.wasm')), "
@@ -266,12 +271,14 @@ def wasm(
         env=dict(env or {}),
         platform=limits.platform() + ctx.features(requires, (), where),
         description=description or " ".join([os.path.basename(tool.path), *map(str, args)]),
+        timeout=_timeout("wasm", timeout, where),
     )
 
 
 def native(
     *argv: str,
     tools: Iterable[str],
+    runtimes: Iterable[str] = (),
     inputs: Iterable[Value] | Mapping[str, Value] = (),
     outputs: Iterable[str] = (),
     env: Mapping[str, str] | None = None,
@@ -281,19 +288,25 @@ def native(
     requires: Iterable[str] = (),
     secrets: Iterable[str] = (),
     description: str | None = None,
+    timeout: float | None = None,
 ) -> Coroutine[Any, Any, StepResult]:
     """A native step: run ``argv`` in a bubblewrap sandbox (Linux).
 
     ``tools`` names the host programs the step uses (``argv[0]`` among
     them, unless it is an input); the sandbox holds only those and the
     Debian packages they need, and their identity is part of the step's key.
+    ``runtimes`` (``"c"``, ``"c++"``) adds what a dynamically linked program
+    built earlier in the build needs to run (the loader and C library, and
+    the C++ library), identified the same way; ``tools=[]`` declares none.
     ``inputs``, ``outputs`` and ``env`` are as for ``wasm``; the working
     folder holds the inputs (read-only) and the outputs the step creates,
     at most ``disk_mib`` MiB of them (with ``memory_mib`` and ``pids``, the
     step's limits).
     ``requires`` names system features an executor must offer; ``secrets``
     names secrets of those features, readable at ``/kiln/secrets/NAME``
-    (their names, never their contents, are in the key).
+    (their names, never their contents, are in the key). ``timeout`` is a
+    wall-clock limit in seconds (default: the config's ``step-timeout``),
+    not part of the key.
     """
     ctx = _context("native()")
     where = _where()
@@ -302,7 +315,16 @@ def native(
         raise errors.KilnError(
             f"{where}: native() needs a command", exit_code=errors.ExitCode.BAD_INPUT
         )
-    declared = sorted(set(tools))
+    _check_command("native", argv, where)
+    for name in [tools, runtimes]:
+        if isinstance(name, str):
+            raise errors.KilnError(
+                f"{where}: native() takes a list of names for tools= and runtimes=, "
+                f"got the string {name!r}",
+                hint=f"write [{name!r}]",
+                exit_code=errors.ExitCode.BAD_INPUT,
+            )
+    declared = sorted(set(tools) | {f"{RUNTIME_PREFIX}{r}" for r in runtimes})
     placed = [v.at(p) for p, v in inputs.items()] if isinstance(inputs, Mapping) else list(inputs)
     limits = specs.NativeLimits(
         memory_mib or specs.NATIVE_MEMORY_MIB,
@@ -320,7 +342,34 @@ def native(
         platform=limits.platform(declared, ctx.tools_identity(declared, where))
         + ctx.features(requires, secrets, where),
         description=description or " ".join(os.path.basename(str(a)) for a in argv[:3]),
+        timeout=_timeout("native", timeout, where),
     )
+
+
+def _check_command(kind: str, argv: Iterable[object], where: str) -> None:
+    """Refuse a command given as one list (``native(["gcc", "-v"])``)."""
+    bad = next((a for a in argv if isinstance(a, list | tuple | set | dict)), None)
+    if bad is not None:
+        raise errors.KilnError(
+            f"{where}: {kind}() takes the command as separate arguments, "
+            f"got a {type(bad).__name__}: {bad!r}",
+            hint=f"write {kind}({'tool, ' if kind == 'wasm' else ''}"
+            f"{', '.join(map(repr, bad))}, ...), or unpack a list: {kind}(*command, ...)",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+
+
+def _timeout(kind: str, seconds: float | None, where: str) -> float | None:
+    """A step's wall-clock limit, checked (None: the executor's default)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < 1e9:
+        raise errors.KilnError(
+            f"{where}: {kind}(..., timeout=) must be a positive number of seconds, got {seconds!r}",
+            hint="leave it out for the default (`step-timeout` in the Kiln config)",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    return float(seconds)
 
 
 # ---------------------------------------------------------------- archives

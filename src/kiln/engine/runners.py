@@ -3,7 +3,8 @@
 Both runners take an action and give back an ``Outcome`` through a
 ``concurrent.futures.Future``; both go through the store's ``execute_once``
 (the cross-process lock, the action cache) and retry transient errors the
-same way (``execute_with_retries``).
+same way (``execute_with_retries``), except a timeout: a step that ran past
+its wall-clock limit would most likely do so again.
 
 - ``ThreadRunner``: one executor per thread. Cheap to start; but the
   WASI host is Python code, so threads mostly take turns holding the GIL.
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.errors import KilnError
 from kiln.exec import interrupt, kinds
-from kiln.exec.base import TransientError, close_executor
+from kiln.exec.base import StepTimeout, TransientError, close_executor
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.model.reapi import re_pb2
 from kiln.store.local import Store
@@ -63,13 +64,16 @@ def execute_with_retries(
     command: re_pb2.Command,
     where: str,
 ) -> Outcome:
-    """Run the action once (``execute_once``), retrying transient errors."""
+    """Run the action once (``execute_once``), retrying transient errors
+    other than a timeout."""
     for attempt in range(1, RETRIES + 2):
         try:
             execution = store.execute_once(
                 key, lambda: (executor.execute(key, action, command), executor.name)
             )
             return Outcome(execution.result, execution.cached, attempt)
+        except StepTimeout as e:
+            return Outcome(None, False, attempt, e.naming(where))
         except (TransientError, OSError) as e:
             if attempt <= RETRIES:
                 continue

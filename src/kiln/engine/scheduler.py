@@ -269,7 +269,7 @@ class Scheduler:
                 if remote is not None:
                     await self.ensure_local([request.spec.input_root], [])
                 submitted = self._runner().submit(
-                    request.executor, record.key, action, command, where
+                    request.executor, record.key, request.spec.timed(action), command, where
                 )
                 outcome = await asyncio.wrap_future(submitted)
             record.finished = time.time()
@@ -350,7 +350,8 @@ class Scheduler:
             if self.remote.read_now(digest) is None:
                 self._recover([digest])
         where = f"step {record.description!r} of target {record.target!r}"
-        outcome = self._threads.submit(request.executor, key, action, command, where).result()
+        timed = request.spec.timed(action)
+        outcome = self._threads.submit(request.executor, key, timed, command, where).result()
         if outcome.error is not None:
             raise outcome.error
         assert outcome.result is not None

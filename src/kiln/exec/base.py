@@ -11,7 +11,7 @@ A step's own failure (non-zero exit, a trap, exhausted fuel) is a *result*:
 deterministic, a value the caller may show or, later, cache. Everything
 else, the executor not managing to run the step as described (sandbox
 set-up, a wall-clock timeout, a lost worker), is a ``TransientError``:
-never cached, maybe retried.
+never cached, maybe retried (a timeout, ``StepTimeout``, is not).
 """
 
 from __future__ import annotations
@@ -67,6 +67,43 @@ class TransientError(KilnError):
 
     def __init__(self, message: str, *, hint: str | None = None, **fields: object) -> None:
         super().__init__(message, hint=hint, exit_code=ExitCode.FAILED, **fields)
+
+
+class StepTimeout(TransientError):
+    """The step ran past its wall-clock limit (``seconds``) and was stopped.
+    Never cached, and not retried (``kiln.engine.runners``): it would most
+    likely run as long again."""
+
+    def __init__(self, seconds: float, kind: str, where: str = "the step") -> None:
+        self.seconds = seconds
+        self.kind = kind
+        super().__init__(
+            f"{where} ran past its wall-clock timeout of {seconds:g} s and was stopped "
+            "(not cached)",
+            hint=f"raise it with {kind}(..., timeout=SECONDS) in the build file, or the "
+            f"default for every step with `step-timeout = SECONDS` in {_config_where()} "
+            "(or KILN_STEP_TIMEOUT)",
+        )
+
+    def naming(self, where: str) -> StepTimeout:
+        """The same timeout, its message naming ``where`` (the step and target)."""
+        return StepTimeout(self.seconds, self.kind, where)
+
+
+def _config_where() -> str:
+    from kiln.config import config_path  # (start-up: only when a step timed out)
+
+    return str(config_path())
+
+
+def step_timeout(action: re_pb2.Action, default: float | None) -> float | None:
+    """A step's wall-clock limit in seconds: the one its action carries
+    (``Action.timeout``, outside its key), else ``default``."""
+    if action.HasField("timeout"):
+        seconds = action.timeout.ToNanoseconds() / 1e9
+        if seconds > 0:
+            return seconds
+    return default
 
 
 class Executor(Protocol):

@@ -20,19 +20,22 @@ step sees:
   declared variables plus ``PATH=/usr/bin:/bin``, ``HOME=/tmp``, ``TZ=UTC``,
   ``LANG=C.UTF-8`` and ``SOURCE_DATE_EPOCH=0``.
 
-Limits: a wall-clock timeout, a memory limit (a memory cgroup, whose
+Limits: a wall-clock timeout (the step's own ``timeout=``, carried outside
+its key in ``Action.timeout``, else the config's ``step-timeout``, 600 s by
+default), a memory limit (a memory cgroup, whose
 out-of-memory kills are reported as such; ``RLIMIT_AS`` where no cgroup can
 be made), a process limit (a pids cgroup, else ``RLIMIT_NPROC``) and a disk
 limit for the work folder (``RLIMIT_FSIZE`` and a watchdog, see
 ``kiln.exec.disk_guard``; going past it is a failed result). Every
 process of the step dies with it (the step's pid namespace ends with its
-first process). A timeout is a ``TransientError``, never a result, and ends
-the resident sandbox too.
+first process). A timeout is a ``StepTimeout`` (transient: never a result,
+never cached, not retried), and ends the resident sandbox too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import shutil
@@ -45,15 +48,23 @@ from pathlib import Path
 
 from kiln import errors
 from kiln.config import Secret, check_secret, load_config
-from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
+from kiln.exec.base import (
+    ExecContext,
+    ExecHooks,
+    TransientError,
+    record_timing,
+    step_timeout,
+)
 from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.kinds import NATIVE_ABI
+from kiln.exec.output_trees import missing_outputs
 from kiln.exec.specs import NativeLimits
 from kiln.exec.tools import (
     Dpkg,
     Tool,
     canonical,
+    declared_files,
     identity,
     resolve,
     tool_root,
@@ -75,10 +86,10 @@ FIXED_ENV = {
     "LANG": "C.UTF-8",
     "SOURCE_DATE_EPOCH": "0",
 }
-DEFAULT_TIMEOUT = 600.0
 CORES_VARIABLE = "KILN_BUILD_CORES"
 MAX_ZYGOTES = 4  # resident sandboxes per executor (one per tool set and limits)
 EXIT_OUT_OF_MEMORY = 137
+EXIT_NOT_FOUND = 127  # the program could not be found (zygote.c, as shells do)
 EXIT_DISK_LIMIT = 128 + signal.SIGXFSZ  # as when RLIMIT_FSIZE ends a step
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
@@ -108,14 +119,15 @@ class NativeExecutor:
         self,
         ctx: ExecContext,
         hooks: ExecHooks | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
     ) -> None:
+        """``timeout``: the wall-clock limit of steps that carry none of their
+        own (default: the config's ``step-timeout``)."""
         bwrap = bwrap_path()
         if bwrap is None:
             raise missing_bwrap()
         self._bwrap = bwrap
         self._cas = ctx.cas
-        self._timeout = timeout
         self._roots = tool_roots_folder(ctx.state)
         self._dpkg = Dpkg(cache=self._roots)
         self._sandboxes = ctx.state / "sandboxes"
@@ -130,11 +142,12 @@ class NativeExecutor:
         self._resolved: dict[str, tuple[tuple[object, ...], list[Tool], str]] = {}
         self._zygotes: dict[tuple[object, ...], _Sandbox] = {}
         self._config = load_config()
+        self._timeout = timeout if timeout is not None else self._config.step_timeout
 
     def _tools(self, names: str) -> tuple[list[Tool], str]:
         """The declared tools and their identity, resolved again only when
         one of their files changed (not hashed anew for every step)."""
-        paths = [shutil.which(n) or n for n in names.split(",") if n]
+        paths = [p for n in names.split(",") if n for p in declared_files(n)]
         signature = tuple(_stat_signature(p) for p in paths)
         known = self._resolved.get(names)
         if known is None or known[0] != signature:
@@ -199,8 +212,11 @@ class NativeExecutor:
             cwd = "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")
             started = time.time_ns()
             code, stdout, stderr, note = self._run(
-                zygote, step, cwd, env, list(command.arguments), limits, work
-            )
+                zygote, step, cwd, env, list(command.arguments), limits, work,
+                step_timeout(action, self._timeout),
+            )  # fmt: skip
+            if code == EXIT_NOT_FOUND:
+                note = note or _no_loader(command, work, stderr)
             if note:
                 stderr += f"kiln: {note}\n".encode()
             result = re_pb2.ActionResult(exit_code=code)
@@ -208,6 +224,8 @@ class NativeExecutor:
                 collect_host_outputs(
                     batch, self._cas, work, input_root, list(command.output_paths), result
                 )
+                if missing := missing_outputs(result, list(command.output_paths)):
+                    stderr += f"kiln: {missing}\n".encode()
                 result.stdout_digest.CopyFrom(batch.add_bytes(stdout).to_proto())
                 result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
         finally:
@@ -315,7 +333,7 @@ class NativeExecutor:
 
     def _run(
         self, zygote: Zygote, step: str, cwd: str, env: dict[str, str], argv: list[str],
-        limits: NativeLimits, work: Path,
+        limits: NativeLimits, work: Path, timeout: float | None,
     ) -> tuple[int, bytes, bytes, str]:  # fmt: skip
         pids, memory = _cgroup_limits(limits)
         self._cgroup("pids", pids)
@@ -323,7 +341,7 @@ class NativeExecutor:
         kills_before = _oom_kills(memory_group) if memory_group is not None else 0
         with DiskGuard(work, limits.disk_mib << 20, zygote.close) as guard:
             try:
-                outcome = zygote.run(step, cwd, env, argv, self._timeout)
+                outcome = zygote.run(step, cwd, env, argv, timeout)
             except TransientError:
                 if guard.tripped is None:
                     raise
@@ -374,6 +392,22 @@ def _runs(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _no_loader(command: re_pb2.Command, work: Path, stderr: bytes) -> str:
+    """For a program in the work folder that exec could not start ("No such
+    file or directory" though it is there: its loader is missing), what to
+    declare; else ""."""
+    program = command.arguments[0] if command.arguments else ""
+    said = f"kiln: cannot run {program}: {os.strerror(errno.ENOENT)}\n".encode()
+    folder = work / command.working_directory.strip("/")
+    if "/" not in program or not stderr.endswith(said) or not os.path.lexists(folder / program):
+        return ""
+    return (
+        f"{program} is there, but not the dynamic loader it names: a dynamically "
+        "linked program needs native(..., runtimes=['c']) (or ['c++']), or a tool that "
+        "brings its libraries"
+    )
 
 
 def _link_inputs(inputs: Path, work: Path) -> None:

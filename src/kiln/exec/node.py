@@ -10,7 +10,11 @@ action's outputs depend on the action and not on the engine or host.
 What this engine does not do: fuel, memory and disk limits (V8 has no fuel
 metering; its guest files are held in memory), NaN canonicalization. It is
 for checking, not for building: compare only runs that finished within
-their limits under Wasmtime.
+their limits under Wasmtime. Nor does it run every proposal the Wasmtime
+contract enables (``kiln.exec.wasm.PROPOSALS``): which ones depends on the
+Node.js version (exception handling with ``try_table``, for one, needs a
+recent V8). A module it cannot compile is refused, naming the proposals the
+module uses, never compared.
 """
 
 from __future__ import annotations
@@ -24,15 +28,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kiln.exec.base import ExecContext, TransientError, record_timing
+from kiln.errors import ExitCode, KilnError
+from kiln.exec.base import ExecContext, TransientError, record_timing, step_timeout
+from kiln.exec.output_trees import missing_outputs
 from kiln.exec.specs import WasmLimits
-from kiln.exec.wasi.vfs import Dir, FileSystem, Node, Symlink
+from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink, WasiError
 from kiln.exec.wasm_files import collect_outputs, directory_entries
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 
 HOST_SCRIPT = Path(__file__).with_name("wasi") / "node_host.mjs"
 EXIT_UNRUNNABLE = 3  # node_host.mjs: the request itself cannot be run
+EXIT_UNSUPPORTED = 4  # node_host.mjs: this Node.js does not compile the module
+# Sections and memory flags that show a module uses a proposal (a cheap
+# look at its structure, for the refusal's message; not a validation).
+TAG_SECTION, IMPORT_SECTION, MEMORY_SECTION = 13, 2, 5
+MEMORY_SHARED, MEMORY_64 = 0x02, 0x04
 
 
 def find_node() -> str | None:
@@ -77,7 +88,10 @@ class NodeWasmExecutor:
         with tempfile.TemporaryDirectory(prefix="kiln-node-") as tmp:
             request_path = Path(tmp) / "request.json"
             request_path.write_text(json.dumps(request))
-            self._run_node(request_path, Path(tmp))
+            try:
+                self._run_node(request_path, Path(tmp), step_timeout(action, self._timeout))
+            except _Unsupported as e:
+                raise self._unsupported(input_root, request["argv"], str(e)) from None
             report = json.loads((Path(tmp) / "result.json").read_text())
             data = (Path(tmp) / "data.bin").read_bytes()
 
@@ -92,10 +106,31 @@ class NodeWasmExecutor:
         result = re_pb2.ActionResult(exit_code=report["exit_code"])
         with self._cas.batch() as batch:
             collect_outputs(fs, batch, list(command.output_paths), result)
+            stderr = chunk(report["stderr"])
+            if missing := missing_outputs(result, list(command.output_paths)):
+                stderr += f"kiln: {missing}\n".encode()  # as the Wasmtime executor says it
             result.stdout_digest.CopyFrom(batch.add_bytes(chunk(report["stdout"])).to_proto())
-            result.stderr_digest.CopyFrom(batch.add_bytes(chunk(report["stderr"])).to_proto())
+            result.stderr_digest.CopyFrom(batch.add_bytes(stderr).to_proto())
         record_timing(result, "kiln-wasm-node", started)
         return result
+
+    def _unsupported(self, root: Digest, argv: list[str], message: str) -> KilnError:
+        """The refusal of a module this Node.js does not compile, naming the
+        proposals it visibly uses."""
+        fs = FileSystem(root, lambda d: directory_entries(self._cas, d), self._cas.get_bytes)
+        try:
+            _, _, node = fs.resolve(fs.root, argv[0] if argv else "", follow=True)
+            data = self._cas.get_bytes(node.blob) if isinstance(node, File) and node.blob else None
+        except WasiError:
+            data = None
+        used = used_proposals(data or b"")
+        return KilnError(
+            f"the node engine cannot run this action: {message or 'node cannot compile it'}"
+            + (f" (the module uses {', '.join(used)})" if used else ""),
+            hint="Node.js does not support every proposal Kiln's Wasmtime contract enables "
+            "(docs/wasm.md); check with a newer Node.js, or check other steps",
+            exit_code=ExitCode.BAD_INPUT,
+        )
 
     def _listings(self, root: Digest) -> dict[str, dict[str, object]]:
         """Every directory of the input tree, listed as ``directory_entries``
@@ -116,20 +151,23 @@ class NodeWasmExecutor:
                     blobs[str(payload)] = str(self._cas.blob_file(payload))  # type: ignore[arg-type]
         return {"dirs": dirs, "blobs": blobs}
 
-    def _run_node(self, request: Path, result_dir: Path) -> None:
+    def _run_node(self, request: Path, result_dir: Path, timeout: float | None) -> None:
         try:
             proc = subprocess.run(
                 [self._node, str(HOST_SCRIPT), str(request), str(result_dir)],
                 capture_output=True,
                 text=True,
-                timeout=self._timeout,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             raise TransientError(
-                f"wall-clock timeout after {self._timeout} s under node (not cached)",
+                f"wall-clock timeout after {timeout} s under node (not cached)",
                 hint="node does not meter fuel: a guest that ran out of fuel under "
                 "wasmtime runs until this timeout",
             ) from None
+        if proc.returncode == EXIT_UNSUPPORTED:
+            lines = proc.stderr.strip().splitlines()
+            raise _Unsupported(lines[-1].removeprefix("kiln node engine: ") if lines else "")
         if proc.returncode != 0:
             message = proc.stderr.strip().splitlines()
             raise TransientError(
@@ -139,6 +177,94 @@ class NodeWasmExecutor:
                 if proc.returncode == EXIT_UNRUNNABLE
                 else f"check that {self._node} is Node.js 18 or later",
             )
+
+
+class _Unsupported(Exception):
+    """node_host.mjs could not compile the module (its message)."""
+
+
+def used_proposals(module: bytes) -> list[str]:
+    """The proposals beyond WebAssembly 2.0 a module visibly uses (by its
+    sections: a tag section, its memories' flags and number)."""
+    used: set[str] = set()
+    memories = 0
+    offset = 8  # magic and version
+    try:
+        while offset < len(module):
+            section = module[offset]
+            size, offset = _leb(module, offset + 1)
+            body = module[offset : offset + size]
+            offset += size
+            if section == TAG_SECTION:
+                used.add("exceptions")
+            elif section == MEMORY_SECTION:
+                count, at = _leb(body, 0)
+                memories += count
+                for _ in range(count):
+                    flags = body[at]
+                    used.update(_memory_flags(flags))
+                    _, at = _leb(body, at + 1)
+                    if flags & 0x01:
+                        _, at = _leb(body, at)
+            elif section == IMPORT_SECTION:
+                memories += _imported_memories(body, used)
+    except (IndexError, ValueError):
+        pass  # a module V8 could not read anyway: say what was seen
+    if memories > 1:
+        used.add("multi-memory")
+    return sorted(used)
+
+
+def _memory_flags(flags: int) -> list[str]:
+    return [name for bit, name in ((MEMORY_SHARED, "threads"), (MEMORY_64, "memory64"))
+            if flags & bit]  # fmt: skip
+
+
+def _imported_memories(body: bytes, used: set[str]) -> int:
+    """How many memories an import section imports (their flags into ``used``)."""
+    count, at = _leb(body, 0)
+    memories = 0
+    for _ in range(count):
+        for _name in range(2):  # module and field names
+            length, at = _leb(body, at)
+            at += length
+        kind = body[at]
+        at += 1
+        if kind == 0x00:  # function: a type index
+            _, at = _leb(body, at)
+        elif kind == 0x01:  # table: element type, limits
+            at += 1
+            flags = body[at]
+            _, at = _leb(body, at + 1)
+            if flags & 0x01:
+                _, at = _leb(body, at)
+        elif kind == 0x02:  # memory: limits
+            memories += 1
+            flags = body[at]
+            used.update(_memory_flags(flags))
+            _, at = _leb(body, at + 1)
+            if flags & 0x01:
+                _, at = _leb(body, at)
+        elif kind == 0x03:  # global: value type, mutability
+            at += 2
+        elif kind == 0x04:  # tag: attribute, type index
+            used.add("exceptions")
+            _, at = _leb(body, at + 1)
+        else:
+            raise ValueError(f"unknown import kind {kind}")
+    return memories
+
+
+def _leb(data: bytes, at: int) -> tuple[int, int]:
+    """An unsigned LEB128 number at ``at``: (value, the offset after it)."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
 
 
 def _no_inputs(_digest: Digest) -> Any:

@@ -1,6 +1,6 @@
 """Storing what a step left at its declared output paths as REAPI trees,
 built from any kind of folder (a guest's virtual one, a host one, an
-archive's members)."""
+archive's members), and failing a step that left a declared path empty."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from kiln.model.reapi import re_pb2
 from kiln.model.tree import make_directory
 
 Node = TypeVar("Node")
+# The exit code of a step that exited 0 without creating a declared output.
+EXIT_MISSING_OUTPUT = 1
 # Folders a stored tree may nest (reading trees back, materializing them and
 # comparing them recurse once per level).
 MAX_TREE_DEPTH = 256
@@ -94,3 +96,22 @@ def store_tree(
     tree.root.CopyFrom(root)
     root_digest = batch.add_metadata(canonical_bytes(root))
     return StoredTree(batch.add_metadata(canonical_bytes(tree)), root_digest)
+
+
+def missing_outputs(result: re_pb2.ActionResult, paths: list[str]) -> str:
+    """For a step that exited 0 but left some of its declared ``paths``
+    uncreated: make ``result`` a failure (like a non-zero exit: shown, never
+    cached) and return the note for its stderr naming them; else ""."""
+    made = {o.path for o in result.output_files}
+    made.update(o.path for o in result.output_directories)
+    made.update(o.path for o in result.output_symlinks)
+    missing = [p for p in paths if p not in made]
+    if result.exit_code != 0 or not missing:
+        return ""
+    result.exit_code = EXIT_MISSING_OUTPUT
+    names = ", ".join(missing)
+    return (
+        f"declared output{'s' if len(missing) > 1 else ''} {names} "
+        f"{'were' if len(missing) > 1 else 'was'} not created (the command exited 0); "
+        "create it, or remove it from the step's outputs"
+    )

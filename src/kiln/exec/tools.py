@@ -11,6 +11,15 @@ on ``PATH`` to its file and identified by
   (read from dpkg's own database: fast, and honest as long as packages
   are installed by dpkg, which also guards their files' contents).
 
+A step may also declare *runtimes*: what a program built earlier in the
+build needs to run, without declaring the tools that built it. A runtime is
+named ``runtime:NAME`` among the tool names and identified the same way,
+by the file that stands for it and the closure of its Debian packages:
+
+- ``runtime:c``: the dynamic loader and the C library (the loader's
+  package, e.g. ``libc6``, and what it needs);
+- ``runtime:c++``: that and the C++ library (``libstdc++6``, ``libgcc-s1``).
+
 The identity of a step's tools goes into its action's platform properties,
 so upgrading the compiler changes the keys of exactly the steps using it.
 The sandbox gets the files of those packages (and the tool files), and
@@ -26,6 +35,7 @@ import hashlib
 import json
 import marshal
 import os
+import platform
 import re
 import shutil
 import threading
@@ -33,10 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import errors
+from kiln.exec.specs import RUNTIME_PREFIX
 from kiln.model.digest import Digest
 from kiln.system.stat_signature import signature
 
 DPKG = Path("/var/lib/dpkg")
+# The dynamic loader of this machine's own ABI, by architecture.
+LOADERS = {
+    "x86_64": "/lib64/ld-linux-x86-64.so.2",
+    "aarch64": "/lib/ld-linux-aarch64.so.1",
+}
+# A runtime: the files that stand for it (the first identifies it by content).
+RUNTIMES = {
+    "c": ("{loader}",),
+    "c++": ("/usr/lib/{arch}-linux-gnu/libstdc++.so.6", "{loader}"),
+}
 _DEP_NAME = re.compile(r"^\s*([a-z0-9][a-z0-9+.-]*)")
 
 
@@ -181,7 +202,10 @@ def _names(field: str) -> list[str]:
 
 
 def resolve(name: str, dpkg: Dpkg) -> Tool:
-    """Find a declared tool on ``PATH`` (or at its absolute path) and identify it."""
+    """Find a declared tool on ``PATH`` (or at its absolute path), or a
+    runtime (``runtime:NAME``), and identify it."""
+    if name.startswith(RUNTIME_PREFIX):
+        return _resolve_runtime(name, dpkg)
     found = name if os.path.isabs(name) else shutil.which(name)
     if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
         raise errors.KilnError(
@@ -194,6 +218,44 @@ def resolve(name: str, dpkg: Dpkg) -> Tool:
     roots = {p for p in (dpkg.owner(found), dpkg.owner(real), _interpreter_owner(real, dpkg)) if p}
     packages = tuple(dpkg.identity(p) for p in dpkg.closure(sorted(roots)))
     return Tool(name, found, real, Digest.of_file(real).hash, packages)
+
+
+def declared_files(name: str) -> list[str]:
+    """The files a declared tool or runtime name stands for on this machine
+    (what to watch for changes; a runtime's may be missing)."""
+    if not name.startswith(RUNTIME_PREFIX):
+        return [name if os.path.isabs(name) else shutil.which(name) or name]
+    arch = platform.machine()
+    loader = LOADERS.get(arch, "")
+    runtime = RUNTIMES.get(name[len(RUNTIME_PREFIX) :], ())
+    return [f.format(loader=loader, arch=arch) for f in runtime]
+
+
+def _resolve_runtime(name: str, dpkg: Dpkg) -> Tool:
+    """A runtime as a ``Tool``: its first file, and its files' packages."""
+    runtime = name[len(RUNTIME_PREFIX) :]
+    arch = platform.machine()
+    files = declared_files(name)
+    if runtime not in RUNTIMES:
+        raise errors.KilnError(
+            f"unknown runtime {runtime!r}",
+            hint=f"known runtimes: {', '.join(sorted(RUNTIMES))}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+            tool=name,
+        )
+    missing = next((f for f in files if not f.startswith("/") or not os.path.isfile(f)), None)
+    if missing is not None:
+        raise errors.KilnError(
+            f"runtime {runtime!r} is not installed on this machine "
+            f"({missing or 'no known dynamic loader for ' + arch} is missing)",
+            hint="install its C (libc6) or C++ (libstdc++6) library packages",
+            exit_code=errors.ExitCode.BAD_INPUT,
+            tool=name,
+        )
+    owners = {p for f in files for p in (dpkg.owner(f), dpkg.owner(os.path.realpath(f))) if p}
+    packages = tuple(dpkg.identity(p) for p in dpkg.closure(sorted(owners)))
+    real = os.path.realpath(files[0])
+    return Tool(name, files[0], real, Digest.of_file(real).hash, packages)
 
 
 def _interpreter_owner(path: str, dpkg: Dpkg) -> str | None:
@@ -231,6 +293,7 @@ _building = threading.Lock()
 def _build_root(tools: list[Tool], dpkg: Dpkg, cache: Path, root: Path) -> None:
     staging = cache / f".{root.name}.{os.getpid()}.{threading.get_ident()}"
     shutil.rmtree(staging, ignore_errors=True)
+    (staging / "usr").mkdir(parents=True)  # the sandbox's /usr, even with no tools
     paths: set[str] = set()
     for t in tools:
         paths.update((t.path, t.real_path))

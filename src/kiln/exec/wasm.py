@@ -13,8 +13,11 @@ and nothing about the host is:
     memory-mib   linear memory limit in MiB (default 1024)
 
 Running out of fuel, memory or disk is a deterministic failed result with a
-clear message in stderr; a wall-clock timeout exists for safety only and is
-a ``TransientError``, never cached. Large files a guest writes are kept in
+clear message in stderr. A wall-clock timeout (the step's ``timeout=``,
+carried outside its key in ``Action.timeout``, else the config's
+``step-timeout``) exists for safety only: Wasmtime's epoch interruption
+stops the guest, which costs no fuel and changes nothing in a run that
+finishes; it is a ``StepTimeout``, never cached nor retried. Large files a guest writes are kept in
 scratch files under the store's staging folder, not in Kiln's memory.
 """
 
@@ -34,8 +37,17 @@ from typing import Any
 
 import wasmtime
 
+from kiln.config import load_config
 from kiln.exec import interrupt
-from kiln.exec.base import ExecContext, ExecHooks, TransientError, record_timing
+from kiln.exec.base import (
+    ExecContext,
+    ExecHooks,
+    StepTimeout,
+    TransientError,
+    record_timing,
+    step_timeout,
+)
+from kiln.exec.output_trees import missing_outputs
 from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.disk import Disk, DiskLimit
 from kiln.exec.wasi.host import ProcExit, WasiHost, make_linker
@@ -49,21 +61,51 @@ WASM_PAGE = 65536
 LARGE_MODULE = 1 << 20  # compiling one this big shows progress (it can take seconds)
 
 
+# The WebAssembly proposals guests may use, beyond WebAssembly 2.0 (which
+# includes sign extension, non-trapping float-to-int, multi-value, bulk
+# memory, reference types and SIMD), each set explicitly rather than left to
+# the Wasmtime version's defaults. They are part of the contract (WASM_ABI):
+# a module using one that is off does not compile, the same failed result on
+# every machine, so changing this table changes the contract's version.
+# Extended constant expressions are always on (Wasmtime has no setting).
+PROPOSALS: dict[str, bool] = {
+    "bulk-memory": True,
+    "multi-value": True,
+    "reference-types": True,
+    "simd": True,
+    "relaxed-simd": True,  # in its deterministic flavour (engine_config)
+    "tail-call": True,
+    "exceptions": True,  # exnref (try_table): setjmp/longjmp and C++ exceptions
+    "function-references": True,
+    "gc": True,
+    "memory64": True,
+    "multi-memory": True,
+    "wide-arithmetic": True,
+    "threads": False,  # shared memory and atomics wait: not deterministic
+    "custom-page-sizes": False,
+    "stack-switching": False,
+    "component-model": False,  # only core modules (WASI preview 1 commands) run
+}
+
+
 def engine_config() -> Any:
     """The one Wasmtime configuration Kiln runs guests with."""
     config = wasmtime.Config()
     config.consume_fuel = True
     config.epoch_interruption = True  # wall-clock timeout, safety only
     config.cranelift_nan_canonicalization = True
-    config.wasm_relaxed_simd = True
+    config.gc_support = PROPOSALS["gc"]
+    for name, enabled in PROPOSALS.items():
+        setattr(config, "wasm_" + name.replace("-", "_"), enabled)
     config.wasm_relaxed_simd_deterministic = True
-    config.wasm_threads = False
     return config
 
 
-# Changing engine_config() must change this, so cached compiled modules
-# made under another configuration are not reused.
-_CONFIG_FINGERPRINT = "fuel,epoch,nan-canon,relaxed-simd-deterministic,no-threads"
+def config_fingerprint() -> str:
+    """What of ``engine_config()`` a compiled module depends on: cached
+    compiled modules made under another configuration are not reused."""
+    proposals = ",".join(f"{n}={'on' if on else 'off'}" for n, on in sorted(PROPOSALS.items()))
+    return f"fuel,epoch,nan-canon,relaxed-simd-deterministic;{proposals}"
 
 
 EPOCH_TICK_S = 0.05  # the shared engine's clock for wall-clock timeouts
@@ -208,10 +250,12 @@ class WasmExecutor:
     def __init__(
         self, ctx: ExecContext, hooks: ExecHooks | None = None, timeout: float | None = None
     ) -> None:
-        """``hooks.on_slow(message)`` is entered while a large module compiles."""
+        """``hooks.on_slow(message)`` is entered while a large module compiles.
+        ``timeout``: the wall-clock limit of steps that carry none of their
+        own (default: the config's ``step-timeout``)."""
         self._cas = ctx.cas
         self._scratch = ctx.scratch
-        self._timeout = timeout
+        self._timeout = timeout if timeout is not None else load_config().step_timeout
         self._progress = hooks.on_slow if hooks is not None else None
         self._shared = shared_engine()
         self._engine = self._shared.engine
@@ -223,7 +267,7 @@ class WasmExecutor:
 
     def _cache_path(self, module: Digest) -> Path:
         engine = f"wasmtime {_wasmtime_version()}"
-        key = hashlib.sha256(f"{module}\0{_CONFIG_FINGERPRINT}\0{engine}".encode()).hexdigest()
+        key = hashlib.sha256(f"{module}\0{config_fingerprint()}\0{engine}".encode()).hexdigest()
         return self._cache_dir / f"{key}.cwasm"
 
     def module(self, digest: Digest) -> Any:
@@ -297,7 +341,8 @@ class WasmExecutor:
         started = time.time_ns()
         try:
             module = self.module(module_digest)
-            exit_code, note = self._run(module_digest, module, host, limits)
+            timeout = step_timeout(action, self._timeout)
+            exit_code, note = self._run(module_digest, module, host, limits, timeout)
         except InvalidModule as e:  # as deterministic as a trap: the same every run
             exit_code, note = EXIT_TRAP, " ".join(str(e).split())
         if note:
@@ -307,19 +352,22 @@ class WasmExecutor:
         # miss (lookups check sizes); a build syncs once before its GC roots.
         with self._cas.batch(durable=False) as batch:
             collect_outputs(fs, batch, list(command.output_paths), result)
+            if missing := missing_outputs(result, list(command.output_paths)):
+                host.stderr.write(f"kiln: {missing}\n".encode())
             result.stdout_digest.CopyFrom(batch.add_bytes(bytes(host.stdout.data)).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())
         record_timing(result, "kiln-wasm", started)
         return result
 
     def _run(
-        self, digest: Digest, module: Any, host: WasiHost, limits: WasmLimits
-    ) -> tuple[int, str]:
+        self, digest: Digest, module: Any, host: WasiHost, limits: WasmLimits,
+        timeout: float | None,
+    ) -> tuple[int, str]:  # fmt: skip
         """Instantiate and run ``_start``: (exit code, note for stderr)."""
         store = wasmtime.Store(self._engine)
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_mib << 20)
-        store.set_epoch_deadline(self._shared.deadline_ticks(self._timeout))
+        store.set_epoch_deadline(self._shared.deadline_ticks(timeout))
         self._shared.running.host = host
         instance = None
         if interrupt.stopped():
@@ -348,7 +396,7 @@ class WasmExecutor:
                 return self._host_failure(host.failure)
             if isinstance(e, wasmtime.Trap):
                 memory = instance.exports(store).get("memory") if instance is not None else None
-                return EXIT_TRAP, self._explain(e, store, memory, limits)
+                return EXIT_TRAP, self._explain(e, store, memory, limits, timeout)
             return EXIT_TRAP, f"trap: {_cause(str(e))}"  # e.g. an import kiln does not offer
         except WasiError as e:  # raised outside a host call's wrapper
             return EXIT_TRAP, f"WASI error {e.errno}"
@@ -363,17 +411,16 @@ class WasmExecutor:
             return EXIT_TRAP, disk_limit_note(error)
         raise error  # a bug in the host, not the guest's doing
 
-    def _explain(self, trap: Any, store: Any, memory: Any, limits: WasmLimits) -> str:
+    def _explain(
+        self, trap: Any, store: Any, memory: Any, limits: WasmLimits, timeout: float | None
+    ) -> str:
         code = trap.trap_code
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return f"out of fuel after {limits.fuel} units"
         if code == wasmtime.TrapCode.INTERRUPT and interrupt.stopped():
             raise interrupt.Interrupted()
         if code == wasmtime.TrapCode.INTERRUPT:
-            raise TransientError(
-                f"wall-clock timeout after {self._timeout} s (not cached)",
-                hint="raise the timeout, or lower the action's fuel so it fails deterministically",
-            )
+            raise StepTimeout(timeout or 0, "wasm")
         cause = _cause(str(trap))
         # Wasmtime does not report a refused memory.grow, and the guest sees
         # only a failed allocation; a trap with memory this close to the

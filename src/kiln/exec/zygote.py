@@ -30,7 +30,7 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 from kiln.exec import interrupt
-from kiln.exec.base import TransientError
+from kiln.exec.base import StepTimeout, TransientError
 
 SANDBOX_DIR = Path(__file__).parent / "sandbox"
 SOURCE = SANDBOX_DIR / "zygote.c"
@@ -147,10 +147,7 @@ class Zygote:
                 reply = self._sock.recv(512)
             except TimeoutError:
                 self.close()
-                raise TransientError(
-                    f"wall-clock timeout after {timeout} s (not cached)",
-                    hint="raise the step's timeout",
-                ) from None
+                raise StepTimeout(timeout or 0, "native") from None
             except OSError:
                 reply = b""
             if not reply and interrupt.stopped():

@@ -4,7 +4,10 @@ The spec is a frozen dataclass that normalizes what it is given (argv as a
 tuple, environment and platform sorted by name, output paths sorted and
 checked), so two specs that mean the same execution produce the same bytes
 and therefore the same key. Fields that describe rather than define an
-execution (``description``) are excluded from comparison and from the key.
+execution (``description``) are excluded from comparison and from the key,
+and so is ``timeout``, a wall-clock limit of the host that runs it: the
+action an executor is handed carries it in REAPI's ``Action.timeout``
+(``timed``), the key is that of the action without it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class ActionSpec:
     working_directory: str = ""
     salt: bytes = b""
     description: str = field(default="", compare=False)
+    timeout: float | None = field(default=None, compare=False)  # seconds; None: the default
 
     def __post_init__(self) -> None:
         if isinstance(self.argv, str | bytes):
@@ -97,6 +101,16 @@ class ActionSpec:
             ),
         )
         return action, command
+
+    def timed(self, action: re_pb2.Action) -> re_pb2.Action:
+        """``action`` (this spec's, without timeout) as an executor is handed
+        it: with this spec's timeout, if it has one. Never stored or keyed."""
+        if self.timeout is None:
+            return action
+        timed = re_pb2.Action()
+        timed.CopyFrom(action)
+        timed.timeout.FromNanoseconds(round(self.timeout * 1e9))
+        return timed
 
     def key(self) -> Digest:
         action, _ = self.action()

@@ -668,6 +668,8 @@ function imports(module, host) {
 
 // ------------------------------------------------------------------ main
 
+const EXIT_UNSUPPORTED = 4; // node.py: a module this V8 does not compile
+
 function fail(message) {
   process.stderr.write(`kiln node engine: ${message}\n`);
   process.exit(3);
@@ -690,7 +692,9 @@ function run(request, fs, host) {
   try {
     module = new WebAssembly.Module(readFileSync(request.blobs[node.blob]));
   } catch (e) {
-    fail(`module ${node.blob} is not valid WebAssembly: ${e.message}`);
+    // Not compiled by this V8: the caller says which proposals it may lack.
+    process.stderr.write(`kiln node engine: Node.js ${process.version} cannot compile the module: ${e.message}\n`);
+    process.exit(EXIT_UNSUPPORTED);
   }
   let instance;
   try {
