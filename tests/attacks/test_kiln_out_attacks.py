@@ -118,7 +118,7 @@ def test_a_kiln_out_that_is_a_link_is_neither_written_nor_cleaned_through(
     assert sorted(p.relative_to(elsewhere) for p in elsewhere.rglob("*")) == before
 
 
-def test_gc_forgets_removed_targets_and_gone_projects_and_nothing_else(
+def test_a_build_forgets_removed_targets_and_gc_gone_projects_and_nothing_else(
     home: Path, example: Path, tmp_path: Path
 ) -> None:
     _build(home, example)
@@ -126,6 +126,9 @@ def test_gc_forgets_removed_targets_and_gone_projects_and_nothing_else(
     text = (example / "kilnfile.py").read_text()
     # `report` is no longer a target (renamed): its root and folder go.
     (example / "kilnfile.py").write_text(text.replace("async def report(", "async def summary("))
+    built = run_kiln(home, "build", "chapters", "--json", cwd=example)
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["forgotten"] == ["report"]
     other = tmp_path / "other"
     shutil.copytree(example, other)
     (other / "kilnfile.py").write_text(text)
@@ -133,12 +136,23 @@ def test_gc_forgets_removed_targets_and_gone_projects_and_nothing_else(
     (other / "kilnfile.py").unlink()  # no longer a project: a folder of files
     done = run_kiln(home, "gc", "--json")
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert result["removed_targets"] == [f"{example}:report"]
-    assert result["history"]["roots"] == 1  # other's `chapters`
+    assert json.loads(done.stdout)["history"]["roots"] == 1  # other's `chapters`
     roots = run_kiln(home, "root", "list", "--json")
     assert sorted(r["name"] for r in json.loads(roots.stdout)) == [
         f"build:{example}:chapters", f"build:{example}:counts"
     ]  # fmt: skip
     assert sorted(os.listdir(example / "kiln-out")) == [".kiln", "chapters", "counts", "mine"]
     assert (other / "kiln-out" / "chapters").is_dir()  # files of a non-project stay
+
+
+def test_gc_never_runs_a_build_file(home: Path, example: Path, tmp_path: Path) -> None:
+    """In a shared store, `kiln gc` by one user must not run another's code."""
+    _build(home, example)
+    ran = tmp_path / "ran"
+    with open(example / "kilnfile.py", "a") as f:
+        f.write(f"\nopen({str(ran)!r}, 'w').close()\n")
+    done = run_kiln(home, "gc", "--json")
+    assert done.returncode == 0, done.stderr
+    assert not ran.exists()
+
+

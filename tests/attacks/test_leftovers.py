@@ -66,7 +66,7 @@ def test_a_finished_build_leaves_no_sandbox_or_cgroup(home, tmp_path) -> None:
         project = _project(tmp_path / "p", f"echo {jobs} > out.txt")
         proc = _build(home, project, "-j", jobs)
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0 and "1 steps ran" in err, err
+        assert proc.returncode == 0 and "1 step ran" in err, err
         assert _leftovers(home, proc.pid) == []
 
 
@@ -89,5 +89,5 @@ def test_gc_leaves_the_sandbox_of_a_running_build_alone(home, tmp_path) -> None:
     if proc.poll() is None:  # gc swept while the step still ran
         assert sorted(p.name for p in (home / "sandboxes").iterdir()) == in_use
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "1 steps ran" in err, err
+    assert proc.returncode == 0 and "1 step ran" in err, err
     assert (project / "kiln-out" / "wait" / "out.txt").read_text() == "done\n"

@@ -47,7 +47,7 @@ async def shaky():
     )
     assert _kiln(home, root, "build").returncode == 0
     steady = _kiln(home, root, "check", "steady")
-    assert steady.returncode == 0 and "1 steps run again: all identical" in steady.stderr
+    assert steady.returncode == 0 and "1 step run again: all identical" in steady.stderr
     shaky = _kiln(home, root, "check", "shaky", "--json")
     assert shaky.returncode == 1
     [report] = json.loads(shaky.stdout)

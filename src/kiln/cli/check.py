@@ -10,7 +10,7 @@ import click
 
 from kiln.cli.build import build_for_check
 from kiln.cli.common import asdict, digest_arg, json_option, open_store, status
-from kiln.cli.report import write_json
+from kiln.cli.report import steps_word, write_json
 from kiln.engine.check import check_engines, is_wasm_action, rebuild_steps
 from kiln.errors import ExitCode, KilnError
 
@@ -109,6 +109,6 @@ def _report_rebuild(store: Store, records: list[Any], as_json: bool, jobs: int) 
                 click.echo(f"  {d.what}: first {d.reference}, again {d.other}")
         ran = sum(1 for c in checks if not c.skipped)
         verdict = f"{len(differing)} differ" if differing else "all identical"
-        click.echo(f"kiln: {ran} steps run again: {verdict}", err=True)
+        click.echo(f"kiln: {ran} {steps_word(ran)} run again: {verdict}", err=True)
     if differing:
         sys.exit(ExitCode.FAILED)

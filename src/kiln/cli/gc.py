@@ -94,8 +94,9 @@ def gc_command(
     and cgroups left by killed builds go too (a running build's stay).
 
     The roots of projects that are gone (or no longer hold a kilnfile.py)
-    are dropped, and so are those of targets a build file no longer
-    defines, with the kiln-out/TARGET folders Kiln placed for them.
+    are dropped. (A build drops those of targets its kilnfile.py no longer
+    defines, with the kiln-out/TARGET folders Kiln placed for them: gc never
+    runs build files.)
     """
     policy = GcPolicy(
         max_size=parse_size(max_size) if max_size else None,
@@ -103,15 +104,14 @@ def gc_command(
         dry_run=dry_run,
     )
     store = open_store(ctx)
-    pruned, forgotten = None, []
+    pruned = None
     if not dry_run:
         reap_leftovers(store.home)
         pruned = retention.prune(store.conn)
-        forgotten = retention.forget_removed_targets(store.conn)
     report = store.gc(policy, timeout=timeout)
     if as_json:
         history = pruned._asdict() if pruned is not None else None
-        write_json({**asdict(report), "history": history, "removed_targets": forgotten})
+        write_json({**asdict(report), "history": history})
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(
@@ -126,8 +126,5 @@ def gc_command(
             f"forgot {pruned.builds} old builds ({pruned.steps} steps) and "
             f"{pruned.source_files} stale source records{gone}"
         )
-    for name in forgotten:
-        project, _, target = name.rpartition(":")
-        click.echo(f"forgot target {target!r} of {project}: no longer in its build file")
     for name in report.dangling_roots:
         click.echo(f"warning: root {name!r} names content missing from the store", err=True)

@@ -23,6 +23,11 @@ def show_report(report: BuildReport, as_json: bool, shown: dict[str, object] | N
     the JSON report."""
     for warning in report.warnings:
         sys.stderr.write(f"kiln: warning: {warning}\n")
+    if report.forgotten:
+        sys.stderr.write(
+            f"kiln: removed the outputs of targets kilnfile.py no longer defines: "
+            f"{', '.join(report.forgotten)}\n"
+        )
     for error in report.errors:
         sys.stderr.write(f"kiln: error: {error.render()}\n")
     if as_json:
@@ -46,17 +51,23 @@ def _verdict(report: BuildReport) -> str:
         )
         return (
             f"nothing to do: no source changed since the last build{put_back} "
-            f"({cached} steps, {report.seconds:.3f} s)"
+            f"({cached} {steps_word(cached)}, {report.seconds:.3f} s)"
         )
     executed = report.count(StepStatus.EXECUTED)
     remote_hits = report.count(StepStatus.REMOTE_CACHED)
     remote_ran = report.count(StepStatus.REMOTE_EXECUTED)
     if report.ok and executed + remote_ran == 0 and not remote_hits:
-        verdict = f"nothing to do: all {cached} steps were cached"
+        verdict = f"nothing to do: all {cached} {steps_word(cached)} were cached"
     else:
         failed = report.count(StepStatus.FAILED)
-        ran = f"{executed} steps ran" + (f" here, {remote_ran} remotely" if remote_ran else "")
+        ran = f"{executed} {steps_word(executed)} ran"
+        ran += f" here, {remote_ran} remotely" if remote_ran else ""
         hits = f"{cached} cached"
         hits += f" ({remote_hits} more from the remote)" if remote_hits else ""
         verdict = f"{ran}, {hits}, {failed} failed"
     return f"{verdict} ({report.seconds:.2f} s)"
+
+
+def steps_word(count: int) -> str:
+    """``step`` or ``steps``, as ``count`` asks."""
+    return "step" if count == 1 else "steps"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import errors
 from kiln.config import Config, check_secret, load_config
-from kiln.engine import kiln_out, rules
+from kiln.engine import kiln_out, retention, rules
 from kiln.engine.inputs import input_root, input_tree
 from kiln.engine.loader import Project, user_code_error
 from kiln.engine.report import BuildReport, TargetOutcome
@@ -289,6 +289,9 @@ class Build:
         # Steps that failed without failing a target by themselves (with
         # keep-going, siblings of the failure that stopped their target).
         report.errors += [e for e in scheduler.failures if e not in report.errors]
+        report.forgotten = retention.forget_removed_targets(
+            self.store.conn, self.project.root, self.project.targets
+        )
         ctx.sources.save()
         self.sources = ctx.sources
         report.seconds = time.time() - started

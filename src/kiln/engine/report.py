@@ -85,6 +85,7 @@ class BuildReport:
         self.remote: dict[str, int] | None = None  # traffic with a remote, if one was used
         self.warnings: list[str] = []  # problems that did not stop the build
         self.awaits: dict[str, list[str]] = {}  # target -> the targets it awaited (history)
+        self.forgotten: list[str] = []  # targets the build file no longer defines, cleared
 
     @classmethod
     def from_stamp(cls, stamp: dict[str, Any], restored: list[str], seconds: float) -> BuildReport:
@@ -138,4 +139,5 @@ class BuildReport:
             "remote_executed": self.count(StepStatus.REMOTE_EXECUTED),
             "remote": self.remote,
             "warnings": self.warnings,
+            "forgotten": self.forgotten,
         }

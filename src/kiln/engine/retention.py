@@ -16,17 +16,16 @@ pruning makes no build wrong, and at worst one slower.
 
 Every ``PRUNE_EVERY``-th build prunes as it is recorded (by id, so builds
 answered from their stamp count: ``history.record_build`` and
-``stamp.record_answer``), and so does ``kiln gc``, which also forgets the
-targets a project's build file no longer defines (``forget_removed_targets``:
-their roots, and the ``kiln-out`` folders Kiln placed for them). This module imports
-little: the no-op build's path (engine/stamp.py) imports it.
+``stamp.record_answer``), and so does ``kiln gc``. A build forgets the
+targets its project's build file no longer defines (``forget_removed_targets``:
+their roots, and the ``kiln-out`` folders Kiln placed for them). This module
+imports little: the no-op build's path (engine/stamp.py) imports it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -39,6 +38,7 @@ TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Collection
 
 KEEP_BUILDS = 50  # builds kept per project, besides the ones pinned above
 PRUNE_EVERY = 50  # a build whose id is a multiple of this prunes
@@ -157,49 +157,36 @@ def _target_roots(conn: sqlite3.Connection) -> dict[str, dict[str, str]]:
     return found
 
 
-def forget_removed_targets(conn: sqlite3.Connection) -> list[str]:
-    """For every project still there, the targets its build file no longer
-    defines (``PROJECT:TARGET``, returned): their GC roots are deleted, and
-    their ``kiln-out`` folders too if Kiln placed them (by their markers:
-    a folder put there by anyone else stays, and nothing is deleted through
-    a ``kiln-out`` that is a link). A build file that does not load keeps
-    all its project has."""
-    forgotten = []
-    for project, roots in sorted(_target_roots(conn).items()):
-        root = Path(project)
-        if not (root / BUILD_FILE).is_file():
-            continue  # prune forgets it
-        known = set(roots) | set(kiln_out.marked(root))
-        defined = _defined_targets(root)
-        if defined is None:
-            continue
-        for target in sorted(known - defined):
+def forget_removed_targets(
+    conn: sqlite3.Connection, project: Path, defined: Collection[str]
+) -> list[str]:
+    """The targets of ``project`` that its build file, as just loaded by a
+    build, no longer defines (returned): their GC roots are deleted, and
+    their ``kiln-out`` folders too if Kiln placed them (by their markers: a
+    folder put there by anyone else stays, and nothing is deleted through a
+    ``kiln-out`` that is a link).
+
+    Only a build calls this, with the targets it loaded: `kiln gc` never
+    runs build files (in a store shared by several users that would run
+    their code as the one collecting)."""
+    prefix = f"{ROOT_PREFIX}{project}:"
+    roots = {
+        name[len(prefix) :]: name
+        for (name,) in conn.execute(
+            "SELECT name FROM gc_roots WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+        )
+        if name[len(prefix) :].isidentifier()
+    }
+    known = set(roots) | set(kiln_out.marked(project))
+    forgotten = sorted(known - set(defined))
+    with transaction(conn):
+        for target in forgotten:
             if target in roots:
                 conn.execute("DELETE FROM gc_roots WHERE name = ?", (roots[target],))
-            forgotten.append(f"{project}:{target}")
-            try:
-                kiln_out.remove(root, target)
-            except OSError:
-                continue  # (a kiln-out that is not Kiln's folder: left alone)
+    for target in forgotten:
+        try:
+            kiln_out.remove(project, target)
+        except OSError:
+            continue  # (a kiln-out that is not Kiln's folder: left alone)
     return forgotten
 
-
-def _defined_targets(root: Path) -> set[str] | None:
-    """The targets ``root``'s build file defines (None if it does not
-    load); what it prints goes to stderr, and the modules it imports are
-    forgotten after (another project's helpers may have the same names)."""
-    import contextlib
-
-    from kiln.engine.loader import load  # (the engine: only for `kiln gc`)
-    from kiln.errors import KilnError
-
-    before = set(sys.modules)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            return set(load(root).targets)
-    except (KilnError, OSError):
-        return None
-    finally:
-        for name in set(sys.modules) - before:
-            if name != "kiln" and not name.startswith("kiln."):
-                del sys.modules[name]
