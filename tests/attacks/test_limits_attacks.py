@@ -126,7 +126,7 @@ def test_a_run_stopped_by_its_disk_limit_is_not_compared_across_engines(
 
 
 def test_files_removed_give_their_room_back(store, tmp_path, guest) -> None:
-    result, out, err = run_fill(store, tmp_path, guest, "churn", "6", "4", disk_mib=8)
+    result, out, err = run_fill(store, tmp_path, guest, "churn", "6", "4", disk_mib=8, outputs=())
     assert result.exit_code == 0, err
     assert out == "churn done\n"
 
