@@ -289,3 +289,11 @@ async def t():
     message = _error(build(store, root))
     assert "cannot run ./nothing: No such file or directory" in message
     assert "dynamic loader" not in message
+
+
+def test_a_native_step_without_a_description_is_named_by_its_command() -> None:
+    from kiln.engine.rules import _default_description
+
+    assert _default_description(("/usr/bin/gcc", "-O2", "src/a/b.c", "-o")) == "gcc -O2 b.c"
+    script = 'while read n; do ./hello "$n"; done < names.txt > out.txt'
+    assert _default_description(("sh", "-c", script)) == f"sh -c {script[:37]}..."

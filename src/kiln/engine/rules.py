@@ -341,9 +341,22 @@ def native(
         env=dict(env or {}),
         platform=limits.platform(declared, ctx.tools_identity(declared, where))
         + ctx.features(requires, secrets, where),
-        description=description or " ".join(os.path.basename(str(a)) for a in argv[:3]),
+        description=description or _default_description(argv),
         timeout=_timeout("native", timeout, where),
     )
+
+
+def _default_description(argv: tuple[Any, ...]) -> str:
+    """A native step's name when it is given none: the program and its first
+    two arguments, paths by their last part and long ones (a script for
+    ``sh -c``) cut."""
+
+    def short(arg: str) -> str:
+        if not any(c.isspace() for c in arg):
+            arg = os.path.basename(arg.rstrip("/")) or arg
+        return arg if len(arg) <= 40 else arg[:37] + "..."
+
+    return " ".join(short(str(a)) for a in argv[:3])
 
 
 def _check_command(kind: str, argv: Iterable[object], where: str) -> None:
