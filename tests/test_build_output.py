@@ -108,3 +108,18 @@ def test_compiling_a_large_module_is_announced_without_a_terminal(
     again = _kiln(home, project, "build")  # the step runs again, the module is not compiled
     assert again.returncode == 0 and "compiling" not in again.stderr
     assert "kiln: ran    t: big.wasm again" in again.stderr
+
+
+def test_kiln_wasm_run_announces_a_large_compile_and_its_end_without_a_terminal(
+    home: Path, tmp_path: Path
+) -> None:
+    filler = "\\00" * (1 << 20)
+    module = f'(module (memory 17) (data (i32.const 0) "{filler}") (func (export "_start")))'
+    (tmp_path / "big.wasm").write_bytes(wasmtime.wat2wasm(module))
+    proc = _kiln(home, tmp_path, "wasm", "run", "big.wasm")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    start = lines.index("kiln: compiling a 1.0 MiB WebAssembly module for this CPU...")
+    assert lines[start + 1].startswith(
+        "kiln: done compiling a 1.0 MiB WebAssembly module for this CPU ("
+    )

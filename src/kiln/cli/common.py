@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import re
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -50,13 +52,21 @@ def digest_arg(text: str) -> Digest:
 
 
 def status(message: str) -> Any:
-    """A spinner with ``message`` on a terminal's stderr, else one plain line."""
+    """A spinner with ``message`` on a terminal's stderr; else one plain
+    line when it starts and one, with the time it took, when it ends."""
     if sys.stderr.isatty():
         from rich.console import Console  # (start-up: rich only on a terminal)
 
         return Console(stderr=True).status(message)
-    click.echo(f"kiln: {message}", err=True)
-    return contextlib.nullcontext()
+    return _plain_status(message)
+
+
+@contextlib.contextmanager
+def _plain_status(message: str) -> Iterator[None]:
+    click.echo(f"kiln: {message}...", err=True)
+    started = time.monotonic()
+    yield
+    click.echo(f"kiln: done {message} ({time.monotonic() - started:.1f} s)", err=True)
 
 
 class HashingProgress:
