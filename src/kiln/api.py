@@ -39,6 +39,7 @@ TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from kiln.engine.observe import Observation
     from kiln.engine.progress import BuildObserver
     from kiln.exec.base import Executor
     from kiln.remote.settings import RemoteSettings
@@ -162,6 +163,14 @@ def build(
     return _evaluate(request, observer, store, executors)
 
 
+def _host_reads(observed: Observation) -> list[str]:
+    """The warnings of a build whose evaluation read the host directly: one
+    line for what the stamp tracks, one per thing that prevents a stamp."""
+    said = [observed.warning()] if observed.warning() else []
+    return said + [f"{what}: no build stamp (a no-op build evaluates again)"
+                   for what in observed.impure]  # fmt: skip
+
+
 def _remote_settings(request: BuildRequest) -> tuple[RemoteSettings, str]:
     """The remote a build uses: the config's ``[remote]``, under the
     environment and the request. A config file that cannot be read is said
@@ -194,13 +203,16 @@ def _evaluate(
     from kiln.engine import history
     from kiln.engine.evaluation import Build
     from kiln.engine.loader import load
+    from kiln.engine.observe import Observation, observing
     from kiln.exec import kinds
     from kiln.exec.base import ExecHooks
     from kiln.store.local import Store
 
     root = find_root(request.folder)
     loaded = stamp.clock(root)  # before the build file is read: edits after it are racy
-    project = load(root)
+    observed = Observation()  # what the build file reads from the host, for the stamp
+    with observing(observed):
+        project = load(root)
     names = list(request.targets) or sorted(project.targets)
     for name in names:
         project.target(name)  # unknown names fail before anything runs
@@ -223,14 +235,21 @@ def _evaluate(
             remote=remote, on_remote=getattr(observer, "on_remote", None),
             settings=dict(request.settings),
         )  # fmt: skip
+        because = (
+            stamp.compare(store.conn, root, request.stamp_key)[1]
+            if request.from_stamp else "asked to evaluate without the stamp"
+        ) or "outputs could not be put back from the store"  # fmt: skip
         started = time.time()
-        report = build.run(names)
+        with observing(observed):
+            report = build.run(names)
+        report.evaluated_because = because
         if unread:
             report.warnings.insert(0, unread)
-        report.build_id = history.record_build(store, project.root, names, report, started)
+        report.warnings += _host_reads(observed)
         report.stamped = stamp.record(
-            store, project, request.stamp_key, build.sources, report, loaded
+            store, project, request.stamp_key, build.sources, report, loaded, observed
         )
+        report.build_id = history.record_build(store, project.root, names, report, started)
         return report
     finally:
         if owned:

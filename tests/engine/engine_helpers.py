@@ -3,7 +3,9 @@ the Python API, and the steps each build ran."""
 
 from __future__ import annotations
 
+import os
 import textwrap
+import time
 from pathlib import Path
 
 from kiln import api
@@ -37,3 +39,13 @@ def ran(report: BuildReport) -> list[str]:
     return sorted(
         f"{s.target}: {s.description}" for s in report.steps if s.status is StepStatus.EXECUTED
     )
+
+
+def settle(root: Path, path: Path) -> None:
+    """Wait until the file system's clock has moved past ``path``'s last
+    change: a build starting in the same tick could not trust it."""
+    from kiln.engine import stamp
+
+    changed = max(os.stat(path).st_mtime_ns, os.stat(path).st_ctime_ns)
+    while stamp.clock(root)[0] <= changed:
+        time.sleep(0.001)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import pytest
-from engine_helpers import build, ran, write_project
+from engine_helpers import build, ran, settle, write_project
 
 from kiln.engine.loader import load
 from kiln.engine.scheduler import StepStatus
@@ -330,16 +329,6 @@ def test_glob_matches_files_under_the_project_root(store, tmp_path, tools) -> No
 GLOBBING = globbing("src/*.txt")
 
 
-def _settle(root, path) -> None:
-    """Wait until the file system's clock has moved past ``path``'s last
-    change: a build starting in the same tick could not trust it."""
-    from kiln.engine import stamp
-
-    changed = max(os.stat(path).st_mtime_ns, os.stat(path).st_ctime_ns)
-    while stamp.clock(root)[0] <= changed:
-        time.sleep(0.001)
-
-
 def test_the_build_stamp_answers_only_while_nothing_changed(
     store, tmp_path, tools, monkeypatch
 ) -> None:
@@ -352,12 +341,12 @@ def test_the_build_stamp_answers_only_while_nothing_changed(
     assert report.stamped and stamp.check(store.conn, root, key) is not None
     (root / "src" / "b.txt").write_text("b")  # a new match for the glob
     assert stamp.check(store.conn, root, key) is None
-    _settle(root, root / "src" / "b.txt")
+    settle(root, root / "src" / "b.txt")
     build(store, root)
     assert stamp.check(store.conn, root, key) is not None
     (root / "kilnfile.py").write_text(GLOBBING + "\n# edited\n")  # the build file itself
     assert stamp.check(store.conn, root, key) is None
-    _settle(root, root / "kilnfile.py")  # (an edit in the build's own tick is racy)
+    settle(root, root / "kilnfile.py")  # (an edit in the build's own tick is racy)
     assert build(store, root).stamped
     before = (root / "kiln-out" / "cat" / "all").read_text()
     shutil.rmtree(root / "kiln-out")  # the outputs are gone, the sources are not
@@ -431,7 +420,7 @@ def test_a_file_edited_just_before_the_build_is_stamped_one_not_older_than_it_is
     root = write_project(tmp_path / "p", GLOBBING, {**tools, "src/a.txt": "a"})
     assert build(store, root).stamped  # written a moment ago: trusted
     (root / "src" / "a.txt").write_text("edited")
-    _settle(root, root / "src" / "a.txt")  # (at most a tick: a human is slower)
+    settle(root, root / "src" / "a.txt")  # (at most a tick: a human is slower)
     report = build(store, root)
     assert report.stamped and stamp.check(store.conn, root, stamp.stamp_key(None)) is not None
     assert (root / "kiln-out" / "cat" / "all").read_text() == "edited"

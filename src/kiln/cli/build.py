@@ -177,6 +177,9 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
     For every step that ran (of TARGET, or of every target), names what its
     key was computed from that differs from the last time that step ran:
     an input file or upstream output, an argument, an environment variable.
+    First, why the build file was evaluated at all (what the last stamp saw
+    that differs: a source, a setting, an environment variable or host
+    file the build file read) and why no stamp was filed, if so.
     With TARGET: in the last build that included TARGET, even if later
     builds did not; exits 3 if TARGET has not been built with this store.
     """
@@ -190,6 +193,12 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
     if as_json:
         write_json(report)
         return
+    evaluated = history.evaluation(store, build_id)
+    if evaluated.get("because"):
+        click.echo(f"the build file was evaluated because {evaluated['because']}")
+    if evaluated.get("not_stamped"):
+        click.echo(f"no stamp was filed (the next build evaluates again): "
+                   f"{evaluated['not_stamped']}")  # fmt: skip
     if not report:
         which = f"the last build of {target}" if target else "the last build"
         click.echo(f"nothing ran in {which} (build {build_id}): every step was a cache hit")

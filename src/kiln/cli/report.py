@@ -57,7 +57,10 @@ def _verdict(report: BuildReport) -> str:
     remote_hits = report.count(StepStatus.REMOTE_CACHED)
     remote_ran = report.count(StepStatus.REMOTE_EXECUTED)
     if report.ok and executed + remote_ran == 0 and not remote_hits:
-        verdict = f"nothing to do: all {cached} {steps_word(cached)} were cached"
+        verdict = (
+            f"nothing to do: all {cached} steps were cached" if cached != 1
+            else "nothing to do: its one step was cached"
+        )  # fmt: skip
     else:
         failed = report.count(StepStatus.FAILED)
         ran = f"{executed} {steps_word(executed)} ran"

@@ -62,6 +62,17 @@ class BuildContext:
         self._tools: dict[tuple[str, ...], str] = {}
         self._dpkg: Any = None
         self._config: Config | None = None
+        self._project_settings: dict[str, str] | None = None
+
+    def setting(self, name: str, default: str | None) -> str | None:
+        """``kiln build -D NAME=VALUE``, else the project's ``kiln.toml``
+        ``[settings]`` table, else ``default``."""
+        self.settings_read.add(name)
+        if name in self.settings:
+            return self.settings[name]
+        if self._project_settings is None:
+            self._project_settings = project_settings(self.project.root, self.sources)
+        return self._project_settings.get(name, default)
 
     @property
     def config(self) -> Config:
@@ -367,6 +378,39 @@ class Build:
             self.store.session.protect(digest, "tree")
         kiln_out.place(self.store.cas, self.project.root, t.name, digest)
         return digest
+
+
+SETTINGS_FILE = "kiln.toml"  # a project's settings: its [settings] table
+
+
+def project_settings(root: Path, sources: Sources) -> dict[str, str]:
+    """The ``[settings]`` table of ``root``'s ``kiln.toml`` (none if there is
+    no such file), noted among the files the build read so that its stamp
+    follows the file (and its creation)."""
+    import tomllib
+
+    path = root / SETTINGS_FILE
+    sources.note(str(path))
+    try:
+        table = tomllib.loads(path.read_text()).get("settings", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise errors.KilnError(
+            f"{path}: cannot read the project's settings: {e}",
+            hint="fix the TOML syntax; settings go in a [settings] table of strings",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        ) from None
+    if not isinstance(table, dict):
+        table = {"": table}
+    bad = [k for k, v in table.items() if not isinstance(v, str | int | float | bool)]
+    if bad:
+        raise errors.KilnError(
+            f"{path}: [settings] {bad[0]!r} is not a string or number",
+            hint='write NAME = "value"',
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in table.items()}
 
 
 async def _user_code(code: Coroutine[Any, Any, Any], file: str, what: str) -> Any:

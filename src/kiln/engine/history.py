@@ -51,8 +51,8 @@ def record_build(
     """Write one build and its steps; returns the build's id."""
     with transaction(store.conn) as conn:
         cur = conn.execute(
-            "INSERT INTO builds(project, targets, started, finished, status, awaits) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO builds(project, targets, started, finished, status, awaits, evaluation) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 str(project),
                 json.dumps(targets),
@@ -60,6 +60,9 @@ def record_build(
                 time.time(),
                 "ok" if report.ok else "failed",
                 json.dumps(report.awaits, sort_keys=True),
+                json.dumps(
+                    {"because": report.evaluated_because, "not_stamped": report.not_stamped}
+                ),
             ),
         )
         build_id = int(cur.lastrowid or 0)
@@ -198,6 +201,14 @@ def explain(old: StepRow | None, new: StepRow) -> list[str]:
 def _short(digest: str) -> str:
     d = Digest.parse(digest)
     return f"{d.hash[:12]}/{d.size}"
+
+
+def evaluation(store: Store, build: int) -> dict[str, str | None]:
+    """Why ``build`` evaluated the build file instead of answering from its
+    stamp (``because``), and why it filed no stamp (``not_stamped``); empty
+    for a build recorded before Kiln kept these."""
+    row = store.conn.execute("SELECT evaluation FROM builds WHERE id = ?", (build,)).fetchone()
+    return json.loads(row[0]) if row and row[0] else {}
 
 
 def awaits(store: Store, build: int) -> dict[str, list[str]]:

@@ -79,6 +79,8 @@ class BuildReport:
         self.files_hashed = 0
         self.errors: list[KilnError] = []
         self.stamped = False
+        self.not_stamped: str | None = None  # why no stamp was filed
+        self.evaluated_because: str | None = None  # why the stamp did not answer
         self.unchanged = unchanged
         self.restored = restored if restored is not None else []
         self._steps_from_stamp = steps_from_stamp
@@ -140,4 +142,6 @@ class BuildReport:
             "remote": self.remote,
             "warnings": self.warnings,
             "forgotten": self.forgotten,
+            "evaluated_because": self.evaluated_because,
+            "not_stamped": self.not_stamped,
         }

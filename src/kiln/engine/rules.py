@@ -164,11 +164,10 @@ def describe_call(rule: Rule, key: RuleKey) -> str:
 
 
 def setting(name: str, default: str | None = None) -> str | None:
-    """The value given to ``kiln build -D name=value``, else ``default``.
-    Settings are part of the build stamp: another value rebuilds."""
-    ctx = _context("setting()")
-    ctx.settings_read.add(name)
-    return ctx.settings.get(name, default)
+    """The value given to ``kiln build -D name=value``, else the one in the
+    ``[settings]`` table of the project's ``kiln.toml``, else ``default``.
+    Both are part of the build stamp: another value evaluates again."""
+    return _context("setting()").setting(name, default)
 
 
 def _context(what: str) -> BuildContext:

@@ -121,6 +121,14 @@ class Sources:
         self._files[rel] = value
         return value
 
+    def note(self, full: str) -> None:
+        """Track a project file Kiln read for the build file (not a source
+        steps see), or its absence, in the build stamp."""
+        sig = signature_of(os.stat(full)) if os.path.lexists(full) else None
+        self.seen[full] = sig  # type: ignore[assignment] (None: must stay absent)
+        if sig is not None and is_racy(sig, self.started_ns, self.racy_ns):
+            self.stampable = False
+
     def tree(self, path: str, where: str) -> Tree:
         """A source folder, stored as a tree (through the per-folder stat cache)."""
         rel = self._relative(path, where)

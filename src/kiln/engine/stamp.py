@@ -32,7 +32,7 @@ from pathlib import Path
 
 from kiln import __version__
 from kiln.engine import kiln_out, retention
-from kiln.system.stat_signature import FIELDS, is_racy, signature
+from kiln.system.stat_signature import FIELDS, is_racy, listing, signature
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from kiln.engine.loader import Project
+    from kiln.engine.observe import Observation
     from kiln.engine.report import BuildReport
     from kiln.engine.sources import Sources
     from kiln.store.local import Store
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 ALL_TARGETS = "*"
 # What a stamp must have been filed by to be read: a stamp of another Kiln,
 # of another signature layout or of another stamp layout simply does not match.
-LAYOUT = 2  # 2: globs filed with their matches, listed folders apart
+LAYOUT = 3  # 2: globs filed with their matches, listed folders apart; 3: host reads
 VERSION = (__version__, FIELDS, LAYOUT)
 
 
@@ -75,10 +76,14 @@ def record(
     sources: Sources,
     report: BuildReport,
     loaded: tuple[int, int] | None = None,
+    observed: Observation | None = None,
 ) -> bool:
     """File the stamp of a finished build (or drop a stale one); True if
     filed. ``loaded``: ``clock`` taken before the build file was read (the
-    project's code files are judged racy by it; by the sources' otherwise)."""
+    project's code files are judged racy by it; by the sources' otherwise).
+    ``observed``: what the evaluation read from the host besides
+    (engine/observe.py); something it did that no stamp captures (a
+    program started) means no stamp."""
     from kiln.model.digest import Digest  # (start-up: not on the no-op path, which reads stamps)
 
     started, window = loaded or (sources.started_ns, sources.racy_ns)
@@ -89,13 +94,19 @@ def record(
         sig = signature(folder)
         trusted = sig is not None and not is_racy(sig, sources.started_ns, sources.racy_ns)
         listed[folder] = sig if trusted else None
-    fit = (
-        report.ok
-        and sources.stampable
-        and all(s is not None and not is_racy(s, started, window) for s in code.values())
-    )
+    host_files = dict(observed.files) if observed is not None else {}
+    if not report.ok:
+        report.not_stamped = "the build failed"
+    elif not sources.stampable:
+        report.not_stamped = "a source folder was used, or a source changed while the build ran"
+    elif observed is not None and observed.impure:
+        report.not_stamped = observed.impure[0]
+    elif any(s is None or is_racy(s, started, window) for s in code.values()):
+        report.not_stamped = "the build file or a project module changed while the build ran"
+    elif any(s is not None and is_racy(s, started, window) for s in host_files.values()):
+        report.not_stamped = "a host file the build file read changed while the build ran"
     conn = store.conn
-    if not fit:
+    if report.not_stamped is not None:
         conn.execute(
             "DELETE FROM build_stamps WHERE project = ? AND targets = ?", (str(project.root), key)
         )
@@ -116,6 +127,9 @@ def record(
             if t.digest is not None
         },
         "steps": len(report.steps),
+        "env": dict(observed.env) if observed is not None else {},
+        "host_files": host_files,
+        "host_listed": dict(observed.listed) if observed is not None else {},
     }
     conn.execute(
         "INSERT OR REPLACE INTO build_stamps(project, targets, stamp) VALUES (?, ?, ?)",
@@ -126,32 +140,76 @@ def record(
 
 def check(conn: sqlite3.Connection, root: Path, key: str) -> dict[str, Any] | None:
     """The stamp of the last build of these targets if no file it read has
-    changed since, nor what a glob matches (its outputs may be gone: see
-    ``restore``)."""
+    changed since, nor what a glob matches, nor what it read of the host
+    (its outputs may be gone: see ``restore``)."""
+    stamp, _ = compare(conn, root, key)
+    return stamp
+
+
+def compare(
+    conn: sqlite3.Connection, root: Path, key: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the stamp, None) if it still holds, else (None, what differs)."""
     row = conn.execute(
         "SELECT stamp FROM build_stamps WHERE project = ? AND targets = ?", (str(root), key)
     ).fetchone()
     if row is None:
-        return None
+        return None, _no_stamp(conn, root, key)
     stamp = marshal.loads(row[0])
     if stamp["version"] != VERSION:
-        return None
+        return None, "the stamp was filed by another version of Kiln"
+    changed = host_change(stamp)
+    if changed is not None:
+        return None, changed
     for folder, names in stamp["files"].items():
         try:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
-            return None
+            return None, f"the folder {folder} is gone"
         try:  # names relative to an open folder: no path walk per file
-            if any(signature(name, fd) != sig for name, sig in names.items()):
-                return None
+            for name, sig in names.items():
+                if signature(name, fd) != sig:
+                    return None, f"{os.path.join(folder, name)} changed"
         finally:
             os.close(fd)
     if any(sig is None or signature(f) != sig for f, sig in stamp["listed"].items()):
         from kiln.engine.globs import glob_files  # (only when a listed folder moved)
 
-        if any(glob_files(root, p) != matched for p, matched in stamp["globs"].items()):
-            return None
-    return stamp
+        for pattern, matched in stamp["globs"].items():
+            if glob_files(root, pattern) != matched:
+                return None, f"glob({pattern!r}) matches other files"
+    return stamp, None
+
+
+def _no_stamp(conn: sqlite3.Connection, root: Path, key: str) -> str:
+    """Why there is no stamp for ``key``: other ``-D`` settings than a
+    stamped build of the same targets, or no stamped build at all."""
+    targets, _, settings = key.partition(" -D ")
+    for (other,) in conn.execute(
+        "SELECT targets FROM build_stamps WHERE project = ?", (str(root),)
+    ):
+        other_targets, _, other_settings = other.partition(" -D ")
+        if other_targets == targets and other_settings != settings:
+            now = dict(json.loads(settings)) if settings else {}
+            then = dict(json.loads(other_settings)) if other_settings else {}
+            names = sorted(n for n in now.keys() | then.keys() if now.get(n) != then.get(n))
+            return "other settings: " + ", ".join(f"-D {n}" for n in names)
+    return "no stamp: the last build of these targets failed, was not stamped, or never ran"
+
+
+def host_change(stamp: dict[str, Any]) -> str | None:
+    """What differs from the host the stamped evaluation read (environment
+    variables, files and folders outside the project's sources), or None."""
+    for name, value in stamp["env"].items():
+        if os.environ.get(name) != value:
+            return f"environment variable {name} changed"
+    for name, sig in stamp["host_files"].items():
+        if signature(name) != sig:
+            return f"the file {name} changed"
+    for name, digest in stamp["host_listed"].items():
+        if listing(name) != digest:
+            return f"the folder {name} has other entries"
+    return None
 
 
 def restore(cas_root: Path, root: Path, stamp: dict[str, Any]) -> list[str] | None:

@@ -18,7 +18,7 @@ module that writes it:
   engine/sources.py (engine/retention.py prunes it).
 - ``builds``, ``build_steps`` (v2): build history, for ``kiln why``, ``show``,
   ``log``, ``trace`` and ``graph`` (``builds.awaits``: v5;
-  ``build_steps.also``: v6); engine/history.py
+  ``build_steps.also``: v6; ``builds.evaluation``: v7); engine/history.py
   (engine/stamp.py files the builds answered from a stamp,
   engine/retention.py prunes them).
 - ``metadata_blobs`` (v4): small CAS blobs that describe work (``Action``,
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from typing import Any
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_S = 60.0
 
 
@@ -120,7 +120,8 @@ CREATE TABLE IF NOT EXISTS builds (
     started  REAL NOT NULL,
     finished REAL,
     status   TEXT NOT NULL,       -- running, ok, failed
-    awaits   TEXT                 -- (v5) JSON: target -> the targets it awaited
+    awaits   TEXT,                -- (v5) JSON: target -> the targets it awaited
+    evaluation TEXT               -- (v7) JSON: why the stamp did not answer, why none was filed
 );
 CREATE TABLE IF NOT EXISTS build_steps (
     build    INTEGER NOT NULL,
@@ -207,6 +208,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute("ALTER TABLE builds ADD COLUMN awaits TEXT")
             if 2 <= version < 6:
                 conn.execute("ALTER TABLE build_steps ADD COLUMN also TEXT")
+            if 2 <= version < 7:
+                conn.execute("ALTER TABLE builds ADD COLUMN evaluation TEXT")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)

@@ -102,3 +102,15 @@ def is_racy(sig: Signature, started_ns: int, window_ns: int) -> bool:
     """True if the file of signature ``sig`` was modified (content or inode
     data) within ``window_ns`` before ``started_ns``, or after it."""
     return max(sig[MTIME], sig[CTIME]) >= started_ns - window_ns
+
+
+def listing(folder: str) -> str | None:
+    """A digest of the names in ``folder`` (None if it cannot be listed):
+    what a build file that listed it saw."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    import hashlib  # (start-up: only for a stamp that recorded a listing)
+
+    return hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()
