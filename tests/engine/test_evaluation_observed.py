@@ -60,6 +60,17 @@ def _picked_step(example: Path, kiln_in) -> str:
     return step["step"]
 
 
+def _edit_then_count(example: Path, kiln_in, path: Path, text: str, because: str) -> None:
+    """Write ``text`` to ``path``: the next build evaluates again for
+    ``because`` and picks `count`; the one after is answered by its stamp."""
+    path.write_text(text)
+    settle(example, path)
+    changed = _build(kiln_in)
+    assert changed["evaluated_because"] == because
+    assert "count" in _picked_step(example, kiln_in)
+    assert _build(kiln_in)["unchanged"]
+
+
 def test_an_environment_variable_the_build_file_read_is_in_the_stamp(example, kiln_in) -> None:
     _with_target(example, 'os.environ.get("MODE", "chapters")', prelude="import os\n")
     first = _build(kiln_in, {"MODE": "chapters"})
@@ -107,12 +118,7 @@ def test_a_host_file_and_a_folder_listing_the_build_file_read_are_in_the_stamp(
     )  # fmt: skip
     assert not _build(kiln_in)["unchanged"]
     assert _build(kiln_in)["unchanged"]
-    mode.write_text("count\n")
-    settle(example, mode)
-    changed = _build(kiln_in)
-    assert changed["evaluated_because"] == f"the file {mode} changed"
-    assert "count" in _picked_step(example, kiln_in)
-    assert _build(kiln_in)["unchanged"]
+    _edit_then_count(example, kiln_in, mode, "count\n", f"the file {mode} changed")
     mode.write_text("chapters\n")
     (outside / "another").write_text("")
     settle(example, outside / "another")
@@ -159,12 +165,7 @@ def test_settings_come_from_d_then_kiln_toml_and_are_in_the_stamp(example, kiln_
                  prelude="from kiln.build import setting\n")  # fmt: skip
     assert "chapters" in (_build(kiln_in), _picked_step(example, kiln_in))[1]
     toml = example / "kiln.toml"
-    toml.write_text('[settings]\nmode = "count"\n')
-    settle(example, toml)
-    from_file = _build(kiln_in)
-    assert from_file["evaluated_because"] == f"{toml} changed"
-    assert "count" in _picked_step(example, kiln_in)
-    assert _build(kiln_in)["unchanged"]
+    _edit_then_count(example, kiln_in, toml, '[settings]\nmode = "count"\n', f"{toml} changed")
     over = json.loads(kiln_in("build", "picked", "-D", "mode=chapters", "--json").stdout)
     assert over["evaluated_because"] == "other settings: -D mode"
     assert "chapters" in _picked_step(example, kiln_in)
