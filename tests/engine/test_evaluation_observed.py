@@ -196,3 +196,23 @@ def test_an_observation_sees_only_its_own_threads_reads(tmp_path) -> None:
     assert "ELSEWHERE" not in seen.env and str(target) not in seen.files
     assert seen.env == {"HERE": None}
     assert os.environ.__class__ is os._Environ  # the real one is back
+
+
+def test_two_threads_observe_their_own_builds_at_once() -> None:
+    first, second = Observation(), Observation()
+    inside = threading.Barrier(2)
+
+    def observe(obs: Observation, name: str) -> None:
+        with observing(obs):
+            inside.wait()
+            os.environ.get(name)
+            inside.wait()
+
+    threads = [threading.Thread(target=observe, args=(o, n))
+               for o, n in ((first, "FIRST"), (second, "SECOND"))]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (first.env, second.env) == ({"FIRST": None}, {"SECOND": None})
+    assert os.environ.__class__ is os._Environ

@@ -86,7 +86,6 @@ class Observation:
     listed: dict[str, str | None] = field(default_factory=dict)
     impure: list[str] = field(default_factory=list)  # why no stamp can be filed
     where: dict[str, str] = field(default_factory=dict)
-    thread: int = field(default_factory=threading.get_ident)
     busy: bool = False  # (the hook's own stat and listing calls are not the build file's)
 
     def read_env(self, name: str) -> None:
@@ -119,7 +118,9 @@ class Observation:
 
 
 _ORIGINAL_ENVIRON = os.environ
-_current: Observation | None = None
+_observing: dict[int, Observation] = {}  # thread ident -> what it records into
+_environ_users = 0  # observations under way (os.environ is swapped while any is)
+_lock = threading.Lock()
 _hooked = False
 
 
@@ -150,14 +151,14 @@ class _RecordingEnviron(os._Environ):  # type: ignore[name-defined]
 
 
 def _note_env(name: str) -> None:
-    obs = _current
-    if obs is not None and threading.get_ident() == obs.thread:
+    obs = _observing.get(threading.get_ident())
+    if obs is not None:
         obs.read_env(name)
 
 
 def _note_all_env() -> None:
-    obs = _current
-    if obs is not None and threading.get_ident() == obs.thread:
+    obs = _observing.get(threading.get_ident())
+    if obs is not None:
         obs.read_all_env()
 
 
@@ -181,8 +182,8 @@ def _user_line() -> str | None:
 
 
 def _hook(event: str, args: tuple) -> None:
-    obs = _current
-    if obs is None or obs.busy or threading.get_ident() != obs.thread:
+    obs = _observing.get(threading.get_ident())
+    if obs is None or obs.busy:
         return
     obs.busy = True
     try:
@@ -230,21 +231,30 @@ def _listed(obs: Observation, path: object) -> None:
 
 @contextlib.contextmanager
 def observing(obs: Observation) -> Iterator[Observation]:
-    """Record into ``obs`` what the code run on this thread inside reads."""
-    global _current, _hooked
-    if not _hooked:
-        sys.addaudithook(_hook)
-        _hooked = True
-    previous, _current = _current, obs
-    swapped = os.environ is _ORIGINAL_ENVIRON
-    if swapped:
-        os.environ = _recording_environ()  # noqa: B003 (the same variables, reads noted)
+    """Record into ``obs`` what the code run on this thread inside reads
+    (several threads may each observe their own build at once)."""
+    global _hooked, _environ_users
+    me = threading.get_ident()
+    with _lock:
+        if not _hooked:
+            sys.addaudithook(_hook)
+            _hooked = True
+        previous = _observing.get(me)
+        _observing[me] = obs
+        _environ_users += 1
+        if _environ_users == 1:
+            os.environ = _recording_environ()  # noqa: B003 (the same variables, reads noted)
     try:
         yield obs
     finally:
-        _current = previous
-        if swapped:
-            os.environ = _ORIGINAL_ENVIRON  # noqa: B003
+        with _lock:
+            if previous is None:
+                del _observing[me]
+            else:
+                _observing[me] = previous
+            _environ_users -= 1
+            if _environ_users == 0:
+                os.environ = _ORIGINAL_ENVIRON  # noqa: B003
 
 
 def _recording_environ() -> os._Environ:  # type: ignore[name-defined]
