@@ -1,7 +1,7 @@
 """The ``kiln`` command: parses arguments and calls the Python API.
 
 Exit codes (see ``kiln.errors.ExitCode``): 0 success, 1 the command found a
-problem, 2 bad usage or input, 3 not found in the store, 4 store unusable.
+problem, 2 bad usage or input, 3 not found in the store, 4 store unusable, 130 interrupted.
 User errors print one line (and a hint), never a traceback.
 """
 
@@ -102,7 +102,7 @@ class _Commands(click.Group):
     cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 ok, 1 problem found, 2 bad usage or input, "
-    "3 not in the store (or not built yet), 4 store unusable.",
+    "3 not in the store (or not built yet), 4 store unusable, 130 interrupted.",
 )
 @click.version_option(__version__, "--version", "-V", prog_name="kiln")
 @click.option(
