@@ -216,3 +216,17 @@ def test_two_threads_observe_their_own_builds_at_once() -> None:
         t.join()
     assert (first.env, second.env) == ({"FIRST": None}, {"SECOND": None})
     assert os.environ.__class__ is os._Environ
+
+
+def test_a_variables_value_never_lands_in_the_store(example, kiln_in, tmp_path) -> None:
+    """A build file may read a token from the environment: the stamp keeps
+    a digest of it, not the value."""
+    _with_target(example, '"chapters" if os.environ.get("API_TOKEN") else "count"',
+                 prelude="import os\n")  # fmt: skip
+    token = "s3cr3t-token-7f1e9c"
+    assert not _build(kiln_in, {"API_TOKEN": token})["unchanged"]
+    assert _build(kiln_in, {"API_TOKEN": token})["unchanged"]
+    assert not _build(kiln_in, {"API_TOKEN": token + "2"})["unchanged"]
+    home = tmp_path / "home"
+    stored = b"".join(p.read_bytes() for p in home.glob("kiln.db*") if p.is_file())
+    assert stored and token.encode() not in stored

@@ -7,9 +7,9 @@ loads and its rules run, ``observing`` records each of those done by the
 build file's own code (or by the standard library and third-party code it
 called), not by Kiln's:
 
-- environment variables read (name and value; reading the whole
-  environment records every variable), through an ``os.environ`` that
-  notes reads;
+- environment variables read (name and a digest of the value, never the
+  value itself; reading the whole environment records every variable),
+  through an ``os.environ`` that notes reads;
 - files opened for reading (their stat signature when read) and folders
   listed (their names), through Python's audit hooks (PEP 578);
 - what no stamp can capture: a file opened for writing, a file or folder
@@ -33,7 +33,7 @@ import sysconfig
 import threading
 from dataclasses import dataclass, field
 
-from kiln.system.stat_signature import Signature, listing, signature
+from kiln.system.stat_signature import Signature, listing, signature, variable_digest
 
 TYPE_CHECKING = False
 
@@ -81,7 +81,7 @@ class Observation:
     """What one evaluation read from the host, and what it did that no
     stamp can capture; ``where``: the first ``file:line`` of each read."""
 
-    env: dict[str, str | None] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)  # name -> value's digest
     files: dict[str, Signature | None] = field(default_factory=dict)
     listed: dict[str, str | None] = field(default_factory=dict)
     impure: list[str] = field(default_factory=list)  # why no stamp can be filed
@@ -125,7 +125,7 @@ _hooked = False
 
 
 def _environ_data(name: str) -> str | None:
-    return _ORIGINAL_ENVIRON.get(name)
+    return variable_digest(_ORIGINAL_ENVIRON.get(name))
 
 
 class _RecordingEnviron(os._Environ):  # type: ignore[name-defined]

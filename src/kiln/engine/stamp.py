@@ -32,7 +32,7 @@ from pathlib import Path
 
 from kiln import __version__
 from kiln.engine import kiln_out, retention
-from kiln.system.stat_signature import FIELDS, is_racy, listing, signature
+from kiln.system.stat_signature import FIELDS, is_racy, listing, signature, variable_digest
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
@@ -200,8 +200,8 @@ def _no_stamp(conn: sqlite3.Connection, root: Path, key: str) -> str:
 def host_change(stamp: dict[str, Any]) -> str | None:
     """What differs from the host the stamped evaluation read (environment
     variables, files and folders outside the project's sources), or None."""
-    for name, value in stamp["env"].items():
-        if os.environ.get(name) != value:
+    for name, digest in stamp["env"].items():
+        if variable_digest(os.environ.get(name)) != digest:
             return f"environment variable {name} changed"
     for name, sig in stamp["host_files"].items():
         if signature(name) != sig:

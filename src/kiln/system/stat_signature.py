@@ -114,3 +114,13 @@ def listing(folder: str) -> str | None:
     import hashlib  # (start-up: only for a stamp that recorded a listing)
 
     return hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def variable_digest(value: str | None) -> str | None:
+    """What a stamp keeps of an environment variable's value: a digest, so
+    a secret a build file read never lands in the store's database."""
+    if value is None:
+        return None
+    import hashlib  # (start-up: only for a stamp that recorded a variable)
+
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
