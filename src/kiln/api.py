@@ -171,6 +171,18 @@ def _host_reads(observed: Observation) -> list[str]:
                    for what in observed.impure]  # fmt: skip
 
 
+def _why_evaluated(store: Store, root: Path, request: BuildRequest) -> str:
+    """Why this build evaluates its build file instead of answering from
+    its stamp (for `kiln why` and the JSON report)."""
+    if not request.from_stamp:
+        return "asked to evaluate without the stamp"
+    try:
+        _, differs = stamp.compare(store.conn, root, request.stamp_key)
+    except (OSError, sqlite3.Error) as e:
+        return f"the stamp could not be checked ({e})"
+    return differs or "outputs could not be put back from the store"
+
+
 def _remote_settings(request: BuildRequest) -> tuple[RemoteSettings, str]:
     """The remote a build uses: the config's ``[remote]``, under the
     environment and the request. A config file that cannot be read is said
@@ -235,10 +247,7 @@ def _evaluate(
             remote=remote, on_remote=getattr(observer, "on_remote", None),
             settings=dict(request.settings),
         )  # fmt: skip
-        because = (
-            stamp.compare(store.conn, root, request.stamp_key)[1]
-            if request.from_stamp else "asked to evaluate without the stamp"
-        ) or "outputs could not be put back from the store"  # fmt: skip
+        because = _why_evaluated(store, root, request)
         started = time.time()
         with observing(observed):
             report = build.run(names)
