@@ -166,9 +166,10 @@ def build(
 def _host_reads(observed: Observation) -> list[str]:
     """The warnings of a build whose evaluation read the host directly: one
     line for what the stamp tracks, one per thing that prevents a stamp."""
-    said = [observed.warning()] if observed.warning() else []
-    return said + [f"{what}: no build stamp (a no-op build evaluates again)"
-                   for what in observed.impure]  # fmt: skip
+    warning = observed.warning()
+    return ([warning] if warning else []) + [
+        f"{what}: no build stamp (a no-op build evaluates again)" for what in observed.impure
+    ]
 
 
 def _why_evaluated(store: Store, root: Path, request: BuildRequest) -> str:

@@ -401,9 +401,10 @@ def project_settings(root: Path, sources: Sources) -> dict[str, str]:
             hint="fix the TOML syntax; settings go in a [settings] table of strings",
             exit_code=errors.ExitCode.BAD_INPUT,
         ) from None
-    if not isinstance(table, dict):
-        table = {"": table}
-    bad = [k for k, v in table.items() if not isinstance(v, str | int | float | bool)]
+    bad = (
+        ["settings"] if not isinstance(table, dict)
+        else [k for k, v in table.items() if not isinstance(v, str | int | float | bool)]
+    )  # fmt: skip
     if bad:
         raise errors.KilnError(
             f"{path}: [settings] {bad[0]!r} is not a string or number",

@@ -169,20 +169,15 @@ def forget_removed_targets(
     Only a build calls this, with the targets it loaded: `kiln gc` never
     runs build files (in a store shared by several users that would run
     their code as the one collecting)."""
-    prefix = f"{ROOT_PREFIX}{project}:"
-    roots = {
-        name[len(prefix) :]: name
-        for (name,) in conn.execute(
-            "SELECT name FROM gc_roots WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
-        )
-        if name[len(prefix) :].isidentifier()
-    }
+    roots = _target_roots(conn).get(str(project), {})
     known = set(roots) | set(kiln_out.marked(project))
     forgotten = sorted(known - set(defined))
+    if not forgotten:
+        return []  # (the usual case: no write transaction)
     with transaction(conn):
-        for target in forgotten:
-            if target in roots:
-                conn.execute("DELETE FROM gc_roots WHERE name = ?", (roots[target],))
+        conn.executemany(
+            "DELETE FROM gc_roots WHERE name = ?", [(roots[t],) for t in forgotten if t in roots]
+        )
     for target in forgotten:
         try:
             kiln_out.remove(project, target)
