@@ -127,3 +127,18 @@ def test_a_build_judges_raciness_by_the_file_systems_clock(tmp_path: Path, monke
     assert fallback >= before and window == 1_500_000_000
     monkeypatch.delenv("KILN_RACY_WINDOW_MS")
     assert reference_ns(None)[1] == RACY_WINDOW_NS
+
+
+def test_the_clock_is_never_touched_through_a_link(tmp_path: Path) -> None:
+    """A project may ship kiln-out/.kiln/clock as a link to a host file:
+    reading the clock must not change that file's times."""
+    from kiln.system.stat_signature import clock_ns
+
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    os.utime(victim, ns=(10**18, 10**18))
+    folder = tmp_path / "state"
+    folder.mkdir()
+    (folder / "clock").symlink_to(victim)
+    assert clock_ns(folder) is not None
+    assert os.stat(victim).st_mtime_ns == 10**18

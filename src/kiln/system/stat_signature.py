@@ -74,13 +74,15 @@ def clock_ns(folder: str | os.PathLike[str]) -> int | None:
         try:
             # Looked at first: a kernel with multigrain timestamps then
             # gives the touch a fine one (later than any file changed before).
-            os.stat(path)
+            os.lstat(path)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-            os.stat(path)
-        os.utime(path)
-        return os.stat(path).st_mtime_ns
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(path, flags, 0o644))
+            os.lstat(path)
+        # Never through a link a checkout may hold: its own times are a clock too.
+        os.utime(path, follow_symlinks=False)
+        return os.lstat(path).st_mtime_ns
     except OSError:
         return None
 
