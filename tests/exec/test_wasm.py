@@ -205,6 +205,42 @@ def test_host_os_and_cpu_do_not_enter_the_key(store, observe_root, monkeypatch) 
     assert key_elsewhere == key
 
 
+def test_compiled_modules_are_kept_per_cpu(store, monkeypatch) -> None:
+    import kiln.exec.wasm
+
+    executor = WasmExecutor(local_context(store))
+    module = Digest.of_bytes(b"some module")
+    here = executor._cache_path(module)
+    kiln.exec.wasm.host_cpu.cache_clear()
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    try:
+        assert executor._cache_path(module) != here  # one machine code per CPU
+    finally:
+        kiln.exec.wasm.host_cpu.cache_clear()
+
+
+def test_a_compiled_module_this_engine_cannot_load_is_compiled_again(
+    store, observe_root
+) -> None:
+    import wasmtime
+
+    from kiln.exec.wasm import shared_engine
+
+    shared_engine().modules.clear()
+    _run(store, observe_root)
+    (cached,) = (store.home / "wasm-modules").glob("*.cwasm")
+    # What another CPU or engine build left in a shared store: machine code
+    # this engine refuses (here: made without fuel metering).
+    other = wasmtime.Engine(wasmtime.Config())
+    foreign = wasmtime.Module(other, "(module)")
+    cached.write_bytes(foreign.serialize())
+    shared_engine().modules.clear()  # a new process
+    executor = WasmExecutor(local_context(store))
+    _, result = _run(store, observe_root, executor=executor)
+    assert result.exit_code == 0 and executor.compiled == 1
+    wasmtime.Module.deserialize_file(shared_engine().engine, str(cached))  # replaced
+
+
 def test_compiled_module_is_cached_on_disk_and_shared_in_memory(store, observe_root) -> None:
     from kiln.exec.wasm import shared_engine
 

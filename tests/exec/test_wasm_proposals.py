@@ -4,6 +4,7 @@ clearly by the Node.js engine where it lacks them."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,14 @@ def test_the_contract_names_every_proposal_and_this_version_of_it() -> None:
         "threads", "custom-page-sizes", "stack-switching", "component-model",
     }  # fmt: skip
     assert set(SAMPLES) | {"component-model"} == set(PROPOSALS)
+
+
+def test_the_engine_settings_are_pinned_to_the_contract_version() -> None:
+    # Every setting that changes what a guest computes (proposals, NaN
+    # canonicalisation, relaxed SIMD's flavour) is in the fingerprint. It may
+    # change only together with WASM_ABI: results are shared across hosts.
+    fingerprint = hashlib.sha256(wasm.config_fingerprint().encode()).hexdigest()[:16]
+    assert (WASM_ABI, fingerprint) == ("kiln-wasi-p1-v1", "3cf42771e3909f38")
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

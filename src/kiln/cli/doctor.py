@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import pwd
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ class Check:
 def run_checks(store_home: Path) -> list[Check]:
     return [
         _wasmtime(),
+        _wasm_contract(store_home),
         check_bubblewrap(),
         _native_steps(),
         _user_namespaces(),
@@ -83,6 +85,21 @@ def _wasmtime() -> Check:
         return Check("wasmtime", OK, f"wasmtime {version('wasmtime')}: wasm steps can run")
     except Exception as e:  # any failure to load the engine is the finding
         return Check("wasmtime", FAIL, f"cannot load wasmtime: {e}", "reinstall kiln-build")
+
+
+def _wasm_contract(home: Path) -> Check:
+    """The contract every wasm step runs under, and that its results travel."""
+    try:
+        from kiln.exec.wasm import contract_summary, host_cpu, modules_folder
+    except Exception as e:  # reported by the wasmtime check
+        return Check("wasm contract", FAIL, f"cannot load the wasm executor: {e}")
+    detail = (
+        f"{contract_summary()}. No fact about this host is in a wasm step's key, so its "
+        f"results are shared with machines of any CPU and OS (this one: "
+        f"{platform.machine()}, {platform.system()}). Modules are compiled once for this "
+        f"CPU ({host_cpu()}) and kept in {modules_folder(home)}"
+    )
+    return Check("wasm contract", OK, detail)
 
 
 def check_bubblewrap() -> Check:

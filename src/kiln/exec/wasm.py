@@ -29,6 +29,7 @@ import functools
 import hashlib
 import math
 import os
+import platform
 import threading
 import time
 from importlib.metadata import version
@@ -47,6 +48,7 @@ from kiln.exec.base import (
     record_timing,
     step_timeout,
 )
+from kiln.exec.kinds import WASM_ABI
 from kiln.exec.output_trees import missing_outputs
 from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.disk import Disk, DiskLimit
@@ -108,6 +110,17 @@ def config_fingerprint() -> str:
     return f"fuel,epoch,nan-canon,relaxed-simd-deterministic;{proposals}"
 
 
+def contract_summary() -> str:
+    """The wasm contract in words: what every host runs guests under."""
+    on = ", ".join(n for n, enabled in PROPOSALS.items() if enabled)
+    off = ", ".join(n for n, enabled in PROPOSALS.items() if not enabled)
+    return (
+        f"{WASM_ABI}: WASI preview 1 commands; WebAssembly 2.0 with {on}; never {off}; "
+        "NaN results canonical; relaxed SIMD deterministic; fuel, memory and disk "
+        "limits in every key"
+    )
+
+
 EPOCH_TICK_S = 0.05  # the shared engine's clock for wall-clock timeouts
 NO_DEADLINE = 1 << 62
 
@@ -115,6 +128,22 @@ NO_DEADLINE = 1 << 62
 @functools.cache
 def _wasmtime_version() -> str:
     return version("wasmtime")
+
+
+@functools.cache
+def host_cpu() -> str:
+    """This CPU as compiled machine code depends on it: the architecture and
+    a digest of the feature flags the kernel reports (Cranelift uses the
+    host's features, e.g. AVX2 or LSE atomics). A store shared by machines
+    of different CPUs keeps one compiled module per CPU."""
+    features = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("flags", "Features"):  # x86 and ARM spellings
+                features = " ".join(sorted(set(value.split())))
+                break
+    return f"{platform.machine()}/{hashlib.sha256(features.encode()).hexdigest()[:16]}"
 
 
 class SharedEngine:
@@ -242,8 +271,9 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 class WasmExecutor:
     """Runs wasm actions in-process. Compiled modules are cached on disk
-    under ``$KILN_HOME/wasm-modules`` by module digest, engine configuration
-    and Wasmtime version, and in memory by the process's ``SharedEngine``."""
+    under ``$KILN_HOME/wasm-modules`` by module digest, engine configuration,
+    Wasmtime version and host CPU (``host_cpu``), and in memory by the
+    process's ``SharedEngine``."""
 
     name = "wasm"
 
@@ -267,7 +297,8 @@ class WasmExecutor:
 
     def _cache_path(self, module: Digest) -> Path:
         engine = f"wasmtime {_wasmtime_version()}"
-        key = hashlib.sha256(f"{module}\0{config_fingerprint()}\0{engine}".encode()).hexdigest()
+        parts = (str(module), config_fingerprint(), engine, host_cpu())
+        key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
         return self._cache_dir / f"{key}.cwasm"
 
     def module(self, digest: Digest) -> Any:
@@ -290,9 +321,13 @@ class WasmExecutor:
         preloaded = self._shared.preloaded.get(path.name)  # the name is a hash of the key
         if preloaded is not None:
             return preloaded
+        module = None
         if path.exists():
-            module = wasmtime.Module.deserialize_file(self._engine, str(path))
-        else:
+            try:
+                module = wasmtime.Module.deserialize_file(self._engine, str(path))
+            except wasmtime.WasmtimeError:
+                module = None  # made for another CPU or engine build: compile it again
+        if module is None:
             data = self._cas.get_bytes(digest)
             if data is None:
                 raise TransientError(f"module blob {digest} is not in the store")
