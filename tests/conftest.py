@@ -186,3 +186,11 @@ def example(tmp_path: Path, monkeypatch) -> Path:
 def tools(tmp_path: Path, guest) -> dict[str, bytes]:
     """The test guests a project can carry as files: tools/<name>.wasm."""
     return {f"tools/{n}.wasm": guest(n).read_bytes() for n in ("cat", "slow")}
+
+
+@pytest.fixture(scope="session")
+def arm64() -> Path:
+    """An emulated ARM64 Python to run Kiln on (``aarch64_helpers``), or skip."""
+    from aarch64_helpers import aarch64_python
+
+    return aarch64_python()

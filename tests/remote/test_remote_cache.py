@@ -310,3 +310,31 @@ async def plain():
     stored = b"".join(p.read_bytes() for p in buildgrid_cache.cwd.rglob("*") if p.is_file())
     assert b"content\n" in stored  # plain's output went up ...
     assert SECRET.encode() not in stored  # ... the secret and what it produced did not
+
+
+def test_an_output_tree_with_nested_folders_is_a_hit_for_an_empty_store(
+    server, tmp_path: Path
+) -> None:
+    # buildbox-casd serves a result only if every folder inside its output
+    # trees is in its CAS, although REAPI names them only inside the Tree.
+    kilnfile = """
+from kiln.build import native, target
+
+@target
+async def nested():
+    step = await native("sh", "-c", "mkdir -p out/a/b && echo deep > out/a/b/f && echo top > out/t",
+                        tools=["sh", "mkdir"], outputs=["out"])
+    return step.tree("out")
+"""
+    roots = []
+    for name in ("a", "b"):
+        roots.append(tmp_path / name)
+        roots[-1].mkdir()
+        (roots[-1] / "kilnfile.py").write_text(kilnfile)
+    first = build(tmp_path / "store-a", roots[0], server.url)
+    assert first.ok, first.errors
+    assert first.remote["pushed"] == 1
+    second = build(tmp_path / "store-b", roots[1], server.url)
+    assert second.ok, second.errors
+    assert second.summary()["remote_cached"] == 1 and second.summary()["executed"] == 0
+    assert (roots[1] / "kiln-out" / "nested" / "out" / "a" / "b" / "f").read_text() == "deep\n"

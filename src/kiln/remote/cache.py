@@ -7,9 +7,10 @@
   value, a rule reading an output). Every blob that comes down is checked
   against its digest. A result whose blobs are all here is recorded in the
   local action cache, so the next build of this machine needs no network.
-- ``push``: after a step ran here, its Action, Command and output blobs go
-  up (only those the server lacks; a blob shared by concurrent steps goes
-  once), then the result. Results of steps that used secrets never leave.
+- ``push``: after a step ran here, its Action, Command and output blobs
+  (with the folders of its output trees) go up (only those the server
+  lacks; a blob shared by concurrent steps goes once), then the result.
+  Results of steps that used secrets never leave.
 - Uploading an Action, its Command and its input tree at once
   (``upload_with_tree``), for remote execution.
 
@@ -33,6 +34,7 @@ from kiln.remote.retry import RemoteUnavailable
 from kiln.store.actioncache import result_blobs
 
 if TYPE_CHECKING:
+    from kiln.store.cas import ContentStore
     from kiln.store.local import Store
 
 # Blobs this small in all are sent without asking the server which it lacks.
@@ -215,7 +217,8 @@ class RemoteCache:
     ) -> None:  # fmt: skip
         try:
             blobs = {Digest.of_message(action): canonical_bytes(action),
-                     Digest.of_message(command): canonical_bytes(command)}  # fmt: skip
+                     Digest.of_message(command): canonical_bytes(command),
+                     **_output_folders(self.store.cas, result)}  # fmt: skip
             await self.upload(blobs, result_blobs(self.store.cas, result))
             await self.client.update_action_result(key, result)
             self.stats.pushed += 1
@@ -336,14 +339,20 @@ class RemoteCache:
         self._trees.add(root)
 
 
-def _top_blobs(result: re_pb2.ActionResult) -> list[Digest]:
-    """The blobs a result names directly (its files, trees and logs)."""
-    out = [Digest.from_proto(f.digest) for f in result.output_files]
-    out += [Digest.from_proto(d.tree_digest) for d in result.output_directories]
-    for log in (result.stdout_digest, result.stderr_digest):
-        if log.size_bytes:
-            out.append(Digest.from_proto(log))
-    return out
+def _output_folders(cas: ContentStore, result: re_pb2.ActionResult) -> dict[Digest, bytes]:
+    """Every folder (``Directory`` message) of a result's output trees.
+    REAPI names them only inside the ``Tree`` blobs, but some servers
+    (buildbox-casd) will not serve a result unless each is in their CAS."""
+    folders = {}
+    for output in result.output_directories:
+        data = cas.get_bytes(Digest.from_proto(output.tree_digest))
+        if data is None:
+            continue  # (then the upload fails on the missing Tree itself)
+        tree = re_pb2.Tree.FromString(data)
+        for directory in [tree.root, *tree.children]:
+            raw = canonical_bytes(directory)
+            folders[Digest.of_bytes(raw)] = raw
+    return folders
 
 
 def _said(e: BaseException) -> str:
