@@ -38,7 +38,6 @@ CROSS_CACHE = Path(
 )
 # Kiln's run-time dependencies, at the versions this checkout runs with.
 PACKAGES = ("wasmtime", "protobuf", "grpcio", "buildgrid-common", "click", "rich")
-RUN_KILN = "from kiln.cli.entry import main; main()"
 X86_64 = Path(sys.executable)
 
 
@@ -89,7 +88,7 @@ def kiln_on(
         "KILN_RACY_WINDOW_MS": "0",
     }
     return subprocess.run(
-        [str(python), "-c", RUN_KILN, *args],
+        [str(python), "-m", "kiln", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
