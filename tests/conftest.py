@@ -188,6 +188,17 @@ def tools(tmp_path: Path, guest) -> dict[str, bytes]:
     return {f"tools/{n}.wasm": guest(n).read_bytes() for n in ("cat", "slow")}
 
 
+def kiln_out_files(root: Path) -> dict[str, bytes]:
+    """Every file a build placed in ``root/kiln-out`` (not Kiln's own
+    markers): relative path -> bytes."""
+    out = root / "kiln-out"
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and ".kiln" not in p.parts
+    }
+
+
 @pytest.fixture(scope="session")
 def arm64() -> Path:
     """An emulated ARM64 Python to run Kiln on (``aarch64_helpers``), or skip."""

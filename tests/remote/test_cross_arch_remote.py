@@ -49,11 +49,11 @@ def test_what_one_architecture_pushed_the_other_builds_without_running_a_step(
     _push_then_hit(server.url, arm64, first, "wordcount", tmp_path)
 
 
-@pytest.mark.parametrize("first", ["x86_64", "aarch64"])
-def test_c_compiled_in_wasm_on_one_architecture_is_a_hit_on_the_other(
-    casd, arm64: Path, first: str, tmp_path: Path
-) -> None:
-    _push_then_hit(casd.url, arm64, first, "tally", tmp_path)
+def test_c_compiled_in_wasm_on_x86_64_is_a_hit_on_arm64(casd, arm64: Path, tmp_path: Path) -> None:
+    # (The reverse, ARM64 first, builds all of tally under emulation: 90 s
+    # more for what wordcount shows both ways and test_cross_arch.py shows
+    # for tally's keys.)
+    _push_then_hit(casd.url, arm64, "x86_64", "tally", tmp_path)
 
 
 def test_a_native_step_is_never_a_hit_on_another_architecture(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import kiln_out_files
 from kiln import api
 from kiln.api import BuildRequest, StepStatus
 from kiln.model.digest import Digest
@@ -38,15 +39,6 @@ def build(home: Path, root: Path, url: str | None, observer=None, **options) -> 
         return api.build(request, observer, store=store)
 
 
-def outputs(root: Path) -> dict[str, bytes]:
-    out = root / "kiln-out"
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and ".kiln" not in p.parts
-    }
-
-
 @pytest.fixture(params=["buildgrid_cache", "casd"])
 def server(request: pytest.FixtureRequest):
     return request.getfixturevalue(request.param)
@@ -67,7 +59,7 @@ def test_an_empty_store_builds_from_what_another_pushed(server, tmp_path: Path) 
     assert summary["executed"] == 0
     assert summary["remote_cached"] == steps
     assert summary["remote"]["downloaded_blobs"] > 0
-    assert outputs(b) == outputs(a)
+    assert kiln_out_files(b) == kiln_out_files(a)
     assert [t.digest for t in second.targets] == [t.digest for t in first.targets]
 
     third = build(tmp_path / "store-b", b, server.url)  # now local: no traffic
@@ -217,7 +209,7 @@ def test_a_blob_lost_between_lookup_and_download_makes_the_step_run(
         proxy.stop()
     assert report.ok, report.errors
     assert report.count(StepStatus.EXECUTED) == len(first.steps)
-    assert outputs(tmp_path / "b") == outputs(a)
+    assert kiln_out_files(tmp_path / "b") == kiln_out_files(a)
     assert all("lost outputs of step" in w for w in report.warnings), report.warnings
 
 

@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 
 from aarch64_helpers import X86_64, build_in_empty_store, copy_example
+from conftest import kiln_out_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
-
-
-def _outputs(root: Path) -> dict[str, bytes]:
-    out = root / "kiln-out"
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and ".kiln" not in p.parts
-    }
 
 
 @pytest.mark.parametrize("example", ["wordcount", "tally"])
@@ -38,4 +30,4 @@ def test_arm64_builds_the_wasm_examples_with_the_keys_and_digests_of_x86_64(
     assert sorted(arm["executed_keys"]) == sorted(x86["executed_keys"])
     digests = {name: t["digest"] for name, t in x86["targets"].items()}
     assert {name: t["digest"] for name, t in arm["targets"].items()} == digests
-    assert _outputs(arm_root) == _outputs(x86_root) != {}
+    assert kiln_out_files(arm_root) == kiln_out_files(x86_root) != {}
