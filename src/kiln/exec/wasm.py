@@ -211,7 +211,8 @@ class SharedEngine:
         """Load the ``limit`` newest compiled modules of a store's cache, so
         processes forked from this one start with them loaded (what the
         resident server does). Returns the files loaded now."""
-        _wasmtime_version()  # (cached: children ask it to find a module's file)
+        _wasmtime_version()  # (cached: children ask both to find a module's file)
+        host_cpu()
         try:
             files = sorted(cache_dir.glob("*.cwasm"), key=lambda p: -p.stat().st_mtime)
         except OSError:

@@ -113,16 +113,16 @@ def listing(folder: str) -> str | None:
         names = sorted(os.listdir(folder))
     except OSError:
         return None
-    import hashlib  # (start-up: only for a stamp that recorded a listing)
-
-    return hashlib.sha256("\0".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+    return _text_digest("\0".join(names))
 
 
 def variable_digest(value: str | None) -> str | None:
     """What a stamp keeps of an environment variable's value: a digest, so
     a secret a build file read never lands in the store's database."""
-    if value is None:
-        return None
-    import hashlib  # (start-up: only for a stamp that recorded a variable)
+    return None if value is None else _text_digest(value)
 
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+def _text_digest(text: str) -> str:
+    import hashlib  # (start-up: only for a stamp that recorded a listing or a variable)
+
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
