@@ -30,6 +30,8 @@ COMMANDS = {
     "doctor": ("kiln.cli.doctor", "doctor",
                "Check what this machine offers Kiln, with fixes for what is missing."),
     "gc": ("kiln.cli.gc", "gc_command", "Delete blobs and cache entries that no root reaches."),
+    "gocacheprog": ("kiln.cli.gocache", "gocacheprog",
+                    'Serve Go\'s build cache from the store: set GOCACHEPROG="kiln gocacheprog".'),
     "graph": ("kiln.cli.graph", "graph",
               "Print the step graph of TARGET's last build as DOT (or JSON)."),
     "inputs": ("kiln.cli.graph", "inputs",

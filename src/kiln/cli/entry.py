@@ -17,16 +17,32 @@ from __future__ import annotations
 import os
 import sys
 
-from kiln.api import answer_from_stamp
-from kiln.cli import build_options
-from kiln.cli.report import show_report
-
 
 def main() -> None:
     """``kiln``: a no-op build answered here; a build or check handed to the
-    store's resident server if one runs; everything else, and all of it
-    without a server, by ``kiln.cli.app``."""
+    store's resident server if one runs; Go's cache program served with
+    only what it needs loaded; everything else, and all of it without a
+    server, by ``kiln.cli.app``."""
     argv = enter_directories(sys.argv[1:])
+    code = None
+    if argv[:1] == ["gocacheprog"]:  # started by every `go` command: start fast
+        from kiln.gocache.serve_fast import serve_command
+
+        code = serve_command(argv[1:])
+    if code is None:
+        code = _stamp_server_or_cli(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown (freeing every object one by one costs
+    # several ms on large trees): only flushed output matters from here.
+    os._exit(code)
+
+
+def _stamp_server_or_cli(argv: list[str]) -> int:
+    from kiln.api import answer_from_stamp
+    from kiln.cli import build_options
+    from kiln.cli.report import show_report
+
     code = None
     stamp_checked = False
     parsed = build_options.parse(argv)
@@ -47,11 +63,7 @@ def main() -> None:
         from kiln.cli.app import run
 
         code = run(argv, stamp_checked=stamp_checked)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown (freeing every object one by one costs
-    # several ms on large trees): only flushed output matters from here.
-    os._exit(code)
+    return code
 
 
 def enter_directories(argv: list[str]) -> list[str]:

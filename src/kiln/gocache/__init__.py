@@ -1,0 +1,1 @@
+"""Go's build cache (GOCACHEPROG) served from Kiln's store."""
