@@ -78,7 +78,7 @@ def test_a_body_that_does_not_match_its_size_ends_the_session(tmp_path: Path) ->
     home = tmp_path / "store"
     lying = request({"ID": 1, "Command": "put", "ActionID": ACTION, "OutputID": OUTPUT,
                      "BodySize": 100}, b"short")  # fmt: skip
-    code, responses, stderr = session(home, lying)
+    code, _, stderr = session(home, lying)
     assert code == 1 and "body has 5 bytes, not BodySize 100" in stderr
     assert "Traceback" not in stderr
     assert entries(home) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,7 +41,8 @@ def gocacheprog(
     """
     from kiln.gocache.entries import GoCache
     from kiln.gocache.protocol import ProtocolError
-    from kiln.gocache.session import load_stats, serve
+    from kiln.gocache.serve_fast import serve_with_remote
+    from kiln.gocache.session import load_stats
     from kiln.gocache.session import zero_stats as reset
     from kiln.store.local import Store
 
@@ -51,7 +51,7 @@ def gocacheprog(
         cache = GoCache(store, namespace)
         if not (stats or zero_stats or clear):
             try:
-                serve(cache, sys.stdin.buffer, sys.stdout.buffer)
+                serve_with_remote(store, namespace)
             except ProtocolError as e:
                 raise KilnError(f"{e}; ending the session", exit_code=ExitCode.FAILED) from None
             return

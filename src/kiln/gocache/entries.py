@@ -23,11 +23,15 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.model.digest import Digest
+from kiln.model.digest import EMPTY, Digest
 from kiln.model.reapi import re_pb2
 from kiln.store.local import Store
+
+if TYPE_CHECKING:
+    from kiln.gocache.remote import RemoteEntries
 
 GO_CACHE_ABI = "kiln-gocache-v1"
 EXECUTOR_PREFIX = "gocache/"
@@ -82,7 +86,10 @@ def entry_key(namespace: str, action_id: bytes) -> Digest:
 
 def entry_result(output_id: bytes, body: Digest) -> re_pb2.ActionResult:
     output = re_pb2.OutputFile(path=OUTPUT_PREFIX + output_id.hex(), digest=body.to_proto())
-    return re_pb2.ActionResult(exit_code=0, output_files=[output])
+    empty = EMPTY.to_proto()  # (no logs; REAPI clients expect their digests)
+    return re_pb2.ActionResult(
+        exit_code=0, output_files=[output], stdout_digest=empty, stderr_digest=empty
+    )
 
 
 def entry_of(result: re_pb2.ActionResult, created: float) -> Entry | None:
@@ -102,19 +109,25 @@ def entry_of(result: re_pb2.ActionResult, created: float) -> Entry | None:
 
 
 class GoCache:
-    """One namespace of Go cache entries in a store."""
+    """One namespace of Go cache entries in a store, and in a remote cache
+    when one is given (``kiln.gocache.remote.RemoteEntries``)."""
 
-    def __init__(self, store: Store, namespace: str) -> None:
+    def __init__(self, store: Store, namespace: str, remote: RemoteEntries | None = None) -> None:
         self.store = store
         self.namespace = check_namespace(namespace)
         self.executor = EXECUTOR_PREFIX + namespace
+        self.remote = remote
 
     def key(self, action_id: bytes) -> Digest:
         return entry_key(self.namespace, action_id)
 
     def lookup(self, action_id: bytes) -> Entry | None:
-        """The entry recorded for ``action_id``, its body not yet checked."""
-        hit = self.store.action_cache.lookup(self.key(action_id))
+        """The entry recorded for ``action_id`` here, else brought from the
+        remote cache; its body not yet checked."""
+        key = self.key(action_id)
+        hit = self.store.action_cache.lookup(key)
+        if hit is None and self.remote is not None and self.remote.fetch(key):
+            hit = self.store.action_cache.lookup(key)
         return None if hit is None else entry_of(hit.result, hit.created)
 
     def verified(self, action_id: bytes, entry: Entry) -> Entry | None:
@@ -151,16 +164,14 @@ class GoCache:
 
     def put(self, action_id: bytes, output_id: bytes, body: bytes) -> Digest:
         """Store a body and record the entry; returns the body's digest."""
+        action, command = entry_messages(self.namespace, action_id)
         with self.store.writing():
             digest = self.store.cas.put_bytes(body)
-            action, command = entry_messages(self.namespace, action_id)
-            self.store.put_messages(action, command)
-            self.store.action_cache.record(
-                Digest.of_message(action),
-                entry_result(output_id, digest),
-                executor=self.executor,
-                duration=0.0,
-            )
+            key = self.store.put_messages(action, command)
+            result = entry_result(output_id, digest)
+            self.store.action_cache.record(key, result, executor=self.executor, duration=0.0)
+        if self.remote is not None:
+            self.remote.push(key, action, command, result)
         return digest
 
     def clear(self) -> int:

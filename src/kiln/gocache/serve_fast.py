@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiln.store.local import Store
 
 
 def namespace_of(args: list[str]) -> str | None:
@@ -30,15 +34,13 @@ def serve_command(args: list[str]) -> int | None:
     if namespace is None:
         return None
     from kiln.errors import KilnError
-    from kiln.gocache.entries import GoCache
     from kiln.gocache.protocol import ProtocolError
-    from kiln.gocache.session import serve
     from kiln.store.db import default_home
     from kiln.store.local import Store
 
     try:
         with Store(default_home()) as store:
-            serve(GoCache(store, namespace), sys.stdin.buffer, sys.stdout.buffer)
+            serve_with_remote(store, namespace)
     except ProtocolError as e:
         print(f"kiln gocacheprog: {e}; ending the session", file=sys.stderr)
         return 1
@@ -46,3 +48,25 @@ def serve_command(args: list[str]) -> int | None:
         print(f"kiln gocacheprog: error: {e.render()}", file=sys.stderr)
         return e.exit_code
     return 0
+
+
+def serve_with_remote(store: Store, namespace: str) -> None:
+    """Serve a session on stdin and stdout, sharing entries through the
+    configured remote cache if there is one (its warnings go to stderr)."""
+    from kiln.config import load_config
+    from kiln.gocache.entries import GoCache
+    from kiln.gocache.session import serve
+
+    settings = load_config().remote_settings().overridden()
+    remote = None
+    if settings.cache_endpoint is not None:
+        from kiln.gocache.remote import RemoteEntries
+
+        remote = RemoteEntries(store, settings)
+    try:
+        serve(GoCache(store, namespace, remote), sys.stdin.buffer, sys.stdout.buffer)
+    finally:
+        if remote is not None:
+            remote.close()
+            for warning in remote.warnings:
+                print(f"kiln gocacheprog: warning: {warning}", file=sys.stderr)

@@ -127,7 +127,9 @@ class RemoteCache:
             if raw and Digest.of_bytes(raw) == Digest.from_proto(digest):
                 inline[Digest.from_proto(digest)] = raw
         trees = {Digest.from_proto(d.tree_digest) for d in result.output_directories}
-        logs = [Digest.from_proto(d) for d in (result.stdout_digest, result.stderr_digest)]
+        logs = [  # (a result from another client may name no logs)
+            Digest.from_proto(d) for d in (result.stdout_digest, result.stderr_digest) if d.hash
+        ]
         first = [*trees, *(d for d in logs if d.size and d not in inline)]
         if not files:
             return not await self._fetch(first, trees, inline)
