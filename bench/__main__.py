@@ -13,6 +13,7 @@ import json
 from bench import (
     build_graph,
     c_wasm,
+    go_cache,
     hash_file,
     native_step,
     native_vs_nix,
@@ -36,6 +37,7 @@ BENCHMARKS = {
     "c-wasm": c_wasm.main,
     "stress": stress.main,
     "remote": remote.main,
+    "go": go_cache.main,
 }
 
 
