@@ -26,9 +26,14 @@ def main() -> None:
     argv = enter_directories(sys.argv[1:])
     code = None
     if argv[:1] == ["gocacheprog"]:  # started by every `go` command: start fast
-        from kiln.gocache.serve_fast import serve_command
+        from kiln.server import client
+        from kiln.store import db
 
-        code = serve_command(argv[1:])
+        code = client.delegate(db.default_home(), argv)  # the server has it all loaded
+        if code is None:
+            from kiln.gocache.serve_fast import serve_command
+
+            code = serve_command(argv[1:])
     if code is None:
         code = _stamp_server_or_cli(argv)
     sys.stdout.flush()

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 # Commands a server may run (the ones whose start-up time matters).
-SERVED = ("build", "check")
+SERVED = ("build", "check", "gocacheprog")
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 PACKAGE = Path(__file__).resolve().parent.parent  # the kiln package
 REQUEST_LIMIT = 1 << 22  # bytes; an environment is far smaller

@@ -77,6 +77,7 @@ WARM_IMPORTS = (
     "kiln.rules.c", "kiln.engine.progress", "kiln.engine.history", "kiln.engine.stamp",
     "kiln.cli.entry", "kiln.store.local", "kiln.store.actioncache", "kiln.store.materialize",
     "kiln.model.reapi", "rich.console", "rich.live", "rich.text",
+    "kiln.cli.gocache", "kiln.gocache.serve_fast", "kiln.gocache.session", "kiln.config",
 )  # fmt: skip
 
 
