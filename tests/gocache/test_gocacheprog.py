@@ -175,3 +175,16 @@ def test_a_namespace_is_cleared_and_collected_by_gc(go: Go, tmp_path: Path) -> N
     zero(home)
     go("build", "-o", os.devnull, ".", home=home)
     assert stats(home)["hits"] == 0
+
+
+def test_sessions_go_to_the_stores_resident_server(go: Go, tmp_path: Path) -> None:
+    from server_helpers import serving
+
+    home, program = tmp_path / "store", tmp_path / "bin" / "wordfreq"
+    with serving(home) as served:
+        served.start()
+        go("build", "-o", str(program), ".", home=home)
+        assert served.status()["served"] >= 1  # (go may start more than one session)
+        program.unlink()
+        assert compiles(go("build", "-x", "-o", str(program), ".", home=home)) == 0
+        assert stats(home)["hits"] > 0
