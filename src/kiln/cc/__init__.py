@@ -1,0 +1,1 @@
+"""`kiln cc`: compiler invocations of other build systems as memoized steps."""
