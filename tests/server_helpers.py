@@ -62,13 +62,14 @@ def serving(home: Path) -> Iterator[Served]:
     """A ``Served`` store whose server, if one runs at the end, is stopped
     (and killed if it does not exit: the test then fails)."""
     served = Served(home)
-    yield served
-    status = served.status()
-    if status is None:
-        return
-    served.kiln("server", "stop")
     try:
-        served.wait_until(lambda: gone(status["pid"]), "the server to exit")
-    finally:
-        if not gone(status["pid"]):
-            os.kill(status["pid"], signal.SIGKILL)
+        yield served
+    finally:  # (also when the test failed inside the `with`)
+        status = served.status()
+        if status is not None:
+            served.kiln("server", "stop")
+            try:
+                served.wait_until(lambda: gone(status["pid"]), "the server to exit")
+            finally:
+                if not gone(status["pid"]):
+                    os.kill(status["pid"], signal.SIGKILL)
