@@ -25,6 +25,8 @@ from kiln.errors import ExitCode, KilnError, bad_usage
 COMMANDS = {
     "build": ("kiln.cli.build", "build",
               "Build TARGETS (default: every target) of the project's kilnfile.py."),
+    "cc": ("kiln.cli.cc", "cc",
+           'Compile through the cache: make CC="kiln cc gcc" (faster: kiln-cc, see --setup).'),
     "check": ("kiln.cli.check", "check", "Check that results are reproducible."),
     "clean": ("kiln.cli.clean", "clean", "Remove TARGETS' outputs (default: all) from kiln-out/."),
     "doctor": ("kiln.cli.doctor", "doctor",

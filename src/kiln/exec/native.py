@@ -144,7 +144,7 @@ class NativeExecutor:
         self._config = load_config()
         self._timeout = timeout if timeout is not None else self._config.step_timeout
 
-    def _tools(self, names: str) -> tuple[list[Tool], str]:
+    def tools(self, names: str) -> tuple[list[Tool], str]:
         """The declared tools and their identity, resolved again only when
         one of their files changed (not hashed anew for every step)."""
         paths = [p for n in names.split(",") if n for p in declared_files(n)]
@@ -154,6 +154,11 @@ class NativeExecutor:
             tools = [resolve(n, self._dpkg) for n in names.split(",") if n]
             known = self._resolved[names] = (signature, tools, identity(tools))
         return known[1], known[2]
+
+    def tool_root(self, tools: list[Tool]) -> Path:
+        """The folder the sandbox of ``tools`` shows as its ``/usr`` (and
+        ``/etc``), holding their files and their packages' files."""
+        return tool_root(tools, self._dpkg, self._roots)
 
     def _cgroup(self, kind: str, limit: int) -> Path | None:
         """This executor's ``pids`` or ``memory`` cgroup, set to ``limit``."""
@@ -183,13 +188,13 @@ class NativeExecutor:
         props = {p.name: p.value for p in action.platform.properties}
         if props.get("kiln-abi") != NATIVE_ABI:
             raise TransientError(f"action wants sandbox contract {props.get('kiln-abi')!r}")
-        tools, tools_identity = self._tools(props.get("tool-names", ""))
+        tools, tools_identity = self.tools(props.get("tool-names", ""))
         if tools_identity != props.get("tools"):
             raise TransientError(
                 "the step's tools on this machine differ from those in its action",
                 hint="rebuild: the action was made before a tool changed",
             )
-        root = tool_root(tools, self._dpkg, self._roots)
+        root = self.tool_root(tools)
         limits = NativeLimits.from_platform(props)
         secrets = self._secrets(props)
         zygote = self._zygote(root, tools, limits, secrets)
