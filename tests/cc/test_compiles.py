@@ -237,8 +237,8 @@ def test_headers_above_the_working_folder_widen_the_project_root(cache, project,
 
 
 def test_a_system_header_outside_the_compilers_packages_runs_directly(cache, project):
-    executor = cache._executor()
-    root = executor.tool_root(executor.tools(shutil.which("gcc"))[0])
+    with cache._executor() as executor:
+        root = executor.tool_root(executor.tools(shutil.which("gcc"))[0])
     candidates = ("zlib.h", "bzlib.h", "expat.h", "sqlite3.h", "curses.h", "ncurses.h")
     foreign = [
         h
@@ -271,3 +271,23 @@ def _rewrite_manifests(cache: CompileCache, change) -> None:
         result = re_pb2.ActionResult(exit_code=0, output_files=[
             re_pb2.OutputFile(path="headers.json", digest=digest.to_proto())])  # fmt: skip
         cache.store.action_cache.record(key, result, executor="cc-manifest", duration=0.0)
+
+
+def test_a_compiler_reached_through_alternatives_links_runs_in_the_sandbox(cache, project):
+    """/usr/bin/cc is a chain of links (/etc/alternatives/cc, gcc, gcc-12):
+    the sandbox has each of them, so the compile is cached."""
+    if not os.path.islink("/usr/bin/cc"):
+        pytest.skip("/usr/bin/cc is not a link here")
+    assert call(cache, project, "/usr/bin/cc", "-Iinc", "-c", "main.c") == Ran(0)
+    assert counts(cache)["misses"] == 1
+
+
+def test_a_unit_that_probes_for_headers_by_name_runs_directly(cache, project):
+    """__has_include asks about a file the dependency list never shows: the
+    sandbox, holding only the listed files, would answer differently."""
+    (project / "inc" / "optional.h").write_text("#define OPTIONAL 1\n")
+    (project / "main.c").write_text(
+        '#if __has_include("optional.h")\nint v = 1;\n#else\nint v = 0;\n#endif\n'
+    )
+    assert isinstance(call(cache, project, "gcc", "-Iinc", "-c", "main.c"), Exec)
+    assert any("__has_include" in reason for reason in counts(cache)["direct"])

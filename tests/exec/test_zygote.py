@@ -1,21 +1,41 @@
-"""The checked-in sandbox helper binaries are what their source makes."""
+"""The checked-in native helper binaries (the sandbox's zygote, the `kiln cc`
+launcher) are what their source makes."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from kiln.exec.zygote import ARCHES, SANDBOX_DIR, binary_name, build_command
+from kiln.cc import native_client
+from kiln.exec import zygote
+from kiln.exec.zygote import ARCHES
+
+HELPERS = [
+    (zygote, zygote.SANDBOX_DIR, "./dev zygote"),
+    (native_client, native_client.FOLDER, "./dev cc-client"),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(set(ARCHES.values())))
-def test_the_checked_in_zygote_is_a_fresh_build_of_its_source(arch: str, tmp_path: Path) -> None:
-    out = tmp_path / binary_name(arch)
-    subprocess.run(build_command([sys.executable, "-m", "ziglang"], arch, out), check=True)
-    assert out.read_bytes() == (SANDBOX_DIR / binary_name(arch)).read_bytes(), (
-        "rebuild with `./dev zygote`"
+@pytest.mark.parametrize(("helper", "folder", "remake"), HELPERS, ids=["zygote", "kiln-cc"])
+def test_the_checked_in_binary_is_a_fresh_build_of_its_source(
+    helper: ModuleType, folder: Path, remake: str, arch: str, tmp_path: Path
+) -> None:
+    out = tmp_path / helper.binary_name(arch)
+    subprocess.run(helper.build_command([sys.executable, "-m", "ziglang"], arch, out), check=True)
+    assert out.read_bytes() == (folder / helper.binary_name(arch)).read_bytes(), (
+        f"rebuild with `{remake}`"
     )
+
+
+def test_each_helper_is_found_for_this_machine() -> None:
+    arch = ARCHES.get(platform.machine().lower())
+    for helper, folder, _ in HELPERS:
+        expected = folder / helper.binary_name(arch) if arch else None
+        assert helper.binary() == expected

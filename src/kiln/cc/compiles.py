@@ -24,11 +24,15 @@ the project runs directly, as does everything that is not one compile.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import queue
+import re
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +41,10 @@ from kiln.cc.args import Compile, PassThrough, classify
 from kiln.cc.depfile import prerequisites
 from kiln.cc.digests import FileDigests
 from kiln.cc.invocation import Exec, Invocation, Ran
+from kiln.cc.launch import FLUSH_REQUEST
 from kiln.cc.plan import (
+    KEYED_ENV,
+    UNCACHEABLE_ENV,
     NotCacheable,
     Plan,
     environment_reason,
@@ -47,7 +54,8 @@ from kiln.cc.plan import (
     make_plan,
     widen,
 )
-from kiln.cc.stats import Stats
+from kiln.cc.shadows import ShadowCheck
+from kiln.cc.stats import Ledger
 from kiln.engine.inputs import input_tree, write_blobs
 from kiln.engine.values import File, Tree
 from kiln.exec.kinds import local_context
@@ -58,11 +66,19 @@ from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 from kiln.store.local import Store
+from kiln.system.stat_signature import signature
 
 MANIFEST_ABI = "kiln-cc-manifest-v1"
 MANIFEST_EXECUTOR = "cc-manifest"
 STEP_EXECUTOR = "native"
 EMPTY_TREE = Digest.of_message(re_pb2.Directory())
+# What besides argv and the folder decides a call's answer (PATH is looked
+# at again on every call, through the compiler found).
+MEMO_ENV = ("KILN_CC_BASE_DIR", *KEYED_ENV, *UNCACHEABLE_ENV)
+MEMO_LIMIT = 100_000
+# What makes a compile read a file by name without listing it among its
+# headers: the sandbox would answer "no such file" where the host says yes.
+PROBES = re.compile(rb"__has_include|__has_embed")
 USAGE = b"usage: kiln-cc COMPILER ARGS... (e.g. make CC='kiln-cc gcc')\n"
 
 
@@ -76,28 +92,63 @@ class Headers:
     up: int = 0  # the project root is this many folders above the call's own
 
 
+@dataclass(frozen=True)
+class Recent:
+    """A call answered before, and everything its answer depended on that a
+    ``stat`` can check again: the compiler file, the project files (by
+    digest, through ``FileDigests``) and the include folders (``shadows``)."""
+
+    compiler: tuple[str, str, object]  # path, real path, stat signature
+    files: tuple[tuple[str, Digest], ...]
+    search: tuple[str, ...]
+    listed: frozenset[str]
+    plan: Plan
+    result: re_pb2.ActionResult
+    logs: tuple[bytes, bytes]
+    keys: tuple[Digest, Digest]  # the manifest's and the step's
+
+
 class CompileCache:
     """Answers launcher calls from one store; safe to share between threads."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, flush_delay: float | None = None) -> None:
+        """``flush_delay``: see ``kiln.cc.stats.Ledger`` (a resident service
+        gives one; a one-off call writes its counts at ``close``)."""
         self.store = store
-        self.stats = Stats(store)
+        self.stats = Ledger(store, flush_delay)
         self.digests = FileDigests()
-        self._local = threading.local()
+        self.shadows = ShadowCheck()
+        # Executors (each with its resident sandboxes) are reused by the
+        # calls that follow: a service answers each call on a new thread.
+        self._idle: queue.SimpleQueue[NativeExecutor] = queue.SimpleQueue()
+        self._recent: dict[tuple[object, ...], Recent] = {}
 
     def close(self) -> None:
         self.stats.flush()
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
 
-    def _executor(self) -> NativeExecutor:
-        executor = getattr(self._local, "executor", None)
-        if executor is None:
-            executor = self._local.executor = NativeExecutor(local_context(self.store))
-        return executor
+    @contextlib.contextmanager
+    def _executor(self) -> Iterator[NativeExecutor]:
+        try:
+            executor = self._idle.get_nowait()
+        except queue.Empty:
+            executor = NativeExecutor(local_context(self.store))
+        try:
+            yield executor
+        finally:
+            self._idle.put(executor)
 
     # ------------------------------------------------------------ a call
 
+    def __call__(self, inv: Invocation) -> Ran | Exec:
+        return self.handle(inv)
+
     def handle(self, inv: Invocation) -> Ran | Exec:
         """What the launcher is to do for ``inv``."""
+        if inv.argv[1:] == [FLUSH_REQUEST]:
+            self.stats.flush()
+            return Ran(0)
         split = compilers.split_launch(inv.argv)
         if split is None:
             return Ran(2, stderr=USAGE)
@@ -107,6 +158,12 @@ class CompileCache:
         except compilers.NotFound as e:
             return Ran(127, stderr=f"kiln cc: {e}\n".encode())
         direct = Exec([found.path, *args])
+        memo = (tuple(inv.argv), inv.cwd, *(inv.env.get(n) for n in MEMO_ENV))
+        recent = self._recent.get(memo)
+        if recent is not None:
+            replayed = self._replay(recent, found, inv.umask)
+            if replayed is not None:
+                return replayed
         if not found.known:
             return self._direct(direct, f"not a GCC- or Clang-style compiler ({found.name})")
         unit = classify(args)
@@ -117,7 +174,8 @@ class CompileCache:
             return self._direct(direct, reason)
         try:
             plan = make_plan(found.path, unit, inv.cwd, inv.env)
-            return self._compile(found, unit, plan, inv, direct)
+            with self._executor() as executor:
+                return self._compile(found, unit, plan, inv, direct, executor, memo)
         except NotCacheable as e:
             return self._direct(direct, str(e))
 
@@ -126,31 +184,38 @@ class CompileCache:
         return direct
 
     def _compile(
-        self, found: compilers.Compiler, unit: Compile, plan: Plan, inv: Invocation, direct: Exec
-    ) -> Ran | Exec:
-        executor = self._executor()
+        self, found: compilers.Compiler, unit: Compile, plan: Plan, inv: Invocation,
+        direct: Exec, executor: NativeExecutor, memo: tuple[object, ...],
+    ) -> Ran | Exec:  # fmt: skip
         tools, identity = executor.tools(found.path)
         platform = NativeLimits().platform([found.path], identity)
         source = self.digests.digest(plan.host(plan.source))
         if source is None:
             return self._direct(direct, f"cannot read the source {unit.source}")
         manifest = self._manifest_spec(plan, platform, source)
-        known = self._manifest(manifest.key())
+        manifest_key = manifest.key()
+        known = self._manifest(manifest_key)
         if known is not None:
             wide = make_plan(found.path, unit, inv.cwd, inv.env, known.up) if known.up else plan
-            spec = self._step(wide, platform, known, executor, tools, found, store=False)
-            if spec is not None:
-                hit = self.store.lookup(spec.key())
+            step = self._step(wide, platform, known, executor, tools, found, store=False)
+            if step is not None:
+                key = step[0].key()
+                hit = self.store.action_cache.lookup(key, touch=False)
                 if hit is not None and self._place(wide, hit.result, inv.umask):
+                    self.stats.used(manifest_key, key)
                     self.stats.count("hit")
-                    return self._ran(wide, hit.result)
+                    ran = self._ran(wide, hit.result)
+                    self._remember(memo, found, wide, known, step[1], hit.result, ran,
+                                   (manifest_key, key))  # fmt: skip
+                    return ran
         headers = self._discover(found, unit, plan, inv)
         if isinstance(headers, str):
             return self._direct(direct, headers)
         wide = make_plan(found.path, unit, inv.cwd, inv.env, headers.up) if headers.up else plan
-        spec = self._step(wide, platform, headers, executor, tools, found, store=True)
-        if spec is None:
+        step = self._step(wide, platform, headers, executor, tools, found, store=True)
+        if step is None:
             return self._direct(direct, "a header changed while it was read")
+        spec, files = step
         self._record_manifest(manifest, headers)
         action, command = spec.action()
         key = spec.key()
@@ -164,7 +229,40 @@ class CompileCache:
             self.stats.count("failed")
             return direct
         self.stats.count("hit" if execution.cached else "miss")
-        return self._ran(wide, result)
+        ran = self._ran(wide, result)
+        self._remember(memo, found, wide, headers, files, result, ran, (manifest_key, key))
+        return ran
+
+    # ------------------------------------------------------------ replay
+
+    def _remember(
+        self, memo: tuple[object, ...], found: compilers.Compiler, plan: Plan, headers: Headers,
+        files: list[tuple[str, Digest]], result: re_pb2.ActionResult, ran: Ran,
+        keys: tuple[Digest, Digest],
+    ) -> None:  # fmt: skip
+        search, listed = self._shadow_inputs(plan, headers, found)
+        recent = Recent((found.path, found.real, signature(found.real)), tuple(files), search,
+                        listed, plan, result, (ran.stdout, ran.stderr), keys)  # fmt: skip
+        if len(self._recent) >= MEMO_LIMIT:
+            self._recent.clear()
+        self._recent[memo] = recent
+
+    def _replay(self, recent: Recent, found: compilers.Compiler, umask: int) -> Ran | None:
+        """The answer given before, if nothing it depended on has changed
+        (checked by ``stat`` alone while files keep their signatures)."""
+        path, real, sig = recent.compiler
+        if (found.path, found.real) != (path, real) or signature(real) != sig:
+            return None
+        for host, digest in recent.files:
+            if self.digests.digest(host) != digest:
+                return None
+        if self.shadows.shadowed(recent.search, recent.listed):
+            return None
+        if not self._place(recent.plan, recent.result, umask):
+            return None
+        self.stats.used(*recent.keys)
+        self.stats.count("hit")
+        return Ran(0, *recent.logs)
 
     # ------------------------------------------------------------ manifest
 
@@ -182,7 +280,7 @@ class CompileCache:
         )
 
     def _manifest(self, key: Digest) -> Headers | None:
-        hit = self.store.action_cache.lookup(key)
+        hit = self.store.action_cache.lookup(key, touch=False)
         if hit is None or len(hit.result.output_files) != 1:
             return None
         data = self.store.cas.get_bytes(Digest.from_proto(hit.result.output_files[0].digest))
@@ -241,29 +339,29 @@ class CompileCache:
     def _step(
         self, plan: Plan, platform: tuple[tuple[str, str], ...], headers: Headers,
         executor: NativeExecutor, tools: list[Tool], found: compilers.Compiler, store: bool,
-    ) -> ActionSpec | None:  # fmt: skip
+    ) -> tuple[ActionSpec, list[tuple[str, Digest]]] | None:  # fmt: skip
         """The native step of this compile with exactly ``headers`` as its
-        project files; None if one is gone, unreadable, outside the
-        compiler's packages, or shadowed by a newer file earlier on the
-        include path. With ``store``, the files are put in the store."""
-        root = executor.tool_root(tools)
+        project files, and those files' host paths and digests; None if one
+        is gone, unreadable, outside the compiler's packages, or shadowed by
+        a newer file earlier on the include path. With ``store``, the files
+        are put in the store."""
+        root = str(executor.tool_root(tools))
         for path in headers.system:
-            if not (root / path.lstrip("/")).exists():
+            if not _in_tool_root(root, path):
                 raise NotCacheable(f"it reads {path}, which is not part of the compiler's "
                                    "packages")  # fmt: skip
         if self._shadowed(plan, headers, found):
             return None
-        files = []
+        files, hosts = [], []
         for rel in headers.project:
             host = plan.host(rel)
             digest = self.digests.digest(host)
             if digest is None:
                 return None
-            if store:
-                with self.store.writing():
-                    if self.store.cas.put_file(host) != digest:
-                        return None
             files.append(File(rel, digest))
+            hosts.append((host, digest))
+        if store and not self._store_inputs(hosts):
+            return None
         values: list[File | Tree] = list(files)
         if not any(f.path.startswith(plan.cwd + "/") for f in files) and plan.cwd:
             values.append(Tree(plan.cwd, EMPTY_TREE))
@@ -282,28 +380,39 @@ class CompileCache:
         )
         if store:
             self.store.put_action(spec)
-        return spec
+        return spec, hosts
+
+    def _store_inputs(self, hosts: list[tuple[str, Digest]]) -> bool:
+        """Put the step's project files in the store (not synced: they are
+        copies of host files, put again by the next miss if lost); False if
+        one changed since it was hashed, or probes for files by name
+        (``__has_include``), which no list of headers shows."""
+        with self.store.writing(), self.store.cas.batch(durable=False) as batch:
+            for host, digest in hosts:
+                try:
+                    with open(host, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    return False
+                if PROBES.search(data):
+                    raise NotCacheable(f"{host} probes for files (__has_include), which no "
+                                       "list of headers shows")  # fmt: skip
+                if batch.add_bytes(data) != digest:
+                    return False
+        return True
 
     def _shadowed(self, plan: Plan, headers: Headers, found: compilers.Compiler) -> bool:
-        """Whether a file now exists that the compiler would read instead of
-        a listed one: the same name in a folder searched before the one
-        the listed file came from."""
+        return self.shadows.shadowed(*self._shadow_inputs(plan, headers, found))
+
+    def _shadow_inputs(
+        self, plan: Plan, headers: Headers, found: compilers.Compiler
+    ) -> tuple[tuple[str, ...], frozenset[str]]:
+        """The include folders in search order, and the files read."""
         st = os.stat(found.real)
         search = (*plan.search, *compilers.system_include_dirs(
             found.real, "c", (st.st_size, st.st_mtime_ns)))  # fmt: skip
-        listed = {plan.host(p) for p in headers.project} | set(headers.system)
-        # A listed file under several search folders (nested ones) may have
-        # been found through any of them: each is checked.
-        for path in listed:
-            for k, folder in enumerate(search):
-                if not path.startswith(folder.rstrip("/") + "/"):
-                    continue
-                name = path[len(folder.rstrip("/")) + 1 :]
-                for earlier in search[:k]:
-                    candidate = os.path.join(earlier, name)
-                    if candidate not in listed and os.path.exists(candidate):
-                        return True
-        return False
+        listed = frozenset({plan.host(p) for p in headers.project} | set(headers.system))
+        return search, listed
 
     # ------------------------------------------------------------ outputs
 
@@ -315,18 +424,30 @@ class CompileCache:
             digest = produced.get(rel)
             if digest is None:
                 return False
-            data = self.store.cas.get_bytes(digest)
-            if data is None:
-                return False
-            if rel == plan.dep_file:
-                data = host_depfile(data, plan.root)
-            _write_atomically(host, data, 0o666 & ~umask)
+            blob = self.store.cas.path(digest)
+            try:
+                if rel == plan.dep_file:
+                    data = host_depfile(blob.read_bytes(), plan.root)
+                    _write_atomically(host, data, 0o666 & ~umask)
+                else:
+                    _copy_atomically(str(blob), host, 0o666 & ~umask)
+            except FileNotFoundError as e:
+                if e.filename == str(blob):
+                    return False  # the blob is gone (a gc): compile again
+                raise
         return True
 
     def _ran(self, plan: Plan, result: re_pb2.ActionResult) -> Ran:
         logs = [self.store.cas.get_bytes(Digest.from_proto(d)) or b""
                 for d in (result.stdout_digest, result.stderr_digest)]  # fmt: skip
         return Ran(0, host_text(logs[0], plan.root), host_text(logs[1], plan.root))
+
+
+@functools.lru_cache(maxsize=100_000)
+def _in_tool_root(root: str, path: str) -> bool:
+    """Whether the sandbox of a tool root has ``path`` (a tool root never
+    changes once built: it is named by the identity of its contents)."""
+    return os.path.lexists(os.path.join(root, path.lstrip("/")))
 
 
 def _without_outputs(args: list[str]) -> list[str]:
@@ -347,14 +468,40 @@ def _without_outputs(args: list[str]) -> list[str]:
 
 
 def _write_atomically(path: str, data: bytes, mode: int) -> None:
+    with _temporary_beside(path, mode) as fd:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _copy_atomically(source: str, path: str, mode: int) -> None:
+    """``source``'s bytes at ``path``, by a kernel copy (a reflink where the
+    file system shares blocks): never a link to the store's file."""
+    with open(source, "rb") as src, _temporary_beside(path, mode) as fd:
+        left = os.fstat(src.fileno()).st_size
+        while left > 0:
+            copied = os.copy_file_range(src.fileno(), fd, left)
+            if copied == 0:
+                raise OSError(f"{source} ended early")
+            left -= copied
+
+
+@contextlib.contextmanager
+def _temporary_beside(path: str, mode: int) -> Iterator[int]:
+    """An open file that replaces ``path`` when the block ends without error."""
     folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder or ".")
+    tmp = os.path.join(folder, f".{name}.kiln-{os.getpid()}-{threading.get_ident()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
+        yield fd
+        os.fchmod(fd, mode)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, path)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

@@ -16,13 +16,41 @@ from pathlib import Path
 from kiln import errors
 from kiln.cc.invocation import Exec, Invocation, Ran
 
+FLUSH_REQUEST = "--kiln-flush-stats"  # (argv[1] of a call from `kiln cc --stats`)
+
 
 def make_handler(home: Path) -> Callable[[Invocation], Ran | Exec]:
-    """The service's handler: one compile cache on the store at ``home``."""
+    """The service's handler: one compile cache on the store at ``home``
+    (callable; its ``close`` writes what is pending)."""
     from kiln.cc.compiles import CompileCache
+    from kiln.cc.stats import FLUSH_DELAY_S
     from kiln.store.local import Store
 
-    return CompileCache(Store(home)).handle
+    return CompileCache(Store(home), flush_delay=FLUSH_DELAY_S)
+
+
+def flush_service(home: Path) -> None:
+    """Have the store's cc service, if one runs, write its pending counts
+    (so that ``kiln cc --stats`` shows every call made so far)."""
+    import socket
+
+    from kiln.cc.service import socket_path
+    from kiln.cc.wire import WireError, decode_reply, encode_request
+    from kiln.server.client import Untrusted, check_private_folder, peer_credentials
+
+    path = socket_path(home)
+    try:
+        check_private_folder(os.path.dirname(path))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            if peer_credentials(sock)[1] != os.getuid():
+                return
+            sock.sendall(encode_request(current(["kiln-cc", FLUSH_REQUEST])))
+            sock.shutdown(socket.SHUT_WR)
+            decode_reply(b"".join(iter(lambda: sock.recv(65536), b"")))
+    except (OSError, Untrusted, WireError):
+        return  # no service, or not one to talk to: nothing pending anywhere
 
 
 def current(argv: list[str], launcher: str = "") -> Invocation:

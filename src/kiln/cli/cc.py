@@ -76,8 +76,10 @@ def _setup(home: Path, folder: Path, as_json: bool) -> None:
 
 def _stats(home: Path, zero: bool, as_json: bool) -> None:
     from kiln.cc import stats as cc_stats
+    from kiln.cc.launch import flush_service
     from kiln.store.local import Store
 
+    flush_service(home)
     with Store(home) as store:
         if zero:
             cc_stats.zero(store)

@@ -48,6 +48,9 @@ from kiln.model.digest import Digest
 from kiln.system.stat_signature import signature
 
 DPKG = Path("/var/lib/dpkg")
+# How a tool root is laid out; a new layout builds roots afresh (2: the
+# links between a tool's declared path and its file are placed too).
+ROOT_LAYOUT = 2
 # The dynamic loader of this machine's own ABI, by architecture.
 LOADERS = {
     "x86_64": "/lib64/ld-linux-x86-64.so.2",
@@ -280,7 +283,7 @@ def identity(tools: list[Tool]) -> str:
 def tool_root(tools: list[Tool], dpkg: Dpkg, cache: Path) -> Path:
     """A folder holding, at their absolute paths, the files of the tools'
     packages and the tools themselves; built once per identity."""
-    root = cache / identity(tools)
+    root = cache / f"{identity(tools)}.{ROOT_LAYOUT}"
     with _building:  # threads of one build share the work (other processes race safely)
         if not (root / ".complete").exists():
             _build_root(tools, dpkg, cache, root)
@@ -296,7 +299,7 @@ def _build_root(tools: list[Tool], dpkg: Dpkg, cache: Path, root: Path) -> None:
     (staging / "usr").mkdir(parents=True)  # the sandbox's /usr, even with no tools
     paths: set[str] = set()
     for t in tools:
-        paths.update((t.path, t.real_path))
+        paths.update((t.path, t.real_path, *_link_chain(t.path)))
         for package in t.packages:
             paths.update(dpkg.files(package.split("=", 1)[0]))
     for path in sorted(paths):
@@ -306,6 +309,17 @@ def _build_root(tools: list[Tool], dpkg: Dpkg, cache: Path, root: Path) -> None:
         os.rename(staging, root)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)  # another process built it first
+
+
+def _link_chain(path: str) -> list[str]:
+    """Each link a tool's path goes through to its file (``/usr/bin/cc``,
+    ``/etc/alternatives/cc``, ``/usr/bin/gcc``, ...), so that the sandbox can
+    run it by the name it was declared with."""
+    chain: list[str] = []
+    while os.path.islink(path) and len(chain) < 40:
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+        chain.append(os.path.normpath(path))
+    return chain
 
 
 @functools.lru_cache(maxsize=65536)

@@ -46,25 +46,39 @@ def binary_name(arch: str) -> str:
     return f"kiln-zygote-{arch}"
 
 
-def build_command(zig: list[str], arch: str, out: Path) -> list[str]:
-    """How the checked-in binary for ``arch`` is made (``zig`` runs ziglang)."""
+def build_command(zig: list[str], arch: str, out: Path, source: Path = SOURCE) -> list[str]:
+    """How a checked-in static helper binary for ``arch`` is made from its C
+    ``source`` (``zig`` runs ziglang): the zygote's, or ``kiln-cc``'s."""
     return [*zig, "cc", "-target", f"{arch}-linux-musl", "-Os", "-s", "-static",
-            "-Wall", "-Wextra", "-o", str(out), str(SOURCE)]  # fmt: skip
+            "-Wall", "-Wextra", "-o", str(out), str(source)]  # fmt: skip
+
+
+def rebuild_helpers(source: Path, name: Callable[[str], str]) -> None:
+    """Make the checked-in binaries ``name(arch)``, next to ``source``, again
+    from it, for every architecture Kiln ships them for."""
+    for arch in sorted(set(ARCHES.values())):
+        out = source.parent / name(arch)
+        zig = [sys.executable, "-m", "ziglang"]
+        subprocess.run(build_command(zig, arch, out, source), check=True)
+        print(out)
+
+
+def helper_binary(folder: Path, name: Callable[[str], str]) -> Path | None:
+    """The checked-in binary ``name(arch)`` in ``folder`` for this machine,
+    if Kiln ships one for it."""
+    arch = ARCHES.get(platform.machine().lower())
+    path = folder / name(arch) if arch else None
+    return path if path is not None and path.is_file() else None
 
 
 def rebuild() -> None:
     """Make the checked-in binaries again from the source (``./dev zygote``)."""
-    for arch in sorted(set(ARCHES.values())):
-        out = SANDBOX_DIR / binary_name(arch)
-        subprocess.run(build_command([sys.executable, "-m", "ziglang"], arch, out), check=True)
-        print(out)
+    rebuild_helpers(SOURCE, binary_name)
 
 
 def binary() -> Path | None:
     """The zygote built for this machine, if Kiln ships one for it."""
-    arch = ARCHES.get(platform.machine().lower())
-    path = SANDBOX_DIR / binary_name(arch) if arch else None
-    return path if path is not None and path.is_file() else None
+    return helper_binary(SANDBOX_DIR, binary_name)
 
 
 @dataclass(frozen=True)

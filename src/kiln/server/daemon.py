@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import errors
+from kiln.cc import service as cc_service
 from kiln.cli import app
 from kiln.exec.kinds import KINDS
 from kiln.server.client import (
@@ -118,6 +119,8 @@ class Server:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self.cc_activity = cc_service.Activity()
+        self.cc_pid: int | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -137,6 +140,7 @@ class Server:
 
     def serve(self) -> None:
         """Run until stopped; returns when the server has shut down."""
+        self.cc_pid = self._start_cc()
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop (set_wakeup_fd)
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
@@ -152,7 +156,7 @@ class Server:
             for key, _ in self.selector.select(self._timeout()):
                 key.data(key.fileobj)
             self._kill_overdue()
-            if not self.running and time.monotonic() - self.last_active > self.idle:
+            if not self.running and time.monotonic() - self._last_active() > self.idle:
                 _log(f"idle for {self.idle:g} s: exiting")
                 self.stop()
         self.listener.close()
@@ -161,15 +165,39 @@ class Server:
     def _timeout(self) -> float:
         deadlines = [r.kill_at for r in self.running.values() if r.kill_at is not None]
         if not self.running:
-            deadlines.append(self.last_active + self.idle)
+            deadlines.append(self._last_active() + self.idle)
         if not deadlines:
             return 60.0
         return max(0.0, min(deadlines) - time.monotonic())
+
+    def _last_active(self) -> float:
+        return max(self.last_active, self.cc_activity.last())
+
+    def _start_cc(self) -> int:
+        """Fork the ``kiln cc`` service (``kiln.cc.service``) while this
+        process has one thread; it ends with the server."""
+        server = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                _end_with_parent(server)
+                self.selector.close()
+                self.listener.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._release_place()
+                code = cc_service.run(self.home, str(self.home / LOG_NAME), self.cc_activity)
+            finally:
+                os._exit(code)
+        return pid
 
     def stop(self) -> None:
         """Refuse new commands; exit once the running ones have finished."""
         if not self.stopping:
             self.stopping = True
+            if self.cc_pid is not None:
+                _signal_process(self.cc_pid, signal.SIGTERM)
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(self.listener)
             self.listener.close()  # new clients find no server and run by themselves
@@ -264,6 +292,8 @@ class Server:
             "idle_timeout_s": self.idle,
             "modules": sorted(self.modules),
             "stopping": self.stopping,
+            "cc_pid": self.cc_pid,
+            "cc_socket": cc_service.socket_path(self.home) if self.cc_pid else None,
         }
 
     # ------------------------------------------------------------ children
@@ -360,6 +390,9 @@ class Server:
             if pid == 0:
                 return
             run = self.running.pop(pid, None)
+            if pid == self.cc_pid:
+                self.cc_pid = None
+                _log(f"the cc service exited ({os.waitstatus_to_exitcode(status)})")
             if run is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
@@ -462,6 +495,11 @@ def _end_with_parent(parent: int) -> None:
 def _signal_group(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)
+
+
+def _signal_process(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
 
 
 def _log(message: str) -> None:
