@@ -13,6 +13,7 @@ import json
 from bench import (
     build_graph,
     c_wasm,
+    cc,
     go_cache,
     hash_file,
     native_step,
@@ -38,6 +39,7 @@ BENCHMARKS = {
     "stress": stress.main,
     "remote": remote.main,
     "go": go_cache.main,
+    "cc": cc.main,
 }
 
 

@@ -182,3 +182,21 @@ def test_a_masquerade_folder_first_on_path(tmp_path):
     assert (totals["misses"], totals["hits"]) == (2, 2)
     assert any("no -c" in reason for reason in totals["direct"])
     assert subprocess.run([str(project / "prog")]).returncode == 0
+
+
+def test_without_a_server_the_launcher_caches_through_python(tmp_path):
+    """No server: kiln-cc runs `python -m kiln.cc.launch`, which is slow but
+    caches the same way."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "a.c").write_text("int a(void) { return 1; }\n")
+    with serving(tmp_path / "store") as served:
+        launcher = tmp_path / "launcher"
+        assert served.kiln("cc", "--setup", str(launcher)).returncode == 0
+        for _ in range(2):
+            run = subprocess.run([str(launcher / "kiln-cc"), "gcc", "-c", "a.c"], cwd=project,
+                                 env=served.env, capture_output=True)  # fmt: skip
+            assert run.returncode == 0, run.stderr
+        totals = cc_stats(served)
+        assert served.status() is None  # (no server was started)
+    assert (totals["misses"], totals["hits"]) == (1, 1)

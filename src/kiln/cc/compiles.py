@@ -118,8 +118,8 @@ class CompileCache:
         self.stats = Ledger(store, flush_delay)
         self.digests = FileDigests()
         self.shadows = ShadowCheck()
-        # Executors (each with its resident sandboxes) are reused by the
-        # calls that follow: a service answers each call on a new thread.
+        # Executors (each with its resident sandboxes) are taken by one call
+        # at a time and kept for the calls that follow.
         self._idle: queue.SimpleQueue[NativeExecutor] = queue.SimpleQueue()
         self._recent: dict[tuple[object, ...], Recent] = {}
 
