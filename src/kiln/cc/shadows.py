@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
-from kiln.system.stat_signature import CTIME, MTIME, Signature, racy_window_ns, signature
+from kiln.cc.digests import SettledMemo
+from kiln.system.stat_signature import signature
 
 
 class ShadowCheck:
@@ -27,7 +27,7 @@ class ShadowCheck:
 
     def __init__(self, limit: int = 20_000) -> None:
         self._candidates: dict[tuple[tuple[str, ...], frozenset[str]], dict[str, list[str]]] = {}
-        self._folders: dict[str, tuple[Signature, dict[str, bool]]] = {}
+        self._folders: SettledMemo[str, dict[str, bool]] = SettledMemo(limit)
         self._lock = threading.Lock()
         self._limit = limit
 
@@ -44,26 +44,20 @@ class ShadowCheck:
                 if len(self._candidates) >= self._limit:
                     self._candidates.clear()
                 self._candidates[key] = grouped
-        settled = time.time_ns() - racy_window_ns()
-        return any(self._any_exists(folder, names, settled) for folder, names in grouped.items())
+        return any(self._any_exists(folder, names) for folder, names in grouped.items())
 
-    def _any_exists(self, folder: str, candidates: list[str], settled: int) -> bool:
+    def _any_exists(self, folder: str, candidates: list[str]) -> bool:
         sig = signature(folder)
         if sig is None:
             return False
-        known = self._folders.get(folder)
-        answers = known[1] if known is not None and known[0] == sig else {}
+        answers = dict(self._folders.get(folder, sig) or {})
         found = False
         for candidate in candidates:
             exists = answers.get(candidate)
             if exists is None:
                 exists = answers[candidate] = os.path.lexists(candidate)
             found = found or exists
-        if sig[MTIME] < settled and sig[CTIME] < settled:
-            with self._lock:
-                if len(self._folders) >= self._limit:
-                    self._folders.clear()
-                self._folders[folder] = (sig, answers)
+        self._folders.put(folder, sig, answers)
         return found
 
 

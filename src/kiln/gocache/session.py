@@ -3,14 +3,14 @@ responses out, entries in the store (``kiln.gocache.entries``)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from kiln.errors import KilnError
 from kiln.gocache import protocol
 from kiln.gocache.entries import MAX_ID_BYTES, GoCache
+from kiln.store.counters import add_counts, load_counts, zero_counts
 
 STATS_KEY = "gocache-stats/"  # + namespace: in the store's meta table
 
@@ -24,10 +24,6 @@ class SessionStats:
     puts: int = 0
     corrupt: int = 0  # bodies found corrupt on a get (moved aside, answered as a miss)
     errors: int = 0
-
-    def add(self, other: SessionStats) -> None:
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
 
 
 def serve(cache: GoCache, requests: IO[bytes], responses: IO[bytes]) -> SessionStats:
@@ -97,28 +93,13 @@ def _get(cache: GoCache, request: protocol.Request, stats: SessionStats) -> dict
 
 def save_stats(cache: GoCache, stats: SessionStats) -> None:
     """Add a session's counts to its namespace's totals in the store."""
-    if stats == SessionStats():
-        return
-    with cache.store.db.transaction() as conn:
-        total = load_stats(cache)
-        total.add(stats)
-        conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-            (STATS_KEY + cache.namespace, json.dumps(asdict(total))),
-        )
+    add_counts(cache.store, STATS_KEY + cache.namespace, asdict(stats))
 
 
 def load_stats(cache: GoCache) -> SessionStats:
-    row = cache.store.conn.execute(
-        "SELECT value FROM meta WHERE key = ?", (STATS_KEY + cache.namespace,)
-    ).fetchone()
-    if row is None:
-        return SessionStats()
-    try:
-        return SessionStats(**json.loads(row[0]))
-    except (ValueError, TypeError):
-        return SessionStats()
+    counts = load_counts(cache.store, STATS_KEY + cache.namespace)
+    return SessionStats(**{f.name: counts.get(f.name, 0) for f in fields(SessionStats)})
 
 
 def zero_stats(cache: GoCache) -> None:
-    cache.store.conn.execute("DELETE FROM meta WHERE key = ?", (STATS_KEY + cache.namespace,))
+    zero_counts(cache.store, STATS_KEY + cache.namespace)
