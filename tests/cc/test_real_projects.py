@@ -69,6 +69,7 @@ def dependents(makefile_dep: Path, header: str) -> set[str]:
     return found
 
 
+@pytest.mark.network
 def test_luajit_with_its_own_makefile(third_party, tmp_path):
     """`make -j2 CC="kiln-cc gcc"`: objects identical to a plain build;
     after `make clean`, every compile a hit; after a header change,
@@ -130,6 +131,7 @@ def cmake_build(source: Path, launcher: Path | None) -> Path:
     return build
 
 
+@pytest.mark.network
 def test_lua_with_cmake_shares_hits_between_checkouts(third_party, tmp_path):
     """CMake names every file by absolute path; a second checkout in
     another folder is all hits, and the programs behave the same."""
