@@ -72,7 +72,7 @@ def test_a_second_compile_is_a_hit_with_the_same_object(cache, project):
     (project / "main.o").unlink()
     assert compile_main(cache, project) == Ran(0)
     assert (project / "main.o").read_bytes() == built
-    assert counts(cache) == {"hits": 1, "misses": 1, "failed": 0, "direct": {}}
+    assert counts(cache) == {"hits": 1, "misses": 1, "failed": 0, "listed": 1, "direct": {}}
 
 
 def test_a_changed_header_is_a_miss(cache, project):
@@ -233,7 +233,13 @@ def test_headers_above_the_working_folder_widen_the_project_root(cache, project,
     assert call(cache, project, "gcc", "-c", "main.c") == Ran(0)
     subprocess.run(["gcc", "main.o", "-o", "main"], cwd=project, check=True)
     assert subprocess.run([str(project / "main")]).returncode == 4
-    assert counts(cache) | {"direct": {}} == {"hits": 1, "misses": 2, "failed": 0, "direct": {}}
+    assert counts(cache) | {"direct": {}} == {
+        "hits": 1,
+        "misses": 2,
+        "failed": 0,
+        "listed": 1,
+        "direct": {},
+    }
 
 
 def test_a_system_header_outside_the_compilers_packages_runs_directly(cache, project):
@@ -291,3 +297,37 @@ def test_a_unit_that_probes_for_headers_by_name_runs_directly(cache, project):
     )
     assert isinstance(call(cache, project, "gcc", "-Iinc", "-c", "main.c"), Exec)
     assert any("__has_include" in reason for reason in counts(cache)["direct"])
+
+
+def test_an_edited_source_reuses_its_previous_headers_without_listing_them(cache, project):
+    compile_main(cache, project)
+    (project / "main.c").write_text(MAIN + "int extra(void) { return 2; }\n")
+    assert compile_main(cache, project) == Ran(0)
+    assert run_program(project) == "42\n"
+    got = counts(cache)
+    assert (got["misses"], got["listed"]) == (2, 1)
+
+
+def test_an_edit_that_includes_a_new_header_lists_the_headers_again(cache, project):
+    compile_main(cache, project)
+    (project / "inc" / "b.h").write_text("#define B 5\n")
+    (project / "main.c").write_text(
+        MAIN.replace('"a.h"', '"a.h"\n#include "b.h"').replace("A)", "A + B)")
+    )
+    assert compile_main(cache, project) == Ran(0)
+    assert run_program(project) == "47\n"
+    got = counts(cache)
+    assert (got["misses"], got["listed"], got["failed"]) == (2, 2, 0)
+
+
+def test_a_header_that_starts_including_another_is_seen(cache, project):
+    compile_main(cache, project)
+    (project / "inc" / "c.h").write_text("#define C 8\n")
+    (project / "inc" / "a.h").write_text('#include "c.h"\n#define A C\n')
+    assert compile_main(cache, project) == Ran(0)
+    assert run_program(project) == "8\n"
+    (project / "inc" / "c.h").write_text("#define C 9\n")
+    assert compile_main(cache, project) == Ran(0)
+    assert run_program(project) == "9\n"
+    got = counts(cache)
+    assert (got["misses"], got["listed"], got["failed"]) == (3, 2, 0)

@@ -9,12 +9,15 @@ A call that is one cacheable compile (``kiln.cc.args``) goes like this:
    appeared earlier on the include path (which would now be read instead),
    the step's key is computed from the current bytes of exactly those
    files, and a result recorded under that key is the answer (a *hit*).
-3. Otherwise (a *miss*) the compiler lists the headers (``-M``, the
-   preprocessor only), and the compile runs in the native sandbox with the
-   source and those headers as its only project files. A header left off
-   the list makes the sandboxed compile fail, never a wrong result. The
-   result is recorded only if the compile succeeded, and a failed one is
-   run again directly, so its messages and exit code are the compiler's.
+3. Otherwise (a *miss*) the compile runs in the native sandbox with the
+   source and a list of headers as its only project files: the list of
+   step 1 if there is one (a header changed), else that of the previous
+   version of the source (the source changed), else, or when the compile
+   then misses a header, the list the compiler gives (``-M``, the
+   preprocessor only). A header left off the list makes the sandboxed
+   compile fail, never a wrong result. The result is recorded only if the
+   compile succeeded, and a failed one is run again directly, so its
+   messages and exit code are the compiler's.
 
 Headers outside the project come from the compiler's own packages (they
 are part of its identity); a compile that reads any other file outside
@@ -78,7 +81,9 @@ MEMO_ENV = ("KILN_CC_BASE_DIR", *KEYED_ENV, *UNCACHEABLE_ENV)
 MEMO_LIMIT = 100_000
 # What makes a compile read a file by name without listing it among its
 # headers: the sandbox would answer "no such file" where the host says yes.
-PROBES = re.compile(rb"__has_include|__has_embed")
+PROBES = re.compile(rb"__has_include|__has_embed|\.incbin")
+# How GCC and Clang say that an #include found nothing.
+MISSING_HEADER = re.compile(rb"fatal error: .*(No such file or directory|file not found)")
 USAGE = b"usage: kiln-cc COMPILER ARGS... (e.g. make CC='kiln-cc gcc')\n"
 
 
@@ -106,6 +111,22 @@ class Recent:
     result: re_pb2.ActionResult
     logs: tuple[bytes, bytes]
     keys: tuple[Digest, Digest]  # the manifest's and the step's
+
+
+@dataclass(frozen=True)
+class _Miss:
+    """What a miss carries from the lookup to running the step."""
+
+    found: compilers.Compiler
+    unit: Compile
+    plan: Plan
+    inv: Invocation
+    direct: Exec
+    executor: NativeExecutor
+    tools: list[Tool]
+    platform: tuple[tuple[str, str], ...]
+    memo: tuple[object, ...]
+    manifest: ActionSpec
 
 
 class CompileCache:
@@ -208,29 +229,56 @@ class CompileCache:
                     self._remember(memo, found, wide, known, step[1], hit.result, ran,
                                    (manifest_key, key))  # fmt: skip
                     return ran
+        ctx = _Miss(found, unit, plan, inv, direct, executor, tools, platform, memo, manifest)
+        # A header or the source changed: the headers this source (or its
+        # previous version) read are most likely still the right ones. A
+        # compile that needs another fails in the sandbox ("No such file"),
+        # and only then does the preprocessor list them.
+        candidate = known or self._manifest(self._previous_spec(plan, platform).key())
+        if candidate is not None:
+            ran = self._run_step(ctx, candidate, speculative=True)
+            if ran is not None:
+                return ran
         headers = self._discover(found, unit, plan, inv)
         if isinstance(headers, str):
             return self._direct(direct, headers)
-        wide = make_plan(found.path, unit, inv.cwd, inv.env, headers.up) if headers.up else plan
-        step = self._step(wide, platform, headers, executor, tools, found, store=True)
+        ran = self._run_step(ctx, headers, speculative=False)
+        return direct if ran is None else ran
+
+    def _run_step(self, ctx: _Miss, headers: Headers, speculative: bool) -> Ran | Exec | None:
+        """Run the compile in the sandbox with ``headers``, record it and its
+        manifest; None when a speculative run lacked a header."""
+        plan = ctx.plan
+        if headers.up:
+            plan = make_plan(ctx.found.path, ctx.unit, ctx.inv.cwd, ctx.inv.env, headers.up)
+        step = self._step(plan, ctx.platform, headers, ctx.executor, ctx.tools, ctx.found,
+                          store=True)  # fmt: skip
         if step is None:
-            return self._direct(direct, "a header changed while it was read")
+            return None if speculative else self._direct(ctx.direct, "a header changed while "
+                                                         "it was read")  # fmt: skip
         spec, files = step
-        self._record_manifest(manifest, headers)
         action, command = spec.action()
         key = spec.key()
         execution = self.store.execute_once(
-            key, lambda: (executor.execute(key, action, command), STEP_EXECUTOR)
+            key, lambda: (ctx.executor.execute(key, action, command), STEP_EXECUTOR)
         )
         result = execution.result
-        if result.exit_code != 0 or not self._place(wide, result, inv.umask):
-            # A compile error, or the sandbox lacked a file the compiler
-            # read: either way the compiler, run directly, says what it says.
+        if result.exit_code != 0:
+            if speculative and MISSING_HEADER.search(self._log(result.stderr_digest)):
+                return None
+            # A compile error (or a file the sandbox lacked): the compiler,
+            # run directly, says what it says, and nothing is cached.
             self.stats.count("failed")
-            return direct
+            return ctx.direct
+        self._record_manifest(ctx.manifest, headers)
+        self._record_manifest(self._previous_spec(ctx.plan, ctx.platform), headers)
+        if not self._place(plan, result, ctx.inv.umask):
+            self.stats.count("failed")
+            return ctx.direct
         self.stats.count("hit" if execution.cached else "miss")
-        ran = self._ran(wide, result)
-        self._remember(memo, found, wide, headers, files, result, ran, (manifest_key, key))
+        ran = self._ran(plan, result)
+        self._remember(ctx.memo, ctx.found, plan, headers, files, result, ran,
+                       (ctx.manifest.key(), key))  # fmt: skip
         return ran
 
     # ------------------------------------------------------------ replay
@@ -279,6 +327,20 @@ class CompileCache:
             working_directory=plan.cwd,
         )
 
+    def _previous_spec(self, plan: Plan, platform: tuple[tuple[str, str], ...]) -> ActionSpec:
+        """The action keying the headers of this command's latest compile,
+        whatever the source held then (no input: the path is in the command)."""
+        return ActionSpec(
+            argv=("kiln-cc-previous", plan.source, *plan.argv),
+            input_root=EMPTY_TREE,
+            env=plan.env,
+            platform=(*(p for p in platform if p[0] != "kiln-abi"), ("kiln-abi", MANIFEST_ABI)),
+            working_directory=plan.cwd,
+        )
+
+    def _log(self, digest: re_pb2.Digest) -> bytes:
+        return self.store.cas.get_bytes(Digest.from_proto(digest)) or b""
+
     def _manifest(self, key: Digest) -> Headers | None:
         hit = self.store.action_cache.lookup(key, touch=False)
         if hit is None or len(hit.result.output_files) != 1:
@@ -314,6 +376,7 @@ class CompileCache:
         why it cannot be cached."""
         if unit.language == "assembler":  # no preprocessor: only the source
             return Headers((plan.source,), ())
+        self.stats.count("listed")
         with tempfile.TemporaryDirectory(prefix="kiln-cc-") as tmp:
             listing = os.path.join(tmp, "deps")
             argv = [found.path, *_without_outputs(list(unit.args)), "-M", "-MF", listing]
@@ -438,9 +501,8 @@ class CompileCache:
         return True
 
     def _ran(self, plan: Plan, result: re_pb2.ActionResult) -> Ran:
-        logs = [self.store.cas.get_bytes(Digest.from_proto(d)) or b""
-                for d in (result.stdout_digest, result.stderr_digest)]  # fmt: skip
-        return Ran(0, host_text(logs[0], plan.root), host_text(logs[1], plan.root))
+        return Ran(0, host_text(self._log(result.stdout_digest), plan.root),
+                   host_text(self._log(result.stderr_digest), plan.root))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=100_000)

@@ -70,13 +70,15 @@ class Ledger:
 
 def load(store: Store) -> dict[str, object]:
     """The totals: hits, misses, failed (compiles that failed, run
-    directly) and the direct calls by reason."""
+    directly), listed (misses whose headers the preprocessor listed) and
+    the direct calls by reason."""
     counts = load_counts(store, STATS_KEY)
     direct = {k[len(DIRECT_PREFIX) :]: v for k, v in counts.items() if k.startswith(DIRECT_PREFIX)}
     return {
         "hits": counts.get("hit", 0),
         "misses": counts.get("miss", 0),
         "failed": counts.get("failed", 0),
+        "listed": counts.get("listed", 0),
         "direct": dict(sorted(direct.items(), key=lambda kv: -kv[1])),
     }
 

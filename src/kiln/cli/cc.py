@@ -91,6 +91,7 @@ def _stats(home: Path, zero: bool, as_json: bool) -> None:
     assert isinstance(direct, dict)
     click.echo(f"hits      {totals['hits']}")
     click.echo(f"misses    {totals['misses']}")
+    click.echo(f"listed    {totals['listed']}  (misses whose headers the preprocessor listed)")
     click.echo(f"failed    {totals['failed']}  (compile errors, passed on from the compiler)")
     click.echo(f"direct    {sum(direct.values())}  (not one cacheable compile)")
     for reason, n in direct.items():
