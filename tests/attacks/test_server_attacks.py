@@ -13,104 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from squatters import NOBODY, squat_fixture  # noqa: F401 (the `squat` fixture)
 
 from kiln.server import client as server_client
 from server_helpers import Served, serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the server is Linux-only")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-NOBODY = 65534
 SECRET = "kiln-test-token-4242"
-
-# Binds ADDRESS ("@name": Linux's abstract namespace), then listens as UID
-# (-1: as itself; SO_PEERCRED shows who listened), prints its pid and
-# records each connection as a JSON line: the bytes and descriptors it got.
-# A connection that sends exactly b"end" ends it: connections are accepted
-# in order, so every client before it has been recorded by then.
-SQUATTER = r"""
-import json, os, socket, sys
-
-address, record, uid = sys.argv[1], open(sys.argv[2], "a"), int(sys.argv[3])
-listener = socket.socket(socket.AF_UNIX)
-listener.bind(b"\0" + address[1:].encode() if address.startswith("@") else address)
-if uid >= 0:
-    os.setgid(uid)
-    os.setuid(uid)
-listener.listen(16)
-print(os.getpid(), flush=True)
-while True:
-    conn, _ = listener.accept()
-    got, fds = b"", []
-    while True:
-        data, more, _flags, _addr = socket.recv_fds(conn, 1 << 16, 8)
-        if not data:
-            break
-        got += data
-        fds += more
-        for fd in more:  # (held, they would keep the client's output open)
-            os.close(fd)
-        if got.endswith(b"\n"):  # a request: answer as a server saying "done"
-            conn.sendall(b'{"started": 1}\n{"exit": 0}\n')
-    conn.close()
-    if got == b"end":
-        break
-    record.write(json.dumps({"sent": got.decode(errors="replace"), "fds": len(fds)}) + "\n")
-    record.flush()
-"""
-
-
-class Squatter:
-    """A listener, not Kiln's, at ``address``; ``received()`` is what
-    clients sent it."""
-
-    def __init__(self, address: str, record: Path, uid: int = -1) -> None:
-        self.address = address
-        self.record = record
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SQUATTER, address, str(record), str(uid)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.pid = int(self.process.stdout.readline())  # listening from now
-
-    def received(self) -> list[dict]:
-        """One entry per connection it accepted (and it ends)."""
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(self._bound())
-            sock.sendall(b"end")
-            sock.shutdown(socket.SHUT_WR)
-            sock.recv(1)
-        self.process.wait(timeout=60)
-        return [json.loads(line) for line in self.record.read_text().splitlines()]
-
-    def _bound(self) -> str | bytes:
-        return b"\0" + self.address[1:].encode() if self.address.startswith("@") else self.address
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
-@pytest.fixture
-def squat(tmp_path: Path) -> Iterator[Callable[..., Squatter]]:
-    """Start squatters; every one is killed at the end."""
-    started: list[Squatter] = []
-
-    def start(address: str, uid: int = -1) -> Squatter:
-        squatter = Squatter(address, tmp_path / f"squatter-{len(started)}.jsonl", uid)
-        started.append(squatter)
-        return squatter
-
-    yield start
-    for squatter in started:
-        squatter.kill()
-
 
 @pytest.fixture
 def victim(tmp_path: Path) -> Iterator[Served]:

@@ -32,9 +32,9 @@ import json
 import os
 import queue
 import re
+import secrets
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -552,9 +552,9 @@ def _copy_atomically(source: str, path: str, mode: int) -> None:
 def _temporary_beside(path: str, mode: int) -> Iterator[int]:
     """An open file that replaces ``path`` when the block ends without error."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.kiln-{os.getpid()}-{threading.get_ident()}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
+    # A new file of a name no one can guess: never one planted in the folder.
+    tmp = os.path.join(folder, f".{name}.kiln-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         yield fd
         os.fchmod(fd, mode)
