@@ -65,12 +65,11 @@ def _candidates(search: tuple[str, ...], listed: frozenset[str]) -> list[str]:
     """Every path that would shadow a listed file. A file under several
     search folders (nested ones) may have been found through any of them,
     so each is considered."""
+    prefixes = [folder.rstrip("/") + "/" for folder in search]
     out = []
     for path in listed:
-        for k, folder in enumerate(search):
-            prefix = folder.rstrip("/") + "/"
-            if not path.startswith(prefix):
-                continue
-            name = path[len(prefix) :]
-            out.extend(c for c in (os.path.join(e, name) for e in search[:k]) if c not in listed)
+        for k, prefix in enumerate(prefixes):
+            if path.startswith(prefix):
+                name = path[len(prefix) :]
+                out.extend(c for c in (e + name for e in prefixes[:k]) if c not in listed)
     return out
