@@ -35,7 +35,6 @@ def _go_env(tmp_path: Path, home: Path, namespace: str | None, gocache: str) -> 
         "GOFLAGS": "-trimpath",
         "CGO_ENABLED": "0",
         "KILN_HOME": str(home),
-        "PYTHONPATH": str(Path(__file__).parents[2] / "src"),
     }
     if namespace is not None:
         env["GOCACHEPROG"] = " ".join([*KILN, "gocacheprog", "--namespace", namespace])
