@@ -68,6 +68,7 @@ from kiln.exec.tools import Tool
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
+from kiln.remote.blocking import BlockingRemoteCache
 from kiln.store.local import Store
 from kiln.system.stat_signature import signature
 
@@ -132,10 +133,16 @@ class _Miss:
 class CompileCache:
     """Answers launcher calls from one store; safe to share between threads."""
 
-    def __init__(self, store: Store, flush_delay: float | None = None) -> None:
+    def __init__(
+        self, store: Store, flush_delay: float | None = None,
+        remote: BlockingRemoteCache | None = None,
+    ) -> None:  # fmt: skip
         """``flush_delay``: see ``kiln.cc.stats.Ledger`` (a resident service
-        gives one; a one-off call writes its counts at ``close``)."""
+        gives one; a one-off call writes its counts at ``close``). With
+        ``remote``, a miss is looked up in that REAPI cache before it runs,
+        and what runs here is pushed to it."""
         self.store = store
+        self.remote = remote
         self.stats = Ledger(store, flush_delay)
         self.digests = FileDigests()
         self.shadows = ShadowCheck()
@@ -145,7 +152,10 @@ class CompileCache:
         self._recent: dict[tuple[object, ...], Recent] = {}
 
     def close(self) -> None:
+        """Write what is pending, wait for the pushes, end the sandboxes."""
         self.stats.flush()
+        if self.remote is not None:
+            self.remote.close()
         while not self._idle.empty():
             self._idle.get_nowait().close()
 
@@ -259,10 +269,14 @@ class CompileCache:
         spec, files = step
         action, command = spec.action()
         key = spec.key()
+        if self.remote is not None and self.store.action_cache.lookup(key, touch=False) is None:
+            self.remote.fetch(key)  # (a result it brings is a hit below)
         execution = self.store.execute_once(
             key, lambda: (ctx.executor.execute(key, action, command), STEP_EXECUTOR)
         )
         result = execution.result
+        if self.remote is not None and not execution.cached and result.exit_code == 0:
+            self.remote.push(key, action, command, result)
         if result.exit_code != 0:
             if speculative and MISSING_HEADER.search(self._log(result.stderr_digest)):
                 return None

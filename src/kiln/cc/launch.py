@@ -24,9 +24,11 @@ def make_handler(home: Path) -> Callable[[Invocation], Ran | Exec]:
     (callable; its ``close`` writes what is pending)."""
     from kiln.cc.compiles import CompileCache
     from kiln.cc.stats import FLUSH_DELAY_S
+    from kiln.remote.blocking import open_remote_cache
     from kiln.store.local import Store
 
-    return CompileCache(Store(home), flush_delay=FLUSH_DELAY_S)
+    store = Store(home)
+    return CompileCache(store, FLUSH_DELAY_S, open_remote_cache(store))
 
 
 def flush_service(home: Path) -> None:
@@ -65,6 +67,7 @@ def answer_here(inv: Invocation, home: Path | None = None) -> Ran | Exec:
     the call run the compiler directly, after a warning: a broken cache
     must not stop a build."""
     from kiln.cc.compiles import CompileCache
+    from kiln.remote.blocking import open_remote_cache
     from kiln.store.local import Store
 
     try:
@@ -72,12 +75,15 @@ def answer_here(inv: Invocation, home: Path | None = None) -> Ran | Exec:
     except errors.KilnError as e:
         sys.stderr.write(f"kiln cc: not caching: {e}\n")
         return _direct(inv)
-    cache = CompileCache(store)
+    remote = open_remote_cache(store)
+    cache = CompileCache(store, remote=remote)
     try:
         return cache.handle(inv)
     finally:
         cache.close()
         store.close()
+        for warning in remote.warnings if remote is not None else ():
+            sys.stderr.write(f"kiln cc: warning: {warning}\n")
 
 
 def _direct(inv: Invocation) -> Ran | Exec:

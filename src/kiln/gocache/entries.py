@@ -31,7 +31,7 @@ from kiln.model.reapi import re_pb2
 from kiln.store.local import Store
 
 if TYPE_CHECKING:
-    from kiln.gocache.remote import RemoteEntries
+    from kiln.remote.blocking import BlockingRemoteCache
 
 GO_CACHE_ABI = "kiln-gocache-v1"
 EXECUTOR_PREFIX = "gocache/"
@@ -110,9 +110,11 @@ def entry_of(result: re_pb2.ActionResult, created: float) -> Entry | None:
 
 class GoCache:
     """One namespace of Go cache entries in a store, and in a remote cache
-    when one is given (``kiln.gocache.remote.RemoteEntries``)."""
+    when one is given (``kiln.remote.blocking.BlockingRemoteCache``)."""
 
-    def __init__(self, store: Store, namespace: str, remote: RemoteEntries | None = None) -> None:
+    def __init__(
+        self, store: Store, namespace: str, remote: BlockingRemoteCache | None = None
+    ) -> None:
         self.store = store
         self.namespace = check_namespace(namespace)
         self.executor = EXECUTOR_PREFIX + namespace

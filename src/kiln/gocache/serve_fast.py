@@ -53,16 +53,11 @@ def serve_command(args: list[str]) -> int | None:
 def serve_with_remote(store: Store, namespace: str) -> None:
     """Serve a session on stdin and stdout, sharing entries through the
     configured remote cache if there is one (its warnings go to stderr)."""
-    from kiln.config import load_config
     from kiln.gocache.entries import GoCache
     from kiln.gocache.session import serve
+    from kiln.remote.blocking import open_remote_cache
 
-    settings = load_config().remote_settings().overridden()
-    remote = None
-    if settings.cache_endpoint is not None:
-        from kiln.gocache.remote import RemoteEntries
-
-        remote = RemoteEntries(store, settings)
+    remote = open_remote_cache(store)
     try:
         serve(GoCache(store, namespace, remote), sys.stdin.buffer, sys.stdout.buffer)
     finally:

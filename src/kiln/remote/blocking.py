@@ -1,8 +1,8 @@
-"""Go cache entries shared through a REAPI cache (the ``[remote]`` cache, or
-``KILN_REMOTE_CACHE``). An entry travels like any step's result (its key,
-an ``ActionResult`` naming its body), so a second machine's ``go build``
-finds what the first one put. The session is synchronous; the remote
-client runs on an event loop in a thread of its own."""
+"""The remote cache for callers that are not asynchronous: Go's cache
+program (``kiln.gocache``) and the compiler cache (``kiln.cc``) look results
+up in, and push them to, the configured REAPI cache (the ``[remote]``
+cache, or ``KILN_REMOTE_CACHE``) from plain threads; the remote client runs
+on an event loop in a thread of its own."""
 
 from __future__ import annotations
 
@@ -20,13 +20,24 @@ from kiln.store.local import Store
 T = TypeVar("T")
 
 
-class RemoteEntries:
-    """Look entries up in, and push them to, the remote cache."""
+def open_remote_cache(store: Store) -> BlockingRemoteCache | None:
+    """The configured remote cache, or None when there is none."""
+    from kiln.config import load_config
+
+    settings = load_config().remote_settings().overridden()
+    if settings.cache_endpoint is None:
+        return None
+    return BlockingRemoteCache(store, settings)
+
+
+class BlockingRemoteCache:
+    """Look results up in, and push them to, the remote cache; each call
+    returns when done (pushes: at ``close``)."""
 
     def __init__(self, store: Store, settings: RemoteSettings) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name="kiln-gocache-remote", daemon=True
+            target=self._loop.run_forever, name="kiln-remote-cache", daemon=True
         )
         self._thread.start()
         self.remote: Remote = self._run(connect(store, settings))
@@ -39,8 +50,9 @@ class RemoteEntries:
         return self.remote.stats.warnings
 
     def fetch(self, key: Digest) -> bool:
-        """Bring the entry ``key`` and its body into the local store, if the
-        remote cache has it (checked against its digest on the way)."""
+        """Bring the result of ``key`` and its output files into the local
+        store, if the remote cache has them (each checked against its digest
+        on the way)."""
         cache = self.remote.cache
         if cache is None:
             return False
@@ -65,7 +77,7 @@ class RemoteEntries:
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command,
         result: re_pb2.ActionResult,
     ) -> None:  # fmt: skip
-        """Start pushing an entry put here (``close`` waits for it)."""
+        """Start pushing a result made here (``close`` waits for it)."""
         cache = self.remote.cache
         if cache is not None:
             self._loop.call_soon_threadsafe(cache.push, key, action, command, result)
