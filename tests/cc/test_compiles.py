@@ -331,3 +331,23 @@ def test_a_header_that_starts_including_another_is_seen(cache, project):
     assert run_program(project) == "9\n"
     got = counts(cache)
     assert (got["misses"], got["listed"], got["failed"]) == (3, 2, 0)
+
+
+def test_a_package_upgrade_drops_what_the_service_remembered(cache, project, monkeypatch):
+    """Installing or removing a Debian package (new headers, a new compiler)
+    may change the compiler's identity: answers remembered under the old
+    one, and executors that resolved it, are dropped."""
+    import kiln.cc.compiles as compiles
+
+    status = project / "dpkg-status"
+    status.write_text("one\n")
+    monkeypatch.setattr(compiles, "DPKG_STATUS", str(status))
+    cache._packages = compiles.signature(str(status))
+    compile_main(cache, project)
+    remembered = dict(cache._recent)
+    compile_main(cache, project)  # answered from memory: the same answer object
+    assert all(cache._recent[k] is v for k, v in remembered.items())
+    status.write_text("two packages\n")
+    compile_main(cache, project)  # a hit all the same (the identity did not change) ...
+    assert all(cache._recent[k] is not v for k, v in remembered.items())  # ... worked out anew
+    assert counts(cache)["hits"] == 2

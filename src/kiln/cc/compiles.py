@@ -80,6 +80,7 @@ EMPTY_TREE = Digest.of_message(re_pb2.Directory())
 # at again on every call, through the compiler found).
 MEMO_ENV = ("KILN_CC_BASE_DIR", *KEYED_ENV, *UNCACHEABLE_ENV)
 MEMO_LIMIT = 100_000
+DPKG_STATUS = "/var/lib/dpkg/status"  # changes with every package installed or removed
 # What makes a compile read a file by name without listing it among its
 # headers: the sandbox would answer "no such file" where the host says yes.
 PROBES = re.compile(rb"__has_include|__has_embed|\.incbin")
@@ -150,6 +151,7 @@ class CompileCache:
         # at a time and kept for the calls that follow.
         self._idle: queue.SimpleQueue[NativeExecutor] = queue.SimpleQueue()
         self._recent: dict[tuple[object, ...], Recent] = {}
+        self._packages = signature(DPKG_STATUS)
 
     def close(self) -> None:
         """Write what is pending, wait for the pushes, end the sandboxes."""
@@ -161,6 +163,7 @@ class CompileCache:
 
     @contextlib.contextmanager
     def _executor(self) -> Iterator[NativeExecutor]:
+        packages = self._packages
         try:
             executor = self._idle.get_nowait()
         except queue.Empty:
@@ -168,7 +171,10 @@ class CompileCache:
         try:
             yield executor
         finally:
-            self._idle.put(executor)
+            if packages == self._packages:
+                self._idle.put(executor)
+            else:  # (made before an upgrade: see _forget_if_packages_changed)
+                executor.close()
 
     # ------------------------------------------------------------ a call
 
@@ -180,6 +186,7 @@ class CompileCache:
         if inv.argv[1:] == [FLUSH_REQUEST]:
             self.stats.flush()
             return Ran(0)
+        self._forget_if_packages_changed()
         split = compilers.split_launch(inv.argv)
         if split is None:
             return Ran(2, stderr=USAGE)
@@ -209,6 +216,18 @@ class CompileCache:
                 return self._compile(found, unit, plan, inv, direct, executor, memo)
         except NotCacheable as e:
             return self._direct(direct, str(e))
+
+    def _forget_if_packages_changed(self) -> None:
+        """A package upgrade (new headers, a new compiler) changes the tools'
+        identity: executors, which resolved it once, and the answers
+        remembered under the old one are dropped."""
+        packages = signature(DPKG_STATUS)
+        if packages == self._packages:
+            return
+        self._packages = packages
+        self._recent.clear()
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
 
     def _direct(self, direct: Exec, reason: str) -> Exec:
         self.stats.count("direct", reason)
