@@ -150,6 +150,40 @@ def test_clients_are_answered_at_once(private: Path) -> None:
     }
 
 
+def test_more_clients_than_workers_wait_their_turn(private: Path, monkeypatch) -> None:
+    """With every worker busy, a connection waits for the first to finish;
+    the workers then stay as many as allowed, and each is answered."""
+    import kiln.cc.service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_WORKERS", 2)
+    started = threading.Semaphore(0)
+
+    def handler(inv: Invocation) -> Ran:
+        started.release()
+        time.sleep(0.05)
+        return echo(inv)
+
+    invocations = [Invocation(["cc", str(i)], f"/w{i}", {}) for i in range(7)]
+    replies: dict[int, bytes] = {}
+    with CcService(str(private / "cc.sock"), handler) as service:
+        threads = [
+            threading.Thread(
+                target=lambda i=i: replies.__setitem__(
+                    i, ask(service.path, encode_request(invocations[i]))
+                )
+            )
+            for i in range(7)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert service._workers == 2
+    assert {i: decode_reply(r) for i, r in replies.items()} == {
+        i: echo(inv) for i, inv in enumerate(invocations)
+    }
+
+
 def test_activity_is_seen_by_the_process_that_forked_the_service() -> None:
     activity = Activity()
     before = activity.last()

@@ -88,7 +88,9 @@ class CcService:
         self._connections: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._answered = threading.Condition(self._lock)
-        self._workers = self._idle = self._pending = 0
+        # Workers started, waiting for a connection, and connections not yet
+        # answered; connections queued while every worker was busy.
+        self._workers = self._idle = self._pending = self._waiting = 0
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a dead service's (the server's lock is held)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -111,9 +113,14 @@ class CcService:
                 self.activity.touch()
             with self._lock:
                 self._pending += 1
-                if self._idle == 0 and self._workers < MAX_WORKERS:
+                if self._idle > 0:  # a worker waits: this connection is its
+                    self._idle -= 1
+                elif self._workers < MAX_WORKERS:
                     self._workers += 1
-                    threading.Thread(target=self._work, daemon=True).start()
+                    threading.Thread(target=self._work, args=(conn,), daemon=True).start()
+                    continue
+                else:  # every worker busy: the first to finish takes it
+                    self._waiting += 1
             self._connections.put(conn)
 
     def __enter__(self) -> CcService:
@@ -148,21 +155,20 @@ class CcService:
                 self._connections.put(None)  # (each worker ends at one of these)
         return done
 
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            conn = self._connections.get()
-            with self._lock:
-                self._idle -= 1
-            if conn is None:
-                return
+    def _work(self, conn: socket.socket | None) -> None:
+        """Answer ``conn``, then each connection handed to this worker."""
+        while conn is not None:
             try:
                 self._serve(conn)
             finally:
                 with self._answered:
                     self._pending -= 1
                     self._answered.notify_all()
+                    if self._waiting > 0:  # one queued while all were busy: ours
+                        self._waiting -= 1
+                    else:
+                        self._idle += 1
+            conn = self._connections.get()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
