@@ -204,13 +204,18 @@ def test_a_worker_outlives_an_engine_restart(
     workers.start("w1")
     root = project(tmp_path, "a")
     assert build(tmp_path / "client", root, remote_exec=buildgrid_exec.url).ok
+    ran_before = workers.log("w1").count(": running ")
     buildgrid_exec.restart()
     chapter = root / "text" / "clay.txt"
     chapter.write_text(chapter.read_text() + "\nclay again\n")
     report = build(tmp_path / "client", root, remote_exec=buildgrid_exec.url)
     assert report.ok, report.errors
     assert report.count(StepStatus.REMOTE_EXECUTED) == 2  # the chapter's count, the merge
-    assert workers.log("w1").count(": session ") >= 2, workers.log("w1")
+    # The same worker ran both, through the restart: in a new session, or in
+    # its old one when the engine kept it (BuildGrid keeps bot sessions in
+    # its database, so counting sessions made this test fail now and then).
+    log = workers.log("w1")
+    assert log.count(": running ") >= ran_before + 2, log
 
 
 @pytest.mark.parametrize("buildgrid_exec", [KILN_ENGINE], indirect=True)
