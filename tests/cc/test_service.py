@@ -32,6 +32,21 @@ def private() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def ask_all(path: str, invocations: list[Invocation]) -> dict[int, bytes]:
+    """Send every invocation at once, each on its own connection."""
+    replies: dict[int, bytes] = {}
+
+    def one(i: int) -> None:
+        replies[i] = ask(path, encode_request(invocations[i]))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(invocations))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return replies
+
+
 def echo(inv: Invocation) -> Ran:
     return Ran(len(inv.argv), " ".join(inv.argv).encode(), inv.cwd.encode())
 
@@ -131,20 +146,8 @@ def test_clients_are_answered_at_once(private: Path) -> None:
         return echo(inv)
 
     invocations = [Invocation(["cc", f"-DN={i}"] * (i + 1), f"/w{i}", {}) for i in range(8)]
-    replies: dict[int, bytes] = {}
     with CcService(str(private / "cc.sock"), handler) as service:
-        threads = [
-            threading.Thread(
-                target=lambda i=i: replies.__setitem__(
-                    i, ask(service.path, encode_request(invocations[i]))
-                )
-            )
-            for i in range(8)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        replies = ask_all(service.path, invocations)
     assert {i: decode_reply(r) for i, r in replies.items()} == {
         i: echo(inv) for i, inv in enumerate(invocations)
     }
@@ -164,20 +167,8 @@ def test_more_clients_than_workers_wait_their_turn(private: Path, monkeypatch) -
         return echo(inv)
 
     invocations = [Invocation(["cc", str(i)], f"/w{i}", {}) for i in range(7)]
-    replies: dict[int, bytes] = {}
     with CcService(str(private / "cc.sock"), handler) as service:
-        threads = [
-            threading.Thread(
-                target=lambda i=i: replies.__setitem__(
-                    i, ask(service.path, encode_request(invocations[i]))
-                )
-            )
-            for i in range(7)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        replies = ask_all(service.path, invocations)
         assert service._workers == 2
     assert {i: decode_reply(r) for i, r in replies.items()} == {
         i: echo(inv) for i, inv in enumerate(invocations)
