@@ -25,7 +25,7 @@ def test_doctor_reports_every_check(kiln) -> None:
     assert checks["remote"]["detail"].startswith("none configured")
     assert checks["wasmtime"]["status"] == "ok"
     contract = checks["wasm contract"]["detail"]
-    assert contract.startswith("kiln-wasi-p1-v1: WASI preview 1") and "any CPU and OS" in contract
+    assert contract.startswith("kiln-wasi-p1-v2: WASI preview 1") and "any CPU and OS" in contract
     if checks["bubblewrap"]["status"] == "ok":  # then steps must run in the resident sandbox
         assert checks["native steps"]["status"] == "ok", checks["native steps"]
     assert proc.returncode == (1 if any(c["status"] == "fail" for c in checks.values()) else 0)

@@ -54,7 +54,7 @@ CATCHES = """(module
 
 def test_the_contract_names_every_proposal_and_this_version_of_it() -> None:
     # Changing PROPOSALS changes which modules run: bump WASM_ABI with it.
-    assert WASM_ABI == "kiln-wasi-p1-v1"
+    assert WASM_ABI == "kiln-wasi-p1-v2"
     assert {n for n, on in PROPOSALS.items() if not on} == {
         "threads", "custom-page-sizes", "stack-switching", "component-model",
     }  # fmt: skip
@@ -66,7 +66,7 @@ def test_the_engine_settings_are_pinned_to_the_contract_version() -> None:
     # canonicalisation, relaxed SIMD's flavour) is in the fingerprint. It may
     # change only together with WASM_ABI: results are shared across hosts.
     fingerprint = hashlib.sha256(wasm.config_fingerprint().encode()).hexdigest()[:16]
-    assert (WASM_ABI, fingerprint) == ("kiln-wasi-p1-v1", "3cf42771e3909f38")
+    assert (WASM_ABI, fingerprint) == ("kiln-wasi-p1-v2", "3cf42771e3909f38")
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

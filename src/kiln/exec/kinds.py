@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from kiln.exec.base import Executor
     from kiln.store.local import Store
 
-WASM_ABI = "kiln-wasi-p1-v1"
+WASM_ABI = "kiln-wasi-p1-v2"
 NATIVE_ABI = "kiln-native-bwrap-v3"
 FETCH_ABI = "kiln-fetch-v1"
 UNPACK_ABI = "kiln-unpack-v1"

@@ -5,7 +5,7 @@ the action's input root. Its platform properties carry the determinism
 contract's version and the resource limits, so all of them are in the key
 and nothing about the host is:
 
-    kiln-abi     kiln-wasi-p1-v1 (see ``kiln.exec.wasi.host``)
+    kiln-abi     kiln-wasi-p1-v2 (see ``kiln.exec.wasi.host``)
     isa          wasm32
     disk-mib     what the guest's files (outputs and /tmp) may hold at once,
                  in MiB (default 16384; see ``kiln.exec.wasi.disk``)
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
+from google.protobuf import struct_pb2
 
 from kiln.config import load_config
 from kiln.exec import interrupt
@@ -52,8 +53,10 @@ from kiln.exec.kinds import WASM_ABI
 from kiln.exec.output_trees import missing_outputs
 from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.disk import Disk, DiskLimit
-from kiln.exec.wasi.host import ProcExit, WasiHost, make_linker
+from kiln.exec.wasi.host import IMPORT_MODULES, ProcExit, WasiHost, make_linker
+from kiln.exec.wasi.kiln_imports import KilnImports, OutOfFuel, OutputTooLarge
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
+from kiln.exec.wasm_calls import OUTPUT_CAP, CallExecutor, CallOutcome, StepCalls
 from kiln.exec.wasm_files import collect_outputs, directory_entries
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
@@ -182,7 +185,7 @@ class SharedEngine:
         """The WASI linker, or for a module importing something besides
         WASI preview 1, one where those imports trap when called (made once
         per module: its host functions live as long as the process)."""
-        if all(i.module == "wasi_snapshot_preview1" for i in module.imports):
+        if all(i.module in IMPORT_MODULES for i in module.imports):
             return self._linker
         linker = self._trap_linkers.get(digest)
         if linker is None:
@@ -285,6 +288,7 @@ class WasmExecutor:
         ``timeout``: the wall-clock limit of steps that carry none of their
         own (default: the config's ``step-timeout``)."""
         self._cas = ctx.cas
+        self._actions = ctx.actions
         self._scratch = ctx.scratch
         self._timeout = timeout if timeout is not None else load_config().step_timeout
         self._progress = hooks.on_slow if hooks is not None else None
@@ -373,14 +377,18 @@ class WasmExecutor:
         fs.allow_dir("tmp")
         env = [(v.name, v.value) for v in command.environment_variables]
         host = WasiHost(fs, argv, env, seed=bytes.fromhex(key.hash))
+        timeout = step_timeout(action, self._timeout)
+        calls = StepCalls(self._call_executor(timeout), self._cas, self._actions, limits)
+        host.kiln = KilnImports(host, calls)
 
         started = time.time_ns()
         try:
             module = self.module(module_digest)
-            timeout = step_timeout(action, self._timeout)
-            exit_code, note = self._run(module_digest, module, host, limits, timeout)
+            exit_code, note, _ = self._run(module_digest, module, host, limits, timeout)
         except InvalidModule as e:  # as deterministic as a trap: the same every run
             exit_code, note = EXIT_TRAP, " ".join(str(e).split())
+        finally:
+            host.kiln.cancel_open()
         if note:
             host.stderr.write(f"kiln: {note}\n".encode())
         result = re_pb2.ActionResult(exit_code=exit_code)
@@ -393,22 +401,80 @@ class WasmExecutor:
             result.stdout_digest.CopyFrom(batch.add_bytes(bytes(host.stdout.data)).to_proto())
             result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())
         record_timing(result, "kiln-wasm", started)
+        if calls.log:
+            attach_calls(result, calls.records())
         return result
+
+    def _call_executor(self, timeout: float | None) -> CallExecutor:
+        def execute(
+            module: Digest, export: str, data: bytes, key: Digest, calls: StepCalls
+        ) -> CallOutcome:
+            return self._execute_call(module, export, data, key, calls, timeout)
+
+        return execute
+
+    def _execute_call(
+        self, module_digest: Digest, export: str, data: bytes, key: Digest, calls: StepCalls,
+        timeout: float | None,
+    ) -> CallOutcome:  # fmt: skip
+        """Run one memoized call: ``export`` of the module on ``data``, in a
+        fresh instance with an empty file system (``/tmp`` only)."""
+        limits = calls.limits
+        disk = Disk(limits.disk_mib << 20, self._scratch())
+        try:
+            fs = FileSystem(None, self._load_dir, self._load_blob, disk)
+            fs.allow_dir("tmp")
+            host = WasiHost(fs, [export], [], seed=bytes.fromhex(key.hash))
+            host.kiln = KilnImports(host, calls.nested(), call_input=data)
+            try:
+                module = self.module(module_digest)
+                status, note, fuel = self._run(
+                    module_digest, module, host, limits, timeout, entry=export
+                )
+            except InvalidModule as e:
+                status, note, fuel = EXIT_TRAP, " ".join(str(e).split()), 0
+            finally:
+                host.kiln.cancel_open()
+            if note:
+                host.stderr.write(f"kiln: {note}\n".encode())
+            output = bytes(host.kiln.output) if status == 0 else b""
+            return CallOutcome(
+                status, output, fuel, bytes(host.stdout.data), bytes(host.stderr.data)
+            )
+        finally:
+            disk.close()
 
     def _run(
         self, digest: Digest, module: Any, host: WasiHost, limits: WasmLimits,
-        timeout: float | None,
-    ) -> tuple[int, str]:  # fmt: skip
-        """Instantiate and run ``_start``: (exit code, note for stderr)."""
+        timeout: float | None, entry: str | None = None,
+    ) -> tuple[int, str, int]:  # fmt: skip
+        """Instantiate and run ``_start`` (a command) or ``entry`` (an export
+        called on its own, after ``_initialize`` if the module has one):
+        (exit code, note for stderr, fuel consumed)."""
         store = wasmtime.Store(self._engine)
         store.set_fuel(limits.fuel)
         store.set_limits(memory_size=limits.memory_mib << 20)
         store.set_epoch_deadline(self._shared.deadline_ticks(timeout))
-        self._shared.running.host = host
-        instance = None
+        running = self._shared.running
+        outer = getattr(running, "host", None)  # a call run on its caller's thread
+        running.host = host
+        host.store = store
         if interrupt.stopped():
             raise interrupt.Interrupted()
         self._shared.stores.add(store)
+        try:
+            exit_code, note = self._instantiate_and_run(store, module, digest, host, limits,
+                                                        timeout, entry)  # fmt: skip
+            return exit_code, note, limits.fuel - store.get_fuel()
+        finally:
+            self._shared.stores.discard(store)
+            running.host = outer
+
+    def _instantiate_and_run(
+        self, store: Any, module: Any, digest: Digest, host: WasiHost, limits: WasmLimits,
+        timeout: float | None, entry: str | None,
+    ) -> tuple[int, str]:  # fmt: skip
+        instance = None
         try:
             try:
                 instance = self._shared.linker_for(digest, module).instantiate(store, module)
@@ -422,29 +488,32 @@ class WasmExecutor:
             memory = exports.get("memory")
             if isinstance(memory, wasmtime.Memory):
                 host.bind(store, memory)
-            start = exports.get("_start")
-            if start is None:
-                return EXIT_TRAP, "module has no _start function (not a WASI command)"
-            start(store)
+            functions, problem = _entry_functions(exports, store, entry)
+            if problem:
+                return EXIT_TRAP, problem
+            for function in functions:
+                function(store)
             return 0, ""
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             if host.failure is not None:  # a host function raised (proc_exit does)
-                return self._host_failure(host.failure)
+                return self._host_failure(host.failure, limits)
             if isinstance(e, wasmtime.Trap):
                 memory = instance.exports(store).get("memory") if instance is not None else None
                 return EXIT_TRAP, self._explain(e, store, memory, limits, timeout)
             return EXIT_TRAP, f"trap: {_cause(str(e))}"  # e.g. an import kiln does not offer
         except WasiError as e:  # raised outside a host call's wrapper
             return EXIT_TRAP, f"WASI error {e.errno}"
-        finally:
-            self._shared.stores.discard(store)
 
     @staticmethod
-    def _host_failure(error: BaseException) -> tuple[int, str]:
+    def _host_failure(error: BaseException, limits: WasmLimits) -> tuple[int, str]:
         if isinstance(error, ProcExit):
             return error.code, ""
         if isinstance(error, DiskLimit):
             return EXIT_TRAP, disk_limit_note(error)
+        if isinstance(error, OutOfFuel):  # a call consumed more than was left
+            return EXIT_TRAP, out_of_fuel_note(limits)
+        if isinstance(error, OutputTooLarge):
+            return EXIT_TRAP, f"a call's output exceeds {OUTPUT_CAP >> 20} MiB"
         raise error  # a bug in the host, not the guest's doing
 
     def _explain(
@@ -452,7 +521,7 @@ class WasmExecutor:
     ) -> str:
         code = trap.trap_code
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
-            return f"out of fuel after {limits.fuel} units"
+            return out_of_fuel_note(limits)
         if code == wasmtime.TrapCode.INTERRUPT and interrupt.stopped():
             raise interrupt.Interrupted()
         if code == wasmtime.TrapCode.INTERRUPT:
@@ -492,6 +561,50 @@ def _cause(message: str) -> str:
     """The line of a Wasmtime error that says what happened (not the backtrace)."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     return next((ln for ln in lines if "wasm trap:" in ln), lines[-1] if lines else "")
+
+
+def out_of_fuel_note(limits: WasmLimits) -> str:
+    """What stderr says when a guest ran out of fuel (by itself or in a call)."""
+    return f"out of fuel after {limits.fuel} units"
+
+
+def _entry_functions(exports: Any, store: Any, entry: str | None) -> tuple[list[Any], str]:
+    """The functions to run, in order, or a note why the module cannot run."""
+    if entry is None:
+        start = exports.get("_start")
+        if start is None:
+            return [], "module has no _start function (not a WASI command)"
+        return [start], ""
+    function = exports.get(entry)
+    if not isinstance(function, wasmtime.Func):
+        return [], f"module exports no function {entry!r} to call"
+    if function.type(store).params or function.type(store).results:
+        return [], f"the called function {entry!r} must take no parameters and return nothing"
+    initialize = exports.get("_initialize")  # a reactor's constructors
+    return ([initialize] if isinstance(initialize, wasmtime.Func) else []) + [function], ""
+
+
+def attach_calls(result: re_pb2.ActionResult, records: list[dict[str, Any]]) -> None:
+    """Note the memoized calls a step made in its result's metadata (what
+    ``kiln show`` and ``kiln trace`` list); not part of any output."""
+    info = struct_pb2.Struct()
+    info.update({"kiln_calls": records})
+    result.execution_metadata.auxiliary_metadata.add().Pack(info)
+
+
+_INTEGERS = {"depth", "status", "fuel"}  # (a Struct holds every number as a double)
+
+
+def calls_of(result: re_pb2.ActionResult) -> list[dict[str, Any]]:
+    """The calls ``attach_calls`` noted in a result (none: [])."""
+    for item in result.execution_metadata.auxiliary_metadata:
+        info = struct_pb2.Struct()
+        if item.Unpack(info) and "kiln_calls" in info:
+            return [
+                {k: int(v) if k in _INTEGERS else v for k, v in record.items()}
+                for record in info["kiln_calls"]
+            ]
+    return []
 
 
 def disk_limit_note(error: DiskLimit) -> str:

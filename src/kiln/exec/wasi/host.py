@@ -18,19 +18,25 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
 from kiln.exec.kinds import WASM_ABI
 from kiln.exec.wasi import abi, capi
 from kiln.exec.wasi.disk import Content
+from kiln.exec.wasi.kiln_imports import SIGNATURES as KILN_SIGNATURES
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink, WasiError, filetype
+
+if TYPE_CHECKING:
+    from kiln.exec.wasi.kiln_imports import KilnImports
 
 ABI_VERSION = WASM_ABI  # (named in the table of executor kinds)
 REALTIME_EPOCH_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
 MONOTONIC_STEP_NS = 1_000
 OUTPUT_CAP = 64 << 20  # stdout and stderr each keep at most this many bytes
+KILN_MODULE = "kiln"  # the import module of memoized calls (kiln_imports.py)
+IMPORT_MODULES = frozenset({"wasi_snapshot_preview1", KILN_MODULE})
 
 # Signatures: one letter per parameter, i = i32, I = i64; results are one i32
 # (the errno) except for proc_exit.
@@ -89,17 +95,34 @@ def make_linker(engine: Any, current: Callable[[], WasiHost]) -> Any:
     to the host ``current()`` returns. Built once per process: defining the
     imports costs far more than a small guest's whole run."""
     linker = wasmtime.Linker(engine)
+
+    def fail(error: BaseException) -> None:
+        current().failure = error
+
     for name, sig in SIGNATURES.items():
 
         def forward(*args: int, _name: str = name) -> int | None:
             return current().call(_name, args)
 
-        def fail(error: BaseException) -> None:
-            current().failure = error
-
         has_result = name != "proc_exit"
         capi.define(linker, "wasi_snapshot_preview1", name, sig, has_result, forward, fail)
+    for name, sig in KILN_SIGNATURES.items():
+
+        def forward_kiln(*args: int, _name: str = name) -> int | None:
+            return current().call_kiln(_name, args)
+
+        capi.define(linker, KILN_MODULE, name, sig, True, forward_kiln, fail)
     return linker
+
+
+def _errno_of(function: Callable[..., int | None], args: tuple[int, ...]) -> int:
+    try:
+        result = function(*args)
+    except WasiError as e:
+        return e.errno
+    except (IndexError, ValueError):
+        return abi.EFAULT
+    return abi.SUCCESS if result is None else result
 
 
 class ProcExit(Exception):
@@ -153,6 +176,8 @@ class WasiHost:
         self.fds[3] = OpenFile(fs.root, dir_path="/")
         self._memory: Any = None  # a capi.GuestMemory once bound
         self.failure: BaseException | None = None  # what a host function raised
+        self.store: Any = None  # the wasmtime Store the guest runs in, once running
+        self.kiln: KilnImports | None = None  # the ``kiln`` imports (None: they fail)
 
     # ----------------------------------------------------------------- glue
 
@@ -163,13 +188,26 @@ class WasiHost:
 
     def call(self, name: str, args: tuple[int, ...]) -> int | None:
         """Run import ``name`` for the guest; WASI errors become errnos."""
-        try:
-            result = getattr(self, name)(*args)
-        except WasiError as e:
-            return e.errno
-        except (IndexError, ValueError):
-            return abi.EFAULT
-        return abi.SUCCESS if result is None else result
+        return _errno_of(getattr(self, name), args)
+
+    def call_kiln(self, name: str, args: tuple[int, ...]) -> int | None:
+        """Run ``kiln`` import ``name`` for the guest (ENOSYS: none here)."""
+        if self.kiln is None:
+            return abi.ENOSYS
+        return _errno_of(getattr(self.kiln, name), args)
+
+    # For the ``kiln`` imports: guest memory, WASI errors on a bad pointer.
+    def read_bytes(self, ptr: int, length: int) -> bytes:
+        return self._read(ptr, length)
+
+    def read_str(self, ptr: int, length: int) -> str:
+        return self._str(ptr, length)
+
+    def write_bytes(self, ptr: int, data: bytes) -> None:
+        self._write(ptr, data)
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        self._u32(ptr, value)
 
     def _read(self, ptr: int, length: int) -> bytes:
         if length == 0:

@@ -19,7 +19,7 @@ import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-const ABI_VERSION = "kiln-wasi-p1-v1";
+const ABI_VERSION = "kiln-wasi-p1-v2";
 const REALTIME_EPOCH_NS = 946684800n * 1000000000n;
 const MONOTONIC_STEP_NS = 1000n;
 const OUTPUT_CAP = 64 * 1024 * 1024;

@@ -1,0 +1,336 @@
+"""Memoized function calls between WebAssembly modules.
+
+A guest asks for ``(module digest, export name, input bytes) -> output
+bytes`` through the ``kiln`` import module (``kiln.exec.wasi.kiln_imports``).
+The answer is a pure function of what the key names, so it is memoized in
+the store's action cache like a step, under its own kind of key:
+
+    sha256("kiln-call" ‖ contract ‖ calls version ‖ module ‖ export ‖
+           input digest ‖ fuel ‖ memory ‖ disk)
+
+A call runs in a fresh instance with its own store, an empty file system
+(only ``/tmp``), no arguments but the export's name and no environment; it
+gets its input and gives its output through the same import module. Its
+limits are those of the step that made it (so they are in the key), and
+what it consumed is recorded: a caller is charged the recorded fuel
+whether the call ran or was answered from the cache, so running out of
+fuel happens at the same point either way. A trap, an exit and running out
+of a limit are recorded outcomes like a normal return.
+
+Calls started together run in parallel on a process-wide pool, and a
+caller that waits for one not yet started runs it itself, so nested calls
+never wait for a pool thread that is itself waiting. The same call made
+twice at once runs once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kiln.exec.kinds import WASM_ABI
+from kiln.model.digest import Digest
+from kiln.model.reapi import re_pb2
+
+if TYPE_CHECKING:
+    from kiln.exec.specs import WasmLimits
+    from kiln.store.actioncache import ActionCache
+    from kiln.store.cas import ContentStore
+
+CALLS_VERSION = "kiln-calls-v1"  # the ``kiln`` import module's version
+CALL_EXECUTOR = "wasm-call"  # what the action cache records as the producer
+OUTPUT_CAP = 64 << 20  # a call's output may not be larger (a trap otherwise)
+MAX_OPEN_CALLS = 1024  # handles a guest may hold at once
+MEMO_BYTES = 64 << 20  # outputs remembered in memory, per process
+_OUTCOME_PATH = "kiln-call"  # the result's symlink entry holding status and fuel
+_OUTPUT_PATH = "output"
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """What a call gave: ``status`` 0 (returned), an exit code, or 134 (a
+    trap, a limit); its output, stdout and stderr; the fuel it consumed."""
+
+    status: int
+    output: bytes
+    fuel: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+@dataclass
+class CallRecord:
+    """One call as ``kiln show`` and ``kiln trace`` list it."""
+
+    key: Digest
+    module: Digest
+    export: str
+    input: Digest
+    depth: int
+    ran: bool = False
+    status: int = 0
+    fuel: int = 0
+    started: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": str(self.key), "module": str(self.module), "export": self.export,
+            "input": str(self.input), "depth": self.depth, "ran": self.ran,
+            "status": self.status, "fuel": self.fuel, "started": self.started,
+            "seconds": round(self.seconds, 6),
+        }  # fmt: skip
+
+
+def call_key(module: Digest, export: str, input_digest: Digest, limits: WasmLimits) -> Digest:
+    """The action-cache key of a call."""
+    parts = (
+        "kiln-call", WASM_ABI, CALLS_VERSION, str(module), export, str(input_digest),
+        f"fuel={limits.fuel}", f"memory-mib={limits.memory_mib}", f"disk-mib={limits.disk_mib}",
+    )  # fmt: skip
+    return Digest.of_bytes("\0".join(parts).encode())
+
+
+def encode_outcome(outcome: CallOutcome, cas: ContentStore) -> re_pb2.ActionResult:
+    """The call's outcome as an action-cache entry (its blobs put in ``cas``).
+    The entry itself always has exit code 0: a trapped call is a result."""
+    with cas.batch(durable=False) as batch:
+        output = batch.add_bytes(outcome.output)
+        stdout = batch.add_bytes(outcome.stdout)
+        stderr = batch.add_bytes(outcome.stderr)
+    result = re_pb2.ActionResult(exit_code=0)
+    result.output_files.add(path=_OUTPUT_PATH, digest=output.to_proto())
+    result.output_symlinks.add(
+        path=_OUTCOME_PATH, target=f"status={outcome.status} fuel={outcome.fuel}"
+    )
+    result.stdout_digest.CopyFrom(stdout.to_proto())
+    result.stderr_digest.CopyFrom(stderr.to_proto())
+    return result
+
+
+def decode_outcome(result: re_pb2.ActionResult, cas: ContentStore) -> CallOutcome | None:
+    """The outcome an action-cache entry holds, or None if it is not a
+    call's (or a blob went missing: a miss)."""
+    fields = {}
+    for link in result.output_symlinks:
+        if link.path == _OUTCOME_PATH:
+            fields = dict(item.split("=", 1) for item in link.target.split() if "=" in item)
+    files = [f for f in result.output_files if f.path == _OUTPUT_PATH]
+    if "status" not in fields or "fuel" not in fields or len(files) != 1:
+        return None
+    blobs = []
+    for proto in (files[0].digest, result.stdout_digest, result.stderr_digest):
+        digest = Digest.from_proto(proto)
+        data = cas.get_bytes(digest) if digest.size else b""
+        if data is None:
+            return None
+        blobs.append(data)
+    output, stdout, stderr = blobs
+    return CallOutcome(int(fields["status"]), output, int(fields["fuel"]), stdout, stderr)
+
+
+class _Memo:
+    """Call outcomes this process has seen, newest kept, up to ``MEMO_BYTES``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[Digest, CallOutcome] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Digest) -> CallOutcome | None:
+        with self._lock:
+            outcome = self._items.get(key)
+            if outcome is not None:
+                self._items.move_to_end(key)
+            return outcome
+
+    def put(self, key: Digest, outcome: CallOutcome) -> None:
+        size = _size(outcome)
+        if size > MEMO_BYTES // 4:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = outcome
+            self._bytes += size
+            while self._bytes > MEMO_BYTES:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= _size(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+def _size(outcome: CallOutcome) -> int:
+    return len(outcome.output) + len(outcome.stdout) + len(outcome.stderr) + 200
+
+
+MEMO = _Memo()
+
+
+class Pending:
+    """A started call: run by a pool thread, or by whoever waits first."""
+
+    def __init__(self, job: Callable[[], CallOutcome]) -> None:
+        self._job = job
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._done = threading.Event()
+        self._outcome: CallOutcome | None = None
+        self._error: BaseException | None = None
+        self.shared = False  # another step's guest waits for it too
+
+    def run(self) -> None:
+        """Run the call unless someone already does (or it was cancelled)."""
+        with self._lock:
+            if self._claimed:
+                return
+            self._claimed = True
+        try:
+            self._outcome = self._job()
+        except BaseException as e:  # handed to the waiter
+            self._error = e
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        """Never run it if it has not started (its caller is gone)."""
+        with self._lock:
+            if not self._claimed:
+                self._claimed = True
+                self._error = CallCancelled()
+                self._done.set()
+
+    def wait(self) -> CallOutcome:
+        self.run()  # not started yet: run it on this thread, never wait for a pool thread
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None
+        return self._outcome
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+
+class CallCancelled(Exception):
+    """A call started by a guest that ended without waiting for it."""
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _call_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="kiln-call"
+            )
+        return _pool
+
+
+def _reset_after_fork() -> None:
+    global _pool, _pool_lock, _inflight_lock
+    _pool, _pool_lock, _inflight_lock = None, threading.Lock(), threading.Lock()
+    _inflight.clear()
+
+
+_inflight: dict[Digest, Pending] = {}
+_inflight_lock = threading.Lock()
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+# Runs one call: (module, export, input, key, the calls it may make) -> outcome.
+CallExecutor = Callable[[Digest, str, bytes, Digest, "StepCalls"], CallOutcome]
+
+
+@dataclass
+class StepCalls:
+    """The memoized calls made while one step runs, by the step and by the
+    calls it makes (``depth``): where they are looked up and recorded, and
+    the log ``kiln show`` lists."""
+
+    execute: CallExecutor
+    cas: ContentStore
+    actions: ActionCache
+    limits: WasmLimits
+    depth: int = 0
+    log: list[CallRecord] = field(default_factory=list)
+    _log_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def nested(self) -> StepCalls:
+        """Where a call's own calls go: the same cache and log, one level down."""
+        return StepCalls(
+            self.execute, self.cas, self.actions, self.limits, self.depth + 1, self.log,
+            self._log_lock,
+        )  # fmt: skip
+
+    def start(self, module: Digest, export: str, data: bytes) -> tuple[CallRecord, Pending]:
+        """Begin a call; its outcome comes from ``Pending.wait``."""
+        input_digest = Digest.of_bytes(data)
+        key = call_key(module, export, input_digest, self.limits)
+        record = CallRecord(key, module, export, input_digest, self.depth, started=time.time())
+        with self._log_lock:
+            self.log.append(record)
+        known = MEMO.get(key)
+        if known is not None:
+            pending = Pending(lambda: known)
+            pending.run()
+            return record, pending
+        with _inflight_lock:
+            pending = _inflight.get(key)  # the same call, already running for another
+            if pending is not None:
+                pending.shared = True
+            else:
+                pending = Pending(lambda: self._answer(record, data))
+                _inflight[key] = pending
+                _call_pool().submit(pending.run)
+        return record, pending
+
+    def _answer(self, record: CallRecord, data: bytes) -> CallOutcome:
+        """From the action cache, or by running the call (then recorded)."""
+        try:
+            hit = self.actions.lookup(record.key)
+            outcome = decode_outcome(hit.result, self.cas) if hit is not None else None
+            if outcome is None:
+                began = time.monotonic()
+                outcome = self.execute(record.module, record.export, data, record.key, self)
+                self.actions.record(
+                    record.key, encode_outcome(outcome, self.cas),
+                    executor=CALL_EXECUTOR, duration=time.monotonic() - began,
+                )  # fmt: skip
+                record.ran = True
+                record.seconds = time.monotonic() - began
+            MEMO.put(record.key, outcome)
+            return outcome
+        finally:
+            with _inflight_lock:
+                _inflight.pop(record.key, None)
+
+    def abandon(self, key: Digest, pending: Pending) -> None:
+        """A guest ended without waiting for this call: never run it, unless
+        another guest waits for it too."""
+        with _inflight_lock:
+            if not pending.shared:
+                pending.cancel()
+                if _inflight.get(key) is pending:
+                    del _inflight[key]
+
+    def finished(self, record: CallRecord, outcome: CallOutcome) -> None:
+        """Note what a waited-for call gave (for the log)."""
+        record.status = outcome.status
+        record.fuel = outcome.fuel
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._log_lock:
+            return [r.as_dict() for r in self.log]

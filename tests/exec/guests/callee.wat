@@ -1,0 +1,47 @@
+;; Exports called through kiln's memoized calls. run: outputs its input in
+;; upper case after 1000 loop iterations per input byte (so a call's fuel
+;; grows with its input); input "trap" traps, "exit" exits with 3.
+;; nest: takes a module name as input and outputs what that module's run
+;; gives for "nested".
+(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "kiln" "input_size" (func $input_size (param i32) (result i32)))
+  (import "kiln" "input_read" (func $input_read (param i32 i32 i32 i32) (result i32)))
+  (import "kiln" "output_write" (func $output_write (param i32 i32) (result i32)))
+  (import "kiln" "call_start" (func $call_start (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "kiln" "call_wait" (func $call_wait (param i32 i32 i32) (result i32)))
+  (import "kiln" "call_read" (func $call_read (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "run")
+  (data (i32.const 32) "nested")
+  (global $burned (mut i32) (i32.const 0))
+  (func $load (result i32) (local $n i32)
+    (if (call $input_size (i32.const 0)) (then unreachable))
+    (local.set $n (i32.load (i32.const 0)))
+    (if (call $input_read (i32.const 4096) (i32.const 0) (local.get $n) (i32.const 4)) (then unreachable))
+    (local.get $n))
+  (func (export "run") (local $n i32) (local $i i32) (local $k i32)
+    (local.set $n (call $load))
+    (if (i32.eq (i32.load (i32.const 4096)) (i32.const 0x70617274)) (then unreachable)) ;; "trap"
+    (if (i32.eq (i32.load (i32.const 4096)) (i32.const 0x74697865)) (then (call $proc_exit (i32.const 3)))) ;; "exit"
+    (local.set $k (i32.mul (local.get $n) (i32.const 1000)))
+    (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $k)))
+      (global.set $burned (i32.add (global.get $burned) (local.get $i)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (local.set $i (i32.const 0))
+    (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+      (if (i32.and (i32.ge_u (i32.load8_u (i32.add (i32.const 4096) (local.get $i))) (i32.const 97))
+                   (i32.le_u (i32.load8_u (i32.add (i32.const 4096) (local.get $i))) (i32.const 122)))
+        (then (i32.store8 (i32.add (i32.const 4096) (local.get $i))
+                (i32.sub (i32.load8_u (i32.add (i32.const 4096) (local.get $i))) (i32.const 32)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (if (call $output_write (i32.const 4096) (local.get $n)) (then unreachable)))
+  (func (export "nest") (local $n i32)
+    (local.set $n (call $load))
+    (if (call $call_start (i32.const 4096) (local.get $n) (i32.const 16) (i32.const 3)
+          (i32.const 32) (i32.const 6) (i32.const 8)) (then unreachable))
+    (if (call $call_wait (i32.load (i32.const 8)) (i32.const 12) (i32.const 0)) (then unreachable))
+    (if (call $call_read (i32.load (i32.const 8)) (i32.const 0) (i32.const 8192) (i32.const 4096) (i32.const 4))
+      (then unreachable))
+    (if (call $output_write (i32.const 8192) (i32.load (i32.const 4))) (then unreachable)))
+)
