@@ -13,8 +13,8 @@ import wasmtime
 from kiln.exec import wasm_calls
 from kiln.exec.base import TransientError
 from kiln.exec.kinds import local_context
-from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits, calls_of
-from kiln.exec.wasm_calls import call_key
+from kiln.exec.wasm import EXIT_TRAP, WasmExecutor, WasmLimits
+from kiln.exec.wasm_calls import call_key, calls_of
 from kiln.model.action import ActionSpec
 from kiln.model.digest import Digest
 

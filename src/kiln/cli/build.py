@@ -187,7 +187,8 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
     ran = [r for r in rows if r.status in ("executed", "remote-executed", "failed")]
     report = [
         {"target": r.target, "step": r.step, "key": r.key,
-         "reasons": history.explain(history.previous_run(store, r), r)}
+         "reasons": history.explain(history.previous_run(store, r), r),
+         "calls_ran": history.calls_ran(r)}
         for r in ran
     ]  # fmt: skip
     if as_json:
@@ -206,6 +207,13 @@ def why(ctx: click.Context, target: str | None, as_json: bool) -> None:
         click.echo(f"{item['target']}: {item['step']}")
         for reason in item["reasons"]:
             click.echo(f"  {reason}")
+        if item["calls_ran"]:
+            count = len(item["calls_ran"])
+            click.echo(f"  inside it, {count} memoized call(s) ran (no cached result for "
+                       "their module, export, input and limits):")  # fmt: skip
+            for call in item["calls_ran"][:SHOWN_CALLS]:
+                click.echo(f"    {call['export']} of {call['module'][:12]} on input "
+                           f"{call['input'][:12]}")  # fmt: skip
 
 
 @click.command("show")
@@ -218,6 +226,8 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
     That is the last build that included TARGET, even if later builds did
     not; exits 3 if TARGET has not been built with this store.
     """
+    from kiln.exec.wasm_calls import calls_of  # (start-up: only `kiln show` needs it)
+
     store, build_id, rows = _last_steps(ctx, target)
     items = []
     for r in rows:
@@ -240,6 +250,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
                 "secrets": [n for n in platform.get("secrets", "").split(",") if n],
                 "shareable": shareable(platform),
                 "origin": _origin(r.status, result),
+                "calls": calls_of(result) if result else [],
             }
         )
     if as_json:
@@ -260,6 +271,27 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
             click.echo(
                 f"  secrets: {', '.join(item['secrets'])} (result kept out of shared caches)"
             )
+        _echo_calls(item["calls"])
+
+
+SHOWN_CALLS = 20  # `kiln show` lists this many of a step's calls, then counts the rest
+
+
+def _echo_calls(calls: list[dict[str, Any]]) -> None:
+    """A step's memoized calls, as ``kiln show`` lists them."""
+    if not calls:
+        return
+    ran = sum(1 for c in calls if c["ran"])
+    click.echo(f"  memoized calls: {len(calls)}, {ran} ran, {len(calls) - ran} from the cache "
+               "(when the step ran)")  # fmt: skip
+    for call in calls[:SHOWN_CALLS]:
+        indent = "  " * call["depth"]
+        how = f"ran in {call['seconds']:.4f} s" if call["ran"] else "cached"
+        outcome = f"{how}, status {call['status']}, fuel {call['fuel']}"
+        click.echo(f"    {indent}{call['export']} of {call['module'][:12]} on input "
+                   f"{call['input'][:12]}: {outcome}")  # fmt: skip
+    if len(calls) > SHOWN_CALLS:
+        click.echo(f"    ... and {len(calls) - SHOWN_CALLS} more (--json lists all)")
 
 
 def _origin(status: str, result: Any) -> str | None:

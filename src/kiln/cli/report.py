@@ -68,6 +68,10 @@ def _verdict(report: BuildReport) -> str:
         hits = f"{cached} cached"
         hits += f" ({remote_hits} more from the remote)" if remote_hits else ""
         verdict = f"{ran}, {hits}, {failed} failed"
+        calls = report.calls()
+        if calls["ran"] or calls["cached"]:
+            total = calls["ran"] + calls["cached"]
+            verdict += f"; in them, {total} memoized calls, {calls['ran']} ran"
     return f"{verdict} ({report.seconds:.2f} s)"
 
 

@@ -223,6 +223,25 @@ def build_started(store: Store, build: int) -> float:
     return float(row[0]) if row else 0.0
 
 
+def _call_events(row: StepRow, lane: int, started: float) -> list[dict[str, Any]]:
+    """The memoized calls that ran inside a step, on the step's lane."""
+    return [
+        {"name": f"call {c['export']}", "cat": "call", "pid": 1, "tid": lane, "ph": "X",
+         "ts": round((c["started"] - started) * 1e6), "dur": round(c["seconds"] * 1e6),
+         "args": {"key": c["key"], "input": c["input"], "depth": c["depth"]}}
+        for c in calls_ran(row)
+    ]  # fmt: skip
+
+
+def calls_ran(row: StepRow) -> list[dict[str, Any]]:
+    """The memoized calls that ran (were not answered from the cache)
+    while the step of ``row`` ran."""
+    from kiln.exec.wasm_calls import calls_of  # (start-up: only steps that ran)
+
+    result = row.action_result()
+    return [c for c in calls_of(result) if c["ran"]] if result is not None else []
+
+
 def chrome_trace(rows: list[StepRow], started: float) -> dict[str, Any]:
     """The steps as Chrome trace events (Perfetto, chrome://tracing): one
     lane per local slot, one per remote worker; cache hits (local or
@@ -267,5 +286,6 @@ def chrome_trace(rows: list[StepRow], started: float) -> dict[str, Any]:
             event.update(ph="i", s="t", tid=cache_lane)
         else:
             event.update(ph="X", tid=lane, dur=round(((r.finished or r.started) - r.started) * 1e6))
+            events.extend(_call_events(r, lane, started))
         events.append(event)
     return {"traceEvents": events, "displayTimeUnit": "ms"}

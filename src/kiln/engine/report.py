@@ -30,6 +30,9 @@ class StepStatus(enum.Enum):
     SKIPPED = "skipped"  # not started: the build was stopping after a failure
 
 
+_RAN = (StepStatus.EXECUTED, StepStatus.REMOTE_EXECUTED)
+
+
 class TargetOutcome:
     """One requested target: the folder holding its value and the value's
     tree digest, or the error that stopped it."""
@@ -144,4 +147,17 @@ class BuildReport:
             "forgotten": self.forgotten,
             "evaluated_because": self.evaluated_because,
             "not_stamped": self.not_stamped,
+            "calls": self.calls(),
         }
+
+    def calls(self) -> dict[str, int]:
+        """Memoized calls made by the steps that ran in this build: how many
+        ran and how many were answered from the cache."""
+        ran = [s.result for s in self.steps if s.status in _RAN and s.result is not None]
+        if not ran:
+            return {"ran": 0, "cached": 0}
+        from kiln.exec.wasm_calls import calls_of  # (start-up: only when steps ran)
+
+        calls = [c for result in ran for c in calls_of(result)]
+        executed = sum(1 for c in calls if c["ran"])
+        return {"ran": executed, "cached": len(calls) - executed}

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
-from google.protobuf import struct_pb2
 
 from kiln.config import load_config
 from kiln.exec import interrupt
@@ -56,7 +55,13 @@ from kiln.exec.wasi.disk import Disk, DiskLimit
 from kiln.exec.wasi.host import IMPORT_MODULES, ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.kiln_imports import KilnImports, OutOfFuel, OutputTooLarge
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
-from kiln.exec.wasm_calls import OUTPUT_CAP, CallExecutor, CallOutcome, StepCalls
+from kiln.exec.wasm_calls import (
+    OUTPUT_CAP,
+    CallExecutor,
+    CallOutcome,
+    StepCalls,
+    attach_calls,
+)
 from kiln.exec.wasm_files import collect_outputs, directory_entries
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
@@ -582,29 +587,6 @@ def _entry_functions(exports: Any, store: Any, entry: str | None) -> tuple[list[
         return [], f"the called function {entry!r} must take no parameters and return nothing"
     initialize = exports.get("_initialize")  # a reactor's constructors
     return ([initialize] if isinstance(initialize, wasmtime.Func) else []) + [function], ""
-
-
-def attach_calls(result: re_pb2.ActionResult, records: list[dict[str, Any]]) -> None:
-    """Note the memoized calls a step made in its result's metadata (what
-    ``kiln show`` and ``kiln trace`` list); not part of any output."""
-    info = struct_pb2.Struct()
-    info.update({"kiln_calls": records})
-    result.execution_metadata.auxiliary_metadata.add().Pack(info)
-
-
-_INTEGERS = {"depth", "status", "fuel"}  # (a Struct holds every number as a double)
-
-
-def calls_of(result: re_pb2.ActionResult) -> list[dict[str, Any]]:
-    """The calls ``attach_calls`` noted in a result (none: [])."""
-    for item in result.execution_metadata.auxiliary_metadata:
-        info = struct_pb2.Struct()
-        if item.Unpack(info) and "kiln_calls" in info:
-            return [
-                {k: int(v) if k in _INTEGERS else v for k, v in record.items()}
-                for record in info["kiln_calls"]
-            ]
-    return []
 
 
 def disk_limit_note(error: DiskLimit) -> str:

@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf import struct_pb2
+
 from kiln.exec.kinds import WASM_ABI
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
@@ -334,3 +336,26 @@ class StepCalls:
     def records(self) -> list[dict[str, Any]]:
         with self._log_lock:
             return [r.as_dict() for r in self.log]
+
+
+def attach_calls(result: re_pb2.ActionResult, records: list[dict[str, Any]]) -> None:
+    """Note the memoized calls a step made in its result's metadata (what
+    ``kiln show`` and ``kiln trace`` list); not part of any output."""
+    info = struct_pb2.Struct()
+    info.update({"kiln_calls": records})
+    result.execution_metadata.auxiliary_metadata.add().Pack(info)
+
+
+_INTEGERS = {"depth", "status", "fuel"}  # (a Struct holds every number as a double)
+
+
+def calls_of(result: re_pb2.ActionResult) -> list[dict[str, Any]]:
+    """The calls ``attach_calls`` noted in a result (none: [])."""
+    for item in result.execution_metadata.auxiliary_metadata:
+        info = struct_pb2.Struct()
+        if item.Unpack(info) and "kiln_calls" in info:
+            return [
+                {k: int(v) if k in _INTEGERS else v for k, v in record.items()}
+                for record in info["kiln_calls"]
+            ]
+    return []
