@@ -154,6 +154,82 @@ def test_c_rules_take_defines_libraries_link_flags_and_per_unit_flags(
     assert "--strip-all" in steps["link units.wasm"].identity["argv"]
 
 
+REACTOR_KILNFILE = """
+from kiln.build import c, source, target, wasm
+
+@target
+async def case():
+    # A reactor: two functions called on their own, no main.
+    return await c.program("case", [source("src/case.c")], headers=[c.guest_header()],
+                           cflags=["-O2", "-Wall", "-Wextra", "-Werror"],
+                           exports=["shout", "whisper"])
+
+@target
+async def caller():
+    return await c.program("caller", [source("src/caller.c")], headers=[c.guest_header()],
+                           cflags=["-O2", "-Wall", "-Wextra", "-Werror"])
+
+@target
+async def run():
+    return await wasm(await caller(), "hello", inputs=[await case()], description="run caller")
+"""
+
+REACTOR_FILES = {
+    "src/case.c": "#include <ctype.h>\n#include <kiln.h>\n#include <stdlib.h>\n"
+    "#include <string.h>\n"
+    'static const char *prefix = "(no constructor)";\n'
+    '__attribute__((constructor)) static void init(void) { prefix = "ok:"; }\n'
+    "static void change(int (*each)(int)) {\n"
+    "  size_t len;\n  char *text = kiln_input(&len);\n  if (!text) abort();\n"
+    '  if (strcmp(text, "quit") == 0) exit(3);\n'
+    "  for (size_t i = 0; i < len; i++) text[i] = (char)each((unsigned char)text[i]);\n"
+    "  kiln_output_str(prefix);\n  kiln_output(text, len);\n  free(text);\n}\n"
+    "void shout(void) { change(toupper); }\n"
+    "void whisper(void) { change(tolower); }\n",
+    "src/caller.c": "#include <errno.h>\n#include <kiln.h>\n#include <stdio.h>\n"
+    "#include <stdlib.h>\n#include <string.h>\n"
+    "static void show(const char *module, const char *fn, const char *text) {\n"
+    "  char *out = NULL;\n  size_t len = 0;\n"
+    "  int status = kiln_call(module, fn, text, strlen(text), (void **)&out, &len);\n"
+    '  if (status == -ENOENT) printf("%s %s: ENOENT %s\\n", fn, text, out ? "?" : "NULL");\n'
+    '  else printf("%s %s: %d [%s] %zu\\n", fn, text, status, out, len);\n'
+    "  free(out);\n}\n"
+    "int main(int argc, char **argv) {\n"
+    '  show("/case.wasm", "shout", argc > 1 ? argv[1] : "?");\n'
+    '  show("case.wasm", "whisper", "Quiet Please");\n'
+    '  show("/case.wasm", "shout", "quit");\n'
+    '  show("/none.wasm", "shout", "x");\n'
+    "  size_t len = 1;\n  errno = 0;\n  void *input = kiln_input(&len);\n"
+    '  printf("outside a call: %s %zu %d %d\\n", input ? "input" : "NULL", len,\n'
+    '         errno == ENOTSUP, kiln_output("x", 1) == ENOTSUP);\n'
+    "  return 0;\n}\n",
+}
+
+
+def test_a_reactor_is_linked_with_exports_and_called_through_kiln_h(
+    c_store, tmp_path: Path
+) -> None:
+    root = write_project(tmp_path / "p", REACTOR_KILNFILE, REACTOR_FILES)
+    report = build(c_store, root, "run")
+    assert report.ok, report.errors
+    steps = {s.description: s for s in report.steps}
+    stdout = c_store.cas.get_bytes(Digest.from_proto(steps["run caller"].result.stdout_digest))
+    assert stdout.decode().splitlines() == [
+        "shout hello: 0 [ok:HELLO] 8",  # _initialize ran the constructor first
+        "whisper Quiet Please: 0 [ok:quiet please] 15",
+        "shout quit: 3 [] 0",  # exit(3) in the called function: its status, no output
+        "shout x: ENOENT NULL",
+        "outside a call: NULL 0 1 1",
+    ]
+    argv = steps["link case.wasm"].identity["argv"]
+    assert "--export=shout" in argv and "--export=whisper" in argv
+    assert "/usr/lib/wasm32-wasip1/crt1-reactor.o" in argv
+    assert "/usr/lib/wasm32-wasip1/crt1-command.o" not in argv
+    assert "/usr/lib/wasm32-wasip1/crt1-command.o" in steps["link caller.wasm"].identity["argv"]
+    cc = steps["cc src/caller.c"].identity
+    assert "-Ikiln-guest" in cc["argv"] and "kiln-guest/kiln.h" in cc["inputs"]
+
+
 @pytest.mark.parametrize(
     ("call", "fragment"),
     [
@@ -163,6 +239,15 @@ def test_c_rules_take_defines_libraries_link_flags_and_per_unit_flags(
             "unit_flags names 'src/other.c', which is not one of its sources",
         ),
         ('c.program("p", [source("src/main.c")], defines={"-O2": None})', "not a macro name"),
+        (
+            'c.program("p", [source("src/main.c")], exports="render")',
+            "exports= takes a list of function names, got the string 'render'",
+        ),
+        (
+            'c.program("p", [source("src/main.c")], exports=["render", "--no-entry"])',
+            "'--no-entry' is not a function name to export",
+        ),
+        ('c.program("p", [source("src/main.c")], exports=["main"])', "has no main to export"),
     ],
 )
 def test_c_rule_options_are_checked(c_store, tmp_path: Path, call: str, fragment: str) -> None:
