@@ -23,6 +23,7 @@ from kiln.exec import kinds
 from kiln.exec.base import close_executor
 from kiln.exec.node import NodeWasmExecutor
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor
+from kiln.exec.wasm_calls import calls_of, decode_outcome
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 from kiln.model.tree import Entry, walk
@@ -121,10 +122,11 @@ def check_engines(
         )
         reference, was_cached = run.result, run.cached
     stderr = read_blob(store.cas, Digest.from_proto(reference.stderr_digest), "stderr")
-    if any(f"kiln: {limit}".encode() in stderr for limit in LIMITS_NOT_COMPARED):
+    if _reached_a_limit(stderr) or _a_call_reached_a_limit(store, reference):
         raise errors.KilnError(
-            f"action {key} ran out of fuel, memory or disk under wasmtime; "
-            "the second engine enforces none of these limits, so there is nothing to compare",
+            f"action {key} ran out of fuel, memory or disk under wasmtime (or a call it "
+            "made did); the second engine enforces none of these limits, so there is "
+            "nothing to compare",
             hint="check an action that finishes within its limits",
             exit_code=errors.ExitCode.BAD_INPUT,
         )
@@ -136,6 +138,24 @@ def check_engines(
         reference_cached=was_cached,
         differences=compare_results(store, reference, other),
     )
+
+
+def _reached_a_limit(stderr: bytes) -> bool:
+    return any(f"kiln: {limit}".encode() in stderr for limit in LIMITS_NOT_COMPARED)
+
+
+def _a_call_reached_a_limit(store: Store, reference: re_pb2.ActionResult) -> bool:
+    """Whether a memoized call the action made stopped at a limit: a call
+    that trapped says why in its own stderr, and its caller may have gone
+    on. (One whose cache entry is gone cannot tell: taken as stopped.)"""
+    for call in calls_of(reference):
+        if call["status"] != EXIT_TRAP:
+            continue
+        hit = store.lookup(Digest.parse(call["key"]))
+        outcome = decode_outcome(hit.result, store.cas) if hit is not None else None
+        if outcome is None or _reached_a_limit(outcome.stderr):
+            return True
+    return False
 
 
 def compare_results(

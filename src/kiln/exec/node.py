@@ -1,11 +1,19 @@
 """A second, independent engine for wasm actions: Node.js (V8).
 
 ``node_host.mjs`` is a port of Kiln's virtual WASI (``kiln.exec.wasi``) to
-JavaScript; this executor hands it the action (argv, environment, seed, the
-input tree's listings and the paths of its blobs in the CAS), runs it under
-``node``, and turns what it reports into an ``ActionResult`` exactly as the
-Wasmtime executor would. Equal results from the two are the evidence that an
-action's outputs depend on the action and not on the engine or host.
+JavaScript; this executor hands it the action (argv, environment, seed,
+limits, the input tree's listings and the paths of its blobs in the CAS),
+runs it under ``node``, and turns what it reports into an ``ActionResult``
+exactly as the Wasmtime executor would. Equal results from the two are the
+evidence that an action's outputs depend on the action and not on the engine
+or host.
+
+The ``kiln`` import module (memoized calls, ``kiln.exec.wasi.kiln_imports``)
+is there too, without memoization: a call runs when it is first waited for.
+A module a guest calls by digest need not be in the input tree, so while
+node runs, this executor answers its requests for blobs over a pair of pipes
+(``_BlobServer``): the path of the blob's file in the CAS, or that it is
+absent, which fails the run as it does under Wasmtime.
 
 What this engine does not do: fuel, memory and disk limits (V8 has no fuel
 metering; its guest files are held in memory), NaN canonicalization. It is
@@ -20,9 +28,11 @@ module uses, never compared.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +43,7 @@ from kiln.exec.base import ExecContext, TransientError, record_timing, step_time
 from kiln.exec.output_trees import missing_outputs
 from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.vfs import Dir, File, FileSystem, Node, Symlink, WasiError
+from kiln.exec.wasm_calls import CALLS_VERSION
 from kiln.exec.wasm_files import collect_outputs, directory_entries
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
@@ -73,13 +84,19 @@ class NodeWasmExecutor:
         self, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> re_pb2.ActionResult:
         props = {p.name: p.value for p in action.platform.properties}
-        WasmLimits.from_platform(props)  # refuses another contract version
+        limits = WasmLimits.from_platform(props)  # refuses another contract version
         input_root = Digest.from_proto(action.input_root_digest)
         request = {
             "abi": props["kiln-abi"],
+            "calls": CALLS_VERSION,
             "argv": list(command.arguments),
             "env": [[v.name, v.value] for v in command.environment_variables],
             "seed": key.hash,
+            "limits": {  # in every call's key (kiln.exec.wasm_calls.call_key)
+                "fuel": str(limits.fuel),
+                "memory-mib": str(limits.memory_mib),
+                "disk-mib": str(limits.disk_mib),
+            },
             "outputs": list(command.output_paths),
             "root": str(input_root),
             **self._listings(input_root),
@@ -91,7 +108,9 @@ class NodeWasmExecutor:
             try:
                 self._run_node(request_path, Path(tmp), step_timeout(action, self._timeout))
             except _Unsupported as e:
-                raise self._unsupported(input_root, request["argv"], str(e)) from None
+                called = Path(tmp) / "unsupported.json"  # a called module, not the action's
+                module = json.loads(called.read_text())["module"] if called.exists() else None
+                raise self._unsupported(input_root, request["argv"], str(e), module) from None
             report = json.loads((Path(tmp) / "result.json").read_text())
             data = (Path(tmp) / "data.bin").read_bytes()
 
@@ -114,15 +133,21 @@ class NodeWasmExecutor:
         record_timing(result, "kiln-wasm-node", started)
         return result
 
-    def _unsupported(self, root: Digest, argv: list[str], message: str) -> KilnError:
-        """The refusal of a module this Node.js does not compile, naming the
-        proposals it visibly uses."""
-        fs = FileSystem(root, lambda d: directory_entries(self._cas, d), self._cas.get_bytes)
-        try:
-            _, _, node = fs.resolve(fs.root, argv[0] if argv else "", follow=True)
-            data = self._cas.get_bytes(node.blob) if isinstance(node, File) and node.blob else None
-        except WasiError:
-            data = None
+    def _unsupported(
+        self, root: Digest, argv: list[str], message: str, called: str | None = None
+    ) -> KilnError:
+        """The refusal of a module this Node.js does not compile (the
+        action's, or the ``called`` one), naming the proposals it visibly uses."""
+        if called is not None:  # (a module the guest wrote is not in the store: None)
+            data = self._cas.get_bytes(Digest.parse(called))
+        else:
+            fs = FileSystem(root, lambda d: directory_entries(self._cas, d), self._cas.get_bytes)
+            try:
+                _, _, node = fs.resolve(fs.root, argv[0] if argv else "", follow=True)
+                blob = node.blob if isinstance(node, File) else None
+                data = self._cas.get_bytes(blob) if blob else None
+            except WasiError:
+                data = None
         used = used_proposals(data or b"")
         return KilnError(
             f"the node engine cannot run this action: {message or 'node cannot compile it'}"
@@ -152,24 +177,39 @@ class NodeWasmExecutor:
         return {"dirs": dirs, "blobs": blobs}
 
     def _run_node(self, request: Path, result_dir: Path, timeout: float | None) -> None:
+        blobs = _BlobServer(self._cas)
         try:
-            proc = subprocess.run(
-                [self._node, str(HOST_SCRIPT), str(request), str(result_dir)],
-                capture_output=True,
+            proc = subprocess.Popen(
+                [self._node, str(HOST_SCRIPT), str(request), str(result_dir), *blobs.child_fds()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=timeout,
+                pass_fds=blobs.pass_fds,
             )
-        except subprocess.TimeoutExpired:
+        except BaseException:
+            blobs.close()
+            raise
+        blobs.start()  # (the child holds its ends now: the server sees EOF when it exits)
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except BaseException as e:
+            proc.kill()
+            proc.communicate()
+            if not isinstance(e, subprocess.TimeoutExpired):
+                raise
             raise TransientError(
                 f"wall-clock timeout after {timeout} s under node (not cached)",
                 hint="node does not meter fuel: a guest that ran out of fuel under "
                 "wasmtime runs until this timeout",
             ) from None
+        finally:
+            blobs.join()
         if proc.returncode == EXIT_UNSUPPORTED:
-            lines = proc.stderr.strip().splitlines()
+            lines = stderr.strip().splitlines()
             raise _Unsupported(lines[-1].removeprefix("kiln node engine: ") if lines else "")
         if proc.returncode != 0:
-            message = proc.stderr.strip().splitlines()
+            message = stderr.strip().splitlines()
             raise TransientError(
                 f"node engine failed (exit {proc.returncode}): "
                 + (message[-1] if message else "no message"),
@@ -177,6 +217,60 @@ class NodeWasmExecutor:
                 if proc.returncode == EXIT_UNRUNNABLE
                 else f"check that {self._node} is Node.js 18 or later",
             )
+
+
+class _BlobServer:
+    """Answers node_host.mjs's requests for blobs by digest (a module a
+    guest calls as ``digest:HASH/SIZE``): it writes ``DIGEST\n`` to one
+    pipe and reads ``file PATH`` (the blob's file in the CAS) or ``absent``
+    from the other, one line each, while this thread serves them."""
+
+    def __init__(self, cas: Any) -> None:
+        self._cas = cas
+        self._asks_r, self._asks_w = os.pipe()  # node -> kiln
+        self._answers_r, self._answers_w = os.pipe()  # kiln -> node
+        self.pass_fds = (self._asks_w, self._answers_r)
+        self._thread: threading.Thread | None = None
+
+    def child_fds(self) -> list[str]:
+        """node_host.mjs's ASK_FD and ANSWER_FD arguments (``pass_fds``
+        keeps the numbers)."""
+        return [str(self._asks_w), str(self._answers_r)]
+
+    def start(self) -> None:
+        for fd in self.pass_fds:
+            os.close(fd)
+        self._thread = threading.Thread(target=self._serve, name="kiln-node-blobs", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def close(self) -> None:
+        """Before ``start`` (node never ran): close every end."""
+        for fd in (self._asks_r, self._asks_w, self._answers_r, self._answers_w):
+            os.close(fd)
+
+    def _serve(self) -> None:
+        with open(self._asks_r, "rb") as asks, open(self._answers_w, "wb", buffering=0) as out:
+            for line in asks:  # until node exits (EOF)
+                try:
+                    out.write(self.answer(line.decode(errors="replace").strip()).encode())
+                except OSError:  # node is gone
+                    return
+
+    def answer(self, text: str) -> str:
+        try:
+            digest = Digest.parse(text)
+        except KilnError:
+            return f"error: not a digest: {text!r}\n"
+        try:
+            return f"file {self._cas.blob_file(digest)}\n"
+        except KilnError:
+            return "absent\n"
+        except Exception as e:  # (node fails the run with it)
+            return f"error: {type(e).__name__}: {e}\n"
 
 
 class _Unsupported(Exception):

@@ -4,22 +4,30 @@
 // named by ABI_VERSION; a difference in what a guest can observe between
 // them is a bug in one of them, and `kiln check --engine node` finds it.
 //
-//   node node_host.mjs REQUEST.json RESULT_DIR
+//   node node_host.mjs REQUEST.json RESULT_DIR [ASK_FD ANSWER_FD]
 //
 // REQUEST.json (written by kiln.exec.node):
-//   abi, argv, env [[name, value]], seed (hex), outputs [path],
-//   root (digest or null), dirs {digest: [[name, "file"|"symlink"|"dir", payload]]},
+//   abi, calls (the kiln import module's version), argv, env [[name, value]],
+//   seed (hex), limits {fuel, memory-mib, disk-mib} (decimal strings: they
+//   are in a call's key), outputs [path], root (digest or null),
+//   dirs {digest: [[name, "file"|"symlink"|"dir", payload]]},
 //   blobs {digest: path of the blob's file}
+// ASK_FD, ANSWER_FD: a channel to kiln for blobs not in `blobs` (a module a
+// guest calls by digest): write "DIGEST\n" to ASK_FD, read one line from
+// ANSWER_FD: "file PATH" or "absent".
 // RESULT_DIR receives result.json {exit_code, stdout, stderr, outputs} and
 // data.bin; byte ranges in result.json are [offset, length] into data.bin.
 // Exit status: 0 when the guest ran (whatever its own exit code), 3 when the
-// request cannot be run (the reason on stderr).
+// request cannot be run (the reason on stderr), 4 when this V8 cannot
+// compile a module (for a called module, RESULT_DIR/unsupported.json names it).
 
 import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, readSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 const ABI_VERSION = "kiln-wasi-p1-v2";
+const CALLS_VERSION = "kiln-calls-v1"; // kiln.exec.wasm_calls.CALLS_VERSION
+const MAX_OPEN_CALLS = 1024;
 const REALTIME_EPOCH_NS = 946684800n * 1000000000n;
 const MONOTONIC_STEP_NS = 1000n;
 const OUTPUT_CAP = 64 * 1024 * 1024;
@@ -27,7 +35,7 @@ const MAX_SYMLINK_HOPS = 40;
 const EXIT_TRAP = 134;
 
 const E = {
-  SUCCESS: 0, BADF: 8, EXIST: 20, FAULT: 21, INVAL: 28, ISDIR: 31, LOOP: 32, NOENT: 44,
+  SUCCESS: 0, BADF: 8, EXIST: 20, FAULT: 21, INVAL: 28, ISDIR: 31, LOOP: 32, MFILE: 33, NOENT: 44,
   NOSYS: 52, NOTDIR: 54, NOTEMPTY: 55, NOTSUP: 58, ROFS: 69, SPIPE: 70,
 };
 const FT = { CHARDEV: 2, DIR: 3, FILE: 4, SYMLINK: 7 };
@@ -50,6 +58,9 @@ class ProcExit extends Error {
     this.code = code;
   }
 }
+
+/** A call wrote more than OUTPUT_CAP bytes of output: the call traps. */
+class OutputTooLarge extends Error {}
 
 // Names order by code point (as Python sorts str), which is UTF-8 byte order.
 const byName = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b));
@@ -203,7 +214,8 @@ const filetype = (node) => (node.kind === "dir" ? FT.DIR : node.kind === "symlin
 
 // -------------------------------------------------------------- the host
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+// (ignoreBOM: a leading U+FEFF is part of the string, as Python decodes it)
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 class Host {
   constructor(fs, argv, env, seed) {
@@ -218,14 +230,17 @@ class Host {
     this.stderr = new Stream();
     this.fds = new Map([[0, null], [1, null], [2, null], [3, { node: fs.root, dirPath: "/", offset: 0, append: false }]]);
     this.memory = null;
+    this.kiln = null; // the `kiln` imports (KilnImports)
   }
 
   // ---------------------------------------------------------------- glue
 
   mem() {
+    if (this.memory === null) throw new WasiError(E.FAULT); // none exported (yet)
     return new Uint8Array(this.memory.buffer);
   }
   read(ptr, len) {
+    if (len === 0) return Buffer.alloc(0);
     const m = this.mem();
     if (ptr < 0 || len < 0 || ptr + len > m.length) throw new WasiError(E.FAULT);
     return Buffer.from(m.slice(ptr, ptr + len));
@@ -626,6 +641,294 @@ class Host {
   }
 }
 
+// ------------------------------------------------------- memoized calls
+
+// The `kiln` import module (kiln/exec/wasi/kiln_imports.py). Calls run here,
+// synchronously when first waited for, each in a fresh instance: nothing is
+// memoized and no fuel is metered (V8 has none), which changes no outcome of
+// a run that stayed within its limits under Wasmtime.
+
+const DIGEST_PREFIX = "digest:";
+const WASM_HEADER = Buffer.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+// A module importing one function of type [] -> []: linking an export to it
+// fails unless the export takes no parameters and returns nothing.
+const NO_PARAMS_NO_RESULTS = new WebAssembly.Module(
+  Buffer.from([...WASM_HEADER, 1, 4, 1, 0x60, 0, 0, 2, 7, 1, 1, 0x6d, 1, 0x66, 0, 0]),
+);
+// Python's str.isspace() (Digest.parse strips it) and str.isprintable() (up to
+// the Unicode versions: a character assigned since Python's is printable here).
+const PY_SPACE = "\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000";
+const PY_UNPRINTABLE = /^[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]$/u;
+
+const sha256 = (data) => createHash("sha256").update(data).digest();
+const digestOf = (data) => `${sha256(data).toString("hex")}/${data.length}`;
+
+function pyStrip(text) {
+  let start = 0;
+  let end = text.length;
+  while (start < end && PY_SPACE.includes(text[start])) start++;
+  while (end > start && PY_SPACE.includes(text[end - 1])) end--;
+  return text.slice(start, end);
+}
+
+/** A `digest:` module name's digest, normalized as kiln.model.digest.Digest
+ * prints it; EINVAL when Digest.parse refuses it. */
+function parseDigest(text) {
+  const stripped = pyStrip(text);
+  const slash = stripped.indexOf("/");
+  if (slash < 0) throw new WasiError(E.INVAL);
+  const hash = stripped.slice(0, slash).replace(/[A-F]/g, (c) => c.toLowerCase());
+  const size = stripped.slice(slash + 1);
+  if (!/^[0-9a-f]{64}$/.test(hash) || !/^[0-9]+$/.test(size)) throw new WasiError(E.INVAL);
+  // Python's int() refuses more than 4300 digits with a ValueError, which
+  // kiln_imports turns into EFAULT (as it does every ValueError).
+  if (size.length > 4300) throw new WasiError(E.FAULT);
+  return `${hash}/${BigInt(size)}`;
+}
+
+/** Python's repr() of a str: how wasm.py names an export in its notes. */
+function pyRepr(text) {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  let out = quote;
+  for (const ch of text) {
+    const c = ch.codePointAt(0);
+    const hex = (n) => c.toString(16).padStart(n, "0");
+    if (ch === quote || ch === "\\") out += "\\" + ch;
+    else if (ch === "\t") out += "\\t";
+    else if (ch === "\n") out += "\\n";
+    else if (ch === "\r") out += "\\r";
+    else if (c < 0x20 || c === 0x7f) out += "\\x" + hex(2);
+    else if (c < 0x7f || !PY_UNPRINTABLE.test(ch)) out += ch;
+    else out += c < 0x100 ? "\\x" + hex(2) : c < 0x10000 ? "\\u" + hex(4) : "\\U" + hex(8);
+  }
+  return out + quote;
+}
+
+/** What every call of one run shares: the limits in a call's key, where
+ * modules come from, and the modules compiled so far. */
+class Calls {
+  constructor(request, channel, resultDir) {
+    if (request.calls !== CALLS_VERSION) {
+      fail(`request wants calls version ${request.calls}; this host runs ${CALLS_VERSION}`);
+    }
+    this.limits = request.limits;
+    this.blobs = request.blobs;
+    this.channel = channel; // [ASK_FD, ANSWER_FD] or null
+    this.resultDir = resultDir;
+    this.compiled = new Map(); // module digest -> WebAssembly.Module, or a note why not
+  }
+
+  /** kiln.exec.wasm_calls.call_key, as raw hash bytes (the callee's seed). */
+  key(module, exportName, inputDigest) {
+    const parts = [
+      "kiln-call", ABI_VERSION, CALLS_VERSION, module, exportName, inputDigest,
+      `fuel=${this.limits.fuel}`, `memory-mib=${this.limits["memory-mib"]}`,
+      `disk-mib=${this.limits["disk-mib"]}`,
+    ];
+    return sha256(Buffer.from(parts.join("\0")));
+  }
+
+  /** Run `exportName` of a module ({digest, bytes: null unless the guest
+   * wrote it}) on `input`: {status, output, stdout, stderr}. */
+  run(module, exportName, input) {
+    const fs = new FileSystem({ root: null, dirs: {}, blobs: {} });
+    fs.allowDir("tmp");
+    const host = new Host(fs, [exportName], [], this.key(module.digest, exportName, digestOf(input)));
+    host.kiln = new KilnImports(host, this, input);
+    const compiled = this.compile(module);
+    const [status, note] =
+      typeof compiled === "string" ? [EXIT_TRAP, compiled] : runModule(compiled, host, exportName);
+    if (note) host.stderr.write(Buffer.from(`kiln: ${note}\n`));
+    return {
+      status: status >>> 0,
+      output: status === 0 ? Buffer.from(host.kiln.output.view()) : Buffer.alloc(0),
+      stdout: Buffer.from(host.stdout.data.view()),
+      stderr: Buffer.from(host.stderr.data.view()),
+    };
+  }
+
+  /** The compiled module, or the note of a trapped call when it is no
+   * WebAssembly module at all. A module V8 cannot compile (a proposal this
+   * Node.js lacks) is refused: nothing to compare. */
+  compile(module) {
+    let compiled = this.compiled.get(module.digest);
+    if (compiled === undefined) {
+      const bytes = module.bytes ?? this.blob(module.digest);
+      if (bytes.length < 8 || !bytes.subarray(0, 8).equals(WASM_HEADER)) {
+        compiled = `module ${module.digest} is not valid WebAssembly: no WebAssembly 1.0 module header`;
+      } else {
+        try {
+          compiled = new WebAssembly.Module(bytes);
+        } catch (e) {
+          writeFileSync(join(this.resultDir, "unsupported.json"), JSON.stringify({ module: module.digest }));
+          process.stderr.write(
+            `kiln node engine: Node.js ${process.version} cannot compile the called module ${module.digest}: ${e.message}\n`,
+          );
+          process.exit(EXIT_UNSUPPORTED);
+        }
+      }
+      this.compiled.set(module.digest, compiled);
+    }
+    return compiled;
+  }
+
+  /** A blob's bytes: an input's, or one kiln hands over by digest. Absent:
+   * the run fails (an error, never a result), as under Wasmtime. */
+  blob(digest) {
+    let path = this.blobs[digest];
+    if (path === undefined) {
+      const answer = this.ask(digest);
+      if (answer === "absent") fail(`module blob ${digest} is not in the store`);
+      if (!answer.startsWith("file ")) fail(`kiln answered ${JSON.stringify(answer)} for blob ${digest}`);
+      path = answer.slice("file ".length);
+    }
+    const data = readFileSync(path);
+    if (digestOf(data) !== digest) fail(`blob ${digest} read from ${path} does not match its digest`);
+    return data;
+  }
+
+  ask(digest) {
+    if (this.channel === null) fail(`no channel to ask kiln for blob ${digest}`);
+    const [askFd, answerFd] = this.channel;
+    writeSync(askFd, `${digest}\n`);
+    const chunks = [];
+    const buf = Buffer.alloc(4096);
+    for (;;) {
+      const n = readSync(answerFd, buf, 0, buf.length, null);
+      if (n === 0) fail(`kiln closed the blob channel (asking for ${digest})`);
+      chunks.push(Buffer.from(buf.subarray(0, n)));
+      if (buf.subarray(0, n).includes(0x0a)) break;
+    }
+    return Buffer.concat(chunks).toString("utf8").replace(/\n$/, "");
+  }
+}
+
+/** The `kiln` functions of one guest run: a step's (input null), or a
+ * call's (its input; `output` collects what it gives back). */
+class KilnImports {
+  constructor(host, calls, input) {
+    this.host = host;
+    this.calls = calls;
+    this.input = input;
+    this.output = new Bytes();
+    this.open = new Map(); // handle -> {module, exportName, input, outcome}
+    this.nextHandle = 1;
+    this.modules = new Map(); // module name -> an input file's {digest, bytes: null}
+  }
+
+  call_start(modulePtr, moduleLen, exportPtr, exportLen, inputPtr, inputLen, handlePtr) {
+    const handle = this.start(modulePtr, moduleLen, exportPtr, exportLen, inputPtr, inputLen);
+    try {
+      this.host.u32(handlePtr, handle);
+    } catch (e) {
+      this.call_release(handle); // (the handle's number stays used)
+      throw e;
+    }
+  }
+
+  /** call_start and call_wait in one: up to `outputCap` bytes of the output
+   * at `outputPtr`, then status, output size and a handle (0 unless there
+   * is more to read) at `infoPtr`. */
+  call(modulePtr, moduleLen, exportPtr, exportLen, inputPtr, inputLen, outputPtr, outputCap, infoPtr) {
+    let handle = this.start(modulePtr, moduleLen, exportPtr, exportLen, inputPtr, inputLen);
+    const outcome = this.wait(this.open.get(handle));
+    this.host.write(outputPtr, outcome.output.subarray(0, outputCap));
+    if (outcome.output.length <= outputCap && !outcome.stdout.length && !outcome.stderr.length) {
+      this.call_release(handle);
+      handle = 0; // nothing more to read
+    }
+    const info = Buffer.alloc(12);
+    info.writeUInt32LE(outcome.status, 0);
+    info.writeUInt32LE(outcome.output.length, 4);
+    info.writeUInt32LE(handle, 8);
+    this.host.write(infoPtr, info);
+  }
+
+  start(modulePtr, moduleLen, exportPtr, exportLen, inputPtr, inputLen) {
+    if (this.open.size >= MAX_OPEN_CALLS) throw new WasiError(E.MFILE);
+    const module = this.module(this.host.str(modulePtr, moduleLen));
+    const exportName = this.host.str(exportPtr, exportLen);
+    if (!exportName || exportName.includes("\0")) throw new WasiError(E.INVAL);
+    const input = this.host.read(inputPtr, inputLen);
+    const handle = this.nextHandle;
+    this.nextHandle += 1;
+    this.open.set(handle, { module, exportName, input, outcome: null });
+    return handle;
+  }
+
+  /** The module a guest names: by digest, or by a file it can see (a file
+   * it wrote is taken as it is now; a name that led to an input file means
+   * that module from then on, as in kiln_imports.py). */
+  module(name) {
+    if (name.startsWith(DIGEST_PREFIX)) return { digest: parseDigest(name.slice(DIGEST_PREFIX.length)), bytes: null };
+    const known = this.modules.get(name);
+    if (known !== undefined) return known;
+    const fs = this.host.fs;
+    const [, , node] = fs.resolve(fs.root, name, true);
+    if (!node || node.kind !== "file") throw new WasiError(node ? E.INVAL : E.NOENT);
+    if (node.blob === null) {
+      const bytes = Buffer.from(fs.content(node).view());
+      return { digest: digestOf(bytes), bytes };
+    }
+    const module = { digest: node.blob, bytes: null };
+    if (!node.writable) this.modules.set(name, module);
+    return module;
+  }
+
+  call_wait(handle, statusPtr, sizePtr) {
+    const outcome = this.wait(this.entry(handle));
+    this.host.u32(statusPtr, outcome.status);
+    this.host.u32(sizePtr, outcome.output.length);
+  }
+
+  wait(entry) {
+    if (entry.outcome === null) entry.outcome = this.calls.run(entry.module, entry.exportName, entry.input);
+    return entry.outcome;
+  }
+
+  call_read(handle, which, buf, len, copiedPtr) {
+    const outcome = this.entry(handle).outcome;
+    if (outcome === null) throw new WasiError(E.INVAL); // not waited for yet
+    const streams = [outcome.output, outcome.stdout, outcome.stderr];
+    if (which >= streams.length) throw new WasiError(E.INVAL);
+    const data = streams[which].subarray(0, len);
+    this.host.write(buf, data);
+    this.host.u32(copiedPtr, data.length);
+  }
+
+  call_release(handle) {
+    this.entry(handle);
+    this.open.delete(handle);
+  }
+
+  entry(handle) {
+    const entry = this.open.get(handle);
+    if (entry === undefined) throw new WasiError(E.BADF);
+    return entry;
+  }
+
+  input_size(sizePtr) {
+    this.host.u32(sizePtr, this.calledInput().length);
+  }
+
+  input_read(buf, offset, len, copiedPtr) {
+    const data = this.calledInput().subarray(offset, offset + len);
+    this.host.write(buf, data);
+    this.host.u32(copiedPtr, data.length);
+  }
+
+  calledInput() {
+    if (this.input === null) throw new WasiError(E.NOTSUP);
+    return this.input;
+  }
+
+  output_write(buf, len) {
+    if (this.input === null) throw new WasiError(E.NOTSUP);
+    if (this.output.length + len > OUTPUT_CAP) throw new OutputTooLarge();
+    this.output.put(this.output.length, this.host.read(buf, len));
+  }
+}
+
 // The imports kiln's Python host defines (host.SIGNATURES); a module's
 // other imports trap when called, as under Wasmtime.
 const WASI_IMPORTS = [
@@ -639,6 +942,11 @@ const WASI_IMPORTS = [
   "path_unlink_file", "poll_oneoff", "proc_exit", "proc_raise", "sched_yield", "random_get",
   "sock_accept", "sock_recv", "sock_send", "sock_shutdown",
 ];
+
+const KILN_IMPORTS = [
+  "call", "call_start", "call_wait", "call_read", "call_release", "input_size", "input_read", "output_write",
+];
+const IMPORT_MODULES = new Set(["wasi_snapshot_preview1", "kiln"]);
 
 function imports(module, host) {
   const wasi = {};
@@ -654,9 +962,27 @@ function imports(module, host) {
       }
     };
   }
-  const table = { wasi_snapshot_preview1: wasi };
-  for (const imp of WebAssembly.Module.imports(module)) {
-    if (imp.module === "wasi_snapshot_preview1" && WASI_IMPORTS.includes(imp.name)) continue;
+  const kiln = {};
+  for (const name of KILN_IMPORTS) {
+    kiln[name] = (...args) => {
+      try {
+        host.kiln[name](...args.map((a) => a >>> 0)); // (WASI's types are unsigned)
+        return E.SUCCESS;
+      } catch (e) {
+        if (e instanceof WasiError) return e.errno;
+        throw e; // a trap (or the end of the run), as under Wasmtime
+      }
+    };
+  }
+  const table = { wasi_snapshot_preview1: wasi, kiln };
+  // As under Wasmtime (wasm.py's linker_for): a module importing only from
+  // these two modules is linked against them alone, so an import they do
+  // not offer fails instantiation; a module that imports from elsewhere
+  // gets a trap for every function import not offered.
+  const declared = WebAssembly.Module.imports(module);
+  if (declared.every((imp) => IMPORT_MODULES.has(imp.module))) return table;
+  for (const imp of declared) {
+    if (Object.hasOwn(table, imp.module) && Object.hasOwn(table[imp.module], imp.name)) continue;
     if (imp.kind !== "function") continue; // instantiation fails, as under Wasmtime
     table[imp.module] ??= {};
     table[imp.module][imp.name] = () => {
@@ -664,6 +990,63 @@ function imports(module, host) {
     };
   }
   return table;
+}
+
+/** Instantiate the module and run `_start` (entry null: a command) or
+ * `entry` (an export called on its own, after `_initialize` if exported):
+ * [exit code, note for stderr], as wasm.py's _instantiate_and_run. */
+function runModule(module, host, entry = null) {
+  try {
+    let instance;
+    try {
+      instance = new WebAssembly.Instance(module, imports(module, host));
+    } catch (e) {
+      // A start function that trapped or exited stops the guest like _start would.
+      if (e instanceof ProcExit || e instanceof OutputTooLarge || e instanceof WebAssembly.RuntimeError) throw e;
+      return [EXIT_TRAP, `cannot instantiate the module: ${e.message}`];
+    }
+    const memory = instance.exports.memory;
+    if (memory instanceof WebAssembly.Memory) host.memory = memory;
+    const [functions, problem] = entryFunctions(instance.exports, entry);
+    if (problem) return [EXIT_TRAP, problem];
+    for (const f of functions) f();
+    return [0, ""];
+  } catch (e) {
+    if (e instanceof ProcExit) return [e.code, ""];
+    if (e instanceof OutputTooLarge) return [EXIT_TRAP, `a call's output exceeds ${OUTPUT_CAP >> 20} MiB`];
+    if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) return [EXIT_TRAP, `trap: ${e.message}`];
+    throw e;
+  }
+}
+
+/** [the functions to run in order, or a note why the module cannot run]:
+ * wasm.py's _entry_functions, notes word for word. */
+function entryFunctions(exports, entry) {
+  if (entry === null) {
+    const start = exports._start;
+    if (typeof start !== "function") return [[], "module has no _start function (not a WASI command)"];
+    return [[start], ""];
+  }
+  const fn = Object.hasOwn(exports, entry) ? exports[entry] : undefined;
+  if (typeof fn !== "function") return [[], `module exports no function ${pyRepr(entry)} to call`];
+  if (!takesNothing(fn)) {
+    return [[], `the called function ${pyRepr(entry)} must take no parameters and return nothing`];
+  }
+  const initialize = exports._initialize; // a reactor's constructors
+  return [[...(typeof initialize === "function" ? [initialize] : []), fn], ""];
+}
+
+/** Whether an exported function's type is [] -> [] (linking checks it; a
+ * type declared in a larger recursion group of the GC proposal would not
+ * match, a case Wasmtime's check by parameters and results accepts). */
+function takesNothing(fn) {
+  if (fn.length !== 0) return false;
+  try {
+    new WebAssembly.Instance(NO_PARAMS_NO_RESULTS, { m: { f: fn } });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 // ------------------------------------------------------------------ main
@@ -696,31 +1079,18 @@ function run(request, fs, host) {
     process.stderr.write(`kiln node engine: Node.js ${process.version} cannot compile the module: ${e.message}\n`);
     process.exit(EXIT_UNSUPPORTED);
   }
-  let instance;
-  try {
-    instance = new WebAssembly.Instance(module, imports(module, host));
-  } catch (e) {
-    return [EXIT_TRAP, `cannot instantiate the module: ${e.message}`];
-  }
-  host.memory = instance.exports.memory;
-  const start = instance.exports._start;
-  if (typeof start !== "function") return [EXIT_TRAP, "module has no _start function (not a WASI command)"];
-  try {
-    start();
-    return [0, ""];
-  } catch (e) {
-    if (e instanceof ProcExit) return [e.code, ""];
-    if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) return [EXIT_TRAP, `trap: ${e.message}`];
-    throw e;
-  }
+  return runModule(module, host);
 }
 
 function main() {
-  const [requestPath, resultDir] = process.argv.slice(2);
+  const [requestPath, resultDir, askFd, answerFd] = process.argv.slice(2);
   const request = JSON.parse(readFileSync(requestPath, "utf8"));
   if (request.abi !== ABI_VERSION) fail(`request wants contract ${request.abi}; this host runs ${ABI_VERSION}`);
+  const channel = askFd === undefined ? null : [Number(askFd), Number(answerFd)];
+  const calls = new Calls(request, channel, resultDir);
   const fs = new FileSystem(request);
   const host = new Host(fs, request.argv, request.env, Buffer.from(request.seed, "hex"));
+  host.kiln = new KilnImports(host, calls, null);
   const [exitCode, note] = run(request, fs, host);
   if (note) host.stderr.write(Buffer.from(`kiln: ${note}\n`));
 
