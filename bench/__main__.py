@@ -22,6 +22,7 @@ from bench import (
     stress,
     tree_put,
     wasm_action,
+    wasm_calls,
     wasm_compute,
     wasm_module_cache,
 )
@@ -40,6 +41,7 @@ BENCHMARKS = {
     "remote": remote.main,
     "go": go_cache.main,
     "cc": cc.main,
+    "calls": wasm_calls.main,
 }
 
 

@@ -251,6 +251,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
                 "shareable": shareable(platform),
                 "origin": _origin(r.status, result),
                 "calls": calls_of(result) if result else [],
+                "requested_by": r.inputs.get("requested_by"),
             }
         )
     if as_json:
@@ -258,8 +259,12 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
         return
     if not items:
         _no_steps(target, build_id)
+    names = {item["key"]: item["step"] for item in items}
     for item in items:
         click.echo(f"{item['step']}  [{item['status']}]  key {item['key']}")
+        if item["requested_by"]:
+            by = item["requested_by"]
+            click.echo(f"  requested by: {names.get(by, 'step ' + by)} (while it ran)")
         if item["origin"]:
             click.echo(f"  result from: {item['origin']}")
         click.echo(f"  command: {' '.join(item['argv'])}")

@@ -23,6 +23,7 @@ from kiln.config import Config, check_secret, load_config
 from kiln.engine import kiln_out, retention, rules
 from kiln.engine.inputs import input_root, input_tree
 from kiln.engine.loader import Project, user_code_error
+from kiln.engine.nested import StepService
 from kiln.engine.report import BuildReport, TargetOutcome
 from kiln.engine.scheduler import BuildStopped, Scheduler, StepRecord, StepRequest
 from kiln.engine.sources import Sources
@@ -313,9 +314,10 @@ class Build:
         if self._remote is not None:
             ctx.scheduler.remote = await self._connect(self._remote)
         try:
-            tasks = [ctx.evaluate(t, None) for t in targets]
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            await _finish_started()
+            async with StepService(ctx.scheduler, ctx.tools_identity):
+                tasks = [ctx.evaluate(t, None) for t in targets]
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                await _finish_started()
             if ctx.scheduler.remote is not None:
                 for i, t in enumerate(targets):
                     results[i] = await self._bring(ctx.scheduler, t, results[i])

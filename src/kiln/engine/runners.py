@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from kiln.exec.base import Executor
 
 RETRIES = 2  # extra attempts after a transient (infrastructure) error
+NESTED_THREADS = 64  # threads for steps waiting on the steps they requested
 
 
 @dataclass
@@ -100,7 +101,11 @@ class ThreadRunner:
         self._idle: dict[str, queue.SimpleQueue[Executor]] = {
             kind: queue.SimpleQueue() for kind in factories
         }
-        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="kiln-step")
+        # Slots bound how many steps run; threads beyond them are for steps
+        # that wait for steps they requested (``Scheduler.run_nested``).
+        self._pool = ThreadPoolExecutor(
+            max_workers=jobs + NESTED_THREADS, thread_name_prefix="kiln-step"
+        )
 
     def submit(
         self, kind: str, key: Digest, action: re_pb2.Action, command: re_pb2.Command, where: str

@@ -44,7 +44,7 @@ from kiln import errors
 from kiln.engine.inputs import write_blobs
 from kiln.engine.report import StepStatus
 from kiln.engine.runners import RETRIES, Outcome, ProcessRunner, ThreadRunner
-from kiln.engine.values import StepResult, outputs_of
+from kiln.engine.values import File, StepResult, Tree, outputs_of
 from kiln.exec.base import TransientError
 from kiln.model.digest import Digest
 from kiln.model.tree import reachable
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from kiln.store.local import Store
 
 PROCESSES_AFTER = 8  # executions run on threads before worker processes start
+MAX_NESTING = 16  # steps requested by steps requested by ... this deep at most
 STDERR_TAIL = 10  # lines of a failed step's stderr shown in its error
 
 
@@ -78,6 +79,9 @@ class StepRecord:
     result: re_pb2.ActionResult | None = field(default=None, repr=False)
     attempts: int = 0
     also: list[str] = field(default_factory=list)  # other targets that asked for this step
+    parent: Digest | None = None  # the running step that requested this one, if one did
+    lent: int = 0  # requests of its own it waits for (its slot is lent meanwhile)
+    slot_lent: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class StepRequest:
     identity: dict[str, Any]
     executor: str = "wasm"
     input_blobs: list[tuple[Digest, bytes]] = field(default_factory=list, repr=False)
+    parent: Digest | None = None  # requested by this running step (``run_nested``)
 
 
 async def _run_remotely(
@@ -204,6 +209,79 @@ class Scheduler:
         future.set_result(result)
         return result
 
+    async def run_nested(self, request: StepRequest) -> StepResult:
+        """Run a step that a running step (``request.parent``) asked for and
+        waits for. While any of its requests is outstanding, the parent's
+        slot is lent to the others (a parent waiting for children never
+        holds a slot they need), and taken back before it resumes. A request
+        of the parent itself or of a step it was requested by is a loop,
+        refused; a failed child is the parent's to handle, not the build's."""
+        assert request.parent is not None
+        parent = self._record_of.get(request.parent)
+        if parent is None or parent.started is None or parent.finished is not None:
+            raise errors.KilnError(
+                f"step {request.parent} is not running in this build: only a running step "
+                "may request steps", exit_code=errors.ExitCode.BAD_INPUT,
+            )  # fmt: skip
+        action, _ = request.spec.action()
+        key = Digest.of_message(action)
+        chain = self._ancestry(parent)
+        if key in [r.key for r in chain]:
+            loop = " -> ".join(repr(r.description) for r in reversed(chain))
+            raise errors.KilnError(
+                f"request loop: step {parent.description!r} of target {parent.target!r} "
+                f"requested a step it is itself waiting for ({loop} -> {request.description!r})",
+                hint="a step cannot (indirectly) request itself",
+                exit_code=errors.ExitCode.BAD_INPUT, target=parent.target,
+            )  # fmt: skip
+        if len(chain) >= MAX_NESTING:
+            raise errors.KilnError(
+                f"step {parent.description!r} of target {parent.target!r} requested a step "
+                f"{len(chain)} levels down: at most {MAX_NESTING} are allowed",
+                exit_code=errors.ExitCode.BAD_INPUT, target=parent.target,
+            )  # fmt: skip
+        self._lend(parent)
+        try:
+            return await self.run(request)
+        finally:
+            await self._take_back(parent)
+
+    def record_of(self, key: Digest) -> StepRecord | None:
+        """The record of a step requested in this build, by key."""
+        return self._record_of.get(key)
+
+    def has_blob(self, digest: Digest) -> bool:
+        """Whether the local store holds ``digest`` (a requested step's inputs)."""
+        return self._store.cas.has(digest)
+
+    async def ensure_outputs_local(self, result: StepResult) -> None:
+        """Bring a step's outputs into the local store (a remote's results
+        come without them), for the step that requested it to read."""
+        trees = [v.digest for v in result.outputs.values() if isinstance(v, Tree)]
+        files = [v.digest for v in result.outputs.values() if isinstance(v, File)]
+        await self.ensure_local(trees, files)
+
+    def _ancestry(self, record: StepRecord) -> list[StepRecord]:
+        """``record`` and the running steps that requested it, innermost first."""
+        chain = [record]
+        while chain[-1].parent is not None and chain[-1].parent in self._record_of:
+            chain.append(self._record_of[chain[-1].parent])
+        return chain
+
+    def _lend(self, parent: StepRecord) -> None:
+        parent.lent += 1
+        if parent.lent == 1 and parent.slot is not None and parent.finished is None:
+            assert self._slots is not None
+            self._slots.put_nowait(parent.slot)
+            parent.slot, parent.slot_lent = None, True
+
+    async def _take_back(self, parent: StepRecord) -> None:
+        parent.lent -= 1
+        if parent.lent == 0 and parent.slot_lent and parent.finished is None:
+            assert self._slots is not None
+            parent.slot = await self._slots.get()
+            parent.slot_lent = False
+
     def _also_for(self, key: Digest, target: str) -> None:
         """Note that ``target`` asked for the step with ``key`` too, so its
         history (`kiln show`, `log`) lists the step, counted once."""
@@ -215,7 +293,8 @@ class Scheduler:
         self, request: StepRequest, key: Digest, action: re_pb2.Action, command: re_pb2.Command
     ) -> StepResult:
         record = StepRecord(
-            len(self.records), request.target, request.description, key, request.identity
+            len(self.records), request.target, request.description, key, request.identity,
+            parent=request.parent,
         )
         self.records.append(record)
         self._record_of[key] = record
@@ -268,17 +347,27 @@ class Scheduler:
             else:
                 if remote is not None:
                     await self.ensure_local([request.spec.input_root], [])
-                submitted = self._runner().submit(
+                runner = self._threads if request.parent is not None else self._runner()
+                submitted = runner.submit(
                     request.executor, record.key, request.spec.timed(action), command, where
                 )
                 outcome = await asyncio.wrap_future(submitted)
             record.finished = time.time()
             record.attempts = outcome.attempts
         finally:
-            self._slots.put_nowait(slot)
+            # A step that requested steps may hold another slot than it began
+            # with, or none (lent while its requests are still outstanding).
+            if record.finished is None:
+                record.finished = time.time()  # (its requests take no slot back now)
+            held, record.slot = record.slot, slot
+            if not record.slot_lent:
+                self._slots.put_nowait(held if held is not None else slot)
         if outcome.error is not None or outcome.result is None:
             raise self._fail(record, outcome.error or AssertionError("no result nor error"))
         record.result = outcome.result
+        if outcome.result.exit_code != 0 and request.parent is not None:
+            self._change(record, StepStatus.FAILED)  # its requester decides what that means
+            return self._step_result(record, cached=False)
         if outcome.result.exit_code != 0:
             stderr = read_blob(self._store.cas, Digest.from_proto(outcome.result.stderr_digest))
             raise self._fail(record, step_failed(record, list(command.arguments), stderr))

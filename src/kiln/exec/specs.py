@@ -63,6 +63,7 @@ class WasmLimits:
 # -------------------------------------------------------------------- native
 
 NATIVE_MEMORY_MIB = 4096
+RECURSIVE_PROPERTY = "recursive"  # a native step that may request steps (kiln-sub)
 RUNTIME_PREFIX = "runtime:"  # a runtime among a step's tool names (kiln.exec.tools)
 NATIVE_PIDS = 256
 NATIVE_DISK_MIB = 16 << 10

@@ -54,6 +54,7 @@ from kiln.exec.specs import WasmLimits
 from kiln.exec.wasi.disk import Disk, DiskLimit
 from kiln.exec.wasi.host import IMPORT_MODULES, ProcExit, WasiHost, make_linker
 from kiln.exec.wasi.kiln_imports import KilnImports, OutOfFuel, OutputTooLarge
+from kiln.exec.wasi.step_requests import StepRequests
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
 from kiln.exec.wasm_calls import (
     OUTPUT_CAP,
@@ -384,7 +385,7 @@ class WasmExecutor:
         host = WasiHost(fs, argv, env, seed=bytes.fromhex(key.hash))
         timeout = step_timeout(action, self._timeout)
         calls = StepCalls(self._call_executor(timeout), self._cas, self._actions, limits)
-        host.kiln = KilnImports(host, calls)
+        host.kiln = KilnImports(host, calls, steps=StepRequests(fs, self._cas, key))
 
         started = time.time_ns()
         try:
@@ -394,6 +395,7 @@ class WasmExecutor:
             exit_code, note = EXIT_TRAP, " ".join(str(e).split())
         finally:
             host.kiln.cancel_open()
+            calls.touch_hits()
         if note:
             host.stderr.write(f"kiln: {note}\n".encode())
         result = re_pb2.ActionResult(exit_code=exit_code)

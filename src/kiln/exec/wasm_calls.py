@@ -25,6 +25,7 @@ twice at once runs once.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -50,8 +51,9 @@ CALL_EXECUTOR = "wasm-call"  # what the action cache records as the producer
 OUTPUT_CAP = 64 << 20  # a call's output may not be larger (a trap otherwise)
 MAX_OPEN_CALLS = 1024  # handles a guest may hold at once
 MEMO_BYTES = 64 << 20  # outputs remembered in memory, per process
+INLINE_OUTPUT = 64 << 10  # an output up to this size is kept in the cache entry itself
 _OUTCOME_PATH = "kiln-call"  # the result's symlink entry holding status and fuel
-_OUTPUT_PATH = "output"
+_LOG_FIELD = "kiln_calls"  # the metadata field listing a step's calls
 
 
 @dataclass(frozen=True)
@@ -92,49 +94,55 @@ class CallRecord:
 
 def call_key(module: Digest, export: str, input_digest: Digest, limits: WasmLimits) -> Digest:
     """The action-cache key of a call."""
-    parts = (
-        "kiln-call", WASM_ABI, CALLS_VERSION, str(module), export, str(input_digest),
-        f"fuel={limits.fuel}", f"memory-mib={limits.memory_mib}", f"disk-mib={limits.disk_mib}",
-    )  # fmt: skip
-    return Digest.of_bytes("\0".join(parts).encode())
+    text = (
+        f"kiln-call\0{WASM_ABI}\0{CALLS_VERSION}\0{module.hash}/{module.size}\0{export}\0"
+        f"{input_digest.hash}/{input_digest.size}\0fuel={limits.fuel}\0"
+        f"memory-mib={limits.memory_mib}\0disk-mib={limits.disk_mib}"
+    ).encode()
+    return Digest.of_bytes(text)
 
 
 def encode_outcome(outcome: CallOutcome, cas: ContentStore) -> re_pb2.ActionResult:
-    """The call's outcome as an action-cache entry (its blobs put in ``cas``).
-    The entry itself always has exit code 0: a trapped call is a result."""
-    with cas.batch(durable=False) as batch:
-        output = batch.add_bytes(outcome.output)
-        stdout = batch.add_bytes(outcome.stdout)
-        stderr = batch.add_bytes(outcome.stderr)
+    """The call's outcome as an action-cache entry (large parts put in
+    ``cas``). The entry itself always has exit code 0: a trapped call is a
+    result. A small output is held in the entry itself (``stdout_raw``), so
+    that a hit reads no blob; the call's own stdout and stderr, usually
+    empty, are blobs named ``stdout`` and ``stderr`` when not."""
     result = re_pb2.ActionResult(exit_code=0)
-    result.output_files.add(path=_OUTPUT_PATH, digest=output.to_proto())
     result.output_symlinks.add(
         path=_OUTCOME_PATH, target=f"status={outcome.status} fuel={outcome.fuel}"
     )
-    result.stdout_digest.CopyFrom(stdout.to_proto())
-    result.stderr_digest.CopyFrom(stderr.to_proto())
+    with cas.batch(durable=False) as batch:
+        if len(outcome.output) <= INLINE_OUTPUT:
+            result.stdout_raw = outcome.output
+        else:
+            result.stdout_digest.CopyFrom(batch.add_bytes(outcome.output).to_proto())
+        for name, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+            if data:
+                result.output_files.add(path=name, digest=batch.add_bytes(data).to_proto())
     return result
 
 
 def decode_outcome(result: re_pb2.ActionResult, cas: ContentStore) -> CallOutcome | None:
     """The outcome an action-cache entry holds, or None if it is not a
     call's (or a blob went missing: a miss)."""
-    fields = {}
-    for link in result.output_symlinks:
-        if link.path == _OUTCOME_PATH:
-            fields = dict(item.split("=", 1) for item in link.target.split() if "=" in item)
-    files = [f for f in result.output_files if f.path == _OUTPUT_PATH]
-    if "status" not in fields or "fuel" not in fields or len(files) != 1:
+    links = result.output_symlinks
+    outcome = next((link.target for link in links if link.path == _OUTCOME_PATH), "")
+    status, _, fuel = outcome.removeprefix("status=").partition(" fuel=")
+    if not status.isdigit() or not fuel.isdigit():
         return None
-    blobs = []
-    for proto in (files[0].digest, result.stdout_digest, result.stderr_digest):
-        digest = Digest.from_proto(proto)
-        data = cas.get_bytes(digest) if digest.size else b""
-        if data is None:
-            return None
-        blobs.append(data)
-    output, stdout, stderr = blobs
-    return CallOutcome(int(fields["status"]), output, int(fields["fuel"]), stdout, stderr)
+    output: bytes | None = result.stdout_raw
+    if result.stdout_digest.size_bytes:
+        output = cas.get_bytes(Digest.from_proto(result.stdout_digest))
+    streams = {}
+    if result.output_files:  # the call wrote to stdout or stderr
+        streams = {f.path: cas.get_bytes(Digest.from_proto(f.digest)) for f in result.output_files}
+    if output is None or None in streams.values():
+        return None
+    return CallOutcome(
+        int(status), output, int(fuel), streams.get("stdout") or b"",
+        streams.get("stderr") or b"",
+    )  # fmt: skip
 
 
 class _Memo:
@@ -179,7 +187,7 @@ MEMO = _Memo()
 
 
 class Pending:
-    """A started call: run by a pool thread, or by whoever waits first."""
+    """A started call, run by a pool thread or by whoever waits first."""
 
     def __init__(self, job: Callable[[], CallOutcome]) -> None:
         self._job = job
@@ -188,7 +196,7 @@ class Pending:
         self._done = threading.Event()
         self._outcome: CallOutcome | None = None
         self._error: BaseException | None = None
-        self.shared = False  # another step's guest waits for it too
+        self.shared = False  # another guest waits for it too
 
     def run(self) -> None:
         """Run the call unless someone already does (or it was cancelled)."""
@@ -268,56 +276,79 @@ class StepCalls:
     limits: WasmLimits
     depth: int = 0
     log: list[CallRecord] = field(default_factory=list)
+    hits: list[Digest] = field(default_factory=list)  # cache entries used
     _log_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def nested(self) -> StepCalls:
         """Where a call's own calls go: the same cache and log, one level down."""
         return StepCalls(
             self.execute, self.cas, self.actions, self.limits, self.depth + 1, self.log,
-            self._log_lock,
+            self.hits, self._log_lock,
         )  # fmt: skip
 
-    def start(self, module: Digest, export: str, data: bytes) -> tuple[CallRecord, Pending]:
-        """Begin a call; its outcome comes from ``Pending.wait``."""
+    def start(
+        self, module: Digest, export: str, data: bytes
+    ) -> tuple[CallRecord, CallOutcome | Pending]:
+        """Begin a call; its outcome comes from ``Pending.wait``. A call
+        answered from memory or the action cache is done at once; one that
+        must run is handed to the pool (or to whoever waits for it first)."""
         input_digest = Digest.of_bytes(data)
         key = call_key(module, export, input_digest, self.limits)
         record = CallRecord(key, module, export, input_digest, self.depth, started=time.time())
         with self._log_lock:
             self.log.append(record)
-        known = MEMO.get(key)
+        known = MEMO.get(key) or self._cached(key)
         if known is not None:
-            pending = Pending(lambda: known)
-            pending.run()
-            return record, pending
+            return record, known
         with _inflight_lock:
-            pending = _inflight.get(key)  # the same call, already running for another
+            pending = _inflight.get(key)  # the same call, already started for another
             if pending is not None:
                 pending.shared = True
-            else:
-                pending = Pending(lambda: self._answer(record, data))
-                _inflight[key] = pending
-                _call_pool().submit(pending.run)
+                return record, pending
+            pending = Pending(lambda: self._lookup_or_run(record, data))
+            _inflight[key] = pending
+        _call_pool().submit(pending.run)
         return record, pending
 
-    def _answer(self, record: CallRecord, data: bytes) -> CallOutcome:
-        """From the action cache, or by running the call (then recorded)."""
+    @staticmethod
+    def _forget(key: Digest) -> None:
+        with _inflight_lock:
+            _inflight.pop(key, None)
+
+    def _cached(self, key: Digest) -> CallOutcome | None:
+        hit = self.actions.lookup(key, touch=False)  # touched together when the step ends
+        outcome = decode_outcome(hit.result, self.cas) if hit is not None else None
+        if outcome is not None:
+            with self._log_lock:
+                self.hits.append(key)
+            MEMO.put(key, outcome)
+        return outcome
+
+    def _lookup_or_run(self, record: CallRecord, data: bytes) -> CallOutcome:
+        """Run the call and record its outcome, unless it was recorded since
+        it was looked up (by a run that ended just before this one began)."""
         try:
-            hit = self.actions.lookup(record.key)
-            outcome = decode_outcome(hit.result, self.cas) if hit is not None else None
-            if outcome is None:
-                began = time.monotonic()
-                outcome = self.execute(record.module, record.export, data, record.key, self)
-                self.actions.record(
-                    record.key, encode_outcome(outcome, self.cas),
-                    executor=CALL_EXECUTOR, duration=time.monotonic() - began,
-                )  # fmt: skip
-                record.ran = True
-                record.seconds = time.monotonic() - began
+            known = self._cached(record.key)
+            if known is not None:
+                return known
+            began = time.monotonic()
+            outcome = self.execute(record.module, record.export, data, record.key, self)
+            self.actions.record(
+                record.key, encode_outcome(outcome, self.cas),
+                executor=CALL_EXECUTOR, duration=time.monotonic() - began,
+            )  # fmt: skip
+            record.ran = True
+            record.seconds = time.monotonic() - began
             MEMO.put(record.key, outcome)
             return outcome
         finally:
-            with _inflight_lock:
-                _inflight.pop(record.key, None)
+            self._forget(record.key)
+
+    def touch_hits(self) -> None:
+        """Mark the cache entries this step's calls used (the GC's age)."""
+        with self._log_lock:
+            hits, self.hits[:] = list(self.hits), []
+        self.actions.touch(hits)
 
     def abandon(self, key: Digest, pending: Pending) -> None:
         """A guest ended without waiting for this call: never run it, unless
@@ -340,22 +371,17 @@ class StepCalls:
 
 def attach_calls(result: re_pb2.ActionResult, records: list[dict[str, Any]]) -> None:
     """Note the memoized calls a step made in its result's metadata (what
-    ``kiln show`` and ``kiln trace`` list); not part of any output."""
+    ``kiln show`` and ``kiln trace`` list); not part of any output. One
+    JSON text: thousands of calls cost milliseconds, not a Struct each."""
     info = struct_pb2.Struct()
-    info.update({"kiln_calls": records})
+    info.update({_LOG_FIELD: json.dumps(records, separators=(",", ":"))})
     result.execution_metadata.auxiliary_metadata.add().Pack(info)
-
-
-_INTEGERS = {"depth", "status", "fuel"}  # (a Struct holds every number as a double)
 
 
 def calls_of(result: re_pb2.ActionResult) -> list[dict[str, Any]]:
     """The calls ``attach_calls`` noted in a result (none: [])."""
     for item in result.execution_metadata.auxiliary_metadata:
         info = struct_pb2.Struct()
-        if item.Unpack(info) and "kiln_calls" in info:
-            return [
-                {k: int(v) if k in _INTEGERS else v for k, v in record.items()}
-                for record in info["kiln_calls"]
-            ]
+        if item.Unpack(info) and _LOG_FIELD in info:
+            return list(json.loads(info[_LOG_FIELD]))
     return []

@@ -104,6 +104,43 @@ int32_t kiln_input_read(void *buf, uint32_t offset, size_t len, uint32_t *copied
 KILN_IMPORT("output_write")
 int32_t kiln_output_write(const void *buf, size_t len);
 
+/* Call and wait in one go (what kiln_call uses: one trip to the host).
+ * Writes up to `output_cap` bytes of the output to `output`, then at `info`
+ * three numbers: the status, the output's size, and a handle that is 0
+ * unless more is left to read (the output did not fit, or the function
+ * printed on stdout or stderr): read it with kiln_call_read and release
+ * it. Errors as kiln_call_start. */
+KILN_IMPORT("call")
+int32_t kiln_call_into(const char *module, size_t module_len, const char *export_name,
+                       size_t export_len, const void *input, size_t input_len, void *output,
+                       size_t output_cap, uint32_t info[3]);
+
+/* Ask the running build for a step, described by `request_len` bytes of
+ * JSON at `request` (see docs/wasm.md, "Steps requested by a step"); the
+ * build runs it (or finds it in the cache) while the guest goes on.
+ * Errors: EINVAL, a malformed request; ENOENT, an input that is not there;
+ * ENOTSUP, inside a called function. */
+KILN_IMPORT("step_start")
+int32_t kiln_step_start(const char *request, size_t request_len, uint32_t *handle);
+
+/* Wait for a requested step: `*exit_code` is its exit code, and its
+ * outputs now appear, read-only, under the request's "mount" folder
+ * (default /tmp/kiln-steps/HANDLE). A request the build refuses ends the
+ * requesting step with an error. Errors: EBADF, not an open handle;
+ * EEXIST, the mount folder exists already. */
+KILN_IMPORT("step_wait")
+int32_t kiln_step_wait(uint32_t handle, uint32_t *exit_code);
+
+/* Copy up to `len` bytes of a requested step's stdout (`which` 1) or
+ * stderr (2) to `buf`. Errors: EBADF; EINVAL, not waited for yet. */
+KILN_IMPORT("step_read")
+int32_t kiln_step_read(uint32_t handle, uint32_t which, void *buf, size_t len,
+                       uint32_t *copied);
+
+/* Forget a requested step's handle. Errors: EBADF. */
+KILN_IMPORT("step_release")
+int32_t kiln_step_release(uint32_t handle);
+
 /* ---------------------------------------------------------------- helpers */
 
 /* Start a call (as kiln_call_start) with the module and function named by
@@ -157,21 +194,61 @@ static inline int kiln_call_end(uint32_t handle, void **output, size_t *output_l
 }
 
 /* Call the function `export_name` of `module` on `input` and wait for it:
- * kiln_call_begin, then kiln_call_end. Returns the call's status (0 when
+ * in one trip to the host (kiln_call_into). Returns the call's status (0 when
  * the function returned), or a negative errno when the call could not be
  * made (-ENOENT: no such module file; -EINVAL: a malformed name; -EMFILE:
  * too many calls open) or its output not be had (-ENOMEM). The output is
  * given as by kiln_call_end: malloc'd, NUL-terminated, NULL on an error. */
 static inline int kiln_call(const char *module, const char *export_name, const void *input,
                             size_t input_len, void **output, size_t *output_len) {
-    uint32_t handle = 0;
-    int err = kiln_call_begin(module, export_name, input, input_len, &handle);
+    uint32_t info[3] = {0, 0, 0};
+    size_t cap = 4096;
+    char *buf = (char *)malloc(cap + 1);
+    int32_t err;
+    if (output) *output = NULL;
+    if (output_len) *output_len = 0;
+    if (!buf) return -ENOMEM;
+    err = kiln_call_into(module, strlen(module), export_name, strlen(export_name), input,
+                         input_len, buf, cap, info);
     if (err) {
-        if (output) *output = NULL;
-        if (output_len) *output_len = 0;
-        return -err;
+        free(buf);
+        return -(int)err;
     }
-    return kiln_call_end(handle, output, output_len);
+    if (info[2] != 0) { /* more to read than fitted: take the whole output */
+        uint32_t copied = 0;
+        char *bigger = info[1] > cap ? (char *)realloc(buf, (size_t)info[1] + 1) : buf;
+        if (!bigger) {
+            free(buf);
+            kiln_call_release(info[2]);
+            return -ENOMEM;
+        }
+        buf = bigger;
+        err = kiln_call_read(info[2], KILN_CALL_OUTPUT, buf, info[1], &copied);
+        kiln_call_release(info[2]);
+        if (err) {
+            free(buf);
+            return -(int)err;
+        }
+    }
+    buf[info[1]] = '\0';
+    if (output) *output = buf;
+    else free(buf);
+    if (output_len) *output_len = info[1];
+    return (int)info[0];
+}
+
+/* Ask the build for the step the JSON `request` describes and wait for it.
+ * Returns its handle (for kiln_step_read and kiln_step_release) with its
+ * exit code in `*exit_code`, or a negative errno. */
+static inline int64_t kiln_step(const char *request, uint32_t *exit_code) {
+    uint32_t handle = 0;
+    int32_t err = kiln_step_start(request, strlen(request), &handle);
+    if (!err) err = kiln_step_wait(handle, exit_code);
+    if (err) {
+        if (handle) kiln_step_release(handle);
+        return -(int64_t)err;
+    }
+    return handle;
 }
 
 /* Inside a called function: a malloc'd copy of its whole input, followed

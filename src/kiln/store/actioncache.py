@@ -37,7 +37,11 @@ class CachedResult:
 class ActionCache(Protocol):
     """Action key -> result. ``lookup`` returns ``None`` on a miss."""
 
-    def lookup(self, key: Digest) -> CachedResult | None: ...
+    def lookup(self, key: Digest, touch: bool = True) -> CachedResult | None: ...
+
+    def touch(self, keys: list[Digest]) -> None:
+        """Mark entries used now (what ``lookup(touch=False)`` left undone)."""
+        ...
 
     def record(
         self, key: Digest, result: re_pb2.ActionResult, *, executor: str, duration: float
@@ -83,6 +87,11 @@ class LocalActionCache:
 
     def complete(self, result: re_pb2.ActionResult) -> bool:
         """Whether every blob of a result is in the store, at its size."""
+        if not (
+            result.output_files or result.output_directories
+            or result.stdout_digest.size_bytes or result.stderr_digest.size_bytes
+        ):  # fmt: skip
+            return True  # (a result held whole in its entry, e.g. a memoized call's)
         return all(self._cas.has_hash(h, n) for h, n in set(_result_hashes(self._cas, result)))
 
     def lookup(self, key: Digest, touch: bool = True) -> CachedResult | None:
@@ -138,6 +147,16 @@ class LocalActionCache:
                 now,
             ),
         )
+
+    def touch(self, keys: list[Digest]) -> None:
+        """Mark the entries of ``keys`` used now, in one transaction."""
+        if keys:
+            now = time.time()
+            with self._conn.transaction() as conn:
+                conn.executemany(
+                    "UPDATE action_cache SET last_used = ? WHERE hash = ?",
+                    [(now, key.hash) for key in keys],
+                )
 
     def remove(self, key: Digest) -> None:
         self._conn.execute("DELETE FROM action_cache WHERE hash = ?", (key.hash,))

@@ -7,6 +7,13 @@ pointers given.
 
 For a caller:
 
+    call(module, module_len, export, export_len, input, input_len,
+         output, output_cap, *info)
+        ``call_start`` and ``call_wait`` in one: writes up to ``output_cap``
+        bytes of the output at ``output``, then at ``info`` three u32:
+        status, output size, and a handle, 0 unless there is more to read
+        (the output did not fit, or the call wrote to stdout or stderr),
+        which the guest then reads and releases as below.
     call_start(module, module_len, export, export_len, input, input_len, *handle)
         Start calling ``export`` of ``module`` on the input bytes. ``module``
         is a path in the guest's file system (an input file, or a file the
@@ -25,6 +32,19 @@ For a caller:
         Forget the handle; a call started and never waited for is
         cancelled when the guest ends.
 
+Steps (see ``kiln.exec.wasi.step_requests``; ENOTSUP inside a call):
+
+    step_start(request, request_len, *handle)
+        Ask the build for the step the JSON request describes. EINVAL: a
+        malformed request; ENOENT: an input that is not there.
+    step_wait(handle, *exit_code)
+        Wait for it: its exit code; its outputs now appear read-only under
+        the request's ``mount``. A request the build refuses, or no build
+        to ask, fails the requesting step (an error, never a result).
+    step_read(handle, which, buf, len, *copied)
+        Its stdout (``which`` 1) or stderr (2), up to ``len`` bytes.
+    step_release(handle)
+
 Inside a call:
 
     input_size(*size), input_read(buf, offset, len, *copied)
@@ -37,6 +57,7 @@ Inside a call:
 from __future__ import annotations
 
 import contextlib
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,9 +69,11 @@ from kiln.model.digest import Digest
 
 if TYPE_CHECKING:
     from kiln.exec.wasi.host import WasiHost
+    from kiln.exec.wasi.step_requests import StepRequests
     from kiln.exec.wasm_calls import StepCalls
 
 SIGNATURES = {
+    "call": "iiiiiiiii",
     "call_start": "iiiiiii",
     "call_wait": "iii",
     "call_read": "iiiii",
@@ -58,6 +81,10 @@ SIGNATURES = {
     "input_size": "i",
     "input_read": "iiii",
     "output_write": "ii",
+    "step_start": "iii",
+    "step_wait": "ii",
+    "step_read": "iiiii",
+    "step_release": "i",
 }
 DIGEST_PREFIX = "digest:"
 
@@ -73,8 +100,12 @@ class OutputTooLarge(Exception):
 @dataclass
 class _Open:
     record: CallRecord
-    pending: Pending
+    pending: Pending | None  # None: answered when started (``outcome``)
     outcome: CallOutcome | None = None
+    charged: bool = False  # the caller paid the call's fuel
+
+
+_INFO = struct.Struct("<III")  # what ``call`` writes: status, output size, handle
 
 
 class KilnImports:
@@ -82,14 +113,18 @@ class KilnImports:
     (``call_input`` set, ``output`` collecting what it gives back)."""
 
     def __init__(
-        self, host: WasiHost, calls: StepCalls | None, call_input: bytes | None = None
-    ) -> None:
+        self, host: WasiHost, calls: StepCalls | None, call_input: bytes | None = None,
+        steps: StepRequests | None = None,
+    ) -> None:  # fmt: skip
         self._host = host
         self._calls = calls
+        self._steps = steps
         self._input = call_input
         self.output = bytearray()
         self._open: dict[int, _Open] = {}
         self._next_handle = 1
+        self._modules: dict[str, Digest] = {}  # input files named as modules
+        self._released: list[tuple[Digest, Pending]] = []  # released before they finished
 
     # ------------------------------------------------------------ calling
 
@@ -97,6 +132,30 @@ class KilnImports:
         self, module_ptr: int, module_len: int, export_ptr: int, export_len: int,
         input_ptr: int, input_len: int, handle_ptr: int,
     ) -> None:  # fmt: skip
+        handle = self._start(module_ptr, module_len, export_ptr, export_len, input_ptr, input_len)
+        try:
+            self._host.write_u32(handle_ptr, handle)
+        except WasiError:
+            self.call_release(handle)
+            raise
+
+    def call(
+        self, module_ptr: int, module_len: int, export_ptr: int, export_len: int,
+        input_ptr: int, input_len: int, output_ptr: int, output_cap: int, info_ptr: int,
+    ) -> None:  # fmt: skip
+        handle = self._start(module_ptr, module_len, export_ptr, export_len, input_ptr, input_len)
+        outcome = self._wait(self._open[handle])
+        output = outcome.output
+        self._host.write_bytes(output_ptr, output[:output_cap])
+        if len(output) <= output_cap and not outcome.stdout and not outcome.stderr:
+            self.call_release(handle)
+            handle = 0  # nothing more to read
+        self._host.write_bytes(info_ptr, _INFO.pack(outcome.status, len(output), handle))
+
+    def _start(
+        self, module_ptr: int, module_len: int, export_ptr: int, export_len: int,
+        input_ptr: int, input_len: int,
+    ) -> int:  # fmt: skip
         if self._calls is None:
             raise WasiError(abi.ENOTSUP)
         if len(self._open) >= MAX_OPEN_CALLS:
@@ -106,11 +165,14 @@ class KilnImports:
         if not export or "\0" in export:
             raise WasiError(abi.EINVAL)
         data = self._host.read_bytes(input_ptr, input_len)
+        record, answer = self._calls.start(module, export, data)
         handle = self._next_handle
-        self._host.write_u32(handle_ptr, handle)  # (before starting: EFAULT starts nothing)
-        record, pending = self._calls.start(module, export, data)
         self._next_handle += 1
-        self._open[handle] = _Open(record, pending)
+        if isinstance(answer, Pending):
+            self._open[handle] = _Open(record, answer)
+        else:
+            self._open[handle] = _Open(record, None, answer, charged=False)
+        return handle
 
     def _module(self, name: str) -> Digest:
         """The module a guest names: by digest, or by a file it can see."""
@@ -120,24 +182,35 @@ class KilnImports:
                 return Digest.parse(name[len(DIGEST_PREFIX) :])
             except errors.KilnError:
                 raise WasiError(abi.EINVAL) from None
+        known = self._modules.get(name)
+        if known is not None:
+            return known
         fs = self._host.fs
         _, _, node = fs.resolve(fs.root, name, follow=True)
         if not isinstance(node, File):
             raise WasiError(abi.ENOENT if node is None else abi.EINVAL)
-        if node.blob is not None:
-            return node.blob
-        return self._calls.cas.put_bytes(fs.read(node, 0, node.size()))  # a module it wrote
+        if node.blob is None:  # a module it wrote (and may write again)
+            return self._calls.cas.put_bytes(fs.read(node, 0, node.size()))
+        if not node.writable:  # an input file: the name means this module for good
+            self._modules[name] = node.blob
+        return node.blob
 
     def call_wait(self, handle: int, status_ptr: int, size_ptr: int) -> None:
-        entry = self._entry(handle)
+        outcome = self._wait(self._entry(handle))
+        self._host.write_u32(status_ptr, outcome.status)
+        self._host.write_u32(size_ptr, len(outcome.output))
+
+    def _wait(self, entry: _Open) -> CallOutcome:
+        """The call's outcome; the first time, the caller pays its fuel."""
         if entry.outcome is None:
-            outcome = entry.pending.wait()
-            self._charge(outcome.fuel)
-            entry.outcome = outcome
+            assert entry.pending is not None
+            entry.outcome = entry.pending.wait()
+        if not entry.charged:
+            entry.charged = True
+            self._charge(entry.outcome.fuel)
             assert self._calls is not None
-            self._calls.finished(entry.record, outcome)
-        self._host.write_u32(status_ptr, entry.outcome.status)
-        self._host.write_u32(size_ptr, len(entry.outcome.output))
+            self._calls.finished(entry.record, entry.outcome)
+        return entry.outcome
 
     def _charge(self, fuel: int) -> None:
         store = self._host.store
@@ -159,8 +232,10 @@ class KilnImports:
         self._host.write_u32(copied_ptr, len(data))
 
     def call_release(self, handle: int) -> None:
-        self._entry(handle)
+        entry = self._entry(handle)
         del self._open[handle]
+        if entry.pending is not None and not entry.pending.finished:
+            self._released.append((entry.record.key, entry.pending))
 
     def _entry(self, handle: int) -> _Open:
         entry = self._open.get(handle)
@@ -171,14 +246,48 @@ class KilnImports:
     def cancel_open(self) -> None:
         """The guest ended: drop the calls it never waited for, and wait
         for those already running (they use this step's scratch space)."""
-        assert self._calls is not None or not self._open
-        for entry in self._open.values():
-            self._calls.abandon(entry.record.key, entry.pending)  # type: ignore[union-attr]
-        for entry in self._open.values():
-            if not entry.pending.finished:
-                with contextlib.suppress(Exception):  # nobody waits for its outcome any more
-                    entry.pending.wait()
+        unfinished = self._released + [
+            (e.record.key, e.pending)
+            for e in self._open.values()
+            if e.pending is not None and not e.pending.finished
+        ]
+        assert self._calls is not None or not unfinished
+        for key, pending in unfinished:
+            self._calls.abandon(key, pending)  # type: ignore[union-attr]
+        for _, pending in unfinished:
+            with contextlib.suppress(Exception):  # nobody waits for its outcome any more
+                pending.wait()
         self._open.clear()
+        self._released.clear()
+        if self._steps is not None:
+            self._steps.finish()
+
+    # ------------------------------------------------------ requested steps
+
+    def step_start(self, request_ptr: int, request_len: int, handle_ptr: int) -> None:
+        steps = self._requests()
+        handle = steps.start(self._host.read_bytes(request_ptr, request_len))
+        try:
+            self._host.write_u32(handle_ptr, handle)
+        except WasiError:
+            steps.release(handle)
+            raise
+
+    def step_wait(self, handle: int, exit_code_ptr: int) -> None:
+        self._host.write_u32(exit_code_ptr, self._requests().wait(handle))
+
+    def step_read(self, handle: int, which: int, buf: int, length: int, copied_ptr: int) -> None:
+        data = self._requests().read(handle, which)[:length]
+        self._host.write_bytes(buf, data)
+        self._host.write_u32(copied_ptr, len(data))
+
+    def step_release(self, handle: int) -> None:
+        self._requests().release(handle)
+
+    def _requests(self) -> StepRequests:
+        if self._steps is None:
+            raise WasiError(abi.ENOTSUP)  # inside a memoized call
+        return self._steps
 
     # ------------------------------------------------------- inside a call
 
