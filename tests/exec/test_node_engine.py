@@ -349,3 +349,18 @@ def test_a_call_that_reached_a_limit_is_not_comparable(store, calls_root: Path) 
     assert (ran.exit_code, _text(store, ran.stdout_digest)) == (0, "4:\n")  # the caller went on
     node = NodeWasmExecutor(local_context(store)).execute(key, *spec.action())
     assert _text(store, node.stdout_digest) == "0:\n"  # what check would otherwise have compared
+
+
+def test_a_step_that_requests_steps_is_not_comparable(store, tmp_path: Path, guest) -> None:
+    """Its requests need the build that ran it: Node refuses, never compares."""
+    root = tmp_path / "requests"
+    root.mkdir()
+    (root / "requester.wasm").write_bytes(guest("requester").read_bytes())
+    spec = ActionSpec(
+        argv=("requester.wasm", '{"executor": "wasm", "argv": ["x"]}'),
+        input_root=store.put(root).digest,
+        platform=WasmLimits().platform(),
+    )
+    key = store.put_action(spec)
+    with pytest.raises(KilnError, match="asks its build for steps"):
+        NodeWasmExecutor(local_context(store)).execute(key, *spec.action())

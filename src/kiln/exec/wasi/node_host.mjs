@@ -963,6 +963,15 @@ function imports(module, host) {
     };
   }
   const kiln = {};
+  // A step that asks its build for steps (kiln.exec.wasi.step_requests)
+  // cannot be run again here: refused, not compared.
+  for (const name of ["step_start", "step_wait", "step_read", "step_release"]) {
+    kiln[name] = () => {
+      process.stderr.write("kiln node engine: the step asks its build for steps " +
+        `(kiln ${name}), which only a build running it can answer\n`);
+      process.exit(EXIT_UNSUPPORTED);
+    };
+  }
   for (const name of KILN_IMPORTS) {
     kiln[name] = (...args) => {
       try {
