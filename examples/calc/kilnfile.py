@@ -3,9 +3,15 @@
 Every translation unit is compiled by its own step (`gcc -c`), then the
 objects are linked; `check` runs the program on tests/cases.txt. The steps
 see only their inputs and the files of gcc and the packages it needs.
+
+`made` builds the same program with its own Makefile instead: `make` runs,
+unmodified, in one recursive native step, with kiln-sub as the compiler
+launcher. Each compile it starts becomes a step of this build, so when
+make runs again (here, whenever the Makefile or a source changes), every
+compile whose source and headers are unchanged is a cache hit.
 """
 
-from kiln.build import gather, glob, native, source, target
+from kiln.build import gather, glob, native, setting, source, target
 
 CFLAGS = ["-O2", "-Wall", "-Iinclude"]
 
@@ -55,4 +61,20 @@ async def check():
         inputs=[program, source("tests/cases.txt")],
         outputs=["answers.txt"],
         description="run calc",
+    )
+
+
+@target
+async def made():
+    """calc, built by make (memoized compile by compile through kiln-sub)."""
+    jobs = setting("make-jobs", "2")
+    return await native(
+        "make",
+        f"-j{jobs}",
+        "CC=/kiln/bin/kiln-sub cc gcc",
+        tools=["make", "sh", "mkdir", "gcc"],
+        inputs=[source("Makefile"), *glob("src/*.c"), *glob("include/*.h")],
+        outputs=["calc"],
+        recursive=True,
+        description="make calc",
     )

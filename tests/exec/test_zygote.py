@@ -12,18 +12,21 @@ from types import ModuleType
 import pytest
 
 from kiln.cc import native_client
-from kiln.exec import zygote
+from kiln.exec import substep_proxy, zygote
 from kiln.exec.zygote import ARCHES
 
 HELPERS = [
     (zygote, zygote.SANDBOX_DIR, "./dev zygote"),
     (native_client, native_client.FOLDER, "./dev cc-client"),
+    (substep_proxy, substep_proxy.CLIENT_FOLDER, "./dev kiln-sub"),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(set(ARCHES.values())))
-@pytest.mark.parametrize(("helper", "folder", "remake"), HELPERS, ids=["zygote", "kiln-cc"])
+@pytest.mark.parametrize(
+    ("helper", "folder", "remake"), HELPERS, ids=["zygote", "kiln-cc", "kiln-sub"]
+)
 def test_the_checked_in_binary_is_a_fresh_build_of_its_source(
     helper: ModuleType, folder: Path, remake: str, arch: str, tmp_path: Path
 ) -> None:

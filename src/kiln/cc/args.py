@@ -14,6 +14,7 @@ argument each (``-DX=1``, ``-Iinclude``, ``-O2``).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 SOURCE_SUFFIXES = {
@@ -23,6 +24,11 @@ SOURCE_SUFFIXES = {
     ".m": "objective-c", ".mm": "objective-c++",
     ".s": "assembler", ".S": "assembler-with-cpp", ".sx": "assembler-with-cpp",
 }  # fmt: skip
+
+# What in a source or header makes the compiler look for files that no
+# list of the headers it read shows (so a sandbox holding only those would
+# answer differently).
+FILE_PROBES = re.compile(rb"__has_include|__has_embed|\.incbin")
 
 # Options whose value is the next argument (when not attached).
 SEPARATE = {
@@ -144,3 +150,20 @@ def classify(args: list[str]) -> Compile | PassThrough:
     elif not wants_deps and dep_file is not None:
         return PassThrough("-MF without -MD or -MMD")
     return Compile(source, output, language, dep_file if wants_deps else None, tuple(args))
+
+
+def without_outputs(args: list[str]) -> list[str]:
+    """The arguments less the compile and its outputs (for ``-M``)."""
+    out: list[str] = []
+    skip_next = False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("-o", "-MF", "-MT", "-MQ"):
+            skip_next = True
+            continue
+        if arg in ("-c", "-MD", "-MMD", "-MP") or arg.startswith(("-o", "-MF", "-MT", "-MQ")):
+            continue
+        out.append(arg)
+    return out

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.cc import compiler as compilers
-from kiln.cc.args import Compile, PassThrough, classify
+from kiln.cc.args import FILE_PROBES, Compile, PassThrough, classify, without_outputs
 from kiln.cc.depfile import prerequisites
 from kiln.cc.digests import FileDigests
 from kiln.cc.invocation import Exec, Invocation, Ran
@@ -83,7 +83,6 @@ MEMO_LIMIT = 100_000
 DPKG_STATUS = "/var/lib/dpkg/status"  # changes with every package installed or removed
 # What makes a compile read a file by name without listing it among its
 # headers: the sandbox would answer "no such file" where the host says yes.
-PROBES = re.compile(rb"__has_include|__has_embed|\.incbin")
 # How GCC and Clang say that an #include found nothing.
 MISSING_HEADER = re.compile(rb"fatal error: .*(No such file or directory|file not found)")
 USAGE = b"usage: kiln-cc COMPILER ARGS... (e.g. make CC='kiln-cc gcc')\n"
@@ -412,7 +411,7 @@ class CompileCache:
         self.stats.count("listed")
         with tempfile.TemporaryDirectory(prefix="kiln-cc-") as tmp:
             listing = os.path.join(tmp, "deps")
-            argv = [found.path, *_without_outputs(list(unit.args)), "-M", "-MF", listing]
+            argv = [found.path, *without_outputs(list(unit.args)), "-M", "-MF", listing]
             try:
                 run = subprocess.run(
                     argv, cwd=inv.cwd, env=inv.env, capture_output=True, check=False
@@ -490,7 +489,7 @@ class CompileCache:
                         data = f.read()
                 except OSError:
                     return False
-                if PROBES.search(data):
+                if FILE_PROBES.search(data):
                     raise NotCacheable(f"{host} probes for files (__has_include), which no "
                                        "list of headers shows")  # fmt: skip
                 if batch.add_bytes(data) != digest:
@@ -543,23 +542,6 @@ def _in_tool_root(root: str, path: str) -> bool:
     """Whether the sandbox of a tool root has ``path`` (a tool root never
     changes once built: it is named by the identity of its contents)."""
     return os.path.lexists(os.path.join(root, path.lstrip("/")))
-
-
-def _without_outputs(args: list[str]) -> list[str]:
-    """The arguments less the compile and its outputs (for ``-M``)."""
-    out: list[str] = []
-    skip_next = False
-    for arg in args:
-        if skip_next:
-            skip_next = False
-            continue
-        if arg in ("-o", "-MF", "-MT", "-MQ"):
-            skip_next = True
-            continue
-        if arg in ("-c", "-MD", "-MMD", "-MP") or arg.startswith(("-o", "-MF", "-MT", "-MQ")):
-            continue
-        out.append(arg)
-    return out
 
 
 def _write_atomically(path: str, data: bytes, mode: int) -> None:

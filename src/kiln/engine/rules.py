@@ -30,6 +30,7 @@ from kiln.exec.specs import (
     DEFAULT_DISK_MIB,
     DEFAULT_FUEL,
     DEFAULT_MEMORY_MIB,
+    RECURSIVE_PROPERTY,
     RUNTIME_PREFIX,
     WasmLimits,
     unpack_argv,
@@ -288,6 +289,7 @@ def native(
     secrets: Iterable[str] = (),
     description: str | None = None,
     timeout: float | None = None,
+    recursive: bool = False,
 ) -> Coroutine[Any, Any, StepResult]:
     """A native step: run ``argv`` in a bubblewrap sandbox (Linux).
 
@@ -305,7 +307,10 @@ def native(
     names secrets of those features, readable at ``/kiln/secrets/NAME``
     (their names, never their contents, are in the key). ``timeout`` is a
     wall-clock limit in seconds (default: the config's ``step-timeout``),
-    not part of the key.
+    not part of the key. ``recursive``: the step may ask the build for
+    steps through ``/kiln/bin/kiln-sub`` (e.g. as a compiler launcher for
+    ``make``: ``CC="/kiln/bin/kiln-sub cc gcc"``; see docs/native.md), which
+    the build runs like its own; part of the key.
     """
     ctx = _context("native()")
     where = _where()
@@ -313,6 +318,12 @@ def native(
     if not argv:
         raise errors.KilnError(
             f"{where}: native() needs a command", exit_code=errors.ExitCode.BAD_INPUT
+        )
+    if recursive and secrets:
+        raise errors.KilnError(
+            f"{where}: a native() step with secrets cannot be recursive: the steps it asks "
+            "for could carry them out of it",
+            exit_code=errors.ExitCode.BAD_INPUT,
         )
     _check_command("native", argv, where)
     for name in [tools, runtimes]:
@@ -339,7 +350,8 @@ def native(
         outputs=list(outputs),
         env=dict(env or {}),
         platform=limits.platform(declared, ctx.tools_identity(declared, where))
-        + ctx.features(requires, secrets, where),
+        + ctx.features(requires, secrets, where)
+        + (((RECURSIVE_PROPERTY, "1"),) if recursive else ()),
         description=description or _default_description(argv),
         timeout=_timeout("native", timeout, where),
     )

@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -48,6 +50,7 @@ from pathlib import Path
 
 from kiln import errors
 from kiln.config import Secret, check_secret, load_config
+from kiln.exec import substep_modes, substep_proxy
 from kiln.exec.base import (
     ExecContext,
     ExecHooks,
@@ -59,7 +62,8 @@ from kiln.exec.disk_guard import DiskGuard
 from kiln.exec.host_outputs import collect_host_outputs
 from kiln.exec.kinds import NATIVE_ABI
 from kiln.exec.output_trees import missing_outputs
-from kiln.exec.specs import NativeLimits
+from kiln.exec.specs import RECURSIVE_PROPERTY, NativeLimits
+from kiln.exec.substep_proxy import SANDBOX_CLIENT, SANDBOX_SOCKET, SubstepProxy
 from kiln.exec.tools import (
     Dpkg,
     Tool,
@@ -197,7 +201,8 @@ class NativeExecutor:
         root = self.tool_root(tools)
         limits = NativeLimits.from_platform(props)
         secrets = self._secrets(props)
-        zygote = self._zygote(root, tools, limits, secrets)
+        recursive = props.get(RECURSIVE_PROPERTY) == "1"
+        zygote = self._zygote(root, tools, limits, secrets, recursive)
         # One step at a time per sandbox: its folders are made once and
         # emptied after each step (creating folders is slow on some disks).
         step = "step"
@@ -216,10 +221,20 @@ class NativeExecutor:
             env[CORES_VARIABLE] = str(self._config.build_cores)
             cwd = "/".join(["/work", command.working_directory.strip("/")]).rstrip("/")
             started = time.time_ns()
-            code, stdout, stderr, note = self._run(
-                zygote, step, cwd, env, list(command.arguments), limits, work,
-                step_timeout(action, self._timeout),
-            )  # fmt: skip
+            proxy = self._substep_proxy(zygote, key, props) if recursive else None
+            try:
+                code, stdout, stderr, note = self._run(
+                    zygote, step, cwd, env, list(command.arguments), limits, work,
+                    step_timeout(action, self._timeout),
+                )  # fmt: skip
+            finally:
+                if proxy is not None:
+                    proxy.close()
+            if proxy is not None and proxy.tainted:
+                raise TransientError(
+                    f"a step it requested through kiln-sub was not run: {proxy.tainted}",
+                    hint="nothing of this run is kept: its output could depend on that",
+                )
             if code == EXIT_NOT_FOUND:
                 note = note or _no_loader(command, work, stderr)
             if note:
@@ -256,17 +271,25 @@ class NativeExecutor:
         names = [n for n in props.get("secrets", "").split(",") if n]
         return tuple(check_secret(self._config, n, requires, "a native step") for n in names)
 
+    def _substep_proxy(self, zygote: Zygote, key: Digest, props: dict[str, str]) -> SubstepProxy:
+        """The channel of a recursive step to its build, for this run."""
+        names = frozenset(n for n in props.get("tool-names", "").split(",") if n)
+        requester = substep_modes.Requester(key, names, self._cas)
+        return SubstepProxy(zygote.host / "sub", functools.partial(substep_modes.serve, requester))
+
     def _zygote(
-        self, root: Path, tools: list[Tool], limits: NativeLimits, secrets: tuple[Secret, ...]
-    ) -> Zygote:
-        """The resident sandbox for this tool root, these limits and secrets."""
+        self, root: Path, tools: list[Tool], limits: NativeLimits, secrets: tuple[Secret, ...],
+        recursive: bool = False,
+    ) -> Zygote:  # fmt: skip
+        """The resident sandbox for this tool root, these limits and secrets
+        (and, for a recursive step, ``kiln-sub`` and its socket's folder)."""
         binds = tuple(
             path
             for tool in tools  # tools declared by a path outside /usr: at that path
             for path in sorted({tool.path, tool.real_path})
             if not canonical(path).startswith(("/usr/", "/etc/"))
         )
-        key = (root, binds, limits, secrets)
+        key = (root, binds, limits, secrets, recursive)
         sandbox = self._zygotes.get(key)
         if sandbox is not None and sandbox.zygote.alive:
             return sandbox.zygote
@@ -278,10 +301,13 @@ class NativeExecutor:
         claim = claims.Claim(self._sandboxes, prefix="sandbox-")
         claim.path.mkdir()
         under_tmp = tuple(p for p in binds if p.startswith("/tmp/"))
+        sub = claim.path / "sub" if recursive else None
         try:
+            if sub is not None:
+                sub.mkdir()
             zygote = Zygote(
-                self._bwrap_argv(root, binds, secrets), claim.path, self._cgroups_joiner(limits),
-                under_tmp,
+                self._bwrap_argv(root, binds, secrets, sub), claim.path,
+                self._cgroups_joiner(limits), under_tmp,
             )  # fmt: skip
         except BaseException:
             claim.release()
@@ -291,8 +317,9 @@ class NativeExecutor:
         return zygote
 
     def _bwrap_argv(
-        self, root: Path, binds: tuple[str, ...], secrets: tuple[Secret, ...]
-    ) -> list[str]:
+        self, root: Path, binds: tuple[str, ...], secrets: tuple[Secret, ...],
+        sub: Path | None = None,
+    ) -> list[str]:  # fmt: skip
         argv = [
             self._bwrap,
             "--unshare-all", "--die-with-parent",
@@ -308,6 +335,15 @@ class NativeExecutor:
         argv += ["--proc", "/proc", "--dev", "/dev", "--dir", "/tmp"]
         for path in binds:
             argv += ["--ro-bind", path, path]
+        if sub is not None:  # a recursive step: kiln-sub, and the folder of its socket
+            client = substep_proxy.binary()
+            if client is None:
+                raise TransientError(
+                    f"kiln-sub is not built for this machine ({platform.machine()}): "
+                    "recursive native steps cannot run here"
+                )
+            argv += ["--ro-bind", str(client), SANDBOX_CLIENT, "--bind", str(sub),
+                     os.path.dirname(SANDBOX_SOCKET)]  # fmt: skip
         if secrets:  # shown at /kiln/secrets only to the steps that declared them
             argv += ["--dir", "/kiln/secrets"]
             for secret in secrets:
