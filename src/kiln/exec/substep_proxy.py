@@ -200,7 +200,13 @@ class SubstepProxy:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(self.path))
+        # Bound through /proc/self/fd: a store's folder may be deeper than
+        # a socket's path may be long (108 bytes).
+        folder_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY)
+        try:
+            self._listener.bind(f"/proc/self/fd/{folder_fd}/{SOCKET_NAME}")
+        finally:
+            os.close(folder_fd)
         self._listener.listen(64)
         self.tainted: str | None = None  # why the step's output cannot be trusted, if so
         self._thread = threading.Thread(target=self._accept, name="kiln-sub-proxy", daemon=True)
