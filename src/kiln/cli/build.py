@@ -226,7 +226,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
     That is the last build that included TARGET, even if later builds did
     not; exits 3 if TARGET has not been built with this store.
     """
-    from kiln.exec.wasm_calls import calls_of  # (start-up: only `kiln show` needs it)
+    from kiln.exec.wasm_calls import call_counts, calls_of  # (start-up: only `kiln show`)
 
     store, build_id, rows = _last_steps(ctx, target)
     items = []
@@ -251,6 +251,7 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
                 "shareable": shareable(platform),
                 "origin": _origin(r.status, result),
                 "calls": calls_of(result) if result else [],
+                "call_counts": call_counts(result) if result else None,
                 "requested_by": r.inputs.get("requested_by"),
             }
         )
@@ -276,18 +277,18 @@ def show(ctx: click.Context, target: str, as_json: bool) -> None:
             click.echo(
                 f"  secrets: {', '.join(item['secrets'])} (result kept out of shared caches)"
             )
-        _echo_calls(item["calls"])
+        _echo_calls(item["calls"], item["call_counts"])
 
 
 SHOWN_CALLS = 20  # `kiln show` lists this many of a step's calls, then counts the rest
 
 
-def _echo_calls(calls: list[dict[str, Any]]) -> None:
+def _echo_calls(calls: list[dict[str, Any]], counts: dict[str, int] | None) -> None:
     """A step's memoized calls, as ``kiln show`` lists them."""
-    if not calls:
+    if not counts or not counts["total"]:
         return
-    ran = sum(1 for c in calls if c["ran"])
-    click.echo(f"  memoized calls: {len(calls)}, {ran} ran, {len(calls) - ran} from the cache "
+    total, ran = counts["total"], counts["ran"]
+    click.echo(f"  memoized calls: {total}, {ran} ran, {total - ran} from the cache "
                "(when the step ran)")  # fmt: skip
     for call in calls[:SHOWN_CALLS]:
         indent = "  " * call["depth"]
@@ -295,8 +296,9 @@ def _echo_calls(calls: list[dict[str, Any]]) -> None:
         outcome = f"{how}, status {call['status']}, fuel {call['fuel']}"
         click.echo(f"    {indent}{call['export']} of {call['module'][:12]} on input "
                    f"{call['input'][:12]}: {outcome}")  # fmt: skip
-    if len(calls) > SHOWN_CALLS:
-        click.echo(f"    ... and {len(calls) - SHOWN_CALLS} more (--json lists all)")
+    if total > SHOWN_CALLS:
+        click.echo(f"    ... and {total - SHOWN_CALLS} more (--json lists the first "
+                   f"{len(calls)})")  # fmt: skip
 
 
 def _origin(status: str, result: Any) -> str | None:

@@ -23,7 +23,7 @@ from kiln.exec import kinds
 from kiln.exec.base import close_executor
 from kiln.exec.node import NodeWasmExecutor
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor
-from kiln.exec.wasm_calls import calls_of, decode_outcome
+from kiln.exec.wasm_calls import call_counts, calls_of, decode_outcome
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 from kiln.model.tree import Entry, walk
@@ -148,9 +148,10 @@ def _a_call_reached_a_limit(store: Store, reference: re_pb2.ActionResult) -> boo
     """Whether a memoized call the action made stopped at a limit: a call
     that trapped says why in its own stderr, and its caller may have gone
     on. (One whose cache entry is gone cannot tell: taken as stopped.)"""
-    for call in calls_of(reference):
-        if call["status"] != EXIT_TRAP:
-            continue
+    trapped = [call for call in calls_of(reference) if call["status"] == EXIT_TRAP]
+    if len(trapped) < call_counts(reference)["trapped"]:
+        return True  # (some were not listed: taken as stopped)
+    for call in trapped:
         hit = store.lookup(Digest.parse(call["key"]))
         outcome = decode_outcome(hit.result, store.cas) if hit is not None else None
         if outcome is None or _reached_a_limit(outcome.stderr):

@@ -156,8 +156,8 @@ class BuildReport:
         ran = [s.result for s in self.steps if s.status in _RAN and s.result is not None]
         if not ran:
             return {"ran": 0, "cached": 0}
-        from kiln.exec.wasm_calls import calls_of  # (start-up: only when steps ran)
+        from kiln.exec.wasm_calls import call_counts  # (start-up: only when steps ran)
 
-        calls = [c for result in ran for c in calls_of(result)]
-        executed = sum(1 for c in calls if c["ran"])
-        return {"ran": executed, "cached": len(calls) - executed}
+        counts = [call_counts(result) for result in ran]
+        executed = sum(c["ran"] for c in counts)
+        return {"ran": executed, "cached": sum(c["total"] for c in counts) - executed}

@@ -58,6 +58,7 @@ from kiln.exec.wasi.step_requests import StepRequests
 from kiln.exec.wasi.vfs import File, FileSystem, WasiError
 from kiln.exec.wasm_calls import (
     OUTPUT_CAP,
+    TRAPPED,
     CallExecutor,
     CallOutcome,
     StepCalls,
@@ -67,7 +68,7 @@ from kiln.exec.wasm_files import collect_outputs, directory_entries
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 
-EXIT_TRAP = 134  # the exit code recorded for a guest that trapped
+EXIT_TRAP = TRAPPED  # the exit code recorded for a guest that trapped (or a call)
 WASM_PAGE = 65536
 LARGE_MODULE = 1 << 20  # compiling one this big shows progress (it can take seconds)
 
@@ -409,7 +410,7 @@ class WasmExecutor:
             result.stderr_digest.CopyFrom(batch.add_bytes(bytes(host.stderr.data)).to_proto())
         record_timing(result, "kiln-wasm", started)
         if calls.log:
-            attach_calls(result, calls.records())
+            attach_calls(result, calls.summary())
         return result
 
     def _call_executor(self, timeout: float | None) -> CallExecutor:

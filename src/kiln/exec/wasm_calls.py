@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 CALLS_VERSION = "kiln-calls-v1"  # the ``kiln`` import module's version
 CALL_EXECUTOR = "wasm-call"  # what the action cache records as the producer
+TRAPPED = 134  # a call's status when it trapped or ran out of a limit (as EXIT_TRAP)
 OUTPUT_CAP = 64 << 20  # a call's output may not be larger (a trap otherwise)
 MAX_OPEN_CALLS = 1024  # handles a guest may hold at once
 MEMO_BYTES = 64 << 20  # outputs remembered in memory, per process
@@ -83,13 +84,17 @@ class CallRecord:
     started: float = 0.0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "key": str(self.key), "module": str(self.module), "export": self.export,
-            "input": str(self.input), "depth": self.depth, "ran": self.ran,
-            "status": self.status, "fuel": self.fuel, "started": self.started,
-            "seconds": round(self.seconds, 6),
-        }  # fmt: skip
+    def as_row(self) -> list[Any]:
+        """The record as the step's metadata keeps it (``LOG_FIELDS`` order)."""
+        return [
+            str(self.key), str(self.module), self.export, str(self.input), self.depth, self.ran,
+            self.status, self.fuel, self.started, round(self.seconds, 6),
+        ]  # fmt: skip
+
+
+LOG_FIELDS = ("key", "module", "export", "input", "depth", "ran", "status", "fuel", "started",
+              "seconds")  # fmt: skip
+MAX_LOGGED = 10_000  # calls listed one by one in a step's metadata (all are counted)
 
 
 def call_key(module: Digest, export: str, input_digest: Digest, limits: WasmLimits) -> Digest:
@@ -364,24 +369,46 @@ class StepCalls:
         record.status = outcome.status
         record.fuel = outcome.fuel
 
-    def records(self) -> list[dict[str, Any]]:
+    def summary(self) -> dict[str, Any]:
+        """The step's calls for its metadata: counts of all, rows of the
+        first ``MAX_LOGGED``."""
         with self._log_lock:
-            return [r.as_dict() for r in self.log]
+            log = list(self.log)
+        return {
+            "total": len(log),
+            "ran": sum(1 for r in log if r.ran),
+            "trapped": sum(1 for r in log if r.status == TRAPPED),
+            "rows": [r.as_row() for r in log[:MAX_LOGGED]],
+        }
 
 
-def attach_calls(result: re_pb2.ActionResult, records: list[dict[str, Any]]) -> None:
+def attach_calls(result: re_pb2.ActionResult, summary: dict[str, Any]) -> None:
     """Note the memoized calls a step made in its result's metadata (what
     ``kiln show`` and ``kiln trace`` list); not part of any output. One
     JSON text: thousands of calls cost milliseconds, not a Struct each."""
     info = struct_pb2.Struct()
-    info.update({_LOG_FIELD: json.dumps(records, separators=(",", ":"))})
+    info.update({_LOG_FIELD: json.dumps(summary, separators=(",", ":"))})
     result.execution_metadata.auxiliary_metadata.add().Pack(info)
 
 
-def calls_of(result: re_pb2.ActionResult) -> list[dict[str, Any]]:
-    """The calls ``attach_calls`` noted in a result (none: [])."""
+def _summary_of(result: re_pb2.ActionResult) -> dict[str, Any] | None:
     for item in result.execution_metadata.auxiliary_metadata:
         info = struct_pb2.Struct()
         if item.Unpack(info) and _LOG_FIELD in info:
-            return list(json.loads(info[_LOG_FIELD]))
-    return []
+            summary = json.loads(info[_LOG_FIELD])
+            return summary if isinstance(summary, dict) else None
+    return None
+
+
+def calls_of(result: re_pb2.ActionResult) -> list[dict[str, Any]]:
+    """The calls ``attach_calls`` listed in a result (the first
+    ``MAX_LOGGED``; none: [])."""
+    summary = _summary_of(result)
+    rows = summary.get("rows", []) if summary is not None else []
+    return [dict(zip(LOG_FIELDS, row, strict=True)) for row in rows]
+
+
+def call_counts(result: re_pb2.ActionResult) -> dict[str, int]:
+    """How many calls a step made, ran and saw trap (all, listed or not)."""
+    summary = _summary_of(result) or {}
+    return {name: int(summary.get(name, 0)) for name in ("total", "ran", "trapped")}

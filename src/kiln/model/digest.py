@@ -60,7 +60,10 @@ class Digest:
 
     @classmethod
     def of_bytes(cls, data: bytes | bytearray | memoryview) -> Digest:
-        return cls(hashlib.sha256(data).hexdigest(), len(data))
+        digest = object.__new__(cls)  # (a hash made here needs no checking)
+        object.__setattr__(digest, "hash", hashlib.sha256(data).hexdigest())
+        object.__setattr__(digest, "size", len(data))
+        return digest
 
     @classmethod
     def of_message(cls, message: Message) -> Digest:

@@ -41,6 +41,9 @@ _define_unchecked = _symbol(
 _memory_data = _symbol("wasmtime_memory_data", _vp, _vp, _vp)
 _memory_size = _symbol("wasmtime_memory_data_size", _sz, _vp, _vp)
 _trap_new = _symbol("wasmtime_trap_new", _vp, ctypes.c_char_p, _sz)
+_get_fuel = _symbol("wasmtime_context_get_fuel", _vp, _vp, ctypes.POINTER(ctypes.c_uint64))
+_set_fuel = _symbol("wasmtime_context_set_fuel", _vp, _vp, ctypes.c_uint64)
+_error_delete = _symbol("wasmtime_error_delete", None, _vp)
 
 # Host functions must outlive every linker that refers to them.
 _KEEP: list[Any] = []
@@ -108,3 +111,25 @@ class GuestMemory:
             return False
         ctypes.memmove(_memory_data(self._context, self._memory) + ptr, data, len(data))
         return True
+
+
+class Fuel:
+    """Reads and sets a store's fuel (also while one of its host functions
+    runs: the guest's count is in the store's context then)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = ctypes.cast(context._context(), _vp).value
+        self._value = ctypes.c_uint64()
+
+    def get(self) -> int:
+        _checked(_get_fuel(self._context, ctypes.byref(self._value)))
+        return self._value.value
+
+    def set(self, fuel: int) -> None:
+        _checked(_set_fuel(self._context, fuel))
+
+
+def _checked(error: int | None) -> None:
+    if error:
+        _error_delete(error)
+        raise RuntimeError("fuel is not enabled for this store")

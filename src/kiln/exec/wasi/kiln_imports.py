@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kiln import errors
-from kiln.exec.wasi import abi
+from kiln.exec.wasi import abi, capi
 from kiln.exec.wasi.vfs import File, WasiError
 from kiln.exec.wasm_calls import MAX_OPEN_CALLS, OUTPUT_CAP, CallOutcome, CallRecord, Pending
 from kiln.model.digest import Digest
@@ -124,6 +124,7 @@ class KilnImports:
         self._open: dict[int, _Open] = {}
         self._next_handle = 1
         self._modules: dict[str, Digest] = {}  # input files named as modules
+        self._fuel: capi.Fuel | None = None  # the guest's fuel, once a call is charged
         self._released: list[tuple[Digest, Pending]] = []  # released before they finished
 
     # ------------------------------------------------------------ calling
@@ -213,12 +214,14 @@ class KilnImports:
         return entry.outcome
 
     def _charge(self, fuel: int) -> None:
-        store = self._host.store
-        left = store.get_fuel()
+        meter = self._fuel
+        if meter is None:
+            meter = self._fuel = capi.Fuel(self._host.store)
+        left = meter.get()
         if fuel > left:
-            store.set_fuel(0)
+            meter.set(0)
             raise OutOfFuel()
-        store.set_fuel(left - fuel)
+        meter.set(left - fuel)
 
     def call_read(self, handle: int, which: int, buf: int, length: int, copied_ptr: int) -> None:
         outcome = self._entry(handle).outcome
