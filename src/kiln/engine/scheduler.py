@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
+from kiln.engine.call_warmup import warm
 from kiln.engine.inputs import write_blobs
 from kiln.engine.report import StepStatus
 from kiln.engine.runners import RETRIES, Outcome, ProcessRunner, ThreadRunner
@@ -348,6 +349,9 @@ class Scheduler:
                 if remote is not None:
                     await self.ensure_local([request.spec.input_root], [])
                 runner = self._threads if request.parent is not None else self._runner()
+                if request.executor == "wasm" and runner is self._threads:
+                    # (its calls, answered from this process's memory)
+                    await asyncio.to_thread(warm, self._store, record.target, record.description)
                 submitted = runner.submit(
                     request.executor, record.key, request.spec.timed(action), command, where
                 )

@@ -112,6 +112,33 @@ class GuestMemory:
         ctypes.memmove(_memory_data(self._context, self._memory) + ptr, data, len(data))
         return True
 
+    def window(self) -> Window:
+        """The memory as it is now: valid until the guest runs again (a host
+        function that touches memory several times looks it up once)."""
+        return Window(
+            _memory_data(self._context, self._memory), _memory_size(self._context, self._memory)
+        )
+
+
+class Window:
+    """Guest memory at one moment: its base address and size."""
+
+    __slots__ = ("base", "size")
+
+    def __init__(self, base: int, size: int) -> None:
+        self.base, self.size = base, size
+
+    def read(self, ptr: int, length: int) -> bytes | None:
+        if ptr < 0 or ptr + length > self.size:
+            return None
+        return ctypes.string_at(self.base + ptr, length) if length else b""
+
+    def write(self, ptr: int, data: bytes) -> bool:
+        if ptr < 0 or ptr + len(data) > self.size:
+            return False
+        ctypes.memmove(self.base + ptr, data, len(data))
+        return True
+
 
 class Fuel:
     """Reads and sets a store's fuel (also while one of its host functions

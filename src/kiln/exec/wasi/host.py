@@ -196,6 +196,12 @@ class WasiHost:
             return abi.ENOSYS
         return _errno_of(getattr(self.kiln, name), args)
 
+    def window(self) -> capi.Window:
+        """Guest memory for one host call (EFAULT before it is bound)."""
+        if self._memory is None:
+            raise WasiError(abi.EFAULT)
+        return self._memory.window()
+
     # For the ``kiln`` imports: guest memory, WASI errors on a bad pointer.
     def read_bytes(self, ptr: int, length: int) -> bytes:
         return self._read(ptr, length)

@@ -89,6 +89,16 @@ SIGNATURES = {
 DIGEST_PREFIX = "digest:"
 
 
+def _text(data: bytes | None) -> str:
+    """A name a guest gave (EFAULT: outside its memory; EINVAL: not UTF-8)."""
+    if data is None:
+        raise WasiError(abi.EFAULT)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise WasiError(abi.EINVAL) from None
+
+
 class OutOfFuel(Exception):
     """The caller had less fuel left than a call it waited for consumed."""
 
@@ -144,28 +154,45 @@ class KilnImports:
         self, module_ptr: int, module_len: int, export_ptr: int, export_len: int,
         input_ptr: int, input_len: int, output_ptr: int, output_cap: int, info_ptr: int,
     ) -> None:  # fmt: skip
-        handle = self._start(module_ptr, module_len, export_ptr, export_len, input_ptr, input_len)
+        # The hot path of a memoized call: memory is looked up once (it
+        # cannot move while this runs, and the call below runs no guest code
+        # of this store).
+        memory = self._host.window()
+        module, export, data = (
+            _text(memory.read(module_ptr, module_len)), _text(memory.read(export_ptr, export_len)),
+            memory.read(input_ptr, input_len),
+        )  # fmt: skip
+        if data is None:
+            raise WasiError(abi.EFAULT)
+        handle = self._begin(module, export, data)
         outcome = self._wait(self._open[handle])
         output = outcome.output
-        self._host.write_bytes(output_ptr, output[:output_cap])
         if len(output) <= output_cap and not outcome.stdout and not outcome.stderr:
             self.call_release(handle)
             handle = 0  # nothing more to read
-        self._host.write_bytes(info_ptr, _INFO.pack(outcome.status, len(output), handle))
+        if not (
+            memory.write(output_ptr, output[:output_cap])
+            and memory.write(info_ptr, _INFO.pack(outcome.status, len(output), handle))
+        ):
+            raise WasiError(abi.EFAULT)
 
     def _start(
         self, module_ptr: int, module_len: int, export_ptr: int, export_len: int,
         input_ptr: int, input_len: int,
     ) -> int:  # fmt: skip
+        module = self._host.read_str(module_ptr, module_len)
+        export = self._host.read_str(export_ptr, export_len)
+        return self._begin(module, export, self._host.read_bytes(input_ptr, input_len))
+
+    def _begin(self, module_name: str, export: str, data: bytes) -> int:
+        """Start a call; its handle."""
         if self._calls is None:
             raise WasiError(abi.ENOTSUP)
         if len(self._open) >= MAX_OPEN_CALLS:
             raise WasiError(abi.EMFILE)
-        module = self._module(self._host.read_str(module_ptr, module_len))
-        export = self._host.read_str(export_ptr, export_len)
+        module = self._module(module_name)
         if not export or "\0" in export:
             raise WasiError(abi.EINVAL)
-        data = self._host.read_bytes(input_ptr, input_len)
         record, answer = self._calls.start(module, export, data)
         handle = self._next_handle
         self._next_handle += 1

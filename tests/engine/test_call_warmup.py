@@ -1,0 +1,51 @@
+"""A wasm step that runs again finds the calls its previous run made
+already loaded (``kiln.engine.call_warmup``): answered from memory, not by
+a lookup each; what it no longer needs is merely unused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import wasmtime
+from engine_helpers import build, write_project
+
+from kiln.api import StepStatus
+from kiln.engine import call_warmup
+from kiln.exec import wasm_calls
+
+GUESTS = Path(__file__).parents[1] / "exec" / "guests"
+
+KILNFILE = """
+from kiln.build import read_bytes, source, target, wasm
+
+@target
+async def shout():
+    words = read_bytes(source("words.txt")).decode().split()
+    return await wasm(source("caller.wasm"), "run", *words,
+                      inputs=[source("callee.wasm")], description="shout")
+"""
+
+
+def test_a_step_run_again_has_its_previous_calls_loaded(store, tmp_path: Path) -> None:
+    files = {
+        f"{name}.wasm": bytes(wasmtime.wat2wasm((GUESTS / f"{name}.wat").read_text()))
+        for name in ("caller", "callee")
+    }
+    root = write_project(tmp_path / "p", KILNFILE, {**files, "words.txt": "alpha beta gamma"})
+    first = build(store, root, "shout")
+    assert first.ok, first.errors
+    assert first.summary()["calls"] == {"ran": 3, "cached": 0}
+    keys = call_warmup.previous_calls(store, "shout", "shout")
+    assert len(keys) == 3
+
+    wasm_calls.MEMO.clear()
+    assert call_warmup.warm(store, "shout", "shout") == 3
+    assert all(wasm_calls.MEMO.get(wasm_calls.Digest.parse(k)) is not None for k in keys)
+
+    wasm_calls.MEMO.clear()
+    (root / "words.txt").write_text("alpha beta delta")  # one new word: one call runs
+    second = build(store, root, "shout")
+    assert [s.status for s in second.steps] == [StepStatus.EXECUTED]
+    assert second.summary()["calls"] == {"ran": 1, "cached": 2}
+    stdout = store.cas.get_bytes(wasm_calls.Digest.from_proto(second.steps[0].result.stdout_digest))
+    assert stdout == b"0:ALPHA\n0:BETA\n0:DELTA\n"
