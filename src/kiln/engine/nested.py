@@ -107,6 +107,8 @@ class StepService:
             await self._scheduler.ensure_outputs_local(result)
         except errors.KilnError as e:
             return {"ok": False, "error": e.message, "hint": e.hint}
+        except Exception as e:  # e.g. the build stopping after a failure elsewhere
+            return {"ok": False, "error": f"the build could not run it: {type(e).__name__} {e}"}
         record = self._scheduler.record_of(result.key)
         assert record is not None and record.result is not None
         return {
