@@ -66,6 +66,16 @@ async def loop():
                inputs=[source("requester.wasm"), source("loop.json")], description="looper")
 
 @target
+async def first():
+    await wasm(source("requester.wasm"), "@a.json", inputs=[source("a.json"), source("b.json")],
+               description="A")
+
+@target
+async def second():
+    await wasm(source("requester.wasm"), "@b.json", inputs=[source("a.json"), source("b.json")],
+               description="B")
+
+@target
 async def bad_tools():
     await wasm(source("requester.wasm"), json.dumps({
         "executor": "native", "argv": ["sh", "-c", "cat /etc/passwd"], "tools": ["sh"],
@@ -80,6 +90,13 @@ LOOP = {
 }
 
 
+def _crossing(mine: str) -> dict:
+    """A request for the step the other target runs (which asks for this one)."""
+    inputs = {name: "/" + name for name in ("requester.wasm", "a.json", "b.json")}
+    return {"executor": "wasm", "argv": ["requester.wasm", f"@{mine}"], "inputs": inputs,
+            "outputs": []}  # fmt: skip
+
+
 @pytest.fixture
 def project(tmp_path: Path, guest) -> Path:
     files = {
@@ -90,6 +107,8 @@ def project(tmp_path: Path, guest) -> Path:
         "FAIL.txt": "FAIL\n",
         "tag.txt": "one\n",
         "loop.json": json.dumps(LOOP),
+        "a.json": json.dumps(_crossing("b.json")),  # A asks for B
+        "b.json": json.dumps(_crossing("a.json")),  # B asks for A
     }
     return write_project(tmp_path / "p", KILNFILE, files)
 
@@ -141,6 +160,15 @@ def test_a_request_loop_fails_clearly(store, project: Path) -> None:
     assert not report.ok
     message = report.errors[0].render()
     assert "request loop" in message and "looper" in message
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_two_steps_asking_for_each_other_fail_clearly(store, project: Path, jobs: int) -> None:
+    # Neither is the other's child: each is a target's own step, already
+    # running or waiting when the other asks for it (a deadlock otherwise).
+    report = build(store, project, "first", "second", jobs=jobs)
+    assert not report.ok
+    assert any("request loop" in e.render() for e in report.errors)
 
 
 def test_a_step_may_not_ask_for_tools_it_did_not_declare(store, project: Path) -> None:

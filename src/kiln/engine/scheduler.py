@@ -159,6 +159,8 @@ class Scheduler:
         # Every key asked for in this build, and its outcome once known.
         self._requested: dict[Digest, asyncio.Future[StepResult]] = {}
         self._record_of: dict[Digest, StepRecord] = {}  # the record of each requested key
+        # Running steps -> the steps they requested and wait for (how many times).
+        self._waits_for: dict[Digest, dict[Digest, int]] = {}
         self.records: list[StepRecord] = []  # one per key
         self.failures: list[errors.KilnError] = []  # every failed step's error, in order
         self.stopping = False
@@ -227,11 +229,12 @@ class Scheduler:
         action, _ = request.spec.action()
         key = Digest.of_message(action)
         chain = self._ancestry(parent)
-        if key in [r.key for r in chain]:
-            loop = " -> ".join(repr(r.description) for r in reversed(chain))
+        cycle = self._wait_path(key, parent.key)
+        if cycle is not None:
+            names = [self._name_of(k) for k in [parent.key, *cycle]]
             raise errors.KilnError(
                 f"request loop: step {parent.description!r} of target {parent.target!r} "
-                f"requested a step it is itself waiting for ({loop} -> {request.description!r})",
+                f"requested a step that is waiting for it ({' -> '.join(names)})",
                 hint="a step cannot (indirectly) request itself",
                 exit_code=errors.ExitCode.BAD_INPUT, target=parent.target,
             )  # fmt: skip
@@ -241,11 +244,41 @@ class Scheduler:
                 f"{len(chain)} levels down: at most {MAX_NESTING} are allowed",
                 exit_code=errors.ExitCode.BAD_INPUT, target=parent.target,
             )  # fmt: skip
+        waits = self._waits_for.setdefault(parent.key, {})
+        waits[key] = waits.get(key, 0) + 1
         self._lend(parent)
         try:
             return await self.run(request)
         finally:
+            waits[key] -= 1
+            if not waits[key]:
+                del waits[key]
             await self._take_back(parent)
+
+    def _wait_path(self, start: Digest, goal: Digest) -> list[Digest] | None:
+        """Keys from ``start`` to ``goal`` along "is running and waits for a
+        step it requested" (``start`` itself when it is ``goal``), if any."""
+        seen: set[Digest] = set()
+        path = [start]
+
+        def walk(key: Digest) -> bool:
+            if key == goal:
+                return True
+            if key in seen:
+                return False
+            seen.add(key)
+            for requested in self._waits_for.get(key, ()):
+                path.append(requested)
+                if walk(requested):
+                    return True
+                path.pop()
+            return False
+
+        return path if walk(start) else None
+
+    def _name_of(self, key: Digest) -> str:
+        record = self._record_of.get(key)
+        return repr(record.description) if record is not None else str(key)
 
     def record_of(self, key: Digest) -> StepRecord | None:
         """The record of a step requested in this build, by key."""
