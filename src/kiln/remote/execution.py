@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from buildgrid.common.protos.google.rpc import code_pb2, error_details_pb2
 
 from kiln.exec.base import TransientError
+from kiln.exec.specs import RECURSIVE_PROPERTY
 from kiln.model.action import shareable
 from kiln.model.digest import Digest, canonical_bytes
 from kiln.model.reapi import re_pb2
@@ -41,8 +42,10 @@ class RemoteRun:
 
 
 def runs_remotely(kind: str, action: re_pb2.Action, command: re_pb2.Command) -> bool:
-    """Whether a step of ``kind`` may run on the engine (never one that reads secrets)."""
-    return kind in REMOTE_KINDS and shareable(platform_of(action, command))
+    """Whether a step of ``kind`` may run on the engine: never one that
+    reads secrets, nor a recursive one (its requests need this build)."""
+    platform = platform_of(action, command)
+    return kind in REMOTE_KINDS and shareable(platform) and RECURSIVE_PROPERTY not in platform
 
 
 class RemoteExecution:
