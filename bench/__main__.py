@@ -18,6 +18,7 @@ from bench import (
     hash_file,
     native_step,
     native_vs_nix,
+    recursive,
     remote,
     stress,
     tree_put,
@@ -42,6 +43,7 @@ BENCHMARKS = {
     "go": go_cache.main,
     "cc": cc.main,
     "calls": wasm_calls.main,
+    "recursive": recursive.main,
 }
 
 
