@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
 
+from kiln import errors
 from kiln.exec.kinds import WASM_ABI
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
@@ -194,8 +195,9 @@ MEMO = _Memo()
 class Pending:
     """A started call, run by a pool thread or by whoever waits first."""
 
-    def __init__(self, job: Callable[[], CallOutcome]) -> None:
+    def __init__(self, job: Callable[[], CallOutcome], label: str = "a call") -> None:
         self._job = job
+        self.label = label  # the call, in words (for a cycle's message)
         self._lock = threading.Lock()
         self._claimed = False
         self._done = threading.Event()
@@ -209,11 +211,14 @@ class Pending:
             if self._claimed:
                 return
             self._claimed = True
+        outer = getattr(_computing, "pending", None)
+        _computing.pending = self
         try:
             self._outcome = self._job()
         except BaseException as e:  # handed to the waiter
             self._error = e
         finally:
+            _computing.pending = outer
             self._done.set()
 
     def cancel(self) -> None:
@@ -226,15 +231,66 @@ class Pending:
 
     def wait(self) -> CallOutcome:
         self.run()  # not started yet: run it on this thread, never wait for a pool thread
-        self._done.wait()
+        if not self._done.is_set():
+            self._wait_as(getattr(_computing, "pending", None))
         if self._error is not None:
             raise self._error
         assert self._outcome is not None
         return self._outcome
 
+    def _wait_as(self, waiter: Pending | None) -> None:
+        """Wait, as the computation of ``waiter`` (None: a step's guest),
+        refusing to wait for a call that waits, in turn, for ``waiter``."""
+        if waiter is None:
+            self._done.wait()
+            return
+        with _waits_lock:
+            cycle = _path(self, waiter)
+            if cycle is not None:
+                raise CallCycle([waiter, *cycle])
+            _waits_on[waiter] = self
+        try:
+            self._done.wait()
+        finally:
+            with _waits_lock:
+                _waits_on.pop(waiter, None)
+
     @property
     def finished(self) -> bool:
         return self._done.is_set()
+
+
+# Which call this thread computes now, and which call each computation
+# waits for: a wait that would close a cycle is a call that (indirectly)
+# calls itself, which would never end.
+_computing = threading.local()
+_waits_on: dict[Pending, Pending] = {}
+_waits_lock = threading.Lock()
+
+
+def _path(start: Pending, goal: Pending) -> list[Pending] | None:
+    """The calls from ``start`` to ``goal`` along "waits for", if any."""
+    path, at = [start], start
+    while at is not goal:
+        following = _waits_on.get(at)
+        if following is None or len(path) > len(_waits_on) + 1:
+            return None
+        path.append(following)
+        at = following
+    return path
+
+
+class CallCycle(errors.KilnError):
+    """Memoized calls that call each other in a circle: never a result."""
+
+    def __init__(self, cycle: list[Pending]) -> None:
+        super().__init__(
+            "memoized calls form a cycle (a call that, through others, calls itself): "
+            + " -> ".join(p.label for p in cycle),
+            hint="a called function must not call, directly or not, the same function on the "
+            "same input",
+            exit_code=errors.ExitCode.FAILED,
+        )
 
 
 class CallCancelled(Exception):
@@ -256,9 +312,11 @@ def _call_pool() -> ThreadPoolExecutor:
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pool_lock, _inflight_lock
+    global _pool, _pool_lock, _inflight_lock, _waits_lock
     _pool, _pool_lock, _inflight_lock = None, threading.Lock(), threading.Lock()
+    _waits_lock = threading.Lock()
     _inflight.clear()
+    _waits_on.clear()
 
 
 _inflight: dict[Digest, Pending] = {}
@@ -310,7 +368,8 @@ class StepCalls:
             if pending is not None:
                 pending.shared = True
                 return record, pending
-            pending = Pending(lambda: self._lookup_or_run(record, data))
+            label = f"{export} of {str(module)[:12]} on input {str(input_digest)[:12]}"
+            pending = Pending(lambda: self._lookup_or_run(record, data), label)
             _inflight[key] = pending
         _call_pool().submit(pending.run)
         return record, pending

@@ -2,7 +2,8 @@
 ;; upper case after 1000 loop iterations per input byte (so a call's fuel
 ;; grows with its input); input "trap" traps, "exit" exits with 3.
 ;; nest: takes a module name as input and outputs what that module's run
-;; gives for "nested".
+;; gives for "nested". loop: takes a module name as input and calls that
+;; module's loop on the same input (with itself as the module: a cycle).
 (module
   (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
   (import "kiln" "input_size" (func $input_size (param i32) (result i32)))
@@ -44,4 +45,10 @@
     (if (call $call_read (i32.load (i32.const 8)) (i32.const 0) (i32.const 8192) (i32.const 4096) (i32.const 4))
       (then unreachable))
     (if (call $output_write (i32.const 8192) (i32.load (i32.const 4))) (then unreachable)))
+  (data (i32.const 48) "loop")
+  (func (export "loop") (local $n i32)
+    (local.set $n (call $load))
+    (if (call $call_start (i32.const 4096) (local.get $n) (i32.const 48) (i32.const 4)
+          (i32.const 4096) (local.get $n) (i32.const 8)) (then unreachable))
+    (if (call $call_wait (i32.load (i32.const 8)) (i32.const 12) (i32.const 0)) (then unreachable)))
 )
