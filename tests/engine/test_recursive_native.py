@@ -13,6 +13,7 @@ from engine_helpers import build, write_project
 from conftest import copy_example
 from kiln.api import StepStatus
 from kiln.cli.doctor import check_bubblewrap
+from kiln.engine.check import rebuild_steps
 from kiln.exec.native import bwrap_path
 
 pytestmark = pytest.mark.skipif(
@@ -32,6 +33,15 @@ async def parent():
         "sh", "-c", "/kiln/bin/" + CHILD + "; echo exit $? > status.txt; cat b.txt >> status.txt",
         tools=["sh", "tr", "cat"], inputs=[source("a.txt"), source("note.txt")],
         outputs=["status.txt"], recursive=True, description="parent",
+    )
+
+@target
+async def folder():
+    return await native(
+        "sh", "-c",
+        "/kiln/bin/kiln-sub run --tool cat --in d -- cat d/x.txt d/sub/y.txt > all.txt",
+        tools=["sh", "cat"], inputs=[source("d/x.txt"), source("d/sub/y.txt")],
+        outputs=["all.txt"], recursive=True, description="folder",
     )
 
 @target
@@ -62,6 +72,8 @@ def project(tmp_path: Path) -> Path:
     files = {
         "a.txt": "hello\n",
         "note.txt": "one\n",
+        "d/x.txt": "x\n",
+        "d/sub/y.txt": "y\n",
         # The same step as the one running it: a loop the build must refuse.
         "loop.sh": "/kiln/bin/kiln-sub run --recursive --tool sh --in loop.sh -- sh loop.sh\n",
     }
@@ -90,6 +102,13 @@ def test_a_requested_step_runs_once_and_its_outputs_come_back(store, project: Pa
     assert (project / "kiln-out" / "parent" / "status.txt").read_text() == "exit 0\nAGAIN\n"
 
 
+def test_a_folder_of_the_steps_inputs_is_an_input(store, project: Path) -> None:
+    report = build(store, project, "folder")
+    assert report.ok, report.errors
+    assert (project / "kiln-out" / "folder" / "all.txt").read_text() == "x\ny\n"
+    assert len(report.steps) == 2
+
+
 def test_a_step_that_is_not_recursive_has_no_channel(store, project: Path) -> None:
     report = build(store, project, "plain")
     assert report.ok, report.errors
@@ -104,6 +123,7 @@ def test_a_step_may_not_ask_for_tools_it_did_not_declare(store, project: Path) -
     assert "curl" in message and "not among the requesting step's own" in message
     assert "kiln-sub" in message  # the step failed as an error, naming the channel
     assert [s.description for s in report.steps] == ["greedy"]
+    assert report.steps[0].attempts == 1  # a refusal is final: not tried again
 
 
 def test_a_request_loop_fails_clearly(store, project: Path) -> None:
@@ -145,3 +165,9 @@ def test_make_with_kiln_sub_as_the_compiler_launcher(store, calc: Path) -> None:
     edited = build(store, calc, "made")
     ran = sorted(s.description for s in edited.steps if s.status is StepStatus.EXECUTED)
     assert ran == ["cc src/main.c", "make calc"]
+
+    # `kiln check`: the compiles are run again as steps of their own; make's
+    # step needs a build to answer it, and says so.
+    checks = {c.step: c for c in rebuild_steps(store, edited.steps)}
+    assert "need the build that runs it" in checks["make calc"].skipped
+    assert checks["cc src/main.c"].identical and not checks["cc src/main.c"].skipped

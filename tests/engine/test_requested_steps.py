@@ -12,7 +12,7 @@ import pytest
 from engine_helpers import build, write_project
 
 from kiln.api import StepStatus
-from kiln.exec.base import TransientError
+from kiln.errors import KilnError
 from kiln.exec.kinds import local_context
 from kiln.exec.wasm import WasmExecutor, WasmLimits
 from kiln.model.action import ActionSpec
@@ -59,6 +59,15 @@ async def failing():
         source("cat.wasm"), source("a.txt"), source("b.txt"), source("FAIL.txt")],
         description="parent of a failure")
     return None
+
+@target
+async def failing_then_rule():
+    await failing()
+    # The very step that failed when the parent asked for it: a rule asking
+    # for it now gets the failure, not a result.
+    await wasm(source("cat.wasm"), "out.txt", "a.txt", "FAIL.txt",
+               inputs=[source("a.txt"), source("b.txt"), source("FAIL.txt")],
+               outputs=["out.txt"], description="the same child, from a rule")
 
 @target
 async def loop():
@@ -155,6 +164,15 @@ def test_a_failed_child_is_its_parents_to_handle(store, project: Path) -> None:
     assert _statuses(report)["child cat"] is StepStatus.FAILED
 
 
+def test_a_rule_asking_for_a_failed_child_gets_the_failure(store, project: Path) -> None:
+    report = build(store, project, "failing_then_rule")
+    assert not report.ok
+    message = report.errors[0].render()
+    assert "failed with exit code 3" in message and "FAIL" in message
+    # one step for both askers (the same key): the rule got the child's outcome
+    assert [s.description for s in report.steps] == ["parent of a failure", "child cat"]
+
+
 def test_a_request_loop_fails_clearly(store, project: Path) -> None:
     report = build(store, project, "loop", jobs=1)
     assert not report.ok
@@ -177,6 +195,7 @@ def test_a_step_may_not_ask_for_tools_it_did_not_declare(store, project: Path) -
     message = report.errors[0].render()
     assert "sh" in message and "not among the requesting step's own" in message
     assert not any(s.description.startswith("sh") for s in report.steps)
+    assert report.steps[0].attempts == 1  # a refusal is final: not tried again
 
 
 def test_outside_a_build_a_request_is_an_error_not_a_result(store, project: Path) -> None:
@@ -192,5 +211,5 @@ def test_outside_a_build_a_request_is_an_error_not_a_result(store, project: Path
         platform=WasmLimits().platform(),
     )
     key = store.put_action(spec)
-    with pytest.raises(TransientError, match="only a running build"):
+    with pytest.raises(KilnError, match="only a running build"):
         WasmExecutor(local_context(store)).execute(key, *spec.action())

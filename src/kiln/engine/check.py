@@ -22,6 +22,7 @@ from kiln import errors
 from kiln.exec import kinds
 from kiln.exec.base import close_executor
 from kiln.exec.node import NodeWasmExecutor
+from kiln.exec.specs import RECURSIVE_PROPERTY
 from kiln.exec.wasm import EXIT_TRAP, WasmExecutor
 from kiln.exec.wasm_calls import call_counts, calls_of, decode_outcome
 from kiln.model.digest import Digest
@@ -284,6 +285,11 @@ def _rebuild_one(
         check.skipped = f"no executor here for {abi!r}"
     elif kind.not_rechecked:
         check.skipped = f"a {kind.name}: {kind.not_rechecked}"
+    elif any(p.name == RECURSIVE_PROPERTY for p in action.platform.properties):
+        check.skipped = (
+            "a recursive step: the steps it requests need the build that runs it "
+            "(they are checked as steps of their own)"
+        )
     else:
         if on_step is not None:
             on_step(record.description)

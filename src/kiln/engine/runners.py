@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from kiln.exec.base import Executor
 
 RETRIES = 2  # extra attempts after a transient (infrastructure) error
-NESTED_THREADS = 64  # threads for steps waiting on the steps they requested
+NESTED_THREADS = 512  # threads for steps waiting on the steps they requested
 
 
 @dataclass

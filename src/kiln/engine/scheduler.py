@@ -196,8 +196,10 @@ class Scheduler:
         if first is not None:
             self._also_for(key, request.target)
             if first.done():  # (no task switch for a result already known)
-                return first.result()
-            return await asyncio.shield(first)
+                shared = first.result()
+            else:
+                shared = await asyncio.shield(first)
+            return self._shared_result(key, shared, request)
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
         self._requested[key] = future
         try:
@@ -210,6 +212,17 @@ class Scheduler:
             future.exception()  # retrieved: later requests get it from their await
             raise
         future.set_result(result)
+        return result
+
+    def _shared_result(self, key: Digest, result: StepResult, request: StepRequest) -> StepResult:
+        """The outcome of a step asked for again: a step that failed when a
+        running step requested it (its outcome then was the requester's to
+        handle) fails for a rule asking for it now."""
+        record = self._record_of[key]
+        if request.parent is None and record.status is StepStatus.FAILED:
+            assert record.result is not None
+            stderr = read_blob(self._store.cas, Digest.from_proto(record.result.stderr_digest))
+            raise self._fail(record, step_failed(record, list(request.spec.argv), stderr))
         return result
 
     async def run_nested(self, request: StepRequest) -> StepResult:
@@ -241,7 +254,7 @@ class Scheduler:
         if len(chain) >= MAX_NESTING:
             raise errors.KilnError(
                 f"step {parent.description!r} of target {parent.target!r} requested a step "
-                f"{len(chain)} levels down: at most {MAX_NESTING} are allowed",
+                f"{len(chain)} levels down: at most {MAX_NESTING - 1} are allowed",
                 exit_code=errors.ExitCode.BAD_INPUT, target=parent.target,
             )  # fmt: skip
         waits = self._waits_for.setdefault(parent.key, {})
@@ -249,6 +262,11 @@ class Scheduler:
         self._lend(parent)
         try:
             return await self.run(request)
+        except errors.KilnError:
+            record = self._record_of.get(key)
+            if record is None or record.result is None or record.result.exit_code == 0:
+                raise
+            return self._step_result(record, cached=False)  # it failed: its requester decides
         finally:
             waits[key] -= 1
             if not waits[key]:

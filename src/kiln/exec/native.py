@@ -230,11 +230,12 @@ class NativeExecutor:
             finally:
                 if proxy is not None:
                     proxy.close()
-            if proxy is not None and proxy.tainted:
-                raise TransientError(
-                    f"a step it requested through kiln-sub was not run: {proxy.tainted}",
-                    hint="nothing of this run is kept: its output could depend on that",
-                )
+            if proxy is not None and proxy.tainted is not None:
+                message = f"a step it requested through kiln-sub was not run: {proxy.tainted}"
+                hint = "nothing of this run is kept: its output could depend on that"
+                if not proxy.tainted.final:
+                    raise TransientError(message, hint=hint)
+                raise errors.KilnError(message, hint=hint, exit_code=errors.ExitCode.FAILED)
             if code == EXIT_NOT_FOUND:
                 note = note or _no_loader(command, work, stderr)
             if note:

@@ -108,6 +108,13 @@ class NodeWasmExecutor:
             try:
                 self._run_node(request_path, Path(tmp), step_timeout(action, self._timeout))
             except _Unsupported as e:
+                if "asks its build for steps" in str(e):
+                    raise KilnError(
+                        f"the node engine cannot run this action: {e}",
+                        hint="its steps are requested from the build that runs it; compare "
+                        "the steps it requested instead (`kiln show` lists them)",
+                        exit_code=ExitCode.BAD_INPUT,
+                    ) from None
                 called = Path(tmp) / "unsupported.json"  # a called module, not the action's
                 module = json.loads(called.read_text())["module"] if called.exists() else None
                 raise self._unsupported(input_root, request["argv"], str(e), module) from None

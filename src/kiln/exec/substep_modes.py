@@ -243,7 +243,7 @@ def _ask(requester: Requester, request: dict[str, Any]) -> Answer:
     except NoService:
         raise Tainted("the build that runs this step does not answer step requests") from None
     except Refused as e:
-        raise Tainted(e.message + (f" ({e.hint})" if e.hint else "")) from None
+        raise Tainted(e.message + (f" ({e.hint})" if e.hint else ""), final=e.final) from None
 
 
 def _store_tree(cas: ContentStore, files: list[Input]) -> Digest:

@@ -208,7 +208,7 @@ class SubstepProxy:
         finally:
             os.close(folder_fd)
         self._listener.listen(64)
-        self.tainted: str | None = None  # why the step's output cannot be trusted, if so
+        self.tainted: Tainted | None = None  # why the step's output cannot be trusted, if so
         self._thread = threading.Thread(target=self._accept, name="kiln-sub-proxy", daemon=True)
         self._thread.start()
 
@@ -228,7 +228,8 @@ class SubstepProxy:
             except HandsGone:
                 return
             except Tainted as e:
-                self.tainted = self.tainted or str(e)
+                if self.tainted is None:
+                    self.tainted = e
                 with contextlib.suppress(HandsGone):
                     hands.exit(125, stderr=f"kiln-sub: {e}\n".encode())
 
@@ -243,7 +244,12 @@ class SubstepProxy:
 
 class Tainted(Exception):
     """The build did not give a requested step's result (refused it, or
-    could not run it): the requesting step fails as an error."""
+    could not run it): the requesting step fails as an error (``final``:
+    running it again would fail the same way)."""
+
+    def __init__(self, message: str, final: bool = True) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 if __name__ == "__main__":

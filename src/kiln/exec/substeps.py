@@ -34,12 +34,14 @@ class NoService(Exception):
 
 
 class Refused(Exception):
-    """The build refused the request (``message``, ``hint``) or could not run it."""
+    """The build refused the request (``message``, ``hint``; ``final``: asking
+    again would be refused again) or did not answer (not ``final``)."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, final: bool = True) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.final = final
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def request_step(parent: Digest, step: dict[str, Any]) -> Answer:
             sock.sendall(encode_message({**step, "parent": str(parent)}))
             reply = read_message(sock)
         except (OSError, ValueError) as e:
-            raise Refused(f"the build's step service did not answer: {e}") from None
+            raise Refused(f"the build's step service did not answer: {e}", final=False) from None
     if not isinstance(reply, dict) or not reply.get("ok"):
         error = reply.get("error") if isinstance(reply, dict) else None
         raise Refused(str(error or "malformed answer"), reply.get("hint"))

@@ -8,8 +8,9 @@
  * one, is answered from the cache without running.
  *
  * The called function runs in a fresh instance of its module, with an empty
- * file system (only /tmp), no arguments and no environment. It takes no
- * parameters and returns nothing, and talks to its caller only through
+ * file system (only /tmp), argv holding only the function's name and no
+ * environment. It takes no parameters and returns nothing, and talks to
+ * its caller only through
  * kiln_input() and kiln_output() below. Link such a module as a reactor:
  * c.program(..., exports=["NAME"]) in a build file.
  *
@@ -55,8 +56,7 @@ extern "C" {
  * store. Calls started one after the other without waiting in between may
  * run at the same time.
  * Errors: ENOENT, no such module file; EINVAL, a malformed module or
- * function name; EMFILE, too many calls open at once (1024); ENOTSUP, the
- * guest is not run by Kiln's wasm executor. */
+ * function name; EMFILE, too many calls open at once (1024). */
 KILN_IMPORT("call_start")
 int32_t kiln_call_start(const char *module, size_t module_len, const char *export_name,
                         size_t export_len, const void *input, size_t input_len,
@@ -127,7 +127,8 @@ int32_t kiln_step_start(const char *request, size_t request_len, uint32_t *handl
  * outputs now appear, read-only, under the request's "mount" folder
  * (default /tmp/kiln-steps/HANDLE). A request the build refuses ends the
  * requesting step with an error. Errors: EBADF, not an open handle;
- * EEXIST, the mount folder exists already. */
+ * EEXIST, the mount folder exists already; ENOTDIR, a folder above it is
+ * not a folder the guest may write. */
 KILN_IMPORT("step_wait")
 int32_t kiln_step_wait(uint32_t handle, uint32_t *exit_code);
 

@@ -228,8 +228,8 @@ static void do_list(int sock, struct buf *b, const char *path) {
     struct dirent *e;
     while ((e = readdir(dir))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        struct stat st;
-        if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        struct stat st; /* links followed: a step's inputs are links in /work */
+        if (fstatat(dirfd(dir), e->d_name, &st, 0) != 0) continue;
         put_str(b, e->d_name);
         put_str(b, S_ISDIR(st.st_mode) ? "dir" : S_ISREG(st.st_mode) ? "file" : "other");
     }

@@ -18,7 +18,8 @@ code, and the step's outputs appear read-only under ``mount`` (default
 What a requested step gives is a pure function of the request, so the
 requesting step stays one of its own inputs. Anything that is not the
 step's result (no build to ask, a refusal, an error running it) fails
-the requesting step as an error, never as a result that could be cached.
+the requesting step as an error (retried only when the build did not
+answer), never as a result that could be cached.
 """
 
 from __future__ import annotations
@@ -111,17 +112,22 @@ class StepRequests:
         entry = self._entry(handle)
         if entry.answer is None:
             try:
-                entry.answer = entry.future.result()
+                answer = entry.future.result()
             except NoService:
-                raise TransientError(
+                raise errors.KilnError(
                     "a wasm step requested a step, which only a running build can run "
-                    "(not `kiln wasm run` nor a remote worker)",
-                    hint="build it with `kiln build`",
+                    "(not `kiln wasm run`, `kiln check` nor a remote worker)",
+                    hint="build it with `kiln build`", exit_code=errors.ExitCode.FAILED,
                 ) from None
             except Refused as e:
                 prefix = "" if e.message.startswith(REFUSED) else REFUSED
-                raise TransientError(prefix + e.message, hint=e.hint) from None
-            self._mount(entry.mount, entry.answer.result)
+                if not e.final:
+                    raise TransientError(prefix + e.message, hint=e.hint) from None
+                raise errors.KilnError(  # (asking again would be refused again: not retried)
+                    prefix + e.message, hint=e.hint, exit_code=errors.ExitCode.FAILED
+                ) from None
+            self._mount(entry.mount, answer.result)  # (EEXIST: again at the next wait)
+            entry.answer = answer
         return entry.answer.result.exit_code
 
     def read(self, handle: int, which: int) -> bytes:
