@@ -5,6 +5,7 @@ compiles become steps (examples/calc's ``made``)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,9 @@ def calc(tmp_path: Path, monkeypatch) -> Path:
     return copy_example("calc", tmp_path, monkeypatch)
 
 
+@pytest.mark.skipif(
+    shutil.which("make") is None or shutil.which("gcc") is None, reason="needs make and gcc"
+)
 def test_make_with_kiln_sub_as_the_compiler_launcher(store, calc: Path) -> None:
     first = build(store, calc, "made", jobs=1)  # make -j2 under one slot: no deadlock
     assert first.ok, first.errors
