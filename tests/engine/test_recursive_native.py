@@ -46,6 +46,12 @@ async def folder():
     )
 
 @target
+async def alone():
+    # What a recursive step sees of the channel: its own socket, nothing else.
+    return await native("sh", "-c", "ls -a /kiln/sub /kiln/bin > out.txt",
+                        tools=["sh", "ls"], outputs=["out.txt"], recursive=True)
+
+@target
 async def plain():
     return await native("sh", "-c", "ls /kiln/bin/kiln-sub /kiln/sub > out.txt 2>&1; true",
                         tools=["sh", "ls"], outputs=["out.txt"], description="plain")
@@ -89,7 +95,8 @@ def test_a_requested_step_runs_once_and_its_outputs_come_back(store, project: Pa
     first = build(store, project, "parent", jobs=1)  # the parent lends its one slot
     assert first.ok, first.errors
     child = next(s for s in first.steps if s.description != "parent")
-    assert child.status is StepStatus.EXECUTED and child.parent is not None
+    parent = next(s for s in first.steps if s.description == "parent")
+    assert child.status is StepStatus.EXECUTED and child.parent == parent.key
     status = (project / "kiln-out" / "parent" / "status.txt").read_text()
     assert status == "exit 0\nHELLO\n"
     (project / "note.txt").write_text("two\n")  # only the parent's inputs change
@@ -108,6 +115,15 @@ def test_a_folder_of_the_steps_inputs_is_an_input(store, project: Path) -> None:
     assert report.ok, report.errors
     assert (project / "kiln-out" / "folder" / "all.txt").read_text() == "x\ny\n"
     assert len(report.steps) == 2
+
+
+def test_a_recursive_step_sees_only_its_own_socket(store, project: Path) -> None:
+    report = build(store, project, "alone")
+    assert report.ok, report.errors
+    listing = (project / "kiln-out" / "alone" / "out.txt").read_text().split()
+    assert sorted(listing) == sorted(
+        [".", "..", "kiln-sub", "/kiln/bin:", ".", "..", "socket", "/kiln/sub:"]
+    )
 
 
 def test_a_step_that_is_not_recursive_has_no_channel(store, project: Path) -> None:
