@@ -9,11 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from engine_helpers import build, ran, write_project
+from engine_helpers import build, c_store_fixture, ran, write_project  # noqa: F401 (the c_store fixture)
 
 from kiln.model.digest import Digest
-from kiln.rules.toolchains import default_cache
-from kiln.store import Store
 
 # The first run downloads @yowasp/clang from registry.npmjs.org.
 pytestmark = pytest.mark.network
@@ -41,14 +39,6 @@ FILES = {
     "int main(int argc, char **argv) {\n"
     '  printf("%s, %s\\n", greeting(), argc > 1 ? argv[1] : "?");\n  return 0;\n}\n',
 }
-
-
-@pytest.fixture(scope="module")
-def c_store():
-    """One store for these tests, kept between runs: the toolchain download
-    and its compiled module (tens of seconds the first time) are reused."""
-    with Store(default_cache() / "test-stores" / "c-wasm") as store:
-        yield store
 
 
 def test_a_c_program_is_compiled_linked_and_run_inside_wasm(c_store, tmp_path: Path) -> None:

@@ -6,32 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import wasmtime
-from engine_helpers import build, write_project
+from engine_helpers import build, calls_project
 
 from kiln.api import StepStatus
 from kiln.engine import call_warmup
 from kiln.exec import wasm_calls
 
-GUESTS = Path(__file__).parents[1] / "exec" / "guests"
-
-KILNFILE = """
-from kiln.build import read_bytes, source, target, wasm
-
-@target
-async def shout():
-    words = read_bytes(source("words.txt")).decode().split()
-    return await wasm(source("caller.wasm"), "run", *words,
-                      inputs=[source("callee.wasm")], description="shout")
-"""
-
 
 def test_a_step_run_again_has_its_previous_calls_loaded(store, tmp_path: Path) -> None:
-    files = {
-        f"{name}.wasm": bytes(wasmtime.wat2wasm((GUESTS / f"{name}.wat").read_text()))
-        for name in ("caller", "callee")
-    }
-    root = write_project(tmp_path / "p", KILNFILE, {**files, "words.txt": "alpha beta gamma"})
+    root = calls_project(tmp_path / "p", "alpha beta gamma")
     first = build(store, root, "shout")
     assert first.ok, first.errors
     assert first.summary()["calls"] == {"ran": 3, "cached": 0}

@@ -7,30 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import wasmtime
-from engine_helpers import write_project
+from engine_helpers import calls_project
 
 from conftest import run_kiln
 
-GUESTS = Path(__file__).parents[1] / "exec" / "guests"
-
-KILNFILE = """
-from kiln.build import read_bytes, source, target, wasm
-
-@target
-async def shout():
-    words = read_bytes(source("words.txt")).decode().split()
-    return await wasm(source("caller.wasm"), "run", *words,
-                      inputs=[source("callee.wasm")], description="shout")
-"""
-
 
 def test_calls_in_build_show_why_and_trace(home: Path, tmp_path: Path) -> None:
-    files = {
-        f"{name}.wasm": bytes(wasmtime.wat2wasm((GUESTS / f"{name}.wat").read_text()))
-        for name in ("caller", "callee")
-    }
-    root = write_project(tmp_path / "p", KILNFILE, {**files, "words.txt": "alpha beta"})
+    root = calls_project(tmp_path / "p", "alpha beta")
 
     def kiln(*args: str):
         return run_kiln(home, *args, cwd=root, check=True)

@@ -8,29 +8,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from engine_helpers import build, ran
+from engine_helpers import build, c_store_fixture, ran  # noqa: F401 (the c_store fixture)
 
 from conftest import copy_example
 from kiln.engine.check import check_engines
 from kiln.exec.node import find_node
 from kiln.exec.wasm_calls import calls_of
 from kiln.model.digest import Digest
-from kiln.rules.toolchains import default_cache
-from kiln.store import Store
 
 # The first run downloads @yowasp/clang from registry.npmjs.org.
 pytestmark = pytest.mark.network
-
-SHARED_STORE = default_cache() / "test-stores" / "c-wasm"
-
-
-@pytest.fixture(scope="module")
-def c_store():
-    """The store of the C-in-wasm tests, kept between runs (toolchain download
-    and compiled clang module)."""
-    with Store(SHARED_STORE) as store:
-        yield store
-
 
 def _calls(report) -> list[dict]:
     """The memoized calls of the build's sitegen step (it ran or not)."""

@@ -8,27 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from engine_helpers import build, ran
+from engine_helpers import C_STORE, build, c_store_fixture, ran  # noqa: F401 (the c_store fixture)
 
 from conftest import copy_example
 from kiln.engine.check import check_engines
 from kiln.exec.node import find_node
-from kiln.rules.toolchains import default_cache
 from kiln.store import Store
 
 # The first run downloads @yowasp/clang from registry.npmjs.org.
 pytestmark = pytest.mark.network
-
-SHARED_STORE = default_cache() / "test-stores" / "c-wasm"
-
-
-@pytest.fixture(scope="module")
-def c_store():
-    """The store of the C-in-wasm tests, kept between runs (toolchain download
-    and compiled clang module)."""
-    with Store(SHARED_STORE) as store:
-        yield store
-
 
 def _outputs(report) -> dict[str, str]:
     """Every step's description -> the digests of its outputs."""
@@ -46,7 +34,7 @@ def _seeded_store(home: Path) -> Store:
     (host-specific, never part of a result): copied in to save a minute."""
     modules = home / "wasm-modules"
     modules.mkdir(parents=True)
-    for cached in (SHARED_STORE / "wasm-modules").glob("*.cwasm"):
+    for cached in (C_STORE / "wasm-modules").glob("*.cwasm"):
         shutil.copy(cached, modules / cached.name)
     return Store(home)
 
