@@ -41,6 +41,7 @@ from kiln import errors
 from kiln.exec.kinds import WASM_ABI
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
+from kiln.system.per_process import PerProcess
 
 if TYPE_CHECKING:
     from kiln.exec.specs import WasmLimits
@@ -297,24 +298,15 @@ class CallCancelled(Exception):
     """A call started by a guest that ended without waiting for it."""
 
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _call_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="kiln-call"
-            )
-        return _pool
+# Threads that run calls (a caller waiting for one not started runs it itself).
+_call_pool = PerProcess(
+    lambda: ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="kiln-call")
+)
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pool_lock, _inflight_lock, _waits_lock
-    _pool, _pool_lock, _inflight_lock = None, threading.Lock(), threading.Lock()
-    _waits_lock = threading.Lock()
+    global _inflight_lock, _waits_lock
+    _inflight_lock, _waits_lock = threading.Lock(), threading.Lock()
     _inflight.clear()
     _waits_on.clear()
 
@@ -371,7 +363,7 @@ class StepCalls:
             label = f"{export} of {str(module)[:12]} on input {str(input_digest)[:12]}"
             pending = Pending(lambda: self._lookup_or_run(record, data), label)
             _inflight[key] = pending
-        _call_pool().submit(pending.run)
+        _call_pool.get().submit(pending.run)
         return record, pending
 
     @staticmethod

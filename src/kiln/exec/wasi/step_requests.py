@@ -25,7 +25,6 @@ answer), never as a result that could be cached.
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from kiln.exec.wasi.vfs import Dir, FileSystem, Node, Symlink, WasiError
 from kiln.exec.wasi.vfs import File as VfsFile
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
+from kiln.system.per_process import PerProcess
 
 if TYPE_CHECKING:
     from kiln.store.cas import ContentStore
@@ -48,17 +48,10 @@ DIGEST_PREFIX = "digest:"
 MAX_REQUEST = 1 << 20
 DEFAULT_MOUNT = "/tmp/kiln-steps"
 REFUSED = "a step it requested could not be run: "
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _requests_pool() -> ThreadPoolExecutor:
-    """Threads that wait for the build's answers (they only wait)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kiln-substep")
-        return _pool
+# Threads that wait for the build's answers (they only wait).
+_requests_pool = PerProcess(
+    lambda: ThreadPoolExecutor(max_workers=64, thread_name_prefix="kiln-substep")
+)
 
 
 @dataclass
@@ -103,7 +96,7 @@ class StepRequests:
         step = {**request, "input_root": str(root)}
         self._next += 1
         self._mounts.add(mount)
-        future = _requests_pool().submit(request_step, self._parent, step)
+        future = _requests_pool.get().submit(request_step, self._parent, step)
         self._open[handle] = _Requested(future, mount)
         return handle
 
