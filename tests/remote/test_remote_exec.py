@@ -134,8 +134,9 @@ def test_remote_execution_gives_the_local_digests_over_two_workers(
         assert status.returncode == 0 and row["ok"] and row["execution"]
 
     again = build(
-        tmp_path / "client2", project(tmp_path, "again", example), remote_exec=buildgrid_exec.url
-    )
+        tmp_path / "client2", project(tmp_path, "again", example),
+        remote_exec=buildgrid_exec.url, targets=targets,
+    )  # fmt: skip
     assert again.count(StepStatus.REMOTE_CACHED) == len(again.steps)  # the engine's cache
 
 
