@@ -15,16 +15,28 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from kiln.exec.wasm_calls import MEMO, calls_of, decode_outcome
+from kiln.exec.wasm_calls import CALLS_FIELD, MEMO, calls_of, decode_outcome
 from kiln.model.digest import Digest
 from kiln.model.reapi import re_pb2
 
 if TYPE_CHECKING:
     from kiln.store.local import Store
 
+CALLS_MARK = CALLS_FIELD.encode()  # in the bytes of a result that lists calls
 BATCH = 500  # keys per query
 TOUCHED_WITHIN_S = 3600.0  # an entry used this recently is not marked used again
 MAX_WARMED = 20_000
+
+
+def steps_with_calls(store: Store) -> set[tuple[str, str]]:
+    """(target, step) of every recorded step whose result lists calls: the
+    only ones worth warming (one scan of the history, not a query a step)."""
+    rows = store.conn.execute(
+        "SELECT DISTINCT target, step FROM build_steps WHERE status IN ('executed', 'cached') "
+        "AND result IS NOT NULL AND instr(result, ?) > 0",
+        (CALLS_MARK,),
+    )
+    return {(target, step) for target, step in rows}
 
 
 def warm(store: Store, target: str, step: str) -> int:

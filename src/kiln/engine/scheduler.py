@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.engine.call_warmup import warm
+from kiln.engine import call_warmup
 from kiln.engine.inputs import write_blobs
 from kiln.engine.report import StepStatus
 from kiln.engine.runners import RETRIES, Outcome, ProcessRunner, ThreadRunner
@@ -159,6 +159,7 @@ class Scheduler:
         # Every key asked for in this build, and its outcome once known.
         self._requested: dict[Digest, asyncio.Future[StepResult]] = {}
         self._record_of: dict[Digest, StepRecord] = {}  # the record of each requested key
+        self._with_calls: set[tuple[str, str]] | None = None  # (call_warmup, on first use)
         # Running steps -> the steps they requested and wait for (how many times).
         self._waits_for: dict[Digest, dict[Digest, int]] = {}
         self.records: list[StepRecord] = []  # one per key
@@ -401,8 +402,7 @@ class Scheduler:
                     await self.ensure_local([request.spec.input_root], [])
                 runner = self._threads if request.parent is not None else self._runner()
                 if request.executor == "wasm" and runner is self._threads:
-                    # (its calls, answered from this process's memory)
-                    await asyncio.to_thread(warm, self._store, record.target, record.description)
+                    await self._warm_calls(record)
                 submitted = runner.submit(
                     request.executor, record.key, request.spec.timed(action), command, where
                 )
@@ -435,6 +435,16 @@ class Scheduler:
         if self.remote is not None and not outcome.cached:
             self.remote.ran(record.key, action, command, outcome.result)
         return self._step_result(record, cached=outcome.cached)
+
+    async def _warm_calls(self, record: StepRecord) -> None:
+        """Load the calls this step's previous run made, if it made any
+        (they are then answered from this process's memory)."""
+        if self._with_calls is None:
+            self._with_calls = await asyncio.to_thread(call_warmup.steps_with_calls, self._store)
+        if (record.target, record.description) in self._with_calls:
+            await asyncio.to_thread(
+                call_warmup.warm, self._store, record.target, record.description
+            )
 
     def _remember_remote(
         self, record: StepRecord, request: StepRequest, action: re_pb2.Action,

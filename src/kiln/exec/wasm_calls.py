@@ -56,7 +56,7 @@ MAX_OPEN_CALLS = 1024  # handles a guest may hold at once
 MEMO_BYTES = 64 << 20  # outputs remembered in memory, per process
 INLINE_OUTPUT = 64 << 10  # an output up to this size is kept in the cache entry itself
 _OUTCOME_PATH = "kiln-call"  # the result's symlink entry holding status and fuel
-_LOG_FIELD = "kiln_calls"  # the metadata field listing a step's calls
+CALLS_FIELD = "kiln_calls"  # the metadata field listing a step's calls
 
 
 @dataclass(frozen=True)
@@ -438,15 +438,15 @@ def attach_calls(result: re_pb2.ActionResult, summary: dict[str, Any]) -> None:
     ``kiln show`` and ``kiln trace`` list); not part of any output. One
     JSON text: thousands of calls cost milliseconds, not a Struct each."""
     info = struct_pb2.Struct()
-    info.update({_LOG_FIELD: json.dumps(summary, separators=(",", ":"))})
+    info.update({CALLS_FIELD: json.dumps(summary, separators=(",", ":"))})
     result.execution_metadata.auxiliary_metadata.add().Pack(info)
 
 
 def _summary_of(result: re_pb2.ActionResult) -> dict[str, Any] | None:
     for item in result.execution_metadata.auxiliary_metadata:
         info = struct_pb2.Struct()
-        if item.Unpack(info) and _LOG_FIELD in info:
-            summary = json.loads(info[_LOG_FIELD])
+        if item.Unpack(info) and CALLS_FIELD in info:
+            summary = json.loads(info[CALLS_FIELD])
             return summary if isinstance(summary, dict) else None
     return None
 
