@@ -179,3 +179,20 @@ def test_a_step_with_secrets_cannot_be_recursive(store, tmp_path: Path) -> None:
     report = _build(store, root, "sneaky")
     assert not report.ok
     assert "secrets cannot be recursive" in report.errors[0].render()
+
+
+def test_a_failure_of_the_proxy_taints_the_step(tmp_path: Path) -> None:
+    """Kiln's own failure while serving kiln-sub is never the step's result:
+    the step is marked so that its executor fails it as an error."""
+
+    def handler(hands: Hands, hello: Hello) -> None:
+        raise RuntimeError("a bug")
+
+    served = SubstepProxy(tmp_path, handler)
+    try:
+        with _connect(served.path) as sock:
+            sock.sendall(_frame(b"hello", b"/work", b"run", b""))
+            assert b"a bug" in sock.recv(1000)
+        assert served.tainted is not None and not served.tainted.final
+    finally:
+        served.close()

@@ -227,11 +227,12 @@ class SubstepProxy:
                 self._handler(hands, hands.hello())
             except HandsGone:
                 return
-            except Tainted as e:
+            except Exception as e:  # refused, or Kiln's own failure: not the step's doing
+                failure = e if isinstance(e, Tainted) else Tainted(f"{e!r}", final=False)
                 if self.tainted is None:
-                    self.tainted = e
+                    self.tainted = failure
                 with contextlib.suppress(HandsGone):
-                    hands.exit(125, stderr=f"kiln-sub: {e}\n".encode())
+                    hands.exit(125, stderr=f"kiln-sub: {failure}\n".encode())
 
     def close(self) -> None:
         """Stop serving (the step ended)."""
