@@ -13,6 +13,7 @@ from kiln.model.digest import Digest, canonical_bytes
 from kiln.model.tree import make_directory
 
 if TYPE_CHECKING:
+    from kiln.store.cas import ContentStore
     from kiln.store.localcas import LocalCAS
 
 # A directory being assembled: name -> File | Tree (grafted whole) | _Dir.
@@ -66,6 +67,15 @@ def input_root(cas: LocalCAS, values: list[Value], where: str) -> Digest:
     store once before naming its outputs as GC roots)."""
     digest, blobs = input_tree(values, where)
     write_blobs(cas, blobs)
+    return digest
+
+
+def stored_tree(cas: ContentStore, values: list[Value], where: str) -> Digest:
+    """``input_tree``, its folders put in any content store (an executor's,
+    for a step it asks the build for)."""
+    digest, blobs = input_tree(values, where)
+    for _, data in blobs:
+        cas.put_bytes(data)
     return digest
 
 

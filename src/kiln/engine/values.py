@@ -15,6 +15,7 @@ from kiln.store.cas import read_blob
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from kiln.store.cas import ContentStore
     from kiln.store.local import Store
 
 
@@ -111,11 +112,16 @@ class StepResult:
 
 def outputs_of(store: Store, result: re_pb2.ActionResult) -> dict[str, Value]:
     """The outputs of an ``ActionResult`` as handles at their declared paths."""
+    return result_outputs(store.cas, result)
+
+
+def result_outputs(cas: ContentStore, result: re_pb2.ActionResult) -> dict[str, Value]:
+    """``outputs_of``, given the content store that holds the output trees."""
     out: dict[str, Value] = {}
     for f in result.output_files:
         out[f.path] = File(f.path, Digest.from_proto(f.digest), f.is_executable)
     for d in result.output_directories:
-        data = read_blob(store.cas, Digest.from_proto(d.tree_digest), f"output tree {d.path!r}")
+        data = read_blob(cas, Digest.from_proto(d.tree_digest), f"output tree {d.path!r}")
         root = Digest.of_message(re_pb2.Tree.FromString(data).root)
         out[d.path] = Tree(d.path, root)
     return out

@@ -51,6 +51,7 @@ from kiln.model.reapi import re_pb2
 HOST_SCRIPT = Path(__file__).with_name("wasi") / "node_host.mjs"
 EXIT_UNRUNNABLE = 3  # node_host.mjs: the request itself cannot be run
 EXIT_UNSUPPORTED = 4  # node_host.mjs: this Node.js does not compile the module
+EXIT_NEEDS_BUILD = 5  # node_host.mjs: the step requests steps, which only its build answers
 # Sections and memory flags that show a module uses a proposal (a cheap
 # look at its structure, for the refusal's message; not a validation).
 TAG_SECTION, IMPORT_SECTION, MEMORY_SECTION = 13, 2, 5
@@ -108,13 +109,6 @@ class NodeWasmExecutor:
             try:
                 self._run_node(request_path, Path(tmp), step_timeout(action, self._timeout))
             except _Unsupported as e:
-                if "asks its build for steps" in str(e):
-                    raise KilnError(
-                        f"the node engine cannot run this action: {e}",
-                        hint="its steps are requested from the build that runs it; compare "
-                        "the steps it requested instead (`kiln show` lists them)",
-                        exit_code=ExitCode.BAD_INPUT,
-                    ) from None
                 called = Path(tmp) / "unsupported.json"  # a called module, not the action's
                 module = json.loads(called.read_text())["module"] if called.exists() else None
                 raise self._unsupported(input_root, request["argv"], str(e), module) from None
@@ -212,14 +206,21 @@ class NodeWasmExecutor:
             ) from None
         finally:
             blobs.join()
+        lines = stderr.strip().splitlines()
+        said = lines[-1].removeprefix("kiln node engine: ") if lines else ""
         if proc.returncode == EXIT_UNSUPPORTED:
-            lines = stderr.strip().splitlines()
-            raise _Unsupported(lines[-1].removeprefix("kiln node engine: ") if lines else "")
+            raise _Unsupported(said)
+        if proc.returncode == EXIT_NEEDS_BUILD:
+            raise KilnError(
+                f"the node engine cannot run this action: {said}",
+                hint="its steps are requested from the build that runs it; compare "
+                "the steps it requested instead (`kiln show` lists them)",
+                exit_code=ExitCode.BAD_INPUT,
+            )
         if proc.returncode != 0:
-            message = stderr.strip().splitlines()
             raise TransientError(
                 f"node engine failed (exit {proc.returncode}): "
-                + (message[-1] if message else "no message"),
+                + (lines[-1] if lines else "no message"),
                 hint=None
                 if proc.returncode == EXIT_UNRUNNABLE
                 else f"check that {self._node} is Node.js 18 or later",

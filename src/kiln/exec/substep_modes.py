@@ -31,8 +31,8 @@ from kiln import errors
 from kiln.cc.args import FILE_PROBES, Compile, classify, without_outputs
 from kiln.cc.depfile import prerequisites
 from kiln.cc.plan import KEYED_ENV, environment_reason, is_system
-from kiln.engine.inputs import input_tree
-from kiln.engine.values import File, Value
+from kiln.engine.inputs import stored_tree
+from kiln.engine.values import File
 from kiln.exec.substep_proxy import Hands, Hello, SandboxError, Tainted
 from kiln.exec.substeps import Answer, NoService, Refused, request_step
 from kiln.model.digest import Digest
@@ -250,14 +250,11 @@ def _store_tree(cas: ContentStore, files: list[Input]) -> Digest:
     """Put the files and their folders in the store; the root's digest."""
     for _, data in files:
         cas.put_bytes(data)
-    values: list[Value] = [value for value, _ in files]
     try:
-        root, blobs = input_tree(values, "the inputs of a step requested by kiln-sub")
+        return stored_tree(cas, [value for value, _ in files],
+                           "the inputs of a step requested by kiln-sub")  # fmt: skip
     except errors.KilnError as e:
         raise Usage(e.message) from None
-    for _, data in blobs:
-        cas.put_bytes(data)
-    return root
 
 
 def _write_outputs(cas: ContentStore, hands: Hands, base: str, result: re_pb2.ActionResult) -> None:

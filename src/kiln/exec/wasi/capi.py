@@ -101,16 +101,11 @@ class GuestMemory:
 
     def read(self, ptr: int, length: int) -> bytes | None:
         """``length`` bytes at ``ptr``, or None if outside the memory."""
-        if ptr < 0 or ptr + length > _memory_size(self._context, self._memory):
-            return None
-        return ctypes.string_at(_memory_data(self._context, self._memory) + ptr, length)
+        return self.window().read(ptr, length)
 
     def write(self, ptr: int, data: bytes) -> bool:
         """Write ``data`` at ``ptr``; False if it does not fit."""
-        if ptr < 0 or ptr + len(data) > _memory_size(self._context, self._memory):
-            return False
-        ctypes.memmove(_memory_data(self._context, self._memory) + ptr, data, len(data))
-        return True
+        return self.window().write(ptr, data)
 
     def window(self) -> Window:
         """The memory as it is now: valid until the guest runs again (a host

@@ -969,7 +969,7 @@ function imports(module, host) {
     kiln[name] = () => {
       process.stderr.write("kiln node engine: the step asks its build for steps " +
         `(kiln ${name}), which only a build running it can answer\n`);
-      process.exit(EXIT_UNSUPPORTED);
+      process.exit(EXIT_NEEDS_BUILD);
     };
   }
   for (const name of KILN_IMPORTS) {
@@ -1061,6 +1061,7 @@ function takesNothing(fn) {
 // ------------------------------------------------------------------ main
 
 const EXIT_UNSUPPORTED = 4; // node.py: a module this V8 does not compile
+const EXIT_NEEDS_BUILD = 5; // node.py: the step requests steps (only its build answers)
 
 function fail(message) {
   process.stderr.write(`kiln node engine: ${message}\n`);

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.engine.inputs import input_tree
-from kiln.engine.values import File, Tree, Value
+from kiln.engine.inputs import stored_tree
+from kiln.engine.values import File, Tree, Value, result_outputs
 from kiln.exec.base import TransientError
 from kiln.exec.substeps import Answer, NoService, Refused, request_step
 from kiln.exec.wasi import abi
@@ -88,11 +88,9 @@ class StepRequests:
             raise WasiError(abi.EINVAL)
         values = [self._value(dest, source) for dest, source in request.pop("inputs", {}).items()]
         try:
-            root, blobs = input_tree(values, "a step requested by a wasm guest")
+            root = stored_tree(self._cas, values, "a step requested by a wasm guest")
         except errors.KilnError:
             raise WasiError(abi.EINVAL) from None  # overlapping or malformed paths
-        for _, data in blobs:
-            self._cas.put_bytes(data)
         step = {**request, "input_root": str(root)}
         self._next += 1
         self._mounts.add(mount)
@@ -193,23 +191,16 @@ class StepRequests:
             values.append(self._node_value(name, node))
         if not values:
             raise WasiError(abi.EINVAL)  # an empty folder is no input
-        root, blobs = input_tree(values, "a folder written by a wasm guest")
-        for _, data in blobs:
-            self._cas.put_bytes(data)
-        return root
+        return stored_tree(self._cas, values, "a folder written by a wasm guest")
 
     # -------------------------------------------------------------- outputs
 
     def _mount(self, mount: str, result: re_pb2.ActionResult) -> None:
         """Show the requested step's outputs read-only at ``mount``."""
-        values: list[Value] = [
-            File(f.path, Digest.from_proto(f.digest), f.is_executable) for f in result.output_files
-        ]
-        for d in result.output_directories:
-            data = self._cas.get_bytes(Digest.from_proto(d.tree_digest))
-            if data is None:
-                raise TransientError(f"the output tree {d.path!r} of a requested step is missing")
-            values.append(Tree(d.path, Digest.of_message(re_pb2.Tree.FromString(data).root)))
+        try:
+            values = list(result_outputs(self._cas, result).values())
+        except errors.KilnError as e:
+            raise TransientError(f"an output of a requested step: {e.message}") from None
         *folders, name = [p for p in mount.split("/") if p]
         parent = self._fs.root
         for part in folders:  # (made as the guest would: writable, under /tmp)
@@ -222,12 +213,7 @@ class StepRequests:
             parent = node
         if name in self._fs.entries(parent):
             raise WasiError(abi.EEXIST)
-        if values:
-            root, blobs = input_tree(values, "a requested step's outputs")
-            for _, data in blobs:
-                self._cas.put_bytes(data)
-        else:
-            root = None
+        root = stored_tree(self._cas, values, "a requested step's outputs") if values else None
         mounted = Dir(self._fs.new_ino(), writable=False, source=root, parent=parent)
         if root is None:
             mounted.entries = {}
