@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln import errors
-from kiln.engine import call_warmup
 from kiln.engine.inputs import write_blobs
 from kiln.engine.report import StepStatus
 from kiln.engine.runners import RETRIES, Outcome, ProcessRunner, ThreadRunner
@@ -439,6 +438,8 @@ class Scheduler:
     async def _warm_calls(self, record: StepRecord) -> None:
         """Load the calls this step's previous run made, if it made any
         (they are then answered from this process's memory)."""
+        from kiln.engine import call_warmup  # (start-up: only builds running wasm steps)
+
         if self._with_calls is None:
             self._with_calls = await asyncio.to_thread(call_warmup.steps_with_calls, self._store)
         if (record.target, record.description) in self._with_calls:
