@@ -85,6 +85,14 @@ async def second():
                description="B")
 
 @target
+async def bad_mount():
+    # Outputs may appear only under the guest's own /tmp.
+    for mount in ["/etc/x", "/tmp", "/tmp/../etc", "/tmp/./x"]:
+        step = await wasm(source("requester.wasm"), json.dumps({
+            "executor": "wasm", "argv": ["cat.wasm"], "inputs": {}, "mount": mount}),
+            description=f"mount {mount}")
+
+@target
 async def bad_tools():
     await wasm(source("requester.wasm"), json.dumps({
         "executor": "native", "argv": ["sh", "-c", "cat /etc/passwd"], "tools": ["sh"],
@@ -187,6 +195,14 @@ def test_two_steps_asking_for_each_other_fail_clearly(store, project: Path, jobs
     report = build(store, project, "first", "second", jobs=jobs)
     assert not report.ok
     assert any("request loop" in e.render() for e in report.errors)
+
+
+def test_outputs_are_mounted_only_under_tmp(store, project: Path) -> None:
+    report = build(store, project, "bad_mount")
+    assert report.ok, report.errors
+    for step in report.steps:
+        assert _stdout(store, report, step.description) == "errno 28\n", step.description  # EINVAL
+    assert len(report.steps) == 4  # nothing was requested
 
 
 def test_a_step_may_not_ask_for_tools_it_did_not_declare(store, project: Path) -> None:
