@@ -164,9 +164,14 @@ def test_a_server_running_older_code_refuses_and_exits(
 ) -> None:
     status = served.start()
     monkeypatch.chdir(example)
-    monkeypatch.setattr(server_client, "code_fingerprint", lambda: "code edited since")
     monkeypatch.delenv("KILN_SERVER", raising=False)
-    assert server_client.delegate(served.home, ["build", "report"]) is None  # run it yourself
+    edited = server_client.PACKAGE / "__init__.py"  # (its mtime moves, then moves back)
+    before = edited.stat()
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns + 1000))
+    try:
+        assert server_client.delegate(served.home, ["build", "report"]) is None  # run it yourself
+    finally:
+        os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
     served.wait_until(lambda: gone(status["pid"]), "the stale server to exit")
     assert "code changed" in (served.home / "server.log").read_text()
     direct = served.kiln("build", "report", cwd=example)  # no server: runs by itself

@@ -1,13 +1,15 @@
 """The ``kiln`` entry point, and the no-op build answered before the CLI loads.
 
 ``kiln build [TARGET...]`` is the command run most often, and most often
-there is nothing to do. A plain ``kiln build`` command line (its options
-are those of ``kiln.cli.build_options``) is first put to the build stamp
+there is nothing to do. A build or check goes first to the store's
+resident server if one runs (``kiln.server.client``): it watches the
+projects it builds, so it answers a no-op build without looking at the
+sources again. Without a server, a plain ``kiln build`` command line (its
+options are those of ``kiln.cli.build_options``) is put to the build stamp
 (``kiln.api.answer_from_stamp``), importing only the standard library's
-sqlite3 and a few small Kiln modules. If the stamp cannot answer, the
-command goes to the store's resident server if one runs
-(``kiln.server.client``), else to the full command line tool
-(``kiln.cli.app``); both are told that the stamp was checked already.
+sqlite3 and a few small Kiln modules; if the stamp cannot answer, the full
+command line tool (``kiln.cli.app``) runs it, told that the stamp was
+checked already.
 Leading ``-C DIR`` options are applied first, so that all three see the
 command as if it was started in DIR.
 """
@@ -44,11 +46,18 @@ def main() -> None:
 
 
 def _stamp_server_or_cli(argv: list[str]) -> int:
+    from kiln.server import client
+    from kiln.store import db
+
+    # A running server answers a no-op build from what it watches (no stat
+    # per source), and runs anything else warm.
+    code = client.delegate(db.default_home(), argv)
+    if code is not None:
+        return code
     from kiln.api import answer_from_stamp
     from kiln.cli import build_options
     from kiln.cli.report import show_report
 
-    code = None
     stamp_checked = False
     parsed = build_options.parse(argv)
     if parsed is not None:
@@ -56,19 +65,11 @@ def _stamp_server_or_cli(argv: list[str]) -> int:
         report = answer_from_stamp(request)
         if report is not None:
             show_report(report, as_json)
-            code = 0
+            return 0
         stamp_checked = True
-    if code is None:
-        # (start-up: the rest only once the stamp could not answer)
-        from kiln.server import client
-        from kiln.store import db
+    from kiln.cli.app import run  # (start-up: the rest only once the stamp could not answer)
 
-        code = client.delegate(db.default_home(), argv, stamp_checked)
-    if code is None:
-        from kiln.cli.app import run
-
-        code = run(argv, stamp_checked=stamp_checked)
-    return code
+    return run(argv, stamp_checked=stamp_checked)
 
 
 def enter_directories(argv: list[str]) -> list[str]:

@@ -17,10 +17,16 @@ def write_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def show_report(report: BuildReport, as_json: bool, shown: dict[str, object] | None = None) -> None:
+def show_report(
+    report: BuildReport,
+    as_json: bool,
+    shown: dict[str, object] | None = None,
+    cwd: str | None = None,
+) -> None:
     """Print a build's report; ``shown``: what the progress display would
     have printed of the steps' stderr (``BuildProgress.json_fields``), for
-    the JSON report."""
+    the JSON report; ``cwd``: the folder output paths are relative to (the
+    current one by default)."""
     for warning in report.warnings:
         sys.stderr.write(f"kiln: warning: {warning}\n")
     if report.forgotten:
@@ -38,7 +44,7 @@ def show_report(report: BuildReport, as_json: bool, shown: dict[str, object] | N
         return
     for t in report.targets:
         if t.output is not None:
-            sys.stdout.write(f"{t.name}: {os.path.relpath(t.output)}\n")
+            sys.stdout.write(f"{t.name}: {os.path.relpath(t.output, cwd)}\n")
     sys.stdout.flush()
     sys.stderr.write(f"kiln: {_verdict(report)}\n")
 

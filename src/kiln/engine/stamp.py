@@ -37,6 +37,7 @@ from kiln.system.stat_signature import FIELDS, is_racy, listing, signature, vari
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
     from kiln.engine.loader import Project
@@ -150,15 +151,30 @@ def compare(
     conn: sqlite3.Connection, root: Path, key: str
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(the stamp, None) if it still holds, else (None, what differs)."""
+    row = read(conn, root, key)
+    if row is None:
+        return None, _no_stamp(conn, root, key)
+    return holds(row, root)
+
+
+def read(conn: sqlite3.Connection, root: Path | str, key: str) -> bytes | None:
+    """The stamp filed for ``key`` in the project at ``root``, as filed."""
     row = conn.execute(
         "SELECT stamp FROM build_stamps WHERE project = ? AND targets = ?", (str(root), key)
     ).fetchone()
-    if row is None:
-        return None, _no_stamp(conn, root, key)
-    stamp = marshal.loads(row[0])
+    return row[0] if row is not None else None
+
+
+def holds(
+    row: bytes, root: Path | str, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the stamp filed as ``row``, None) if it still holds, else (None,
+    what differs); ``environ``: the environment it is judged in (this
+    process's by default)."""
+    stamp = marshal.loads(row)
     if stamp["version"] != VERSION:
         return None, "the stamp was filed by another version of Kiln"
-    changed = host_change(stamp)
+    changed = host_change(stamp, environ)
     if changed is not None:
         return None, changed
     for folder, names in stamp["files"].items():
@@ -173,11 +189,19 @@ def compare(
         finally:
             os.close(fd)
     if any(sig is None or signature(f) != sig for f, sig in stamp["listed"].items()):
-        from kiln.engine.globs import glob_files  # (only when a listed folder moved)
+        return globs_hold(stamp, root)
+    return stamp, None
 
-        for pattern, matched in stamp["globs"].items():
-            if glob_files(root, pattern) != matched:
-                return None, f"glob({pattern!r}) matches other files"
+
+def globs_hold(
+    stamp: dict[str, Any], root: Path | str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the stamp, None) if every glob it filed matches what it matched."""
+    from kiln.engine.globs import glob_files  # (only when a listed folder moved)
+
+    for pattern, matched in stamp["globs"].items():
+        if glob_files(root, pattern) != matched:
+            return None, f"glob({pattern!r}) matches other files"
     return stamp, None
 
 
@@ -197,11 +221,13 @@ def _no_stamp(conn: sqlite3.Connection, root: Path, key: str) -> str:
     return "no stamp: the last build of these targets failed, was not stamped, or never ran"
 
 
-def host_change(stamp: dict[str, Any]) -> str | None:
+def host_change(stamp: dict[str, Any], environ: Mapping[str, str] | None = None) -> str | None:
     """What differs from the host the stamped evaluation read (environment
-    variables, files and folders outside the project's sources), or None."""
+    variables, in ``environ`` or this process's; files and folders outside
+    the project's sources), or None."""
+    environ = os.environ if environ is None else environ
     for name, digest in stamp["env"].items():
-        if variable_digest(os.environ.get(name)) != digest:
+        if variable_digest(environ.get(name)) != digest:
             return f"environment variable {name} changed"
     for name, sig in stamp["host_files"].items():
         if signature(name) != sig:
@@ -242,12 +268,17 @@ def record_answer(conn: sqlite3.Connection, root: Path, key: str) -> None:
 
 
 def answer(
-    conn: sqlite3.Connection, cas_root: Path, root: Path, key: str
+    conn: sqlite3.Connection,
+    cas_root: Path,
+    root: Path,
+    key: str,
+    holding: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]] | None:
     """A build answered from its stamp: (the stamp, the targets put back),
     filed in the history; None when the stamp cannot answer (``check``,
-    ``restore``) and the build must run."""
-    unchanged = check(conn, root, key)
+    ``restore``) and the build must run. ``holding``: the stamp, already
+    found to hold (by the resident server, which watches the project)."""
+    unchanged = holding if holding is not None else check(conn, root, key)
     restored = restore(cas_root, root, unchanged) if unchanged is not None else None
     if unchanged is None or restored is None:
         return None

@@ -17,8 +17,8 @@ gets nothing: the command runs here, after one warning naming the problem.
 Messages are JSON objects, one per line. A server belongs to one store and
 one installation of Kiln (its socket's name is derived from both, and each
 request names the store it is for), so two checkouts of Kiln sharing a store
-never run each other's code; the code's fingerprint (every source file's
-size and mtime) is checked on each request.
+never run each other's code; the server compares the code's fingerprint
+(every source file's size and mtime) with its own on each request.
 """
 
 from __future__ import annotations
@@ -252,8 +252,7 @@ def delegate(home: Path, argv: list[str], stamp_checked: bool = False) -> int | 
         return None
     request = {
         "op": "run", "home": where.home, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-        "umask": _umask(), "fingerprint": code_fingerprint(), "stamp_checked": stamp_checked,
-        "path": import_path(),
+        "umask": _umask(), "stamp_checked": stamp_checked, "path": import_path(),
     }  # fmt: skip
     with sock, _Forwarding(sock) as forwarding:
         stdio, opened = _stdio()
@@ -269,6 +268,8 @@ def delegate(home: Path, argv: list[str], stamp_checked: bool = False) -> int | 
         if _unless_refused(first) is None:
             # Interrupted meanwhile: that is the answer; else run it here.
             return 128 + forwarding.received if forwarding.received else None
+        if "output" in first:  # answered by the server itself
+            write_output(first["output"])
         if "exit" in first:  # (the command can be done before "started" is sent)
             return int(first["exit"])
         try:
@@ -279,6 +280,15 @@ def delegate(home: Path, argv: list[str], stamp_checked: bool = False) -> int | 
         except (ServerGone, OSError, ValueError):
             sys.stderr.write("kiln: error: the kiln server stopped during the command\n")
             return 1
+
+
+def write_output(writes: list[list[Any]]) -> None:
+    """Print what the server answered for a command: [fd, text] pairs, fd
+    1 for stdout and 2 for stderr."""
+    for fd, text in writes:
+        stream = sys.stderr if fd == 2 else sys.stdout
+        stream.write(str(text))
+        stream.flush()
 
 
 class _Forwarding:

@@ -48,6 +48,7 @@ from kiln import errors
 from kiln.cc import service as cc_service
 from kiln.cli import app
 from kiln.exec.kinds import KINDS
+from kiln.server import quick
 from kiln.server.client import (
     FORWARDED_SIGNALS,
     REQUEST_LIMIT,
@@ -61,6 +62,7 @@ from kiln.server.client import (
     peer_credentials,
     place,
 )
+from kiln.server.projects import Projects
 from kiln.system.libc import libc
 
 DEFAULT_IDLE_S = 3 * 3600
@@ -92,9 +94,13 @@ class Running:
 
     pid: int
     conn: socket.socket
-    argv: list[str]
+    request: dict[str, Any]
     started: float = field(default_factory=time.monotonic)
     kill_at: float | None = None  # its client is gone: SIGKILL then
+
+    @property
+    def argv(self) -> list[str]:
+        return [str(a) for a in self.request.get("argv", [])]
 
 
 class Server:
@@ -121,6 +127,11 @@ class Server:
         os.set_blocking(self._wake_w, False)
         self.cc_activity = cc_service.Activity()
         self.cc_pid: int | None = None
+        self.projects = Projects(home)
+        self._watched: set[int] = set()  # watch descriptors in the selector
+        # What a client's environment must share with the server's for a
+        # command to import the same modules (a native client sends no path).
+        self.python_env = _python_env(os.environ)
 
     # ------------------------------------------------------------ set-up
 
@@ -248,8 +259,10 @@ class Server:
             self.stop()
             answer = {"stopping": True, "pid": os.getpid()}
         elif op == "run" and (refusal := self._refusal(request, fds)) is None:
-            self._fork(conn, request, fds)
-            return
+            answer = self._quick_answer(request)
+            if answer is None:
+                self._fork(conn, request, fds)
+                return
         else:
             answer = {"refused": refusal if op == "run" else f"unknown request {op!r}"}
         conn.sendall(encode(answer))
@@ -265,16 +278,46 @@ class Server:
         """Why a command is not run here (it then runs in its client), or None."""
         if len(fds) != 3:
             return "a command needs its stdin, stdout and stderr"
-        # The client's fingerprint is of the files as they are now.
-        if request.get("fingerprint") != self.fingerprint:
+        # Kiln's files as they are now (a client may have said).
+        fingerprint = request.get("fingerprint") or code_fingerprint()
+        if fingerprint != self.fingerprint:
             _log("refused a command: Kiln's code changed since this server started; exiting")
             self.stop()
             return "stale"
         if self.stopping:
             return "stopping"
-        if request.get("path") != import_path():
+        path = request.get("path")
+        if path != import_path() if path is not None else self._other_python(request):
             return "import path"  # another PYTHONPATH: the build could import other modules
         return None
+
+    def _other_python(self, request: dict[str, Any]) -> bool:
+        env = request.get("env")
+        return not isinstance(env, dict) or _python_env(env) != self.python_env
+
+    def _quick_answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """A no-op build answered here (``kiln.server.quick``), or None."""
+        try:
+            return quick.answer(self.projects, request)
+        except Exception as e:  # never lose the command: it then runs as usual
+            _log(f"could not answer {request.get('argv')} here: {type(e).__name__}: {e}")
+            return None
+        finally:
+            self._watch_events()
+
+    def _watch_events(self) -> None:
+        """Have the loop read each project watch's events as they come (so
+        its queue never overflows while the server waits)."""
+        live = {w.fileno() for w in self.projects.watches.values()} - {-1}
+        for fd in self._watched - live:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+        for fd in live - self._watched:
+            self.selector.register(fd, selectors.EVENT_READ, self._drain_watches)
+        self._watched = live
+
+    def _drain_watches(self, _fd: Any) -> None:
+        self.projects.drain()
 
     def status(self) -> dict[str, Any]:
         """What ``kiln server status`` shows."""
@@ -294,6 +337,11 @@ class Server:
             "stopping": self.stopping,
             "cc_pid": self.cc_pid,
             "cc_socket": cc_service.socket_path(self.home) if self.cc_pid else None,
+            "answered_here": self.projects.answered,
+            "projects": [
+                {"root": root, "watched": w.usable, "folders": w.folders, "why_not": w.reason}
+                for root, w in self.projects.watches.items()
+            ],
         }
 
     # ------------------------------------------------------------ children
@@ -308,7 +356,7 @@ class Server:
             finally:
                 os._exit(code)
         self.served += 1
-        run = self.running[pid] = Running(pid, conn, list(request.get("argv", [])))
+        run = self.running[pid] = Running(pid, conn, request)
         self.selector.register(conn, selectors.EVENT_READ, self._from_client)
         try:
             conn.sendall(encode({"started": pid}))
@@ -328,6 +376,7 @@ class Server:
         self.selector.close()
         for fileobj in (self.listener, *(r.conn for r in self.running.values())):
             fileobj.close()
+        self.projects.close_in_child()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._release_place()  # (the lock is the server's, not the command's)
@@ -406,6 +455,13 @@ class Server:
             run.conn.close()
             self.last_active = time.monotonic()
             self._load_modules()  # e.g. a module the command compiled
+            self._check_stamp_of(run)
+
+    def _check_stamp_of(self, run: Running) -> None:
+        """After a build: check the stamp it filed now, while no client
+        waits, so that the next no-op build is answered at once."""
+        if run.request.get("argv", [None])[0] == "build":
+            self._quick_answer({**run.request, "stamp_checked": False, "check_only": True})
 
     def _kill_overdue(self) -> None:
         now = time.monotonic()
@@ -444,6 +500,12 @@ def _listen(where: Place) -> socket.socket:
     listener.bind(where.socket)
     listener.listen(64)
     return listener
+
+
+def _python_env(env: dict[str, str] | os._Environ[str]) -> dict[str, str | None]:
+    """The variables that choose what Python imports."""
+    names = ("PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONNOUSERSITE", "PYTHONSAFEPATH")
+    return {name: env.get(name) for name in names}
 
 
 def _same_user(conn: socket.socket) -> bool:
