@@ -32,10 +32,12 @@ import fcntl
 import importlib
 import io
 import json
+import marshal
 import os
 import selectors
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -63,11 +65,14 @@ from kiln.server.client import (
     place,
 )
 from kiln.server.projects import Projects
+from kiln.store import db, known_complete
 from kiln.system.libc import libc
 
 DEFAULT_IDLE_S = 3 * 3600
-KILL_GRACE_S = 5.0  # after a client is gone: SIGTERM, then SIGKILL this much later
+EXIT_GRACE_S = 0.2  # after a client is gone: SIGTERM this much later,
+KILL_GRACE_S = 5.0  # then SIGKILL this much later
 REQUEST_TIMEOUT_S = 5.0
+LESSONS_LIMIT = 64 << 20  # bytes a command may send back
 START_TIMEOUT_S = 60.0
 LOG_NAME = "server.log"
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -96,7 +101,8 @@ class Running:
     conn: socket.socket
     request: dict[str, Any]
     started: float = field(default_factory=time.monotonic)
-    kill_at: float | None = None  # its client is gone: SIGKILL then
+    term_at: float | None = None  # its client is gone: SIGTERM then,
+    kill_at: float | None = None  # and SIGKILL then
 
     @property
     def argv(self) -> list[str]:
@@ -151,6 +157,7 @@ class Server:
 
     def serve(self) -> None:
         """Run until stopped; returns when the server has shut down."""
+        known_complete.enable()  # (its commands learn for the next ones)
         self.cc_pid = self._start_cc()
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the loop (set_wakeup_fd)
@@ -174,7 +181,9 @@ class Server:
         _log("stopped")
 
     def _timeout(self) -> float:
-        deadlines = [r.kill_at for r in self.running.values() if r.kill_at is not None]
+        deadlines = [
+            t for r in self.running.values() for t in (r.term_at, r.kill_at) if t is not None
+        ]
         if not self.running:
             deadlines.append(self._last_active() + self.idle)
         if not deadlines:
@@ -348,13 +357,17 @@ class Server:
 
     def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         server = os.getpid()
+        lessons_r, lessons_w = os.pipe()  # what the command learned, for the next ones
         pid = os.fork()
         if pid == 0:
             code = 70
             try:
-                code = self._become_command(conn, request, fds, server)
+                os.close(lessons_r)
+                code = self._become_command(conn, request, fds, server, lessons_w)
             finally:
                 os._exit(code)
+        os.close(lessons_w)
+        self.selector.register(lessons_r, selectors.EVENT_READ, _Lessons(self, lessons_r))
         self.served += 1
         run = self.running[pid] = Running(pid, conn, request)
         self.selector.register(conn, selectors.EVENT_READ, self._from_client)
@@ -364,8 +377,9 @@ class Server:
             self._abandon(run)
 
     def _become_command(
-        self, conn: socket.socket, request: dict[str, Any], fds: list[int], server: int
-    ) -> int:
+        self, conn: socket.socket, request: dict[str, Any], fds: list[int], server: int,
+        lessons: int,
+    ) -> int:  # fmt: skip
         """In the child: take the client's place and run its command."""
         os.setpgid(0, 0)  # its own group: signals and clean-up reach its subprocesses too
         _end_with_parent(server)
@@ -397,6 +411,7 @@ class Server:
         code = app.run(argv, stamp_checked=bool(request.get("stamp_checked")))
         sys.stdout.flush()
         sys.stderr.flush()
+        _teach(lessons)  # (before the client is answered: it may close at once)
         # The client learns the exit code now, not once this process has
         # been torn down and reaped (which takes milliseconds).
         with contextlib.suppress(OSError):
@@ -421,11 +436,13 @@ class Server:
                     _signal_group(run.pid, signum)
 
     def _abandon(self, run: Running) -> None:
-        """Stop a command whose client is gone: SIGTERM now, SIGKILL later."""
+        """Stop a command whose client is gone: SIGTERM soon, SIGKILL later.
+        (Not at once: a client also goes once its command has said its exit
+        code, while the command is still exiting.)"""
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(run.conn)
-        _signal_group(run.pid, signal.SIGTERM)
-        run.kill_at = time.monotonic() + KILL_GRACE_S
+        run.term_at = time.monotonic() + EXIT_GRACE_S
+        run.kill_at = run.term_at + KILL_GRACE_S
 
     def _reap(self, wake: Any) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -457,6 +474,15 @@ class Server:
             self._load_modules()  # e.g. a module the command compiled
             self._check_stamp_of(run)
 
+    def learn(self, lessons: bytes) -> None:
+        """Keep what a command learned (sent as it ended)."""
+        try:
+            learned = marshal.loads(lessons)
+            removals = db.removals(self.projects.conn())
+        except (ValueError, EOFError, TypeError, OSError, sqlite3.Error):
+            return
+        known_complete.merge(learned, removals)
+
     def _check_stamp_of(self, run: Running) -> None:
         """After a build: check the stamp it filed now, while no client
         waits, so that the next no-op build is answered at once."""
@@ -466,9 +492,43 @@ class Server:
     def _kill_overdue(self) -> None:
         now = time.monotonic()
         for run in self.running.values():
+            if run.term_at is not None and now >= run.term_at:
+                _signal_group(run.pid, signal.SIGTERM)
+                run.term_at = None
             if run.kill_at is not None and now >= run.kill_at:
                 _signal_group(run.pid, signal.SIGKILL)
                 run.kill_at = None
+
+
+class _Lessons:
+    """Reads what a command learned from its pipe, then hands it to the server."""
+
+    def __init__(self, server: Server, fd: int) -> None:
+        self.server = server
+        self.fd = fd
+        self.data = bytearray()
+
+    def __call__(self, _fileobj: Any) -> None:
+        try:
+            chunk = os.read(self.fd, 1 << 16)
+        except OSError:
+            chunk = b""
+        if chunk:
+            self.data += chunk
+            if len(self.data) <= LESSONS_LIMIT:
+                return
+            self.data.clear()  # (more than any command learns: not trusted)
+        with contextlib.suppress(KeyError, ValueError):
+            self.server.selector.unregister(self.fd)
+        os.close(self.fd)
+        if self.data:
+            self.server.learn(bytes(self.data))
+
+
+def _teach(fd: int) -> None:
+    """In a command: send the server what it learned (store/known_complete.py)."""
+    with contextlib.suppress(OSError), os.fdopen(fd, "wb") as out:
+        out.write(marshal.dumps(known_complete.learned()))
 
 
 def _claim(where: Place) -> int:

@@ -86,7 +86,7 @@ class Projects:
         environment is ``environ``, else (None, what differs)."""
         watch = self.watch(root)
         watch.drain()
-        conn = self._store()
+        conn = self.conn()
         row = stamps.read(conn, root, key)
         if row is None:
             self.baselines.pop((root, key), None)
@@ -113,9 +113,10 @@ class Projects:
 
     def record_answer(self, root: str, key: str) -> None:
         """File in the history a build answered here."""
-        stamps.record_answer(self._store(), Path(root), key)
+        stamps.record_answer(self.conn(), Path(root), key)
 
-    def _store(self) -> sqlite3.Connection:
+    def conn(self) -> sqlite3.Connection:
+        """The server's own connection to the store's database."""
         if self._conn is None:
             self._conn = db.connect(self.home / "kiln.db")
         return self._conn

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from kiln.model.digest import Digest, canonical_bytes
+from kiln.store import db, known_complete
 
 if TYPE_CHECKING:
     from kiln.model.reapi import re_pb2
@@ -94,6 +95,18 @@ class LocalActionCache:
             return True  # (a result held whole in its entry, e.g. a memoized call's)
         return all(self._cas.has_hash(h, n) for h, n in set(_result_hashes(self._cas, result)))
 
+    def _known_complete(self, key: Digest, result: re_pb2.ActionResult) -> bool:
+        """``complete``, unless remembered (store/known_complete.py)."""
+        if not known_complete.enabled():
+            return self.complete(result)
+        removals = db.removals(self._conn)
+        if known_complete.known(key.hash, removals):
+            return True
+        if not self.complete(result):
+            return False
+        known_complete.note(key.hash, removals)
+        return True
+
     def lookup(self, key: Digest, touch: bool = True) -> CachedResult | None:
         """The entry of ``key`` if all its blobs are there; ``touch`` marks
         it used now (the GC's age), else the caller's session does so when
@@ -108,7 +121,7 @@ class LocalActionCache:
         if row is None:
             return None
         result = re_pb2.ActionResult.FromString(row[0])
-        if not self.complete(result):
+        if not self._known_complete(key, result):
             return None
         if touch:
             self._conn.execute(

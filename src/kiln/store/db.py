@@ -3,7 +3,8 @@
 Tables (schema version in ``PRAGMA user_version``), each with the one
 module that writes it:
 - ``meta``: the store's identity (``store_id``) and settings; this module
-  (engine/retention.py keeps where its source_files sweep stopped).
+  (engine/retention.py keeps where its source_files sweep stopped; GC and
+  verify count their removals of blobs, ``count_removal``).
 - ``action_cache``: action key -> serialized ``ActionResult`` plus metadata;
   store/actioncache.py (store/session.py marks kept hits used, store/gc.py
   evicts).
@@ -389,6 +390,22 @@ class Cursor(sqlite3.Cursor):
         except sqlite3.Error as e:
             _raise_mapped(self.connection.path, e)
             raise
+
+
+def removals(conn: sqlite3.Connection) -> int:
+    """How many times blobs may have been removed from the store (garbage
+    collection, quarantine): what ``store/known_complete.py`` keys on."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'removals'").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def count_removal(conn: sqlite3.Connection) -> None:
+    """Count a removal, before any blob goes (so no one trusts what was
+    known complete while it goes)."""
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('removals', '1') ON CONFLICT(key) "
+        "DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
 
 
 def store_id(conn: sqlite3.Connection) -> str:

@@ -30,7 +30,7 @@ from kiln.model.reapi import re_pb2
 from kiln.model.tree import reachable
 from kiln.store.actioncache import result_blobs
 from kiln.store.blobs import BlobFile, delete_metadata, scan, scan_metadata
-from kiln.store.db import transaction
+from kiln.store.db import count_removal, transaction
 from kiln.store.localcas import LocalCAS
 
 
@@ -195,6 +195,8 @@ def collect(cas: LocalCAS, conn: sqlite3.Connection, policy: GcPolicy) -> GcRepo
     if policy.dry_run:
         return report
 
+    if delete:
+        count_removal(conn)  # (before any blob goes: see store/known_complete.py)
     if evict:
         with transaction(conn):
             conn.executemany("DELETE FROM action_cache WHERE hash = ?", [(h,) for h in evict])

@@ -29,7 +29,7 @@ from kiln.model.digest import Digest, canonical_bytes
 from kiln.store import db
 from kiln.store.actioncache import CachedResult, LocalActionCache
 from kiln.store.blobs import scan, scan_metadata
-from kiln.store.db import default_home
+from kiln.store.db import count_removal, default_home
 from kiln.store.ingest import Ingester, forget_stat_cache
 from kiln.store.localcas import LocalCAS
 from kiln.store.locks import KeyLocks, SharedExclusiveLock
@@ -335,6 +335,7 @@ class Store:
 
         with self.writing():
             stale = reap_dead_sessions(self.home, self.conn)
+        count_removal(self.conn)  # corrupt blobs may be quarantined (store/known_complete.py)
         report = verify_blobs(self.cas.root, self.home / "quarantine")
         verify_metadata(self.conn, self.home / "quarantine", report)
         report.stale_staging_removed = stale
