@@ -16,6 +16,7 @@ from bench import (
     cc,
     go_cache,
     hash_file,
+    large_tree,
     native_step,
     native_vs_nix,
     recursive,
@@ -44,6 +45,7 @@ BENCHMARKS = {
     "cc": cc.main,
     "calls": wasm_calls.main,
     "recursive": recursive.main,
+    "large-tree": large_tree.main,
 }
 
 
