@@ -44,7 +44,62 @@ def run_checks(store_home: Path) -> list[Check]:
         _node(),
         *_store(store_home),
         *_remote(),
+        _watching(store_home),
     ]
+
+
+def _watching(home: Path) -> Check:
+    """Whether the resident server can watch the current project (inotify)."""
+    from kiln.engine.root import find_root
+    from kiln.errors import KilnError
+    from kiln.server.client import ask
+    from kiln.server.watch import IGNORED_NAMES, MAX_FOLDERS, inotify_limits, remote_file_system
+
+    limit = inotify_limits()["max_user_watches"]
+    if limit is None:
+        return Check(
+            "watch", WARN, "inotify is not available: the server checks sources with stat",
+            "run on Linux with inotify (fs.inotify in /proc/sys)",
+        )  # fmt: skip
+    try:
+        root = find_root(Path.cwd())
+    except (KilnError, OSError):
+        return Check("watch", OK, f"inotify available (max_user_watches = {limit}); "
+                     "run `kiln doctor` in a project to check it")  # fmt: skip
+    remote = remote_file_system(str(root))
+    if remote is not None:
+        return Check(
+            "watch", WARN,
+            f"{root} is on a {remote} file system: the server checks its sources with stat "
+            "(changes made elsewhere raise no inotify event)",
+            "keep projects on a local file system for instant no-op builds",
+        )  # fmt: skip
+    folders = 0
+    for _folder, dirs, _files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in IGNORED_NAMES]
+        folders += 1
+        if folders > min(limit, MAX_FOLDERS):
+            return Check(
+                "watch", WARN,
+                f"{root} has more folders than the server may watch "
+                f"(max_user_watches = {limit}, Kiln's own limit {MAX_FOLDERS}): "
+                "it checks the sources with stat",
+                f"sysctl fs.inotify.max_user_watches={max(folders * 2, 2 * limit)}",
+            )  # fmt: skip
+    status = ask(home, {"op": "status"})
+    served = {p["root"]: p for p in status.get("projects", [])} if status else {}
+    here = served.get(str(root))
+    if here is not None and not here["watched"]:
+        return Check("watch", WARN, f"the server does not watch {root}: {here['why_not']}",
+                     "see docs/server.md")  # fmt: skip
+    state = (
+        "the server watches it" if here is not None
+        else "the server will watch it once it builds it" if status
+        else "`kiln server start` to have it watched"
+    )  # fmt: skip
+    return Check(
+        "watch", OK, f"{root}: {folders} folders to watch (max_user_watches = {limit}); {state}"
+    )
 
 
 def _remote() -> list[Check]:
