@@ -26,6 +26,13 @@
     [remote]
     cache = "grpc://cache.example:8980"
 
+    # The resident server (docs/server.md): "on-build" starts it, in the
+    # background, when a build or check finds none running ("manual", the
+    # default: only `kiln server start` does); it exits after `idle-hours`.
+    [server]
+    start = "on-build"
+    idle-hours = 3
+
 No file means no features, no secrets, one core per CPU, a 600 s step
 timeout and the default archive limits. ``$KILN_STEP_TIMEOUT`` sets the
 step timeout over the file.
@@ -52,6 +59,7 @@ DEFAULT_ARCHIVE_MAX_MEMBERS = 1_000_000
 RATIO_FLOOR = 64 << 20
 DEFAULT_STEP_TIMEOUT = 600.0
 STEP_TIMEOUT_VARIABLE = "KILN_STEP_TIMEOUT"  # over the file's step-timeout
+DEFAULT_SERVER_IDLE_S = 3 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class Config:
     archives: ArchiveLimits = ArchiveLimits()
     remote: RemoteSettings | None = None  # the [remote] table, if any
     step_timeout: float = DEFAULT_STEP_TIMEOUT  # seconds, for steps that set none
+    server_on_build: bool = False  # [server] start = "on-build"
+    server_idle_s: float = DEFAULT_SERVER_IDLE_S  # [server] idle-hours
 
     def remote_settings(self) -> RemoteSettings:
         """The ``[remote]`` settings, defaults (no remote) if the file has none."""
@@ -118,10 +128,14 @@ def load_config(path: Path | None = None) -> Config:
         raise _bad(path, str(e), "fix the TOML syntax") from None
     except OSError as e:
         raise _bad(path, f"cannot read it: {e.strerror}", "check its permissions") from None
-    known_keys = {"features", "build-cores", "step-timeout", "secrets", "archives", "remote"}
+    known_keys = {
+        "features", "build-cores", "step-timeout", "secrets", "archives", "remote", "server",
+    }  # fmt: skip
     unknown = set(data) - known_keys
     if unknown:
-        known = "features, build-cores, step-timeout, [secrets.NAME], [archives], [remote]"
+        known = (
+            "features, build-cores, step-timeout, [secrets.NAME], [archives], [remote], [server]"
+        )
         raise _bad(path, f"unknown setting {sorted(unknown)[0]!r}", f"known: {known}")
     features = data.get("features", [])
     if not isinstance(features, list) or not all(
@@ -150,10 +164,29 @@ def load_config(path: Path | None = None) -> Config:
         from kiln.remote.settings import from_table  # (only configs that name a remote)
 
         remote = from_table(data["remote"], path)
+    on_build, idle = _server(path, data)
     return Config(
         frozenset(features), cores, secrets, path, _archive_limits(path, data), remote,
-        step_timeout=timeout,
+        step_timeout=timeout, server_on_build=on_build, server_idle_s=idle,
     )  # fmt: skip
+
+
+def _server(path: Path, data: dict[str, object]) -> tuple[bool, float]:
+    """The ``[server]`` table: (start on build?, idle seconds), checked."""
+    table = data.get("server", {})
+    if not isinstance(table, dict):
+        raise _bad(path, "[server] must be a table")
+    unknown = set(table) - {"start", "idle-hours"}
+    if unknown:
+        raise _bad(path, f"unknown setting {sorted(unknown)[0]!r} in [server]",
+                   "known: start, idle-hours")  # fmt: skip
+    start = table.get("start", "manual")
+    if start not in ("manual", "on-build"):
+        raise _bad(path, f'[server] start must be "manual" or "on-build", not {start!r}')
+    hours = table.get("idle-hours", DEFAULT_SERVER_IDLE_S / 3600)
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0:
+        raise _bad(path, f"[server] idle-hours must be a positive number, not {hours!r}")
+    return start == "on-build", float(hours) * 3600
 
 
 def _step_timeout(path: Path, data: dict[str, object]) -> float:

@@ -31,6 +31,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +49,7 @@ SOCKET_PATH_LIMIT = 107  # bytes in a socket's path (sockaddr_un.sun_path, less 
 # Where the server of a store whose path is too long for a socket listens
 # (in kiln-<uid>, held to the same checks as the store's own folder).
 SHORT_ROOT = "/tmp"
+LOG_NAME = "server.log"  # in the store
 
 
 class ServerGone(Exception):
@@ -312,6 +314,35 @@ class _Forwarding:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def spawn(home: Path, idle: float) -> subprocess.Popen[bytes]:
+    """Start the store's server in the background (its log: ``server.log``
+    in the store); it exits at once if another one holds the place."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOG_NAME, "ab") as out:
+        return subprocess.Popen(
+            # -P: no folder of its own on sys.path (see import_path)
+            [sys.executable, "-P", "-m", "kiln.server.daemon", "--home", str(home),
+             "--idle", str(idle)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+
+
+def start_on_build(home: Path, argv: list[str]) -> None:
+    """When the config says ``[server] start = "on-build"``: start the
+    store's server for the next commands (this one runs by itself)."""
+    if not argv or argv[0] not in SERVED or not available():
+        return
+    from kiln.config import load_config
+    from kiln.errors import KilnError
+
+    try:
+        config = load_config()
+    except KilnError:
+        return  # (the command itself says what is wrong with the file)
+    if config.server_on_build:
+        spawn(home, config.server_idle_s)
 
 
 def _umask() -> int:

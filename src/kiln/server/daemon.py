@@ -38,7 +38,6 @@ import selectors
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from kiln.exec.kinds import KINDS
 from kiln.server import quick
 from kiln.server.client import (
     FORWARDED_SIGNALS,
+    LOG_NAME,
     REQUEST_LIMIT,
     Place,
     Untrusted,
@@ -63,6 +63,7 @@ from kiln.server.client import (
     import_path,
     peer_credentials,
     place,
+    spawn,
 )
 from kiln.server.projects import Projects
 from kiln.store import db, known_complete
@@ -74,7 +75,6 @@ KILL_GRACE_S = 5.0  # then SIGKILL this much later
 REQUEST_TIMEOUT_S = 5.0
 LESSONS_LIMIT = 64 << 20  # bytes a command may send back
 START_TIMEOUT_S = 60.0
-LOG_NAME = "server.log"
 PR_SET_PDEATHSIG = 1  # prctl(2)
 EXIT_ALREADY_SERVED = 3  # main(): another server holds the store's place
 
@@ -639,15 +639,8 @@ def start(home: Path, idle: float = DEFAULT_IDLE_S) -> dict[str, Any]:
     running = ask(home, {"op": "status"})
     if running is not None and not running.get("stopping"):
         return running
-    home.mkdir(parents=True, exist_ok=True)
+    child = spawn(home, idle)
     log = home / LOG_NAME
-    with open(log, "wb") as out:
-        child = subprocess.Popen(
-            # -P: no folder of its own on sys.path (see import_path)
-            [sys.executable, "-P", "-m", "kiln.server.daemon", "--home", str(home),
-             "--idle", str(idle)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-        )  # fmt: skip
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         status = ask(home, {"op": "status"}, timeout=START_TIMEOUT_S)
