@@ -53,6 +53,7 @@ from kiln.server import quick
 from kiln.server.client import (
     FORWARDED_SIGNALS,
     LOG_NAME,
+    PACKAGE,
     REQUEST_LIMIT,
     Place,
     Untrusted,
@@ -66,6 +67,7 @@ from kiln.server.client import (
     spawn,
 )
 from kiln.server.projects import Projects
+from kiln.server.watch import ProjectWatch
 from kiln.store import db, known_complete
 from kiln.system.libc import libc
 
@@ -120,6 +122,9 @@ class Server:
         self.place = place(home)
         self._lock: int | None = _claim(self.place)  # None once stopping
         self.listener = _listen(self.place)
+        # (watched first: a change while the fingerprint is read is an event)
+        self.code_watch = ProjectWatch(str(PACKAGE))
+        self.code_seq = self.code_watch.seq
         self.fingerprint = code_fingerprint()
         self.started = time.time()
         self.served = 0
@@ -134,6 +139,8 @@ class Server:
         self.cc_activity = cc_service.Activity()
         self.cc_pid: int | None = None
         self.projects = Projects(home)
+        self.spare: Spare | None = None  # forked ahead, waiting for a command
+        self.spare_due = True
         self._watched: set[int] = set()  # watch descriptors in the selector
         # What a client's environment must share with the server's for a
         # command to import the same modules (a native client sends no path).
@@ -171,9 +178,12 @@ class Server:
         # machine) must not end the server before its first client is read.
         self.last_active = time.monotonic()
         while not (self.stopping and not self.running):
-            for key, _ in self.selector.select(self._timeout()):
+            events = self.selector.select(self._timeout())
+            for key, _ in events:
                 key.data(key.fileobj)
             self._kill_overdue()
+            if not events:  # (nothing else to do: the moment to fork)
+                self._refresh_spare()
             if not self.running and time.monotonic() - self._last_active() > self.idle:
                 _log(f"idle for {self.idle:g} s: exiting")
                 self.stop()
@@ -181,6 +191,8 @@ class Server:
         _log("stopped")
 
     def _timeout(self) -> float:
+        if self.spare_due and not self.stopping:
+            return 0.0
         deadlines = [
             t for r in self.running.values() for t in (r.term_at, r.kill_at) if t is not None
         ]
@@ -216,6 +228,9 @@ class Server:
         """Refuse new commands; exit once the running ones have finished."""
         if not self.stopping:
             self.stopping = True
+            if self.spare is not None:
+                self.spare.discard()
+                self.spare = None
             if self.cc_pid is not None:
                 _signal_process(self.cc_pid, signal.SIGTERM)
             with contextlib.suppress(KeyError, ValueError):
@@ -288,8 +303,7 @@ class Server:
         if len(fds) != 3:
             return "a command needs its stdin, stdout and stderr"
         # Kiln's files as they are now (a client may have said).
-        fingerprint = request.get("fingerprint") or code_fingerprint()
-        if fingerprint != self.fingerprint:
+        if not self._code_unchanged(request.get("fingerprint")):
             _log("refused a command: Kiln's code changed since this server started; exiting")
             self.stop()
             return "stale"
@@ -299,6 +313,22 @@ class Server:
         if path != import_path() if path is not None else self._other_python(request):
             return "import path"  # another PYTHONPATH: the build could import other modules
         return None
+
+    def _code_unchanged(self, given: object) -> bool:
+        """Whether Kiln's code is the code this server runs: by the client's
+        fingerprint if it sent one, else by this server's watch of the
+        package (and the fingerprint again after any change it saw)."""
+        if given is not None:
+            return given == self.fingerprint
+        self.code_watch.drain()
+        changes = self.code_watch.changes_after(self.code_seq)
+        if changes is not None and all("/__pycache__" in path for path in changes):
+            return True  # (bytecode written by an import changes nothing)
+        seq = self.code_watch.seq
+        if code_fingerprint() != self.fingerprint:
+            return False
+        self.code_seq = seq
+        return True
 
     def _other_python(self, request: dict[str, Any]) -> bool:
         env = request.get("env")
@@ -356,31 +386,63 @@ class Server:
     # ------------------------------------------------------------ children
 
     def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        """Run a command in the spare process (forked beforehand, see
+        ``_fork_spare``), or in a new fork if there is none."""
+        spare, self.spare = self.spare, None
+        if spare is None or not spare.hand_over(conn, request, fds):
+            if spare is not None:
+                spare.discard()
+            spare = self._fork_spare()
+            if not spare.hand_over(conn, request, fds):
+                spare.discard()
+                conn.sendall(encode({"refused": "the command's process could not be started"}))
+                conn.close()
+                return
+        self.served += 1
+        run = self.running[spare.pid] = Running(spare.pid, conn, request)
+        self.selector.register(conn, selectors.EVENT_READ, self._from_client)
+        try:
+            conn.sendall(encode({"started": spare.pid}))
+        except OSError:  # the client is already gone: so is its command
+            self._abandon(run)
+        self.spare_due = True  # (made once the loop has nothing else to do)
+
+    def _fork_spare(self) -> Spare:
+        """A process forked now that waits for a command (what the server
+        knows now, e.g. results known complete, is what it starts with)."""
         server = os.getpid()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         lessons_r, lessons_w = os.pipe()  # what the command learned, for the next ones
         pid = os.fork()
         if pid == 0:
             code = 70
             try:
+                ours.close()
                 os.close(lessons_r)
-                code = self._become_command(conn, request, fds, server, lessons_w)
+                self._become_spare(server)
+                handed = _take_over(theirs)
+                theirs.close()
+                # (None: discarded before any command)
+                code = 0 if handed is None else self._become_command(*handed, lessons_w)
             finally:
                 os._exit(code)
+        theirs.close()
         os.close(lessons_w)
         self.selector.register(lessons_r, selectors.EVENT_READ, _Lessons(self, lessons_r))
-        self.served += 1
-        run = self.running[pid] = Running(pid, conn, request)
-        self.selector.register(conn, selectors.EVENT_READ, self._from_client)
-        try:
-            conn.sendall(encode({"started": pid}))
-        except OSError:  # the client is already gone: so is its command
-            self._abandon(run)
+        return Spare(pid, ours)
 
-    def _become_command(
-        self, conn: socket.socket, request: dict[str, Any], fds: list[int], server: int,
-        lessons: int,
-    ) -> int:  # fmt: skip
-        """In the child: take the client's place and run its command."""
+    def _refresh_spare(self) -> None:
+        """Fork a spare when one is due (the last was used, or the server
+        learned something since it was forked)."""
+        if not self.spare_due or self.stopping:
+            return
+        self.spare_due = False
+        if self.spare is not None:
+            self.spare.discard()
+        self.spare = self._fork_spare()
+
+    def _become_spare(self, server: int) -> None:
+        """In a spare: let go of everything that is the server's."""
         os.setpgid(0, 0)  # its own group: signals and clean-up reach its subprocesses too
         _end_with_parent(server)
         signal.set_wakeup_fd(-1)
@@ -390,12 +452,20 @@ class Server:
         self.selector.close()
         for fileobj in (self.listener, *(r.conn for r in self.running.values())):
             fileobj.close()
+        if self.spare is not None:
+            self.spare.sock.close()
         self.projects.close_in_child()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._release_place()  # (the lock is the server's, not the command's)
+
+    def _become_command(
+        self, conn: socket.socket, request: dict[str, Any], fds: list[int], lessons: int
+    ) -> int:
+        """In a spare: take the client's place and run its command."""
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
+            os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
         tempfile.tempdir = None  # found again from the client's TMPDIR
@@ -456,6 +526,9 @@ class Server:
             if pid == 0:
                 return
             run = self.running.pop(pid, None)
+            if self.spare is not None and pid == self.spare.pid:
+                self.spare.discard()  # (died waiting: another is forked)
+                self.spare, self.spare_due = None, True
             if pid == self.cc_pid:
                 self.cc_pid = None
                 _log(f"the cc service exited ({os.waitstatus_to_exitcode(status)})")
@@ -481,7 +554,8 @@ class Server:
             removals = db.removals(self.projects.conn())
         except (ValueError, EOFError, TypeError, OSError, sqlite3.Error):
             return
-        known_complete.merge(learned, removals)
+        if known_complete.merge(learned, removals):
+            self.spare_due = True  # (a spare forked before knows less)
 
     def _check_stamp_of(self, run: Running) -> None:
         """After a build: check the stamp it filed now, while no client
@@ -498,6 +572,51 @@ class Server:
             if run.kill_at is not None and now >= run.kill_at:
                 _signal_group(run.pid, signal.SIGKILL)
                 run.kill_at = None
+
+
+class Spare:
+    """A process forked ahead of time, waiting for a command (``_take_over``)."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock  # the server's end of its socket pair
+
+    def hand_over(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> bool:
+        """Give it a command: the client's connection and descriptors, then
+        the request; False if it is gone."""
+        payload = json.dumps(request, separators=(",", ":")).encode()
+        try:
+            socket.send_fds(self.sock, [b"%d\n" % len(payload)], [conn.fileno(), *fds])
+            self.sock.sendall(payload)
+        except OSError:
+            return False
+        self.sock.close()
+        return True
+
+    def discard(self) -> None:
+        """End it unused (it exits when its socket closes)."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _take_over(sock: socket.socket) -> tuple[socket.socket, dict[str, Any], list[int]] | None:
+    """In a spare: wait for a command; (the client's connection, the
+    request, its stdio descriptors), or None when discarded."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, 64, 4)
+    except OSError:
+        return None
+    if len(fds) != 4 or not data.endswith(b"\n"):
+        return None
+    size = int(data)
+    payload = bytearray()
+    while len(payload) < size:
+        chunk = sock.recv(min(size - len(payload), 1 << 20))
+        if not chunk:
+            return None
+        payload += chunk
+    conn = socket.socket(fileno=fds[0])
+    return conn, json.loads(payload), fds[1:]
 
 
 class _Lessons:
