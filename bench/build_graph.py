@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import KILN, report
+from bench.common import KILN, kiln_client, report, run
 
 LIBS = int(os.environ.get("KILN_BENCH_LIBS", "100"))
 SOURCES = 100  # per library
@@ -120,6 +120,19 @@ def main() -> list[dict]:
         results.append(
             report(f"no-op rebuild, {steps} steps", kiln_noop, "ninja no-op", ninja_noop, "<= 3")
         )
+        client = kiln_client(tmp / "bin", env)
+        run([KILN, "server", "start"], env=env)
+        try:
+            _timed([client, "build"], project, env)  # the server starts watching the project
+            served = statistics.median(_timed([client, "build"], project, env) for _ in range(7))
+            ninja_noop = statistics.median(_timed([ninja], project, env) for _ in range(7))
+        finally:
+            run([KILN, "server", "stop"], env=env)
+        how = "native client" if client != KILN else "Python client"
+        results.append(
+            report(f"no-op rebuild, {steps} steps, kiln server running ({how})", served,
+                   "ninja no-op", ninja_noop, "<= 1.0")
+        )  # fmt: skip
         copy = tmp / "copy"
         shutil.copytree(project, copy, ignore=shutil.ignore_patterns("kiln-out", "obj", "lib"))
         hits = _timed([KILN, "build"], copy, env)

@@ -28,6 +28,17 @@ def real_binary(name: str) -> str:
     raise SystemExit(f"bench: {name} not found on PATH")
 
 
+def kiln_client(folder: Path, env: dict[str, str]) -> str:
+    """The native client for the store of ``env`` (``kiln server
+    install-client``), installed in ``folder``; the Python entry point
+    where there is none for this machine."""
+    proc = subprocess.run(
+        [KILN, "server", "install-client", str(folder)], env=env, capture_output=True, text=True
+    )
+    client = folder / "kiln"
+    return str(client) if proc.returncode == 0 and client.is_file() else KILN
+
+
 def run(argv: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None) -> float:
     """Run a command to completion; seconds of wall time. Fails loudly."""
     return _timed(argv, cwd, env, subprocess.DEVNULL)[0]
