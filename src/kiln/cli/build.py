@@ -62,11 +62,16 @@ def _settings(
 @click.argument("targets", nargs=-1)
 @_build_options
 @click.option("-v", "--verbose", is_flag=True, help="Show each step's command as it starts.")
+@click.option(
+    "--watch", is_flag=True,
+    help="After the build, build again whenever a file of the project changes, until Ctrl-C.",
+)  # fmt: skip
 @click.pass_context
 def build(
     ctx: click.Context,
     targets: tuple[str, ...],
     verbose: bool,
+    watch: bool,
     jobs: int | None,
     keep_going: bool,
     allow_unpinned: bool,
@@ -84,6 +89,10 @@ def build(
     (warnings) is shown after its line. Exits 1 if a step or target failed,
     130 if interrupted (Ctrl-C stops the running steps; a second one quits
     without waiting for them).
+
+    With --watch, builds again after each change in the project (a failed
+    build too), until Ctrl-C (exit 130) or SIGTERM (exit 143); with --json,
+    one report per build, each on one line.
     """
     request = BuildRequest(
         targets, store=ctx.obj.get("store"), jobs=jobs, keep_going=keep_going,
@@ -91,11 +100,26 @@ def build(
         remote_cache=remote_cache, remote_exec=remote_exec, remote_fallback=remote_fallback,
         settings=settings,
     )  # fmt: skip
-    with BuildProgress(verbose=verbose, json=as_json) as progress:
-        report = _build(request, progress)
-    show_report(report, as_json, progress.json_fields())
+    if watch:  # (--watch is not in the table of options: the fast path never answers it)
+        from kiln.cli.watch import watch_builds
+
+        def once(request: BuildRequest) -> None:
+            _build_and_show(request, verbose, as_json, one_line=True)
+
+        sys.exit(watch_builds(request, once, as_json))
+    report = _build_and_show(request, verbose, as_json)
     if report.errors:
         sys.exit(report.exit_code)
+
+
+def _build_and_show(
+    request: BuildRequest, verbose: bool, as_json: bool, one_line: bool = False
+) -> BuildReport:
+    """One build, shown as `kiln build` shows it: its progress, then its report."""
+    with BuildProgress(verbose=verbose, json=as_json) as progress:
+        report = _build(request, progress)
+    show_report(report, as_json, progress.json_fields(), one_line=one_line)
+    return report
 
 
 def _build(

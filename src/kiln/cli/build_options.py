@@ -3,7 +3,10 @@
 The fast path (``kiln.cli.entry``) parses a plain ``kiln build`` command
 line with ``parse`` (standard library only), and the click command is made
 from the same table (``kiln.cli.build``), so the two cannot disagree on
-what an option means.
+what an option means. ``-v`` and ``--watch`` are the click command's
+alone: ``parse`` returns None for an option not in the table, so a
+command line with one of them is never answered by the fast path (nor by
+the server's no-op answer, ``kiln.server.quick``).
 """
 
 from __future__ import annotations

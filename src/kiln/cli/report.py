@@ -10,11 +10,15 @@ import sys
 from kiln.engine.report import BuildReport, StepStatus
 
 
-def write_json(obj: object) -> None:
-    """``obj`` as indented JSON on stdout (what every ``--json`` prints)."""
+def write_json(obj: object, one_line: bool = False) -> None:
+    """``obj`` as indented JSON on stdout (what every ``--json`` prints);
+    ``one_line``: on one line (``kiln build --watch --json``: a report per line)."""
     import json  # (start-up: this module is on the no-op path)
 
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(obj, indent=None if one_line else 2, sort_keys=True, default=str)
+    sys.stdout.write(text + "\n")
+    if one_line:
+        sys.stdout.flush()  # (a reader of the lines gets each one as it is made)
 
 
 def show_report(
@@ -22,11 +26,12 @@ def show_report(
     as_json: bool,
     shown: dict[str, object] | None = None,
     cwd: str | None = None,
+    one_line: bool = False,
 ) -> None:
     """Print a build's report; ``shown``: what the progress display would
     have printed of the steps' stderr (``BuildProgress.json_fields``), for
     the JSON report; ``cwd``: the folder output paths are relative to (the
-    current one by default)."""
+    current one by default); ``one_line``: the JSON report on one line."""
     for warning in report.warnings:
         sys.stderr.write(f"kiln: warning: {warning}\n")
     if report.forgotten:
@@ -40,7 +45,7 @@ def show_report(
         summary = {**report.summary(), "stderr": [], "cached_stderr": {}, **(shown or {})}
         if report.errors:  # what every failed --json command says
             summary.update(error=report.errors[0].message, hint=report.errors[0].hint)
-        write_json(summary)
+        write_json(summary, one_line)
         return
     for t in report.targets:
         if t.output is not None:
