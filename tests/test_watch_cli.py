@@ -26,7 +26,7 @@ import wasmtime
 from conftest import KILN
 from kiln.cli import watch as cli_watch
 from kiln.server.watch import ProjectWatch
-from server_helpers import WAIT_S, serving
+from server_helpers import WAIT_S, gone, serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
 
@@ -349,6 +349,21 @@ def test_through_the_server(tmp_path: Path, tools, signum: int) -> None:
         served.wait_until(
             lambda: served.status()["commands_running"] == 0, "the server to reap the watch"
         )
+
+
+def test_stopping_the_server_ends_its_watches(tmp_path: Path, tools) -> None:
+    """`kiln server stop` does not wait for a watch, which never ends by
+    itself: the watch is ended as by SIGTERM, and the server exits."""
+    project = _project(tmp_path, tools)
+    with serving(tmp_path / "home") as served:
+        pid = served.start()["pid"]
+        with watching([KILN, "build", "--watch"], project, served.env) as w:
+            assert w.build()[0] == "2 steps ran, 0 cached, 0 failed"
+            stopped = served.kiln("server", "stop")
+            assert stopped.returncode == 0, stopped.stderr
+            assert w.proc.wait(timeout=60) == 143
+        w.err.expect("kiln: SIGTERM: stopped watching after 1 build")
+        served.wait_until(lambda: gone(pid), "the server to exit")
 
 
 # ---------------------------------------------------------------- in-process

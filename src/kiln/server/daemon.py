@@ -231,6 +231,9 @@ class Server:
             if self.spare is not None:
                 self.spare.discard()
                 self.spare = None
+            for run in self.running.values():
+                if "--watch" in run.argv:  # (it would never finish: ends cleanly on SIGTERM)
+                    _signal_group(run.pid, signal.SIGTERM)
             if self.cc_pid is not None:
                 _signal_process(self.cc_pid, signal.SIGTERM)
             with contextlib.suppress(KeyError, ValueError):
