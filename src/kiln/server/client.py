@@ -31,13 +31,13 @@ import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
 TYPE_CHECKING = False  # (typing itself costs milliseconds at start-up)
 
 if TYPE_CHECKING:
+    import subprocess
     from typing import Any
 
 # Commands a server may run (the ones whose start-up time matters).
@@ -319,6 +319,8 @@ class _Forwarding:
 def spawn(home: Path, idle: float) -> subprocess.Popen[bytes]:
     """Start the store's server in the background (its log: ``server.log``
     in the store); it exits at once if another one holds the place."""
+    import subprocess  # (start-up: not on the way of every command)
+
     home.mkdir(parents=True, exist_ok=True)
     with open(home / LOG_NAME, "ab") as out:
         return subprocess.Popen(
