@@ -67,8 +67,9 @@ from kiln.server.client import (
     spawn,
 )
 from kiln.server.projects import Projects
+from kiln.server.scanned import ScannedFolders
 from kiln.server.watch import ProjectWatch
-from kiln.store import db, known_complete
+from kiln.store import db, known_complete, unchanged_folders
 from kiln.system.libc import libc
 
 DEFAULT_IDLE_S = 3 * 3600
@@ -140,6 +141,7 @@ class Server:
         self.cc_pid: int | None = None
         self.projects = Projects(home)
         self.spare: Spare | None = None  # forked ahead, waiting for a command
+        self.scanned = ScannedFolders()
         self.spare_due = True
         self._watched: set[int] = set()  # watch descriptors in the selector
         # What a client's environment must share with the server's for a
@@ -392,6 +394,7 @@ class Server:
         """Run a command in the spare process (forked beforehand, see
         ``_fork_spare``), or in a new fork if there is none."""
         spare, self.spare = self.spare, None
+        self._tell_unchanged_folders(request)
         if spare is None or not spare.hand_over(conn, request, fds):
             if spare is not None:
                 spare.discard()
@@ -401,6 +404,7 @@ class Server:
                 conn.sendall(encode({"refused": "the command's process could not be started"}))
                 conn.close()
                 return
+        self._note_hand_over(spare, request)
         self.served += 1
         run = self.running[spare.pid] = Running(spare.pid, conn, request)
         self.selector.register(conn, selectors.EVENT_READ, self._from_client)
@@ -409,6 +413,24 @@ class Server:
         except OSError:  # the client is already gone: so is its command
             self._abandon(run)
         self.spare_due = True  # (made once the loop has nothing else to do)
+
+    def _tell_unchanged_folders(self, request: dict[str, Any]) -> None:
+        """Tell the command which folders of its project are unchanged since
+        a command before it scanned them (``kiln.server.scanned``)."""
+        root = request.get("project_root")
+        watch = self.projects.watches.get(root) if isinstance(root, str) else None
+        if watch is not None:
+            watch.drain()
+            request["unchanged_folders"] = self.scanned.unchanged(root, watch)
+            request["handed_at"] = watch.seq
+
+    def _note_hand_over(self, spare: Spare, request: dict[str, Any]) -> None:
+        """What the command's lessons will be about: its project and the
+        moment it was handed over."""
+        root = request.get("project_root")
+        if "handed_at" in request and root in self.projects.watches:
+            watch = self.projects.watches[root]
+            spare.lessons.project = (root, int(request["handed_at"]), watch)
 
     def _fork_spare(self) -> Spare:
         """A process forked now that waits for a command (what the server
@@ -431,8 +453,9 @@ class Server:
                 os._exit(code)
         theirs.close()
         os.close(lessons_w)
-        self.selector.register(lessons_r, selectors.EVENT_READ, _Lessons(self, lessons_r))
-        return Spare(pid, ours)
+        lessons = _Lessons(self, lessons_r)
+        self.selector.register(lessons_r, selectors.EVENT_READ, lessons)
+        return Spare(pid, ours, lessons)
 
     def _refresh_spare(self) -> None:
         """Fork a spare when one is due (the last was used, or the server
@@ -471,6 +494,8 @@ class Server:
             os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
+        if isinstance(request.get("unchanged_folders"), list):
+            unchanged_folders.start(request["unchanged_folders"])
         tempfile.tempdir = None  # found again from the client's TMPDIR
         _reopen_stdio()
         try:
@@ -550,15 +575,22 @@ class Server:
             self._load_modules()  # e.g. a module the command compiled
             self._check_stamp_of(run)
 
-    def learn(self, lessons: bytes) -> None:
-        """Keep what a command learned (sent as it ended)."""
+    def learn(self, lessons: bytes, project: tuple[str, int, ProjectWatch] | None) -> None:
+        """Keep what a command learned (sent as it ended): results found
+        complete; the folders it scanned, if it was handed over for
+        ``project`` = (root, moment, watch)."""
         try:
             learned = marshal.loads(lessons)
             removals = db.removals(self.projects.conn())
         except (ValueError, EOFError, TypeError, OSError, sqlite3.Error):
             return
-        if known_complete.merge(learned, removals):
+        if not isinstance(learned, dict):
+            return
+        if known_complete.merge(learned.get("complete"), removals):
             self.spare_due = True  # (a spare forked before knows less)
+        scanned = learned.get("scanned")
+        if project is not None and isinstance(scanned, list):
+            self.scanned.learned(project[0], scanned, project[1], project[2])
 
     def _check_stamp_of(self, run: Running) -> None:
         """After a build: check the stamp it filed now, while no client
@@ -580,9 +612,10 @@ class Server:
 class Spare:
     """A process forked ahead of time, waiting for a command (``_take_over``)."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, lessons: _Lessons) -> None:
         self.pid = pid
         self.sock = sock  # the server's end of its socket pair
+        self.lessons = lessons  # what it learns comes back there
 
     def hand_over(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> bool:
         """Give it a command: the client's connection and descriptors, then
@@ -629,6 +662,8 @@ class _Lessons:
         self.server = server
         self.fd = fd
         self.data = bytearray()
+        # (root, moment handed over, of that watch)
+        self.project: tuple[str, int, ProjectWatch] | None = None
 
     def __call__(self, _fileobj: Any) -> None:
         try:
@@ -644,13 +679,14 @@ class _Lessons:
             self.server.selector.unregister(self.fd)
         os.close(self.fd)
         if self.data:
-            self.server.learn(bytes(self.data))
+            self.server.learn(bytes(self.data), self.project)
 
 
 def _teach(fd: int) -> None:
     """In a command: send the server what it learned (store/known_complete.py)."""
+    lessons = {"complete": known_complete.learned(), "scanned": unchanged_folders.scanned()}
     with contextlib.suppress(OSError), os.fdopen(fd, "wb") as out:
-        out.write(marshal.dumps(known_complete.learned()))
+        out.write(marshal.dumps(lessons))
 
 
 def _claim(where: Place) -> int:

@@ -68,6 +68,7 @@ def answer(projects: Projects, request: dict[str, Any]) -> dict[str, Any] | None
         root = find_root(Path(cwd))
     except (KilnError, OSError):
         return None  # (the command says what is wrong)
+    request["project_root"] = str(root)
     key = build_request.stamp_key
     held, _differs = projects.holding_stamp(str(root), key, request["env"])
     if held is None:

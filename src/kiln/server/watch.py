@@ -161,6 +161,10 @@ class ProjectWatch:
         """Whether a change of the listing of ``folder`` would raise an event here."""
         return self.reason is None and folder in self._wd_of
 
+    def unvouched_folders(self) -> set[str]:
+        """The folders holding an entry the watch cannot vouch for."""
+        return {os.path.dirname(path) for path in self._shared}
+
     def changes_after(self, seq: int) -> set[str] | None:
         """The paths with an event after the moment ``seq`` was read from
         ``seq`` (a folder is in it when its listing changed); None when the
