@@ -279,6 +279,7 @@ class Build:
             report.remote = scheduler.remote.stats.as_dict()
             report.warnings.extend(scheduler.remote.stats.warnings)
         report.files_hashed = ctx.sources.files_hashed
+        report.folders_listed = ctx.sources.folders_listed
         report.warnings += [
             f"-D {name}: the build file did not read this setting (a misspelt name?)"
             for name in sorted(set(self.settings) - ctx.settings_read)

@@ -80,6 +80,7 @@ class BuildReport:
         self.seconds = seconds
         self.build_id: int | None = None
         self.files_hashed = 0
+        self.folders_listed = 0  # of source trees, to compare with the stat cache
         self.errors: list[KilnError] = []
         self.stamped = False
         self.not_stamped: str | None = None  # why no stamp was filed
@@ -136,6 +137,7 @@ class BuildReport:
                 for t in self.targets
             },
             "files_hashed": self.files_hashed,
+            "folders_listed": self.folders_listed,
             "seconds": round(self.seconds, 3),
             "build_id": self.build_id,
             "unchanged": self.unchanged,  # answered from the build stamp, nothing evaluated

@@ -43,6 +43,7 @@ class Sources:
         self._trees: dict[str, Tree] = {}
         self._fresh: list[tuple] = []  # rows to remember at the end of the build
         self.files_hashed = 0
+        self.folders_listed = 0  # by source trees' puts (store/ingest.py)
         # What the build saw, for its stamp (engine/stamp.py): every file by
         # its stat signature, every glob with its matches; a racy file or a
         # source folder makes the build unstampable.

@@ -449,6 +449,9 @@ class Server:
                 theirs.close()
                 # (None: discarded before any command)
                 code = 0 if handed is None else self._become_command(*handed, lessons_w)
+            except BaseException as e:  # (a bug: said in the server's log)
+                _log(f"a command's process failed: {type(e).__name__}: {e}")
+                raise
             finally:
                 os._exit(code)
         theirs.close()
