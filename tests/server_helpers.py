@@ -30,10 +30,22 @@ class Served:
 
     def kiln(self, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
         """Run the real `kiln` on this store."""
+        return self.run(KILN, *args, cwd=cwd, **env)
+
+    def run(
+        self, program: str | Path, *args: str, cwd: Path | None = None, **env: str
+    ) -> subprocess.CompletedProcess:
+        """Run ``program`` (`kiln`, or the native client) on this store."""
         return subprocess.run(
-            [KILN, *args], cwd=cwd, env={**self.env, **env}, capture_output=True, text=True,
-            timeout=120,
+            [str(program), *args], cwd=cwd, env={**self.env, **env}, capture_output=True,
+            text=True, timeout=120,
         )  # fmt: skip
+
+    def install_native_client(self, folder: Path) -> Path:
+        """`kiln server install-client FOLDER` for this store: the client's path."""
+        installed = self.kiln("server", "install-client", str(folder))
+        assert installed.returncode == 0, installed.stderr
+        return folder / "kiln"
 
     def start(self, *options: str) -> dict:
         """`kiln server start`: the server's status."""

@@ -1,19 +1,27 @@
 """A listener that is not Kiln's, waiting where a client might look for
 one: it records what each connection sends (shared by the attack tests on
-the server's and the cc service's sockets)."""
+the server's and the cc service's sockets); and the store of its victim,
+whose build must run by itself (the server attack tests, for the Python
+and the native client)."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from kiln.server import client as server_client
+from server_helpers import Served, serving
+
 NOBODY = 65534
+SECRET = "kiln-test-token-4242"  # in the victim's environment: no squatter may see it
 
 # Binds ADDRESS ("@name": Linux's abstract namespace), then listens as UID
 # (-1: as itself; SO_PEERCRED shows who listened), prints its pid and
@@ -96,3 +104,31 @@ def squat_fixture(tmp_path: Path) -> Iterator[Callable[..., Squatter]]:
     yield start
     for squatter in started:
         squatter.kill()
+
+
+@contextmanager
+def victim_store(tmp_path: Path) -> Iterator[Served]:
+    """A user's store with no server of its own (stopped at the end if one
+    was started)."""
+    with serving(tmp_path / "h") as served:
+        where = server_client.place(served.home)
+        assert where.folder.startswith(str(tmp_path)), "the store's path is too long here"
+        yield served
+
+
+def private_folder(victim: Served) -> server_client.Place:
+    """The store's server folder, made as the server makes it."""
+    where = server_client.place(victim.home)
+    os.makedirs(where.folder, mode=0o700)
+    return where
+
+
+def built_by_itself(done: subprocess.CompletedProcess, example: Path) -> str:
+    """Check that a build of the example built all of it (not a squatter's
+    "exit 0"); its stderr."""
+    assert done.returncode == 0, done.stderr
+    assert done.stdout, f"the build did nothing: {done.stderr}"
+    summary = json.loads(done.stdout)
+    assert (summary["executed"], summary["failed"]) == (6, 0)
+    assert (example / "kiln-out" / "report" / "report.txt").is_file()
+    return done.stderr

@@ -11,7 +11,6 @@ must run by itself and build everything."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -19,38 +18,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from squatters import NOBODY, squat_fixture  # noqa: F401 (the `squat` fixture)
+from squatters import (  # noqa: F401 (the `squat` fixture)
+    NOBODY,
+    SECRET,
+    built_by_itself,
+    private_folder,
+    squat_fixture,
+    victim_store,
+)
 
 from kiln.server import client as server_client
 from server_helpers import Served, serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the server is Linux-only")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-SECRET = "kiln-test-token-4242"
 
 @pytest.fixture
 def victim(tmp_path: Path) -> Iterator[Served]:
     """A user's store with no server of its own."""
-    with serving(tmp_path / "h") as served:
-        where = server_client.place(served.home)
-        assert where.folder.startswith(str(tmp_path)), "the store's path is too long here"
+    with victim_store(tmp_path) as served:
         yield served
 
 
 def _build(victim: Served, example: Path) -> subprocess.CompletedProcess:
     """`kiln build`, with a secret in its environment."""
     return victim.kiln("build", "--json", "report", cwd=example, KILN_TEST_TOKEN=SECRET)
-
-
-def _built_by_itself(done: subprocess.CompletedProcess, example: Path) -> str:
-    """Check that a build built all of the example (not a squatter's "exit
-    0"); its stderr."""
-    assert done.returncode == 0, done.stderr
-    assert done.stdout, f"the build did nothing: {done.stderr}"
-    summary = json.loads(done.stdout)
-    assert (summary["executed"], summary["failed"]) == (6, 0)
-    assert (example / "kiln-out" / "report" / "report.txt").is_file()
-    return done.stderr
 
 
 def _old_abstract_name(home: Path) -> str:
@@ -60,20 +52,13 @@ def _old_abstract_name(home: Path) -> str:
     return "@kiln-server-" + hashlib.sha256(who.encode()).hexdigest()[:32]
 
 
-def _private_folder(victim: Served) -> server_client.Place:
-    """The store's server folder, made as the server makes it."""
-    where = server_client.place(victim.home)
-    os.makedirs(where.folder, mode=0o700)
-    return where
-
-
 def test_a_squatter_on_the_old_abstract_name_gets_nothing(
     victim: Served, example: Path, squat
 ) -> None:
     squatter = squat(_old_abstract_name(victim.home))
     done = _build(victim, example)
     assert squatter.received() == []
-    stderr = _built_by_itself(done, example)
+    stderr = built_by_itself(done, example)
     assert "warning" not in stderr  # no server was ever there: nothing to warn of
 
 
@@ -81,13 +66,13 @@ def test_a_squatter_on_the_old_abstract_name_gets_nothing(
 def test_a_squatter_in_a_folder_of_another_user_gets_nothing(
     victim: Served, example: Path, squat
 ) -> None:
-    where = _private_folder(victim)
+    where = private_folder(victim)
     os.chown(where.folder, NOBODY, NOBODY)
     squatter = squat(where.socket, uid=NOBODY)
     Path(where.pid_file).write_text(f"{squatter.pid}\n")
     done = _build(victim, example)
     assert squatter.received() == []  # not even a connection
-    stderr = _built_by_itself(done, example)
+    stderr = built_by_itself(done, example)
     assert f"{where.folder} belongs to uid {NOBODY}" in stderr
 
 
@@ -95,12 +80,12 @@ def test_a_squatter_in_a_folder_of_another_user_gets_nothing(
 def test_a_listener_of_another_user_in_the_private_folder_gets_nothing(
     victim: Served, example: Path, squat
 ) -> None:
-    where = _private_folder(victim)
+    where = private_folder(victim)
     squatter = squat(where.socket, uid=NOBODY)  # bound by this user, listening as nobody
     Path(where.pid_file).write_text(f"{squatter.pid}\n")
     done = _build(victim, example)
     assert squatter.received() == [{"sent": "", "fds": 0}]  # connected, then nothing
-    stderr = _built_by_itself(done, example)
+    stderr = built_by_itself(done, example)
     assert f"served by uid {NOBODY}" in stderr
 
 
@@ -108,13 +93,13 @@ def test_a_listener_of_another_user_in_the_private_folder_gets_nothing(
 def test_a_folder_others_may_enter_is_not_used(
     victim: Served, example: Path, squat, mode: int
 ) -> None:
-    where = _private_folder(victim)
+    where = private_folder(victim)
     os.chmod(where.folder, mode)
     squatter = squat(where.socket)
     Path(where.pid_file).write_text(f"{squatter.pid}\n")
     done = _build(victim, example)
     assert squatter.received() == []
-    stderr = _built_by_itself(done, example)
+    stderr = built_by_itself(done, example)
     assert f"{where.folder} is open to other users (mode {mode:04o}" in stderr
 
 
@@ -130,7 +115,7 @@ def test_a_folder_that_is_a_link_is_not_used(
     Path(where.pid_file).write_text(f"{squatter.pid}\n")
     done = _build(victim, example)
     assert squatter.received() == []
-    stderr = _built_by_itself(done, example)
+    stderr = built_by_itself(done, example)
     assert f"{where.folder} is not a folder" in stderr
 
 
@@ -138,13 +123,13 @@ def test_a_folder_that_is_a_link_is_not_used(
 def test_a_listener_that_is_not_the_recorded_server_gets_nothing(
     victim: Served, example: Path, squat, recorded: str
 ) -> None:
-    where = _private_folder(victim)
+    where = private_folder(victim)
     squatter = squat(where.socket)
     if recorded == "another pid":
         Path(where.pid_file).write_text(f"{os.getpid()}\n")
     done = _build(victim, example)
     assert squatter.received() == [{"sent": "", "fds": 0}]
-    stderr = _built_by_itself(done, example)
+    stderr = built_by_itself(done, example)
     assert f"served by pid {squatter.pid}, not by the pid {where.pid_file} records" in stderr
 
 
@@ -191,7 +176,7 @@ def _with_home(where: server_client.Place, home: str) -> server_client.Place:
 
 
 def test_a_server_does_not_listen_in_a_folder_others_may_enter(victim: Served) -> None:
-    where = _private_folder(victim)
+    where = private_folder(victim)
     os.chmod(where.folder, 0o733)
     refused = victim.kiln("server", "start")
     assert refused.returncode == 1

@@ -17,7 +17,8 @@
  * answering in full, or KILN_SERVER=off in the environment.
  *
  * The service is trusted only if its socket lies in a folder of this user
- * that no one else may enter and its listener runs as this user.
+ * that no one else may enter and its listener runs as this user (the
+ * checks of kiln/server/private_socket.h, shared with the server's client).
  *
  * The reply is read whole before anything is written out, so a service
  * that dies mid-reply leaves nothing half-done: the fallback runs instead.
@@ -42,6 +43,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "../server/private_socket.h"
 
 #define CONF_NAME "kiln-cc.conf"
 #define CONF_LIMIT (64 * 1024)
@@ -75,12 +78,6 @@ __attribute__((format(printf, 1, 2))) static void say(const char *format, ...) {
 }
 
 /* ------------------------------------------------------------ config */
-
-static char *dir_of(const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (slash == path) return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
 
 /* The folder of the file execvp(3) would run for `name` (no '/' in it). */
 static char *search_path(const char *name) {
@@ -162,7 +159,7 @@ static int parse_conf(char *text, struct conf *conf) {
 static void load_conf(const char *argv0, struct conf *conf) {
     char *dir = NULL;
     if (argv0 != NULL && argv0[0] != '\0')
-        dir = strchr(argv0, '/') ? dir_of(argv0) : search_path(argv0);
+        dir = strchr(argv0, '/') ? folder_of(argv0) : search_path(argv0);
     int err = ENOENT;
     char *text = dir ? read_conf(dir, &err) : NULL;
     if (text == NULL && err == ENOENT) {
@@ -173,7 +170,7 @@ static void load_conf(const char *argv0, struct conf *conf) {
         if (n > 0) {
             self[n] = '\0';
             free(dir);
-            dir = dir_of(self);
+            dir = folder_of(self);
             text = dir ? read_conf(dir, &err) : NULL;
         }
     }
@@ -204,35 +201,13 @@ static void fall_back(const struct conf *conf, int argc, char **argv) {
 
 /* ------------------------------------------------------------ connecting */
 
-static int private_folder_of(const char *path) {
-    char *dir = dir_of(path);
-    struct stat st;
-    int ok = dir != NULL && lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) &&
-             st.st_uid == getuid() && (st.st_mode & 077) == 0;
-    free(dir);
-    return ok;
-}
-
-/* A connection to the service, or -1 if it is not there or not trusted. */
+/* A connection to the service, or -1 if it is not there or not trusted
+   (private_socket.h; why not is left unsaid: the fallback runs). */
 static int connect_service(const char *path) {
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    struct stat st;
-    if (strlen(path) >= sizeof addr.sun_path || strchr(path, '/') == NULL) return -1;
-    if (!private_folder_of(path)) return -1;
-    if (lstat(path, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_uid != getuid()) return -1;
-    memcpy(addr.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    int r;
-    do r = connect(fd, (struct sockaddr *)&addr, sizeof addr);
-    while (r != 0 && errno == EINTR);
-    struct ucred cred;
-    socklen_t size = sizeof cred;
-    if (r != 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) != 0 ||
-        size != sizeof cred || cred.uid != getuid()) {
-        close(fd);
-        return -1;
-    }
+    struct ucred peer;
+    char *why;
+    int fd = connect_private(path, &peer, &why);
+    free(why);
     return fd;
 }
 
@@ -293,16 +268,6 @@ static unsigned char *build_request(int argc, char **argv, size_t *len) {
     return o.data;
 }
 
-static int send_all(int fd, const unsigned char *data, size_t len) {
-    while (len) {
-        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return -1;
-        data += n, len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------ reply */
 
 struct in {
@@ -353,16 +318,6 @@ static char *take_string(struct in *r, uint32_t *len) {
     return s;
 }
 
-static int write_all(int fd, const char *data, size_t len) {
-    while (len) {
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return -1;
-        data += n, len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* Print a finished compile's streams and exit with its code; returns only
    if the reply is not whole. */
 static void finish_ran(struct in *r) {
@@ -372,8 +327,8 @@ static void finish_ran(struct in *r) {
     char *err = out ? take_string(r, &err_len) : NULL;
     if (err == NULL) return;
     close(r->fd);
-    int failed = write_all(1, out, out_len) != 0;
-    failed |= write_all(2, err, err_len) != 0;
+    int failed = write_all(1, out, out_len, 0) != 0;
+    failed |= write_all(2, err, err_len, 0) != 0;
     int32_t status = (int32_t)code;
     if (status < 0 || status > 255) status = 1;
     exit(failed && status == 0 ? 1 : status);
@@ -404,7 +359,7 @@ int main(int argc, char **argv) {
     if (fd < 0) fall_back(&conf, argc, argv);
     size_t len;
     unsigned char *request = build_request(argc, argv, &len);
-    if (request == NULL || send_all(fd, request, len) != 0) {
+    if (request == NULL || write_all(fd, request, len, 1) != 0) {
         close(fd);
         fall_back(&conf, argc, argv);
     }

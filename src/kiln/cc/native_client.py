@@ -2,38 +2,19 @@
 
 ``client.c`` is built like the sandbox's zygote (``kiln.exec.zygote``): a
 static musl binary per architecture, made by ziglang and checked in next to
-its source; ``./dev cc-client`` makes them again.
+its source (it includes ``kiln/server/private_socket.h``, shared with the
+server's native client); ``./dev cc-client`` makes them again.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kiln.exec.zygote import build_command as _build_command
-from kiln.exec.zygote import helper_binary, rebuild_helpers
+from kiln.exec.zygote import Helper
 
-FOLDER = Path(__file__).parent
-SOURCE = FOLDER / "client.c"
-
-
-def binary_name(arch: str) -> str:
-    return f"kiln-cc-{arch}"
-
-
-def build_command(zig: list[str], arch: str, out: Path) -> list[str]:
-    """How the checked-in client for ``arch`` is made (``zig`` runs ziglang)."""
-    return _build_command(zig, arch, out, SOURCE)
-
-
-def rebuild() -> None:
-    """Make the checked-in clients again from the source (``./dev cc-client``)."""
-    rebuild_helpers(SOURCE, binary_name)
-
-
-def binary() -> Path | None:
-    """The client built for this machine, if Kiln ships one for it."""
-    return helper_binary(FOLDER, binary_name)
-
+CLIENT = Helper(Path(__file__).parent / "client.c", "kiln-cc")
+binary = CLIENT.binary  # the client built for this machine, if Kiln ships one
+rebuild = CLIENT.rebuild  # ./dev cc-client
 
 if __name__ == "__main__":
     rebuild()

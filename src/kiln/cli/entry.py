@@ -12,12 +12,18 @@ command line tool (``kiln.cli.app``) runs it, told that the stamp was
 checked already.
 Leading ``-C DIR`` options are applied first, so that all three see the
 command as if it was started in DIR.
+
+The native client (``kiln server install-client``) runs this with
+``KILN_SERVER_TRIED`` set when it asked the server already and was not
+served: the server is not asked twice (nor does a warning show twice).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+TRIED_VARIABLE = "KILN_SERVER_TRIED"  # as client.c's TRIED
 
 
 def main() -> None:
@@ -26,18 +32,21 @@ def main() -> None:
     only what it needs loaded; everything else, and all of it without a
     server, by ``kiln.cli.app``."""
     argv = enter_directories(sys.argv[1:])
+    # (gone before anything runs: the command never sees it)
+    asked = os.environ.pop(TRIED_VARIABLE, None) is not None
     code = None
     if argv[:1] == ["gocacheprog"]:  # started by every `go` command: start fast
         from kiln.server import client
         from kiln.store import db
 
-        code = client.delegate(db.default_home(), argv)  # the server has it all loaded
+        if not asked:
+            code = client.delegate(db.default_home(), argv)  # the server has it all loaded
         if code is None:
             from kiln.gocache.serve_fast import serve_command
 
             code = serve_command(argv[1:])
     if code is None:
-        code = _stamp_server_or_cli(argv)
+        code = _stamp_server_or_cli(argv, asked)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown (freeing every object one by one costs
@@ -45,13 +54,13 @@ def main() -> None:
     os._exit(code)
 
 
-def _stamp_server_or_cli(argv: list[str]) -> int:
+def _stamp_server_or_cli(argv: list[str], asked: bool) -> int:
     from kiln.server import client
     from kiln.store import db
 
     # A running server answers a no-op build from what it watches (no stat
     # per source), and runs anything else warm.
-    code = client.delegate(db.default_home(), argv)
+    code = None if asked else client.delegate(db.default_home(), argv)
     if code is not None:
         return code
     from kiln.api import answer_from_stamp

@@ -48,7 +48,7 @@ def binary_name(arch: str) -> str:
 
 def build_command(zig: list[str], arch: str, out: Path, source: Path = SOURCE) -> list[str]:
     """How a checked-in static helper binary for ``arch`` is made from its C
-    ``source`` (``zig`` runs ziglang): the zygote's, or ``kiln-cc``'s."""
+    ``source`` (``zig`` runs ziglang): the zygote's, or a ``Helper``'s."""
     return [*zig, "cc", "-target", f"{arch}-linux-musl", "-Os", "-s", "-static",
             "-Wall", "-Wextra", "-o", str(out), str(source)]  # fmt: skip
 
@@ -69,6 +69,35 @@ def helper_binary(folder: Path, name: Callable[[str], str]) -> Path | None:
     arch = ARCHES.get(platform.machine().lower())
     path = folder / name(arch) if arch else None
     return path if path is not None and path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A native program Kiln ships as checked-in static binaries, one per
+    architecture, named ``<prefix>-<arch>`` next to its C ``source`` (the
+    native clients: ``kiln.cc.native_client``, ``kiln.server.native_client``)."""
+
+    source: Path
+    prefix: str
+
+    @property
+    def folder(self) -> Path:
+        return self.source.parent
+
+    def binary_name(self, arch: str) -> str:
+        return f"{self.prefix}-{arch}"
+
+    def build_command(self, zig: list[str], arch: str, out: Path) -> list[str]:
+        """How the checked-in binary for ``arch`` is made (``zig`` runs ziglang)."""
+        return build_command(zig, arch, out, self.source)
+
+    def rebuild(self) -> None:
+        """Make the checked-in binaries again from the source."""
+        rebuild_helpers(self.source, self.binary_name)
+
+    def binary(self) -> Path | None:
+        """The binary built for this machine, if Kiln ships one for it."""
+        return helper_binary(self.folder, self.binary_name)
 
 
 def rebuild() -> None:
