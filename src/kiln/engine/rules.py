@@ -201,9 +201,20 @@ def source(path: str) -> File:
     return _context("source()").sources.file(path, f"{_where()} (target {_current_name()!r})")
 
 
-def source_tree(path: str) -> Tree:
-    """A project folder, stored as a tree; it appears in steps at ``path``."""
-    return _context("source_tree()").sources.tree(path, f"{_where()} (target {_current_name()!r})")
+def source_tree(path: str, *, gitignore: bool = False) -> Tree:
+    """A project folder, stored as a tree; it appears in steps at ``path``.
+    With ``gitignore=True``, what git would ignore is left out of it (the
+    ``.gitignore`` files of the project down to the folder and in it, and
+    the project's ``.git/info/exclude``): it is no part of the tree's
+    digest, so editing it runs no step again."""
+    ctx = _context("source_tree()")
+    where = f"{_where()} (target {_current_name()!r})"
+    if not isinstance(gitignore, bool):
+        raise errors.KilnError(
+            f"{where}: source_tree(..., gitignore=) must be True or False, got {gitignore!r}",
+            exit_code=errors.ExitCode.BAD_INPUT,
+        )
+    return ctx.sources.tree(path, where, gitignore)
 
 
 def glob(pattern: str) -> list[File]:

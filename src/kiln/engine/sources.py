@@ -40,7 +40,8 @@ class Sources:
         # path -> (*signature, hash) of the files hashed before, read on first use
         self._known: dict[str, tuple[int, int, int, int, int, str]] | None = None
         self._files: dict[str, File] = {}
-        self._trees: dict[str, Tree] = {}
+        self._trees: dict[tuple[str, bool], Tree] = {}  # (path, gitignore) -> tree
+        self._gitignores: dict = {}  # the rules files parsed (engine/gitignore.py)
         self._fresh: list[tuple] = []  # rows to remember at the end of the build
         self.files_hashed = 0
         self.folders_listed = 0  # by source trees' puts (store/ingest.py)
@@ -130,10 +131,11 @@ class Sources:
         if sig is not None and is_racy(sig, self.started_ns, self.racy_ns):
             self.stampable = False
 
-    def tree(self, path: str, where: str) -> Tree:
-        """A source folder, stored as a tree (through the per-folder stat cache)."""
+    def tree(self, path: str, where: str, gitignore: bool = False) -> Tree:
+        """A source folder, stored as a tree (through the per-folder stat
+        cache); with ``gitignore``, without what git would ignore."""
         rel = self._relative(path, where)
-        if (known := self._trees.get(rel)) is not None:
+        if (known := self._trees.get((rel, gitignore))) is not None:
             return known
         full = self.root / rel
         if not full.is_dir():
@@ -143,8 +145,20 @@ class Sources:
                 exit_code=errors.ExitCode.BAD_INPUT,
             )
         self.stampable = False  # a folder's contents are not tracked file by file
-        value = Tree(rel if rel != "." else "", self._store.put(full, keep=True).digest)
-        self._trees[rel] = value
+        ignore = None
+        if gitignore:
+            from kiln.engine.gitignore import GitIgnore  # (start-up: pathspec)
+
+            ignore = GitIgnore(self.root, rel if rel != "." else "", self._gitignores)
+        try:
+            put = self._store.put(full, keep=True, filter=ignore)
+        except errors.KilnError as e:
+            raise errors.KilnError(
+                f"{where}: {e.message}", hint=e.hint, exit_code=e.exit_code, **e.fields
+            ) from None
+        self.files_hashed += put.files_hashed
+        value = Tree(rel if rel != "." else "", put.digest)
+        self._trees[(rel, gitignore)] = value
         return value
 
     def glob(self, pattern: str, where: str) -> list[File]:

@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS temp_roots (
 );
 CREATE INDEX IF NOT EXISTS temp_roots_session ON temp_roots(session);
 CREATE TABLE IF NOT EXISTS stat_cache (
-    dir      TEXT PRIMARY KEY,    -- absolute path of a source directory
+    dir      TEXT PRIMARY KEY,    -- absolute path of a source directory (a filtered
+                                  -- put's after its filter's namespace: store/ingest.py)
     listing  BLOB NOT NULL,       -- marshal: its entries' stat data, see store/ingest.py
     hash     TEXT NOT NULL,       -- digest of the Directory message it became
     size     INTEGER NOT NULL,

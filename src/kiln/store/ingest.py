@@ -19,6 +19,16 @@ Racy entries (system/stat_signature.py): a file modified within the racy
 window before the put could change again without its mtime moving (coarse
 timestamp clocks), so such entries are stored as "never matches" and
 re-hashed next time, as git does for racily clean index entries.
+
+A put may leave entries out (a ``Filter``, e.g. what git ignores: see
+engine/gitignore.py): they are never read, hashed or stored. The rows of a
+filtered put are kept apart from the others (their key is the folder's path
+after the filter's ``namespace``), so a folder put with and without a
+filter has two rows that never answer for each other; each row also holds
+the ``key`` of the rules in force for the folder, and a folder whose rules
+changed is composed again even if its listing did not. Such a row's
+listing is the whole listing, ignored entries included: an unchanged
+folder is answered without deciding anything again.
 """
 
 from __future__ import annotations
@@ -62,6 +72,37 @@ def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "special file")
 
 
+class Scope:
+    """The rules of a ``Filter`` in force for the entries of one folder."""
+
+    key: str  # identifies the rules: equal keys, equal decisions for equal listings
+
+    def enter(self, path: str, listing: Listing) -> Scope:
+        """The scope of the subfolder at ``path`` (whose ``listing`` may
+        hold rules of its own), one of the entries this scope kept."""
+        raise NotImplementedError
+
+    def keep(self, listing: Listing) -> Listing:
+        """The entries of this scope's folder to store, in listing order."""
+        raise NotImplementedError
+
+
+class Filter:
+    """Leaves entries out of a put: ``Ingester(..., filter=...)``.
+
+    The rules in force for a folder must depend only on where the folder is
+    and on files the filter reads, never on where the put started: the stat
+    cache row of a folder serves every put of it under the same namespace.
+    """
+
+    namespace: str  # a prefix of the stat cache keys of filtered folders (never "/...")
+
+    def top(self, root: str) -> Scope:
+        """The scope above ``root`` (the folder being put): ``enter(root, ...)``
+        gives root's own. Raise a ``KilnError`` if root itself is left out."""
+        raise NotImplementedError
+
+
 def scan(path: str) -> Listing:
     """One directory's listing (see ``Listing``); ``KilnError`` if unreadable."""
     try:
@@ -99,21 +140,48 @@ def scan(path: str) -> Listing:
 class _Cached:
     """One stat_cache row, decoded lazily."""
 
-    __slots__ = ("_listing", "_subdirs", "hash", "listing_raw", "size", "subdirs_raw")
+    __slots__ = (
+        "_listing",
+        "_rules",
+        "_subdirs",
+        "filtered",
+        "hash",
+        "listing_raw",
+        "size",
+        "subdirs_raw",
+    )
 
-    def __init__(self, listing_raw: bytes, hash_: str, size: int, subdirs_raw: bytes) -> None:
+    def __init__(
+        self, listing_raw: bytes, hash_: str, size: int, subdirs_raw: bytes, filtered: bool
+    ) -> None:
         self.listing_raw = listing_raw
         self.hash = hash_
         self.size = size
         self.subdirs_raw = subdirs_raw
+        self.filtered = filtered  # (its listing is stored as (rules key, listing))
         self._listing: Listing | None = None
+        self._rules = ""
         self._subdirs: list[tuple[str, str, int]] | None = None
 
     @property
     def listing(self) -> Listing:
+        """The folder's whole listing (in a filtered row, ignored entries too)."""
         if self._listing is None:
+            self._decode()
+        return self._listing  # type: ignore[return-value]
+
+    @property
+    def rules(self) -> str:
+        """The key of the filter's rules the row was made under."""
+        if self._listing is None:
+            self._decode()
+        return self._rules
+
+    def _decode(self) -> None:
+        if self.filtered:
+            self._rules, self._listing = marshal.loads(self.listing_raw)
+        else:
             self._listing = marshal.loads(self.listing_raw)
-        return self._listing
 
     @property
     def subdirs(self) -> list[tuple[str, str, int]]:
@@ -148,11 +216,15 @@ class Ingester:
         racy_window_ns: int | None = None,
         workers: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        filter: Filter | None = None,
     ) -> None:
         """``progress(files_hashed, bytes_hashed)`` is called every
-        ``PROGRESS_EVERY`` files that had to be read."""
+        ``PROGRESS_EVERY`` files that had to be read. ``filter`` leaves
+        entries of a folder put out of it."""
         self._cas = cas
         self._conn = conn
+        self._filter = filter
+        self._prefix = filter.namespace if filter is not None else ""  # of stat cache keys
         self._racy_window_ns = (
             racy_window_ns if racy_window_ns is not None else default_racy_window_ns()
         )
@@ -196,10 +268,11 @@ class Ingester:
 
     def _put_tree(self, root: str) -> Digest:
         self._start_ns = time.time_ns()
+        above = self._filter.top(root) if self._filter is not None else None
         self._load_cache(root)
         self._scan_phase()
         with self._cas.batch() as batch:
-            digest = self._compose(batch, root)
+            digest = self._compose(batch, root, above)
         if not self._cas.has(digest):
             # The store lost blobs behind the cache's back (e.g. removed by
             # hand): forget what we knew and hash everything again.
@@ -208,7 +281,7 @@ class Ingester:
             self._visited.clear()
             self._updates.clear()
             with self._cas.batch() as batch:
-                digest = self._compose(batch, root)
+                digest = self._compose(batch, root, above)
         self._save_cache(root)
         return digest
 
@@ -256,14 +329,22 @@ class Ingester:
 
     # ------------------------------------------------------ phase 2: compose
 
-    def _compose(self, batch: CasBatch, path: str) -> Digest:
+    def _compose(self, batch: CasBatch, path: str, above: Scope | None = None) -> Digest:
+        """The digest of the folder at ``path``; ``above``: the filter's
+        scope of its parent folder (with a filter)."""
         self._visited.add(path)
         listing = self._listing(path)
         cached = self._cached.get(path)
+        scope = None
+        if above is not None:
+            whole = cached.listing if listing is _UNCHANGED else listing
+            scope = above.enter(path, whole)  # type: ignore[arg-type]
+            if listing is _UNCHANGED and cached.rules != scope.key:  # type: ignore[union-attr]
+                listing = whole  # the same entries under other rules
         if listing is _UNCHANGED:
             assert cached is not None
             subdirs = [
-                (name, self._compose(batch, os.path.join(path, name)))
+                (name, self._compose(batch, os.path.join(path, name), scope))
                 for name, _, _ in cached.subdirs
             ]
             if all(
@@ -271,13 +352,15 @@ class Ingester:
                 for (_, d), (_, h, s) in zip(subdirs, cached.subdirs, strict=True)
             ):
                 return Digest(cached.hash, cached.size)
-            return self._rebuild(batch, path, cached.listing, dict(subdirs), cached)
+            kept = cached.listing if scope is None else scope.keep(cached.listing)
+            return self._rebuild(batch, path, kept, dict(subdirs), cached, cached.listing, scope)
+        kept = listing if scope is None else scope.keep(listing)
         subdir_digests = {
-            entry[0]: self._compose(batch, os.path.join(path, entry[0]))
-            for entry in listing
+            entry[0]: self._compose(batch, os.path.join(path, entry[0]), scope)
+            for entry in kept
             if len(entry) == 2
         }
-        return self._rebuild(batch, path, listing, subdir_digests, cached)
+        return self._rebuild(batch, path, kept, subdir_digests, cached, listing, scope)
 
     def _rebuild(
         self,
@@ -286,7 +369,11 @@ class Ingester:
         listing: Listing,
         subdir_digests: dict[str, Digest],
         cached: _Cached | None,
+        whole: Listing,
+        scope: Scope | None,
     ) -> Digest:
+        """Build the folder's ``Directory`` from the entries of ``listing``
+        (those kept of the ``whole`` listing, which the stat cache keeps)."""
         # (start-up: protobuf, loaded only when a folder changed)
         from kiln.model.tree import make_directory
 
@@ -295,17 +382,15 @@ class Ingester:
         if cached is not None:
             old_listing = {entry[0]: entry for entry in cached.listing}
             row = self._conn.execute(
-                "SELECT contents FROM stat_cache WHERE dir = ?", (path,)
+                "SELECT contents FROM stat_cache WHERE dir = ?", (self._prefix + path,)
             ).fetchone()
             old_contents = marshal.loads(row[0]) if row else {}
         files: list[tuple[str, Digest, bool]] = []
         links: list[tuple[str, str]] = []
         contents: dict[str, tuple[str, int]] = {}
-        stored: Listing = []
         for entry in listing:
             name, mode = entry[0], entry[1]
             if len(entry) == 2:
-                stored.append(entry)
                 continue
             full = os.path.join(path, name)
             if stat.S_ISREG(mode):
@@ -323,16 +408,20 @@ class Ingester:
                     raise errors.path_missing(full) from None
             else:
                 raise errors.unsupported_file_type(full, _kind(mode))
-            racy = is_racy(entry[1:], self._start_ns, self._racy_window_ns)
-            stored.append((name, mode, -1, *entry[3:]) if racy else entry)  # ino -1: no match
+        stored = [  # ino -1: a racy entry never matches
+            (e[0], e[1], -1, *e[3:])
+            if len(e) > 2 and is_racy(e[1:], self._start_ns, self._racy_window_ns)
+            else e
+            for e in whole
+        ]
         dirs = sorted(subdir_digests.items())
         directory = make_directory(files, dirs, links, where=path)
         digest = batch.add_bytes(canonical_bytes(directory))
         self.dirs_rebuilt += 1
         self._updates.append(
             (
-                path,
-                marshal.dumps(stored),
+                self._prefix + path,
+                marshal.dumps(stored if scope is None else (scope.key, stored)),
                 digest.hash,
                 digest.size,
                 marshal.dumps([(n, d.hash, d.size) for n, d in dirs]),
@@ -366,15 +455,16 @@ class Ingester:
 
     def _load_cache(self, root: str) -> None:
         query, params = _under(
-            root, "SELECT dir, listing, hash, size, subdirs FROM stat_cache WHERE"
+            self._prefix + root, "SELECT dir, listing, hash, size, subdirs FROM stat_cache WHERE"
         )
+        skip, filtered = len(self._prefix), self._filter is not None
         self._cached = {
-            row[0]: _Cached(row[1], row[2], row[3], row[4])
+            row[0][skip:]: _Cached(row[1], row[2], row[3], row[4], filtered)
             for row in self._conn.execute(query, params)
         }
 
     def _save_cache(self, root: str) -> None:
-        stale = [(d,) for d in self._cached if d not in self._visited]
+        stale = [(self._prefix + d,) for d in self._cached if d not in self._visited]
         if not self._updates and not stale:
             return
         with transaction(self._conn) as conn:

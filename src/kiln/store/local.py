@@ -30,7 +30,7 @@ from kiln.store import db
 from kiln.store.actioncache import CachedResult, LocalActionCache
 from kiln.store.blobs import scan, scan_metadata
 from kiln.store.db import count_removal, default_home
-from kiln.store.ingest import Ingester, forget_stat_cache
+from kiln.store.ingest import Filter, Ingester, forget_stat_cache
 from kiln.store.localcas import LocalCAS
 from kiln.store.locks import KeyLocks, SharedExclusiveLock
 from kiln.store.session import Session, reap_dead_sessions
@@ -152,13 +152,15 @@ class Store:
         root: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         keep: bool = False,
+        filter: Filter | None = None,
     ) -> PutResult:
         """Store a folder as a tree (or a file as a blob); optionally name a GC
         root, or with ``keep`` protect it for as long as this process's
         session lives. ``progress(files, bytes)`` hears about files that had
-        to be read."""
+        to be read. ``filter`` leaves entries of a folder out (never read,
+        hashed or stored; see store/ingest.py)."""
         with self.writing():
-            ingester = Ingester(self.cas, self.conn, progress=progress)
+            ingester = Ingester(self.cas, self.conn, progress=progress, filter=filter)
             digest, kind = ingester.put(path)
             if root is not None:
                 self.add_root(root, digest, kind)
