@@ -60,9 +60,12 @@ def _stamp_server_or_cli(argv: list[str], asked: bool) -> int:
 
     # A running server answers a no-op build from what it watches (no stat
     # per source), and runs anything else warm.
-    code = None if asked else client.delegate(db.default_home(), argv)
+    home = db.default_home()
+    code = None if asked else client.delegate(home, argv)
     if code is not None:
         return code
+    if not asked:
+        client.start_on_build(home, argv)  # ([server] start = "on-build")
     from kiln.api import answer_from_stamp
     from kiln.cli import build_options
     from kiln.cli.report import show_report
