@@ -195,7 +195,7 @@ class ProjectWatch:
         if self._inotify is None:
             return 0
         count = 0
-        while True:
+        while self._inotify is not None:  # (an event may make the watch give up)
             try:
                 event = self._inotify.sync_get()
             except BlockingIOError:
@@ -207,6 +207,7 @@ class ProjectWatch:
                 return count
             count += 1
             self._event(event)
+        return count
 
     def _event(self, event: object) -> None:
         mask: Mask = event.mask  # type: ignore[attr-defined]
