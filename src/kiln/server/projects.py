@@ -10,7 +10,8 @@ what the watch cannot vouch for (files outside the project, through a
 symbolic link or with several hard links, the environment) is unchanged
 when checked again. Anything else, and any doubt (events lost, a watch
 that could not be made), is checked with ``stat`` as a build without the
-server checks it.
+server checks it. A project folder moved away, deleted or replaced since it
+was watched is watched anew, and what was known of it is dropped.
 
 So a no-op build of a project the server watches costs no ``stat`` per
 source file, however many files its stamp names.
@@ -56,8 +57,18 @@ class Projects:
         self.answered = 0  # no-op builds answered from a baseline
 
     def watch(self, root: str) -> ProjectWatch:
-        """The watch of the project at ``root`` (a real path), made if new."""
+        """The watch of the project at ``root`` (a real path), its events
+        read; made if new, made again if the folder it watched is no longer
+        the one at ``root`` (moved, deleted, replaced)."""
         watch = self.watches.pop(root, None)
+        if watch is not None:
+            watch.drain()
+            if not watch.at_root():
+                # Its moments and what it vouched for are another folder's.
+                for key in [k for k in self.baselines if k[0] == root]:
+                    del self.baselines[key]
+                stale, watch = watch, ProjectWatch(root)
+                stale.close()  # (after: the new watch cannot reuse its descriptor)
         if watch is None:
             watch = ProjectWatch(root)
             while len(self.watches) >= MAX_PROJECTS:

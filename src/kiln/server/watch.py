@@ -27,6 +27,11 @@ the caller checks the path with ``stat`` as it would without a server:
   machines raise no events, or the inotify limits were reached): then
   ``usable`` is False and ``reason`` says why (``kiln doctor`` shows it).
 
+A watch is of one folder: once the project folder is moved away or
+deleted (its own events say so), or a folder above it is replaced (which
+raises no event here), paths under the project's root no longer name what
+it sees. ``at_root`` then says False, and its owner makes a new watch.
+
 Not seen by inotify, so not by this: writes through a shared memory
 mapping of a file (``mmap``) that are never followed by a ``write``,
 ``truncate`` or ``utime`` on it.
@@ -102,6 +107,15 @@ def inotify_limits() -> dict[str, int | None]:
     return limits
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    """The device and inode of the folder at ``path`` (None if there is none)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class ProjectWatch:
     """The inotify watches on one project's folders and what they saw."""
 
@@ -125,6 +139,10 @@ class ProjectWatch:
         self._watches: dict[int, Watch] = {}
         self._shared: set[str] = set()  # symbolic links, files with several links
         self._inotify: Inotify | None = None
+        # The folder the watches are put on (taken before: a folder put at
+        # ``root`` later differs), and whether it has left ``root`` since.
+        self.identity = _identity(root)
+        self.moved = False
         remote = remote_file_system(root)
         if remote is not None:
             self._give_up(f"{root} is on a {remote} file system, whose changes inotify may miss")
@@ -147,6 +165,13 @@ class ProjectWatch:
     def fileno(self) -> int:
         """The inotify descriptor, readable when events wait (-1 if none)."""
         return self._inotify.fd if self._inotify is not None else -1
+
+    def at_root(self) -> bool:
+        """Whether the folder watched is still the one at ``root``. A
+        project folder moved away, deleted or replaced by another folder
+        (itself or a folder above it) leaves watches that tell about
+        another folder, or about none: the watch must then be made again."""
+        return not self.moved and _identity(self.root) == self.identity
 
     def vouches_for(self, path: str) -> bool:
         """Whether a change of ``path`` (absolute) would raise an event here."""
@@ -218,6 +243,13 @@ class ProjectWatch:
         wd = event.watch.wd if event.watch is not None else None  # type: ignore[attr-defined]
         folder = self._by_wd.get(wd) if wd is not None else None
         if folder is None:
+            return
+        if folder == self.root and mask & (Mask.IGNORED | Mask.DELETE_SELF | Mask.MOVE_SELF):
+            # Paths under root no longer name what the watches see: vouch
+            # for nothing (the descriptor stays open until the watch is
+            # replaced, so that the new one's cannot take its number).
+            self.moved = True
+            self._give_up(f"the project folder {self.root} was moved or deleted", close=False)
             return
         if Mask.IGNORED in mask:  # the folder is gone (or unmounted)
             self._forget_folder(folder)
@@ -344,11 +376,13 @@ class ProjectWatch:
                 with contextlib.suppress(OSError, ValueError, KeyError):
                     self._inotify.rm_watch(self._watches.pop(wd))
 
-    def _give_up(self, reason: str) -> None:
-        """Stop vouching for anything (the caller checks with stat)."""
+    def _give_up(self, reason: str, close: bool = True) -> None:
+        """Stop vouching for anything (the caller checks with stat); with
+        ``close``, remove every watch now."""
         self.reason = reason
         self.lost_at = self.seq = self.seq + 1
-        self.close()
+        if close:
+            self.close()
 
     def close(self) -> None:
         """Remove every watch."""
