@@ -157,6 +157,7 @@ class Sources:
                 f"{where}: {e.message}", hint=e.hint, exit_code=e.exit_code, **e.fields
             ) from None
         self.files_hashed += put.files_hashed
+        self.folders_listed += put.dirs_listed
         value = Tree(rel if rel != "." else "", put.digest)
         self._trees[(rel, gitignore)] = value
         return value

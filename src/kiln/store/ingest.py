@@ -43,6 +43,7 @@ from collections.abc import Callable
 
 from kiln import errors
 from kiln.model.digest import Digest, canonical_bytes
+from kiln.store import unchanged_folders
 from kiln.store.db import transaction
 from kiln.store.file_blobs import SMALL_FILE
 from kiln.store.localcas import CasBatch, LocalCAS
@@ -238,6 +239,7 @@ class Ingester:
         self.files_hashed = 0
         self.bytes_hashed = 0
         self.dirs_rebuilt = 0
+        self.dirs_listed = 0  # (those the stat cache could not answer without a listing)
 
     def put(self, path: str | os.PathLike[str]) -> tuple[Digest, str]:
         """Store ``path``; returns its digest and kind ("tree" or "blob")."""
@@ -283,14 +285,22 @@ class Ingester:
             with self._cas.batch() as batch:
                 digest = self._compose(batch, root, above)
         self._save_cache(root)
+        unchanged_folders.note_scanned([self._watch_key(d) for d in self._visited])
         return digest
+
+    def _watch_key(self, folder: str) -> str:
+        """How ``store/unchanged_folders.py`` names a folder of this put
+        (apart for each filter's namespace, as the stat cache's rows are)."""
+        return f"{self._prefix}\0{folder}" if self._prefix else folder
 
     # --------------------------------------------------------- phase 1: scan
 
     def _scan_phase(self) -> None:
-        known = sorted(self._cached)
+        unchanged = unchanged_folders.unchanged
+        known = sorted(d for d in self._cached if not unchanged(self._watch_key(d)))
         if self._workers < 2 or len(known) < PARALLEL_MIN_DIRS:
             return  # compose scans on demand
+        self.dirs_listed += len(known)
         ours, theirs = known[0::2], known[1::2]
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -319,6 +329,9 @@ class Ingester:
         """The scan result for ``path``: a listing, or ``None`` if unchanged."""
         result = self._scanned.pop(path, False)
         if result is False:
+            if path in self._cached and unchanged_folders.unchanged(self._watch_key(path)):
+                return _UNCHANGED  # (the resident server saw nothing change in it)
+            self.dirs_listed += 1
             listing = scan(path)
             cached = self._cached.get(path)
             return _UNCHANGED if cached is not None and cached.listing == listing else listing

@@ -54,6 +54,7 @@ class PutResult:
     kind: str  # "tree" or "blob"
     files_hashed: int
     dirs_rebuilt: int
+    dirs_listed: int = 0  # listed to compare with the stat cache
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,9 @@ class Store:
                 self.add_root(root, digest, kind)
             if keep:
                 self.session.protect(digest, kind)
-        return PutResult(digest, kind, ingester.files_hashed, ingester.dirs_rebuilt)
+        return PutResult(
+            digest, kind, ingester.files_hashed, ingester.dirs_rebuilt, ingester.dirs_listed
+        )
 
     def put_action(self, spec: ActionSpec) -> Digest:
         """Store an action's ``Action`` and ``Command`` blobs; returns its key."""
