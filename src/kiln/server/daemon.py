@@ -89,6 +89,8 @@ WARM_IMPORTS = (
     "kiln.cli.entry", "kiln.store.local", "kiln.store.actioncache", "kiln.store.materialize",
     "kiln.model.reapi", "rich.console", "rich.live", "rich.text",
     "kiln.cli.gocache", "kiln.gocache.serve_fast", "kiln.gocache.session", "kiln.config",
+    "kiln.cli.build", "kiln.cli.watch", "kiln.engine.call_warmup", "kiln.engine.observe",
+    "kiln.remote.settings", "sysconfig",
 )  # fmt: skip
 
 
