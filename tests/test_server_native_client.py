@@ -359,11 +359,17 @@ def test_gocacheprog_is_served(served: Served, native: Path, tmp_path: Path) -> 
 
 # ---------------------------------------------------------------- a stand-in server
 
-FALLBACK = """#!/bin/sh
-printf 'fallback:%s\\n' "$@"
-printf 'tried:%s\\n' "${KILN_SERVER_TRIED-unset}"
-exit 9
+# (Python, not sh: dash resets the signal mask it was started with.)
+FALLBACK = """
+import os, re, sys
+for arg in sys.argv[1:]:
+    print(f"fallback:{arg}")
+print(f"tried:{os.environ.get('KILN_SERVER_TRIED', 'unset')}")
+with open("/proc/self/status") as f:
+    print("blocked:" + re.search(r"^SigBlk:\\t(\\w+)$", f.read(), re.M).group(1))
+sys.exit(9)
 """
+UNBLOCKED = "blocked:0000000000000000\n"  # (the signals the client forwards are not left blocked)
 Answer = Callable[[dict, socket.socket], None]
 
 
@@ -420,10 +426,11 @@ class Setup:
         self.root = root
         self.home = root / "home"
         self.home.mkdir()
-        fallback = root / "fallback.sh"
+        fallback = root / "fallback.py"
         fallback.write_text(FALLBACK)
-        fallback.chmod(0o755)
-        self.client = native_client.install_client(root / "bin", self.home, [str(fallback)])[0]
+        self.client = native_client.install_client(
+            root / "bin", self.home, [sys.executable, "-S", str(fallback)]
+        )[0]
         self.env = {"PATH": os.environ["PATH"], "KILN_HOME": str(self.home)}
         self.stand_in: StandIn | None = None
 
@@ -506,7 +513,7 @@ def test_a_refusal_runs_the_fallback_once(setup: Setup, warning: str | None) -> 
     stand_in = setup.serve(_lines(answer))
     done = setup.run("-C", str(setup.root), "build", "x")
     assert done.returncode == 9
-    assert done.stdout == b"fallback:build\nfallback:x\ntried:1\n"
+    assert done.stdout.decode() == f"fallback:build\nfallback:x\ntried:1\n{UNBLOCKED}"
     assert done.stderr == (f"kiln: warning: {warning}\n".encode() if warning else b"")
     assert len(stand_in.received) == 1
 
@@ -514,7 +521,7 @@ def test_a_refusal_runs_the_fallback_once(setup: Setup, warning: str | None) -> 
 def test_a_server_gone_before_answering_is_a_refusal(setup: Setup) -> None:
     setup.serve(lambda _request, conn: conn.close())
     done = setup.run("build")
-    assert (done.returncode, done.stdout) == (9, b"fallback:build\ntried:1\n")
+    assert (done.returncode, done.stdout.decode()) == (9, f"fallback:build\ntried:1\n{UNBLOCKED}")
 
 
 def test_signals_are_forwarded_and_one_before_a_refusal_is_the_answer(setup: Setup) -> None:
@@ -544,7 +551,7 @@ def test_a_request_over_the_limit_is_not_sent(setup: Setup) -> None:
     # Each byte that is not UTF-8 takes six in JSON: 4.3 MiB.
     env = {**setup.env, **{f"KILN_TEST_{i}": b"\xff" * 120_000 for i in range(6)}}
     done = setup.run("build", env=env)
-    assert (done.returncode, done.stdout) == (9, b"fallback:build\ntried:1\n")
+    assert (done.returncode, done.stdout.decode()) == (9, f"fallback:build\ntried:1\n{UNBLOCKED}")
     assert stand_in.received == [(None, 0)]  # verified, then nothing sent
 
 
@@ -564,7 +571,7 @@ def test_what_the_server_does_not_serve_goes_to_the_fallback_unasked(
 ) -> None:
     stand_in = setup.serve(_lines({"exit": 0}))
     done = setup.run(*args, env={**setup.env, **env})
-    expected = "".join(f"fallback:{a}\n" for a in args) + "tried:unset\n"
+    expected = "".join(f"fallback:{a}\n" for a in args) + "tried:unset\n" + UNBLOCKED
     assert (done.returncode, done.stdout.decode()) == (9, expected)
     assert stand_in.received == []
 
