@@ -367,6 +367,11 @@ for arg in sys.argv[1:]:
 print(f"tried:{os.environ.get('KILN_SERVER_TRIED', 'unset')}")
 with open("/proc/self/status") as f:
     print("blocked:" + re.search(r"^SigBlk:\\t(\\w+)$", f.read(), re.M).group(1))
+for fd in (0, 2):
+    try:
+        os.fstat(fd)
+    except OSError:
+        print(f"closed:{fd}")
 sys.exit(9)
 """
 UNBLOCKED = "blocked:0000000000000000\n"  # (the signals the client forwards are not left blocked)
@@ -385,6 +390,7 @@ class StandIn:
         Path(where.pid_file).write_text(f"{os.getpid()}\n")
         self.answer = answer
         self.received: list[tuple[dict | None, int]] = []
+        self.stdio: list[list[tuple[int, int]]] = []  # what the descriptors are (dev, inode)
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(where.socket)
         self.listener.listen(8)
@@ -405,6 +411,7 @@ class StandIn:
                     data, fds = data + chunk, fds + more
                     if not chunk:
                         break
+                self.stdio.append([(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in fds])
                 for fd in fds:
                     os.close(fd)
                 request = json.loads(data) if data else None
@@ -544,6 +551,30 @@ def test_signals_are_forwarded_and_one_before_a_refusal_is_the_answer(setup: Set
     out, _err = client.communicate(timeout=60)
     assert forwarded == [b'{"signal":2}\n']
     assert client.returncode == 130 and out == b""  # interrupted: no fallback
+
+
+def test_a_closed_stdin_stdout_or_stderr_goes_as_dev_null(setup: Setup) -> None:
+    """Not as whatever the client opened in its place (its socket)."""
+    after: list[bytes] = []
+
+    def answer(_request: dict, conn: socket.socket) -> None:
+        conn.sendall(b'{"output": [[1, "to stdout"], [2, "to stderr"]], "exit": 0}\n')
+        after.append(conn.makefile("rb").read())  # (until the client is gone)
+
+    stand_in = setup.serve(answer)
+    done = setup.run("build", preexec_fn=lambda: [os.close(fd) for fd in (0, 1)])
+    assert (done.returncode, done.stderr) == (0, b"to stderr")
+    null = os.stat(os.devnull)
+    assert stand_in.stdio[0][:2] == [(null.st_dev, null.st_ino)] * 2
+    deadline = time.monotonic() + WAIT_S
+    while not after:  # (the stand-in reads on until the client is gone)
+        assert time.monotonic() < deadline, "the stand-in never saw the client go"
+        time.sleep(0.01)
+    assert after == [b""]  # nothing written to the server
+    # And the fallback gets them closed, as they were.
+    off = setup.run("build", env={**setup.env, "KILN_SERVER": "off"},
+                    preexec_fn=lambda: os.close(0))  # fmt: skip
+    assert off.stdout.decode().endswith(f"{UNBLOCKED}closed:0\n")
 
 
 def test_a_request_over_the_limit_is_not_sent(setup: Setup) -> None:

@@ -69,6 +69,12 @@
 
 extern char **environ;
 
+/* Which of descriptors 0-2 were closed when this started: they are held
+   open on /dev/null meanwhile (so that no descriptor of this program's
+   takes their number, and the server's command gets /dev/null, as from
+   the Python client), and closed again for the fallback. */
+static int closed_stdio[3];
+
 struct conf {
     char *folder;
     char *socket;
@@ -278,6 +284,8 @@ __attribute__((noreturn)) static void fall_back(const struct conf *conf, char **
     memcpy(argv, conf->fallback, conf->nfallback * sizeof *argv);
     memcpy(argv + conf->nfallback, args, (size_t)nargs * sizeof *argv);
     if (tried) setenv(TRIED, "1", 1);
+    for (int fd = 0; fd < 3; fd++)
+        if (closed_stdio[fd]) close(fd);
     execv(argv[0], argv);
     say("error", "cannot run %s: %s (hint: install the client again: " INSTALL_COMMAND " %s)",
         argv[0], strerror(errno), conf->folder);
@@ -807,8 +815,7 @@ __attribute__((noreturn)) static void finish(const struct message *m, int failed
 
 /* Hand the command to the server on `sock`; returns (the server refused,
    or went away before answering) only for the fallback to run. */
-static void hand_over(int sock, const struct conf *conf, char **args, int nargs,
-                      const int closed[3]) {
+static void hand_over(int sock, const struct conf *conf, char **args, int nargs) {
     struct buf request = {0};
     if (make_request(&request, conf->home, args, nargs) != 0) {
         close(sock);
@@ -830,13 +837,8 @@ static void hand_over(int sock, const struct conf *conf, char **args, int nargs,
         free(request.data);
         return;
     }
-    int stdio[3];
-    for (int fd = 0; fd < 3; fd++) /* a closed one goes as /dev/null */
-        stdio[fd] = closed[fd] ? open("/dev/null", O_RDWR | O_CLOEXEC) : fd;
-    int sent = stdio[0] >= 0 && stdio[1] >= 0 && stdio[2] >= 0 ? send_request(sock, &request, stdio)
-                                                                : -1;
-    for (int fd = 0; fd < 3; fd++)
-        if (closed[fd] && stdio[fd] >= 0) close(stdio[fd]);
+    static const int stdio[3] = {0, 1, 2};
+    int sent = send_request(sock, &request, stdio);
     free(request.data);
 
     struct message m = {0};
@@ -869,8 +871,11 @@ static void hand_over(int sock, const struct conf *conf, char **args, int nargs,
 }
 
 int main(int argc, char **argv) {
-    int closed[3];
-    for (int fd = 0; fd < 3; fd++) closed[fd] = fcntl(fd, F_GETFD) < 0;
+    for (int fd = 0; fd < 3; fd++) /* (in order: each open takes the lowest number free) */
+        if ((closed_stdio[fd] = fcntl(fd, F_GETFD) < 0) && open("/dev/null", O_RDWR) != fd) {
+            say("error", "cannot open /dev/null: %s", strerror(errno));
+            exit(EXIT_SETUP);
+        }
     struct conf conf;
     load_conf(&conf);
     int first = argc > 0 ? enter_directories(argc, argv) : 0;
@@ -885,6 +890,6 @@ int main(int argc, char **argv) {
     char *why = NULL;
     int sock = connect_server(&conf, &why);
     if (why != NULL) say("warning", "not using the kiln server: %s", why);
-    if (sock >= 0) hand_over(sock, &conf, args, nargs, closed);
+    if (sock >= 0) hand_over(sock, &conf, args, nargs);
     fall_back(&conf, args, nargs, 1);
 }
