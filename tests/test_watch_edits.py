@@ -18,8 +18,8 @@ writing bytecode caches. A few edits of a folder a target takes whole
 (``source_tree``), which no stamp answers, check what a server tells a
 build about the folders it watches.
 
-Edits that still give a stale result are marked ``xfail`` (strict), each
-with what causes it.
+An edit that still gave a stale result would be marked ``xfail``
+(strict) in ``MARKS``, with what causes it; none is.
 """
 
 from __future__ import annotations
@@ -629,19 +629,6 @@ def parent_folder_replaced(p: Path, verify: Verify) -> None:
     shutil.copytree(up.with_name("up.old"), up, symlinks=True)
 
 
-# Stale results found by this suite in code it may not change (see the reasons).
-PYC_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="engine/loader.py: a project module is imported through Python's bytecode cache, "
-    "which trusts a .pyc whose recorded source mtime (in seconds) and size match: the "
-    "edit is seen (the build file runs again) but the old code runs",
-)
-SYMLINK_GLOB_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="engine/globs.py: glob_files follows links to folders (Python's glob does) but "
-    "glob_folders (os.walk) does not, so the stamp lists no folder reached through a "
-    "link: a file added there leaves the stamp holding",
-)
 EDITS: dict[str, tuple[Edit, tuple[str, ...]]] = {
     "in_place_longer": (in_place_longer, ("src/a.txt",)),
     "in_place_same_size_same_mtime": (in_place_same_size_same_mtime, ("src/a.txt",)),
@@ -671,7 +658,11 @@ EDITS: dict[str, tuple[Edit, tuple[str, ...]]] = {
     "project_replaced_by_another": (project_replaced_by_another, ("src/z.txt",)),
     "parent_folder_replaced": (parent_folder_replaced, ("conf/x.txt",)),
 }  # fmt: skip
-MARKS = {"helper_module_constant": PYC_BUG, "glob_through_symlink": SYMLINK_GLOB_BUG}
+# (The suite found two stale results, fixed since: a project module loaded
+# from a bytecode cache that a same-size edit within the second did not
+# invalidate, engine/loader.py; glob folders reached through a link left
+# out of the stamp, engine/globs.py.)
+MARKS: dict[str, pytest.MarkDecorator] = {}
 
 
 def _starts_built(verify: Verify, tools: dict[str, bytes], root: Path) -> Path:

@@ -49,7 +49,18 @@ def glob_folders(root: str | Path, pattern: str) -> list[str]:
     if len(fixed) == len(parts) - 1:
         return [base]
     found = []
-    for folder, dirs, _ in os.walk(base):
+    seen: set[tuple[int, int]] = set()
+    # Through links to folders too, as glob's ** goes (each folder once:
+    # a link back up would loop).
+    for folder, dirs, _ in os.walk(base, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         found.append(folder)
         if os.path.samefile(folder, root):
             dirs[:] = [d for d in dirs if d not in KILN_OWNED]

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec, PathFinder, SourceFileLoader
 from pathlib import Path
+from types import CodeType
 
 from kiln import errors
 from kiln.engine import rules
@@ -47,6 +51,8 @@ def load(root: Path) -> Project:
     namespace = {"__name__": "kilnfile", "__file__": str(path)}
     rules._defining = defined = []
     sys.path.insert(0, str(root))  # so the build file can import the project's helpers
+    finder = _ProjectModules(root.resolve())
+    sys.meta_path.insert(0, finder)
     modules_before = set(sys.modules)
     try:
         exec(code, namespace)
@@ -56,6 +62,7 @@ def load(root: Path) -> Project:
         raise user_code_error(e, str(path), "loading the build file") from None
     finally:
         rules._defining = None
+        sys.meta_path.remove(finder)
         sys.path.remove(str(root))
     helpers = [
         str(Path(file).resolve())
@@ -64,6 +71,37 @@ def load(root: Path) -> Project:
         and Path(file).resolve().is_relative_to(root.resolve())
     ]
     return Project(root, path, {t.name: t for t in defined}, (str(path.resolve()), *helpers))
+
+
+class _FromSource(SourceFileLoader):
+    """Loads a project module from its source, never from a bytecode cache:
+    Python trusts a ``.pyc`` whose recorded source size and mtime (in whole
+    seconds) match, so a same-size edit saved within the second would run
+    the old code. (Nor is a ``__pycache__`` written into the project.)"""
+
+    def get_code(self, fullname: str) -> CodeType:
+        path = self.get_filename(fullname)
+        return compile(self.get_data(path), path, "exec", dont_inherit=True)
+
+
+class _ProjectModules(MetaPathFinder):
+    """While the build file loads: the project's own modules load ``_FromSource``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: object = None
+    ) -> ModuleSpec | None:
+        spec = PathFinder.find_spec(name, path)
+        if (
+            spec is None or spec.origin is None or not isinstance(spec.loader, SourceFileLoader)
+            or not Path(spec.origin).resolve().is_relative_to(self.root)
+        ):  # fmt: skip
+            return None
+        spec.loader = _FromSource(spec.loader.name, spec.loader.path)
+        spec.cached = None
+        return spec
 
 
 def user_code_error(exc: BaseException, build_file: str, what: str) -> errors.KilnError:
