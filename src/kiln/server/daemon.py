@@ -145,7 +145,7 @@ class Server:
         self.spare: Spare | None = None  # forked ahead, waiting for a command
         self.scanned = ScannedFolders()
         self.spare_due = True
-        self._watched: set[int] = set()  # watch descriptors in the selector
+        self._watched: dict[int, ProjectWatch] = {}  # in the selector, by descriptor
         # What a client's environment must share with the server's for a
         # command to import the same modules (a native client sends no path).
         self.python_env = _python_env(os.environ)
@@ -353,14 +353,18 @@ class Server:
 
     def _watch_events(self) -> None:
         """Have the loop read each project watch's events as they come (so
-        its queue never overflows while the server waits)."""
-        live = {w.fileno() for w in self.projects.watches.values()} - {-1}
-        for fd in self._watched - live:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(fd)
-        for fd in live - self._watched:
-            self.selector.register(fd, selectors.EVENT_READ, self._drain_watches)
-        self._watched = live
+        its queue never overflows while the server waits). By watch, not
+        by number: a closed watch's number may be a new one's."""
+        live = {w.fileno(): w for w in self.projects.watches.values() if w.fileno() >= 0}
+        for fd, watch in list(self._watched.items()):
+            if live.get(fd) is not watch:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(fd)
+                del self._watched[fd]
+        for fd, watch in live.items():
+            if fd not in self._watched:
+                self.selector.register(fd, selectors.EVENT_READ, self._drain_watches)
+                self._watched[fd] = watch
 
     def _drain_watches(self, _fd: Any) -> None:
         self.projects.drain()
