@@ -17,23 +17,14 @@ import wasmtime
 from conftest import KILN
 from native_helpers import needs_bubblewrap
 from server_helpers import WAIT_S, Served, serving
+from spin_guest import spin_wat
 
 pytestmark = needs_bubblewrap
 
 # A WASI command that counts to ITERATIONS through a function call (each
 # call is where Wasmtime notices an interruption): seconds of work.
 ITERATIONS = 700_000_000
-SPIN = f"""
-(module
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (func $next (param i64) (result i64) local.get 0 i64.const 1 i64.add)
-  (func (export "_start") (local i64)
-    (loop $again
-      (local.set 0 (call $next (local.get 0)))
-      (br_if $again (i64.lt_u (local.get 0) (i64.const {ITERATIONS}))))
-    (call $exit (i32.const 0))))
-"""
+SPIN = spin_wat(ITERATIONS)
 STEP_S = 3  # how long the native step sleeps
 
 KILNFILE = f"""

@@ -27,6 +27,7 @@ from conftest import KILN
 from kiln.cli import watch as cli_watch
 from kiln.server.watch import ProjectWatch
 from server_helpers import WAIT_S, gone, serving
+from spin_guest import spin_wat
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
 
@@ -51,17 +52,7 @@ async def b():
 
 # A wasm step that counts through a function call (where Wasmtime notices
 # an interruption): seconds of work, stopped at once.
-SPIN = """
-(module
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 1)
-  (func $next (param i64) (result i64) local.get 0 i64.const 1 i64.add)
-  (func (export "_start") (local i64)
-    (loop $again
-      (local.set 0 (call $next (local.get 0)))
-      (br_if $again (i64.lt_u (local.get 0) (i64.const 5000000000))))
-    (call $exit (i32.const 0))))
-"""
+SPIN = spin_wat(5_000_000_000)
 SPIN_KILNFILE = """
 from kiln.build import source, target, wasm
 
