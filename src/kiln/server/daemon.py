@@ -474,7 +474,11 @@ class Server:
         self.spare_due = False
         if self.spare is not None:
             self.spare.discard()
-        self.spare = self._fork_spare()
+            self.spare = None
+        try:
+            self.spare = self._fork_spare()
+        except OSError as e:  # (out of processes or memory: the next command forks)
+            _log(f"could not fork a spare process: {e}")
 
     def _become_spare(self, server: int) -> None:
         """In a spare: let go of everything that is the server's."""
