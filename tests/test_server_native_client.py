@@ -251,6 +251,21 @@ def test_other_commands_kiln_server_off_and_another_store_run_in_python(
     assert served.status()["served"] == 0 and _answered(served) == 0
 
 
+def test_with_no_server_a_build_starts_one_when_configured(
+    served: Served, native: Path, example: Path, tmp_path: Path
+) -> None:
+    """[server] start = "on-build": the fallback that finds no server starts it."""
+    config = tmp_path / "config.toml"
+    config.write_text('[server]\nstart = "on-build"\n')
+    served.home.mkdir()  # (a store that does not exist yet has no server to look for)
+    first = served.run(native, "build", "--json", cwd=example, KILN_CONFIG=str(config))
+    assert first.returncode == 0, first.stderr  # (it ran by itself meanwhile)
+    served.wait_until(served.status, "the server the build started")
+    again = served.run(native, "build", "report", cwd=example, KILN_CONFIG=str(config))
+    assert again.returncode == 0, again.stderr
+    assert served.status()["served"] == 1
+
+
 def test_leading_c_options_are_applied_first(
     served: Served, native: Path, example: Path, tmp_path: Path
 ) -> None:
@@ -420,6 +435,8 @@ class StandIn:
                     self.answer(request, conn)
 
     def close(self) -> None:
+        if self.listener.fileno() == -1:
+            return
         self.listener.shutdown(socket.SHUT_RDWR)  # (wakes the accept)
         self.listener.close()
         self.thread.join(WAIT_S)
@@ -523,6 +540,16 @@ def test_a_refusal_runs_the_fallback_once(setup: Setup, warning: str | None) -> 
     assert done.stdout.decode() == f"fallback:build\nfallback:x\ntried:1\n{UNBLOCKED}"
     assert done.stderr == (f"kiln: warning: {warning}\n".encode() if warning else b"")
     assert len(stand_in.received) == 1
+
+
+@pytest.mark.parametrize("socket_file", ["none", "dead"])
+def test_with_no_server_the_fallback_looks_again(setup: Setup, socket_file: str) -> None:
+    """(And so may start one, [server] start = "on-build".)"""
+    if socket_file == "dead":  # a killed server's socket: nothing listens on it
+        setup.serve(_lines({"exit": 0})).close()
+    done = setup.run("build")
+    assert done.stdout.decode() == f"fallback:build\ntried:unset\n{UNBLOCKED}"
+    assert (done.returncode, done.stderr) == (9, b"")
 
 
 def test_a_server_gone_before_answering_is_a_refusal(setup: Setup) -> None:

@@ -15,7 +15,8 @@ command as if it was started in DIR.
 
 The native client (``kiln server install-client``) runs this with
 ``KILN_SERVER_TRIED`` set when it asked the server already and was not
-served: the server is not asked twice (nor does a warning show twice).
+served, or found one it does not trust (and warned): the server is not
+asked twice, nor does a warning show twice.
 """
 
 from __future__ import annotations

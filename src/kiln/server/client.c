@@ -30,8 +30,9 @@
  * kiln.conf, read from the folder of this program's own file: line 1 the
  * server's socket, line 2 the store's real path, then the fallback
  * command, one argument a line. The fallback runs with the command line
- * (less the -C options applied) after it; when the server was asked
- * first, KILN_SERVER_TRIED=1 in its environment tells it not to ask again.
+ * (less the -C options applied) after it; when the server was asked first
+ * (or found untrustworthy), KILN_SERVER_TRIED=1 in its environment tells it
+ * not to look again.
  *
  * Strings are sent as JSON text: valid UTF-8 as it is, and each byte that
  * is not part of valid UTF-8 as \udcXX (Python's surrogateescape), which
@@ -891,5 +892,7 @@ int main(int argc, char **argv) {
     int sock = connect_server(&conf, &why);
     if (why != NULL) say("warning", "not using the kiln server: %s", why);
     if (sock >= 0) hand_over(sock, &conf, args, nargs);
-    fall_back(&conf, args, nargs, 1);
+    /* Asked, or warned of: the fallback need not look again. (With no
+       server at all it does: it may start one, [server] start = on-build.) */
+    fall_back(&conf, args, nargs, sock >= 0 || why != NULL);
 }
