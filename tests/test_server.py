@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -344,3 +345,64 @@ def test_d_settings_reach_the_build_file_through_the_server(served: Served, tmp_
     assert served.status()["served"] == 3
     bad = served.kiln("build", "-D", "mode", cwd=project)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
+
+
+def _request(served: Served, cwd: Path, argv: list[str], env: dict[str, str]) -> dict:
+    """A run request as the Python client makes it."""
+    return {
+        "op": "run", "home": server_client.place(served.home).home, "argv": argv,
+        "cwd": str(cwd), "env": env, "umask": 0o022,
+    }  # fmt: skip
+
+
+def test_a_signal_sent_with_the_request_reaches_the_command(
+    served: Served, tmp_path: Path
+) -> None:
+    """A client interrupted right after sending its request: the signal line
+    arrives with the request, in the same read, and still reaches the command."""
+    served.start()
+    project = tmp_path / "sleepy"
+    project.mkdir()
+    (project / "kilnfile.py").write_text(SLEEPY)
+    env = {**served.env, "KILN_TEST_MARK": str(tmp_path / "mark")}
+    sock = server_client.connect(server_client.place(served.home))
+    assert sock is not None
+    with sock, open(os.devnull, "r+b") as null:
+        request = _request(served, project, ["build", "slow"], env)
+        message = server_client.encode(request) + server_client.encode({"signal": 2})
+        socket.send_fds(sock, [message], [null.fileno()] * 3)
+        lines = server_client.Lines(sock)
+        first = lines.next()
+        assert "started" in first, first
+        assert lines.next() == {"exit": 130}
+
+
+def test_a_signal_line_split_between_two_reads_is_forwarded(tmp_path: Path) -> None:
+    from kiln.server.daemon import Running, Server
+
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        run = Running(child.pid, None, {})  # type: ignore[arg-type]
+        Server._signals(None, run, b'{"sig')  # type: ignore[arg-type]
+        assert child.poll() is None
+        Server._signals(None, run, b'nal": 15}\n')  # type: ignore[arg-type]
+        assert child.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_client_started_with_stdout_closed_passes_no_socket_as_it(
+    served: Served, example: Path
+) -> None:
+    """With descriptor 1 closed, the client's socket must not take its
+    number and be handed to the command as its stdout."""
+    served.start()
+    closed = subprocess.run(
+        [KILN, "build", "report"], cwd=example, env=served.env, stderr=subprocess.PIPE,
+        text=True, timeout=120, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert closed.returncode == 0, closed.stderr
+    assert "Traceback" not in closed.stderr and "stopped during the command" not in closed.stderr
+    assert served.status()["served"] + served.status()["answered_here"] >= 0
+    assert "bad request" not in (served.home / "server.log").read_text()

@@ -48,8 +48,9 @@ def main() -> None:
             code = serve_command(argv[1:])
     if code is None:
         code = _stamp_server_or_cli(argv, asked)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # (None: the descriptor was closed when Kiln started)
+            stream.flush()
     # Skip interpreter teardown (freeing every object one by one costs
     # several ms on large trees): only flushed output matters from here.
     os._exit(code)

@@ -249,6 +249,7 @@ def delegate(home: Path, argv: list[str], stamp_checked: bool = False) -> int | 
     if not argv or argv[0] not in SERVED or not available():
         return None
     where = place(home)
+    _hold_stdio()  # (before the socket is made: it must not take their numbers)
     sock = connect(where)
     if sock is None:
         return None
@@ -351,6 +352,20 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _hold_stdio() -> None:
+    """Put /dev/null on each of descriptors 0-2 that is closed, so that no
+    descriptor this process opens takes its number (and is then passed to
+    the command as its stdin, stdout or stderr)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # (the lowest free number: ``fd`` unless a lower one is closed too)
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _stdio() -> tuple[list[int], list[int]]:

@@ -106,6 +106,7 @@ class Running:
     conn: socket.socket
     request: dict[str, Any]
     started: float = field(default_factory=time.monotonic)
+    pending: bytes = b""  # what the client sent of a line not ended yet
     term_at: float | None = None  # its client is gone: SIGTERM then,
     kill_at: float | None = None  # and SIGKILL then
 
@@ -266,13 +267,13 @@ class Server:
             conn.close()
             return
         try:
-            request, fds = _read_request(conn)
+            request, fds, after = _read_request(conn)
         except (OSError, ValueError) as e:
             _log(f"bad request: {e}")
             conn.close()
             return
         try:
-            self._handle(conn, request, fds)
+            self._handle(conn, request, fds, after)
         except OSError as e:  # the client went away while being answered
             _log(f"lost a client: {e}")
             conn.close()
@@ -280,7 +281,9 @@ class Server:
             for fd in fds:
                 os.close(fd)
 
-    def _handle(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    def _handle(
+        self, conn: socket.socket, request: dict[str, Any], fds: list[int], after: bytes = b""
+    ) -> None:
         op = request.get("op")
         if request.get("home") != self.place.home:
             answer = self._other_store(request.get("home"))
@@ -292,7 +295,7 @@ class Server:
         elif op == "run" and (refusal := self._refusal(request, fds)) is None:
             answer = self._quick_answer(request)
             if answer is None:
-                self._fork(conn, request, fds)
+                self._fork(conn, request, fds, after)
                 return
         else:
             answer = {"refused": refusal if op == "run" else f"unknown request {op!r}"}
@@ -396,7 +399,9 @@ class Server:
 
     # ------------------------------------------------------------ children
 
-    def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+    def _fork(
+        self, conn: socket.socket, request: dict[str, Any], fds: list[int], after: bytes = b""
+    ) -> None:
         """Run a command in the spare process (forked beforehand, see
         ``_fork_spare``), or in a new fork if there is none."""
         spare, self.spare = self.spare, None
@@ -414,6 +419,7 @@ class Server:
         self.served += 1
         run = self.running[spare.pid] = Running(spare.pid, conn, request)
         self.selector.register(conn, selectors.EVENT_READ, self._from_client)
+        self._signals(run, after)  # (any the client sent with its request)
         try:
             conn.sendall(encode({"started": spare.pid}))
         except OSError:  # the client is already gone: so is its command
@@ -444,6 +450,9 @@ class Server:
         server = os.getpid()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         lessons_r, lessons_w = os.pipe()  # what the command learned, for the next ones
+        # The signals a client forwards wait until the spare has its own
+        # handlers (the server's would run in it, as if the server stopped).
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -455,11 +464,18 @@ class Server:
                 theirs.close()
                 # (None: discarded before any command)
                 code = 0 if handed is None else self._become_command(*handed, lessons_w)
+            except KeyboardInterrupt:  # (the client's Ctrl-C, before its command began)
+                code = 128 + signal.SIGINT
             except BaseException as e:  # (a bug: said in the server's log)
                 _log(f"a command's process failed: {type(e).__name__}: {e}")
                 raise
             finally:
                 os._exit(code)
+        # Its own process group now, not only once it runs: a signal the
+        # client sends at once must find the group.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
         theirs.close()
         os.close(lessons_w)
         lessons = _Lessons(self, lessons_r)
@@ -482,12 +498,14 @@ class Server:
 
     def _become_spare(self, server: int) -> None:
         """In a spare: let go of everything that is the server's."""
-        os.setpgid(0, 0)  # its own group: signals and clean-up reach its subprocesses too
+        with contextlib.suppress(OSError):  # (the server may have made it already)
+            os.setpgid(0, 0)  # its own group: signals and clean-up reach its subprocesses too
         _end_with_parent(server)
         signal.set_wakeup_fd(-1)
         for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
         self.selector.close()
         for fileobj in (self.listener, *(r.conn for r in self.running.values())):
             fileobj.close()
@@ -540,7 +558,14 @@ class Server:
         if not data:  # the client is gone (killed, or its terminal closed)
             self._abandon(run)
             return
-        for line in data.splitlines():
+        self._signals(run, data)
+
+    def _signals(self, run: Running, data: bytes) -> None:
+        """Forward the signals a client sent (whole lines; a line split
+        between two reads waits for its end)."""
+        lines = (run.pending + data).split(b"\n")
+        run.pending = lines.pop()[-REQUEST_LIMIT:]
+        for line in lines:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 signum = int(json.loads(line)["signal"])
                 if signum in FORWARDED_SIGNALS:
@@ -744,17 +769,19 @@ def _same_user(conn: socket.socket) -> bool:
     return uid == os.getuid()
 
 
-def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """One request line and the descriptors passed with it."""
+def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes]:
+    """One request line, the descriptors passed with it, and what came
+    after it (a signal the client sent at once: its command's)."""
     conn.settimeout(REQUEST_TIMEOUT_S)
     data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
     try:
-        while not data.endswith(b"\n"):
+        while b"\n" not in data:
             more = conn.recv(65536)
             if not more or len(data) > REQUEST_LIMIT:
                 raise ValueError("incomplete request")
             data += more
-        request = json.loads(data)
+        line, _, after = data.partition(b"\n")
+        request = json.loads(line)
         if not isinstance(request, dict):
             raise ValueError("a request is a JSON object")
     except BaseException:
@@ -762,7 +789,7 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
             os.close(fd)
         raise
     conn.settimeout(None)
-    return request, fds
+    return request, fds, after
 
 
 def _reopen_stdio() -> None:
