@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import gc
 import importlib
 import io
 import json
@@ -453,6 +454,10 @@ class Server:
         # The signals a client forwards wait until the spare has its own
         # handlers (the server's would run in it, as if the server stopped).
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+        # The objects there are now are left out of the spare's garbage
+        # collections, which would otherwise write to (so copy) every page
+        # of the server's memory.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -491,6 +496,7 @@ class Server:
         if self.spare is not None:
             self.spare.discard()
             self.spare = None
+        gc.collect()  # (idle now: what is garbage is not frozen into every spare)
         try:
             self.spare = self._fork_spare()
         except OSError as e:  # (out of processes or memory: the next command forks)
@@ -540,11 +546,14 @@ class Server:
         code = app.run(argv, stamp_checked=bool(request.get("stamp_checked")))
         sys.stdout.flush()
         sys.stderr.flush()
-        _teach(lessons)  # (before the client is answered: it may close at once)
+        _let_go_of_stdio()
         # The client learns the exit code now, not once this process has
-        # been torn down and reaped (which takes milliseconds).
+        # been torn down and reaped (which takes milliseconds); what the
+        # command learned goes to the server after (a client that closes
+        # at once leaves this process EXIT_GRACE_S).
         with contextlib.suppress(OSError):
             conn.sendall(encode({"exit": code}))
+        _teach(lessons)
         return code
 
     def _from_client(self, conn: socket.socket) -> None:
@@ -790,6 +799,16 @@ def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes
         raise
     conn.settimeout(None)
     return request, fds, after
+
+
+def _let_go_of_stdio() -> None:
+    """In a command that is done: put /dev/null on descriptors 0-2, so
+    that whoever reads the client's output (a pipe) sees its end now, not
+    once this process has been torn down."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _reopen_stdio() -> None:

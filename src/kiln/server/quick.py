@@ -80,6 +80,7 @@ def answer(projects: Projects, request: dict[str, Any]) -> dict[str, Any] | None
         if not kiln_out.is_current(root, name, digest):
             return None  # the command puts it back (with the client's umask)
     projects.record_answer(str(root), key)
+    projects.answered += 1
     report = BuildReport.from_stamp(held, [], time.perf_counter() - started)
     return {"output": render(report, as_json, cwd), "exit": 0}
 
