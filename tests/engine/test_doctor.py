@@ -21,6 +21,7 @@ def test_doctor_reports_every_check(kiln) -> None:
     assert set(checks) == {
         "wasmtime", "wasm contract", "bubblewrap", "native steps", "user namespaces", "pids cgroup",
         "memory cgroup", "node", "store writable", "store file system", "free space", "remote",
+        "watch",
     }  # fmt: skip
     assert checks["remote"]["detail"].startswith("none configured")
     assert checks["wasmtime"]["status"] == "ok"
