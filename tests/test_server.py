@@ -406,3 +406,25 @@ def test_a_client_started_with_stdout_closed_passes_no_socket_as_it(
     assert "Traceback" not in closed.stderr and "stopped during the command" not in closed.stderr
     assert served.status()["served"] + served.status()["answered_here"] >= 0
     assert "bad request" not in (served.home / "server.log").read_text()
+
+
+def test_a_fork_that_fails_leaves_the_servers_signals_unblocked(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """(fork failing for want of processes cannot be caused here: faked)"""
+    import errno
+
+    from kiln.server.daemon import Server
+
+    server = Server(tmp_path / "home")
+    try:
+        def no_fork() -> int:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+        monkeypatch.setattr(os, "fork", no_fork)
+        with pytest.raises(OSError):
+            server._fork_spare()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert signal.SIGINT not in blocked and signal.SIGTERM not in blocked
+    finally:
+        server.stop()

@@ -458,7 +458,15 @@ class Server:
         # collections, which would otherwise write to (so copy) every page
         # of the server's memory.
         gc.freeze()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+            for end in (ours, theirs):
+                end.close()
+            os.close(lessons_r)
+            os.close(lessons_w)
+            raise
         if pid == 0:
             code = 70
             try:
