@@ -462,6 +462,7 @@ class Server:
             pid = os.fork()
         except OSError:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+            gc.unfreeze()
             for end in (ours, theirs):
                 end.close()
             os.close(lessons_r)
@@ -489,6 +490,7 @@ class Server:
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+        gc.unfreeze()  # (frozen for the spare only: the server collects as usual)
         theirs.close()
         os.close(lessons_w)
         lessons = _Lessons(self, lessons_r)
