@@ -95,8 +95,7 @@ class Projects:
     ) -> tuple[dict[str, Any] | None, str | None]:
         """(the stamp of ``key``, None) if it holds now for a client whose
         environment is ``environ``, else (None, what differs)."""
-        watch = self.watch(root)
-        watch.drain()
+        watch = self.watch(root)  # (its events read)
         conn = self.conn()
         row = stamps.read(conn, root, key)
         if row is None:
